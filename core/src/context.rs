@@ -1,0 +1,100 @@
+//! Builds the adapters the settings select and hands them to the roles as one
+//! shared [`Context`]. The binary calls [`Context::build`]; tests may assemble a
+//! `Context` from their own adapters.
+
+use crate::auth::TokenSigner;
+use crate::config::Settings;
+use crate::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
+use crate::id::IdGenerator;
+use crate::memory::MemoryReplayCache;
+use crate::ports::{object_store_from_url, ArchiveStore, Bus, ReplayCache, SliceStore};
+use object_store::ObjectStore;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Everything the roles share.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub bus: Arc<dyn Bus>,
+    pub slices: Arc<dyn SliceStore>,
+    pub archive: Arc<dyn ArchiveStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub cache: Arc<dyn ReplayCache>,
+    pub signer: TokenSigner,
+    pub ids: Arc<IdGenerator>,
+}
+
+/// Why the context could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("{0} is set, but this build has no adapter for it yet (embedded defaults only); unset it")]
+    NotAvailable(&'static str),
+    #[error("cannot open the embedded store under {dir}: {message}")]
+    Embedded { dir: String, message: String },
+    #[error("auth secret: {0}")]
+    Secret(String),
+    #[error(transparent)]
+    Objects(#[from] crate::ports::ObjectStoreError),
+}
+
+impl Context {
+    /// Opens the stores the settings select.
+    pub fn build(settings: Settings) -> Result<Self, ContextError> {
+        for (set, key) in [
+            (!settings.kafka.brokers.is_empty(), "kafka.brokers"),
+            (!settings.redis.url.is_empty(), "redis.url"),
+            (!settings.redis.cluster.is_empty(), "redis.cluster"),
+            (!settings.scylla.nodes.is_empty(), "scylla.nodes"),
+            (!settings.replay.redis_url.is_empty(), "replay.redis_url"),
+        ] {
+            if set {
+                return Err(ContextError::NotAvailable(key));
+            }
+        }
+        let dir = settings.server.data_dir.clone();
+        let embedded_err = |e: redb::Error| ContextError::Embedded {
+            dir: dir.display().to_string(),
+            message: e.to_string(),
+        };
+        let db = EmbeddedDb::open(&dir).map_err(embedded_err)?;
+        let bus = EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?;
+        let secret = load_secret(&settings.auth.secret.0, &dir)?;
+        let objects = object_store_from_url(&settings.archive.url, &dir)?;
+        Ok(Self {
+            bus: Arc::new(bus),
+            slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
+            archive: Arc::new(EmbeddedArchiveStore::new(db)),
+            objects,
+            cache: Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes)),
+            signer: TokenSigner::new(secret.as_bytes()),
+            ids: Arc::new(IdGenerator::new(settings.server.node_id)),
+            settings: Arc::new(settings),
+        })
+    }
+}
+
+/// The configured secret, or the one generated once and kept in `<data dir>/secret`.
+pub fn load_secret(configured: &str, data_dir: &Path) -> Result<String, ContextError> {
+    if !configured.is_empty() {
+        return Ok(configured.to_string());
+    }
+    let path = data_dir.join("secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| ContextError::Secret(e.to_string()))?;
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let tmp = data_dir.join("secret.tmp");
+    std::fs::write(&tmp, &secret).map_err(|e| ContextError::Secret(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| ContextError::Secret(e.to_string()))?;
+    Ok(secret)
+}

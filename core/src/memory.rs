@@ -1,0 +1,74 @@
+//! The in-process ReplayCache: bounded in bytes (moka, TinyLFU), with a TTL per entry.
+
+use crate::ports::{CachedBody, ReplayCache};
+use async_trait::async_trait;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+struct Entry {
+    value: CachedBody,
+    expires: Instant,
+}
+
+/// In-process replay cache holding at most `max_bytes` of bodies.
+pub struct MemoryReplayCache {
+    cache: moka::future::Cache<String, Entry>,
+}
+
+impl MemoryReplayCache {
+    pub fn new(max_bytes: u64) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, e: &Entry| e.value.weight().saturating_add(k.len() as u32))
+            .time_to_live(Duration::from_secs(24 * 3600))
+            .build();
+        Self { cache }
+    }
+
+    /// Bytes currently held (approximate; moka settles its counters lazily).
+    pub async fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+}
+
+#[async_trait]
+impl ReplayCache for MemoryReplayCache {
+    async fn get(&self, key: &str) -> Option<CachedBody> {
+        let e = self.cache.get(key).await?;
+        if e.expires <= Instant::now() {
+            self.cache.invalidate(key).await;
+            return None;
+        }
+        Some(e.value)
+    }
+
+    async fn put(&self, key: &str, value: CachedBody, ttl: Duration) {
+        let expires = Instant::now() + ttl;
+        self.cache.insert(key.to_string(), Entry { value, expires }).await;
+    }
+
+    async fn invalidate(&self, key: &str) {
+        self.cache.invalidate(key).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        crate::conformance::replay_cache_suite(&MemoryReplayCache::new(1 << 20)).await;
+    }
+
+    #[tokio::test]
+    async fn stays_within_its_byte_bound() {
+        let c = MemoryReplayCache::new(100_000);
+        for i in 0..100 {
+            let body = bytes::Bytes::from(vec![b'x'; 10_000]);
+            c.put(&format!("k{i}"), CachedBody { body: body.clone(), gzip: body, etag: "e".into() }, Duration::from_secs(60)).await;
+        }
+        assert!(c.weighted_size().await <= 100_000);
+    }
+}

@@ -1,0 +1,80 @@
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// Where a record sits on the Bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordPosition {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl RecordPosition {
+    /// The per-room `seq` derived from the position: a room always maps to one
+    /// partition, so `offset + 1` only grows within a room, and a redelivered
+    /// record gets the same seq (DESIGN §5). Seq 0 means "before everything".
+    pub fn seq(self) -> u64 {
+        self.offset + 1
+    }
+}
+
+/// One record read from the Bus.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BusRecord {
+    pub position: RecordPosition,
+    /// The record key: the room.
+    pub room: String,
+    /// The encoded comment ([`crate::model::Danmaku`] protobuf).
+    pub payload: Bytes,
+}
+
+/// Bus failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The Bus did not acknowledge in time or is unreachable; the record may or may not
+    /// have been stored, and the caller must not report success.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (corruption, misuse).
+    #[error("bus error: {0}")]
+    Other(String),
+}
+
+/// A durable, per-room-ordered log of accepted comments with consumer groups
+/// (Kafka, or the embedded log under the data dir).
+///
+/// Guarantees:
+/// - `publish` returns only once the record is durable (fsynced locally, or
+///   acknowledged by all in-sync replicas); after a crash it is still there.
+/// - Records of one room land in one partition, in publish order.
+/// - A consumer group resumes from its last committed position: records after it
+///   are delivered again after a crash or restart (at-least-once). Consumers make
+///   their writes idempotent with [`RecordPosition::seq`].
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends one record keyed by `room`, returning its position once durable.
+    async fn publish(&self, room: &str, payload: Bytes) -> Result<RecordPosition, BusError>;
+
+    /// Joins consumer group `group`. The embedded Bus assigns every partition to the
+    /// one consumer of a group; Kafka balances partitions across the group.
+    async fn consumer(&self, group: &str) -> Result<Box<dyn BusConsumer>, BusError>;
+
+    /// Whether the Bus is reachable (for `/readyz`).
+    async fn ready(&self) -> bool;
+}
+
+/// One member of a consumer group.
+#[async_trait]
+pub trait BusConsumer: Send {
+    /// Up to `max` records after this consumer's position, waiting up to `wait` for
+    /// the first one. Returns an empty vector on timeout. Records of one partition
+    /// come in offset order. Advances the in-memory position, not the committed one.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<BusRecord>, BusError>;
+
+    /// Marks every record up to and including each given position as done for the
+    /// group. Call only once the records' effects are durable elsewhere.
+    async fn commit(&mut self, upto: &[RecordPosition]) -> Result<(), BusError>;
+
+    /// Records published but not yet polled by this consumer (0 = caught up).
+    async fn lag(&mut self) -> Result<u64, BusError>;
+}

@@ -1,0 +1,15 @@
+//! The ports: one trait per external system. Each trait documents what a call
+//! guarantees and what happens on retry and on crash; every adapter passes the
+//! suite of the same name in [`crate::conformance`].
+
+mod archive_store;
+mod bus;
+mod object_store;
+mod replay_cache;
+mod slice_store;
+
+pub use archive_store::{ArchiveError, ArchiveStore, ArchivedComment};
+pub use bus::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
+pub use object_store::{object_store_from_url, ObjectStoreError};
+pub use replay_cache::{CachedBody, ReplayCache};
+pub use slice_store::{AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat, SliceStore};

@@ -1,0 +1,105 @@
+use crate::slice::SliceRef;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// One comment in the SliceStore: its per-room seq, its server time (which picks
+/// the slice) and the encoded comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceItem {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub data: Bytes,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Items newly stored (the rest were already there).
+    pub added: usize,
+    /// Member count and bytes of every slice touched, after the append.
+    pub slices: Vec<SliceStat>,
+}
+
+/// Size of one slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceStat {
+    pub slice: SliceRef,
+    pub members: u64,
+    pub bytes: u64,
+}
+
+/// A leased set of due slices, taken from the expiry queue by one archiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveBatch {
+    /// Unique, stable across redos: a batch redone after its lease expired keeps its id
+    /// and its contents.
+    pub id: u64,
+    pub slices: Vec<SliceRef>,
+    /// Every item of those slices, with its room, in (room, seq) order.
+    pub items: Vec<(String, SliceItem)>,
+}
+
+/// SliceStore failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SliceError {
+    #[error("slice store unavailable: {0}")]
+    Unavailable(String),
+    #[error("slice store error: {0}")]
+    Other(String),
+}
+
+/// Recent comments per room in time slices (Redis ZSETs, or the embedded store).
+///
+/// Guarantees:
+/// - `append` is idempotent: an item whose seq the room's slice already holds is
+///   not stored again, so a Bus redelivery changes nothing. It returns only once
+///   the items are durable in the store.
+/// - Reads by cursor return items in seq order, each once.
+/// - A slice enters the expiry queue when first written, due at its end plus the
+///   hot retention (or at once if its room was expedited up to its start).
+/// - `claim_batch` moves due slices into a leased batch in one atomic step; items
+///   appended to the same slice later start a new slice of the same name. A batch
+///   whose lease expired is handed out again, same id, same contents, so a crashed
+///   archiver's work is redone exactly. `complete_batch` deletes it.
+#[async_trait]
+pub trait SliceStore: Send + Sync + 'static {
+    /// Stores `items` of `room` in slices of `slice_len_ms`; a slice is due
+    /// `hot_retention_ms` after its end.
+    async fn append(
+        &self,
+        room: &str,
+        slice_len_ms: i64,
+        hot_retention_ms: i64,
+        items: &[SliceItem],
+    ) -> Result<AppendOutcome, SliceError>;
+
+    /// Up to `limit` items of `room` with `seq > after`, in seq order.
+    async fn read_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<SliceItem>, SliceError>;
+
+    /// The highest seq ever appended to `room` (0 if none), even once archived.
+    async fn last_seq(&self, room: &str) -> Result<u64, SliceError>;
+
+    /// Makes every slice of `room` starting at or before `up_to_ms` due now,
+    /// including slices written later (ending a VOD session).
+    async fn expedite(&self, room: &str, up_to_ms: i64) -> Result<(), SliceError>;
+
+    /// Makes every slice due now (graceful shutdown of the embedded default).
+    async fn expedite_all(&self) -> Result<(), SliceError>;
+
+    /// Claims up to `max_slices` slices due at `now_ms` (or a batch whose lease
+    /// expired) for `lease`. `None` when nothing is due.
+    async fn claim_batch(&self, now_ms: i64, max_slices: usize, lease: Duration) -> Result<Option<ArchiveBatch>, SliceError>;
+
+    /// Deletes a claimed batch once it is archived.
+    async fn complete_batch(&self, batch_id: u64) -> Result<(), SliceError>;
+
+    /// Slices not yet archived plus batches not yet completed.
+    async fn pending(&self) -> Result<u64, SliceError>;
+
+    /// The largest live slices by bytes, at most `limit`.
+    async fn largest_slices(&self, limit: usize) -> Result<Vec<SliceStat>, SliceError>;
+
+    /// Whether the store is reachable (for `/readyz`).
+    async fn ready(&self) -> bool;
+}
