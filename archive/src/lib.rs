@@ -1,1 +1,287 @@
-//! placeholder
+//! `danmaku-archive`: the role that drains expired slices from the SliceStore into
+//! the ArchiveStore (by VOD and offset) and into Parquet files, exactly once
+//! (DESIGN §8).
+//!
+//! - This file: the loop ([`run`]), one batch ([`archive_once`],
+//!   [`process_batch`]), the graceful-shutdown drain ([`drain`]), the error type
+//!   and the metrics.
+//! - `batch` (private): decoding a batch's comments, aligning them to their VOD
+//!   session and encoding its files; pure, run on the blocking pool.
+//! - [`parquet_file`]: the Parquet schema, writer settings, object names and hour
+//!   partitions; pure functions.
+//!
+//! Exactly once: a batch is claimed with a lease, then written in the order
+//! ArchiveStore upsert (idempotent by vod and id) → Parquet `put` (one object per
+//! hour, named after the hour and the batch id only, so a redo overwrites it with
+//! the same bytes) → `complete_batch`. A crash anywhere before the last step lets
+//! the lease expire; the batch is then handed out again with the same id and
+//! contents and redone, which adds nothing twice.
+//!
+//! Metrics (no per-room labels): `danmaku_archive_rows_total`,
+//! `danmaku_archive_batches_total`, `danmaku_archive_batch_seconds`,
+//! `danmaku_archive_decode_errors_total`.
+
+#![warn(missing_docs)]
+
+mod batch;
+pub mod parquet_file;
+
+pub use danmaku_core::context::Context;
+
+use danmaku_core::ports::{ArchiveBatch, ArchiveError, SliceError};
+use danmaku_core::vod::Session;
+use futures::future::try_join_all;
+use object_store::path::Path as ObjectPath;
+use object_store::PutPayload;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Sessions loaded per room and batch: more than any room keeps open at once.
+const SESSIONS_PER_ROOM: usize = 1000;
+/// Longest wait between attempts after errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Metric names.
+pub mod metric {
+    /// Counter: comments written to Parquet.
+    pub const ROWS_TOTAL: &str = "danmaku_archive_rows_total";
+    /// Counter: batches archived and completed.
+    pub const BATCHES_TOTAL: &str = "danmaku_archive_batches_total";
+    /// Histogram: seconds from claiming a batch to completing it.
+    pub const BATCH_SECONDS: &str = "danmaku_archive_batch_seconds";
+    /// Counter: slice records that did not decode and were skipped.
+    pub const DECODE_ERRORS_TOTAL: &str = "danmaku_archive_decode_errors_total";
+}
+
+/// What one archived batch wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchReport {
+    /// The SliceStore's batch id (the same on a redo).
+    pub batch_id: u64,
+    /// Comments written to Parquet: every one of the batch that decoded.
+    pub rows: usize,
+    /// Of those, comments stored in the ArchiveStore under a VOD.
+    pub vod_rows: usize,
+    /// Object names written, one per hour partition, oldest first.
+    pub files: Vec<String>,
+}
+
+/// Why archiving a batch failed. Every failure leaves the batch claimed; it is
+/// redone once its lease expires, so callers only log and retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveRoleError {
+    /// Claiming, completing or counting slices failed.
+    #[error("slice store: {0}")]
+    Slices(#[from] SliceError),
+    /// Loading sessions or storing comments failed.
+    #[error("archive store: {0}")]
+    Archive(#[from] ArchiveError),
+    /// Writing a Parquet file failed.
+    #[error("object store: {0}")]
+    Objects(#[from] object_store::Error),
+    /// Encoding a Parquet file failed.
+    #[error("parquet encoding: {0}")]
+    Encode(#[from] parquet_file::EncodeError),
+    /// The blocking task that decodes and encodes a batch panicked or was cancelled.
+    #[error("encoding task failed: {0}")]
+    Task(String),
+    /// [`drain`]'s deadline passed inside a batch; the batch will be redone.
+    #[error("archive drain deadline passed")]
+    Timeout,
+}
+
+/// Runs the archive loop until `shutdown` is cancelled: claim a batch, process it,
+/// repeat; when nothing is due, sleep `archive.poll_ms`. Errors are logged and
+/// retried with exponential backoff (from `poll_ms` up to 30 s). A batch in
+/// progress when `shutdown` fires is finished first (abandoning it would only
+/// leave it to be redone after its lease); sleeps end at once.
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let poll = Duration::from_millis(ctx.settings.archive.poll_ms.max(1));
+    let mut backoff = poll;
+    tracing::info!(
+        poll_ms = ctx.settings.archive.poll_ms,
+        batch_slices = ctx.settings.archive.batch_slices,
+        "archive loop started"
+    );
+    while !shutdown.is_cancelled() {
+        let pause = match archive_once(&ctx, danmaku_core::now_ms()).await {
+            Ok(Some(report)) => {
+                backoff = poll;
+                tracing::debug!(
+                    batch_id = report.batch_id,
+                    rows = report.rows,
+                    vod_rows = report.vod_rows,
+                    files = report.files.len(),
+                    "batch archived"
+                );
+                // More may be due right away; let other tasks run, then go on.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            Ok(None) => {
+                backoff = poll;
+                poll
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "archive batch failed; retrying");
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF.max(poll));
+                pause
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    tracing::info!("archive loop stopped");
+}
+
+/// Claims and processes at most one batch due at `now_ms` (or one whose lease
+/// expired by then). `Ok(None)` when nothing was due.
+pub async fn archive_once(
+    ctx: &Context,
+    now_ms: i64,
+) -> Result<Option<BatchReport>, ArchiveRoleError> {
+    let settings = &ctx.settings.archive;
+    let lease = Duration::from_millis(settings.lease_ms);
+    let Some(batch) = ctx
+        .slices
+        .claim_batch(now_ms, settings.batch_slices.max(1), lease)
+        .await?
+    else {
+        return Ok(None);
+    };
+    process_batch(ctx, batch).await.map(Some)
+}
+
+/// Archives a batch this archiver has claimed: aligns its comments, upserts those
+/// of a VOD into the ArchiveStore, writes its Parquet files, then completes it in
+/// the SliceStore. Processing the same batch again (a redo) writes the same rows
+/// and the same files, so nothing comes out twice.
+pub async fn process_batch(
+    ctx: &Context,
+    batch: ArchiveBatch,
+) -> Result<BatchReport, ArchiveRoleError> {
+    let started = std::time::Instant::now();
+    let batch_id = batch.id;
+    let sessions = load_sessions(ctx, &batch).await?;
+    let window = ctx.settings.archive.plausible_window_ms;
+    let items = batch.items;
+    let prepared =
+        tokio::task::spawn_blocking(move || batch::prepare(batch_id, items, &sessions, window))
+            .await
+            .map_err(|e| ArchiveRoleError::Task(e.to_string()))??;
+    if prepared.decode_errors > 0 {
+        metrics::counter!(metric::DECODE_ERRORS_TOTAL).increment(prepared.decode_errors as u64);
+    }
+
+    ctx.archive.upsert_comments(&prepared.archived).await?;
+    let mut files = Vec::with_capacity(prepared.files.len());
+    for (name, bytes) in prepared.files {
+        ctx.objects
+            .put(&ObjectPath::from(name.as_str()), PutPayload::from(bytes))
+            .await?;
+        files.push(name);
+    }
+    ctx.slices.complete_batch(batch_id).await?;
+
+    metrics::counter!(metric::ROWS_TOTAL).increment(prepared.rows as u64);
+    metrics::counter!(metric::BATCHES_TOTAL).increment(1);
+    metrics::histogram!(metric::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    Ok(BatchReport {
+        batch_id,
+        rows: prepared.rows,
+        vod_rows: prepared.archived.len(),
+        files,
+    })
+}
+
+/// The sessions of every room in `batch`, loaded once per room.
+async fn load_sessions(
+    ctx: &Context,
+    batch: &ArchiveBatch,
+) -> Result<HashMap<String, Vec<Session>>, ArchiveRoleError> {
+    let rooms: BTreeSet<&str> = batch.items.iter().map(|(room, _)| room.as_str()).collect();
+    let loads = rooms.into_iter().map(|room| async move {
+        let sessions = ctx
+            .archive
+            .sessions_by_room(room, SESSIONS_PER_ROOM)
+            .await?;
+        Ok::<_, ArchiveError>((room.to_string(), sessions))
+    });
+    Ok(try_join_all(loads).await?.into_iter().collect())
+}
+
+/// Graceful shutdown of the embedded default: makes every slice due
+/// (`expedite_all`), then archives batch after batch until nothing is pending or
+/// `deadline` has passed. Returns the rows archived. Failures are retried until
+/// the deadline; if slices are still pending then and the last attempt failed,
+/// that error is returned (a batch cut off by the deadline is redone on the next
+/// start). Slices still pending without an error (say, a batch another archiver
+/// holds under its lease) are logged, not an error.
+pub async fn drain(ctx: &Context, deadline: Duration) -> Result<u64, ArchiveRoleError> {
+    use tokio::time::{timeout_at, Instant};
+    let until = Instant::now() + deadline;
+    let poll = Duration::from_millis(ctx.settings.archive.poll_ms.clamp(1, 50));
+    let mut rows = 0u64;
+    let mut expedited = false;
+    let mut pending_left: Option<u64> = None;
+    let mut last_error: Option<ArchiveRoleError> = None;
+    let mut backoff = poll;
+    loop {
+        let attempt = async {
+            if !expedited {
+                ctx.slices.expedite_all().await?;
+                expedited = true;
+            }
+            let pending = ctx.slices.pending().await?;
+            pending_left = Some(pending);
+            if pending == 0 {
+                return Ok(None);
+            }
+            archive_once(ctx, danmaku_core::now_ms()).await.map(Some)
+        };
+        let pause = match timeout_at(until, attempt).await {
+            Err(_) => {
+                // Cut off inside a step; whatever it was doing is redone later.
+                last_error.get_or_insert(ArchiveRoleError::Timeout);
+                break;
+            }
+            Ok(Ok(None)) => {
+                tracing::info!(rows, "archive drained");
+                return Ok(rows);
+            }
+            Ok(Ok(Some(Some(report)))) => {
+                rows += report.rows as u64;
+                last_error = None;
+                backoff = poll;
+                continue;
+            }
+            // Pending, but nothing claimable: a batch leased elsewhere. Wait for it.
+            Ok(Ok(Some(None))) => poll,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "archive drain: attempt failed; retrying");
+                last_error = Some(e);
+                let pause = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                pause
+            }
+        };
+        if timeout_at(until, tokio::time::sleep(pause)).await.is_err() {
+            break;
+        }
+    }
+    match last_error {
+        Some(e) => Err(e),
+        None => {
+            tracing::warn!(
+                rows,
+                pending = pending_left,
+                "archive drain deadline passed with slices still pending"
+            );
+            Ok(rows)
+        }
+    }
+}

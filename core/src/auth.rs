@@ -70,14 +70,22 @@ impl TokenSigner {
     }
 
     /// A token for `user` valid for `ttl_secs` from `now_secs`.
-    pub fn issue(&self, user: &str, name: Option<&str>, role: Role, now_secs: i64, ttl_secs: i64) -> String {
+    pub fn issue(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        role: Role,
+        now_secs: i64,
+        ttl_secs: i64,
+    ) -> String {
         let claims = Claims {
             sub: user.to_string(),
             exp: now_secs + ttl_secs,
             name: name.map(str::to_string),
             role,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc).expect("HS256 signing cannot fail")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .expect("HS256 signing cannot fail")
     }
 
     /// Verifies signature, algorithm and expiry.
@@ -112,8 +120,12 @@ mod tests {
     fn forged_expired_and_garbage_are_rejected() {
         let s = TokenSigner::new(b"secret");
         let other = TokenSigner::new(b"other");
-        assert!(s.verify(&other.issue("alice", None, Role::Admin, now(), 60)).is_none());
-        assert!(s.verify(&s.issue("alice", None, Role::Viewer, now() - 1000, 60)).is_none());
+        assert!(s
+            .verify(&other.issue("alice", None, Role::Admin, now(), 60))
+            .is_none());
+        assert!(s
+            .verify(&s.issue("alice", None, Role::Viewer, now() - 1000, 60))
+            .is_none());
         assert!(s.verify("not.a.token").is_none());
         assert!(s.verify("").is_none());
     }
@@ -126,4 +138,67 @@ mod tests {
         let t = jsonwebtoken::encode(&header, &body, &EncodingKey::from_secret(b"k")).unwrap();
         assert_eq!(s.verify(&t).unwrap().role, Role::Viewer);
     }
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>`, else the
+/// `?token=` query value (browsers cannot set headers on a WebSocket).
+pub fn bearer<'a>(
+    headers: &'a axum::http::HeaderMap,
+    query_token: Option<&'a str>,
+) -> Option<&'a str> {
+    let from_header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    from_header.or(query_token).filter(|t| !t.is_empty())
+}
+
+/// Verifies the request's token: `unauthorized` when missing, malformed, expired or
+/// badly signed.
+pub fn authenticate(
+    signer: &TokenSigner,
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Claims, crate::error::ApiError> {
+    use crate::error::{ApiError, ErrorCode};
+    let token = bearer(headers, query_token)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
+    signer.verify(token).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthorized,
+            "the token is malformed, expired or badly signed",
+        )
+    })
+}
+
+/// `authenticate`, then require role service or admin (`forbidden` otherwise).
+pub fn require_privileged(
+    signer: &TokenSigner,
+    headers: &axum::http::HeaderMap,
+) -> Result<Claims, crate::error::ApiError> {
+    let claims = authenticate(signer, headers, None)?;
+    if !claims.role.is_privileged() {
+        return Err(crate::error::ApiError::new(
+            crate::error::ErrorCode::Forbidden,
+            "this needs a service or admin token",
+        ));
+    }
+    Ok(claims)
+}
+
+/// Reading needs no token unless `auth.require_token_to_read` is set.
+pub fn check_read_access(
+    require: bool,
+    signer: &TokenSigner,
+    headers: &axum::http::HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), crate::error::ApiError> {
+    if require {
+        authenticate(signer, headers, query_token)?;
+    }
+    Ok(())
 }

@@ -319,7 +319,10 @@ impl Default for ScyllaSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration in {origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -336,15 +339,18 @@ impl Settings {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
             }
             None => toml::Table::new(),
         };
         for (name, value) in env {
-            let Some(rest) = name.strip_prefix("DANMAKU_") else { continue };
+            let Some(rest) = name.strip_prefix("DANMAKU_") else {
+                continue;
+            };
             if rest == "CONFIG" {
                 continue;
             }
@@ -367,25 +373,38 @@ impl Settings {
             };
             table.insert(key, env_value(value));
         }
-        let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into());
-        let settings: Settings = toml::Value::Table(root).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            origin: origin.clone(),
-            message: e.message().to_string(),
-        })?;
-        settings.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
+        let origin = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "environment".into());
+        let settings: Settings =
+            toml::Value::Table(root)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message: e.message().to_string(),
+                })?;
+        settings
+            .validate()
+            .map_err(|message| ConfigError::Invalid { origin, message })?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), String> {
         for r in &self.server.roles {
             if r != "all" && !ALL_ROLES.contains(&r.as_str()) {
-                return Err(format!("unknown role {r:?}; roles are {ALL_ROLES:?} or \"all\""));
+                return Err(format!(
+                    "unknown role {r:?}; roles are {ALL_ROLES:?} or \"all\""
+                ));
             }
         }
         if self.server.node_id > crate::id::MAX_NODE {
-            return Err(format!("server.node_id must be at most {}", crate::id::MAX_NODE));
+            return Err(format!(
+                "server.node_id must be at most {}",
+                crate::id::MAX_NODE
+            ));
         }
-        if !(crate::slice::MIN_SLICE_MS..=crate::slice::MAX_SLICE_MS).contains(&self.live.slice_ms) {
+        if !(crate::slice::MIN_SLICE_MS..=crate::slice::MAX_SLICE_MS).contains(&self.live.slice_ms)
+        {
             return Err("live.slice_ms must be within 1000..=3600000".into());
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
@@ -432,7 +451,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -448,10 +470,18 @@ mod tests {
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
-        std::fs::write(&p, "[auth]\nsecret = \"from-file\"\nguest = false\n[live]\nslice_ms = 2000\n").unwrap();
+        std::fs::write(
+            &p,
+            "[auth]\nsecret = \"from-file\"\nguest = false\n[live]\nslice_ms = 2000\n",
+        )
+        .unwrap();
         let s = Settings::load(
             Some(&p),
-            &env(&[("DANMAKU_AUTH__SECRET", "from-env"), ("DANMAKU_SERVER__ROLES", "[\"ingest\"]"), ("OTHER", "x")]),
+            &env(&[
+                ("DANMAKU_AUTH__SECRET", "from-env"),
+                ("DANMAKU_SERVER__ROLES", "[\"ingest\"]"),
+                ("OTHER", "x"),
+            ]),
         )
         .unwrap();
         assert_eq!(s.auth.secret.0, "from-env");
@@ -469,7 +499,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[server]\nlisten = \"x\"\ncolour = 1\n").unwrap();
-        assert!(Settings::load(Some(&p), &env(&[])).unwrap_err().to_string().contains("colour"));
+        assert!(Settings::load(Some(&p), &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("colour"));
     }
 
     #[test]

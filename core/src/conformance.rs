@@ -33,15 +33,34 @@ pub async fn bus_suite(bus: &dyn Bus) {
     // Positions grow within a room and rooms keep one partition.
     for room in [&room_a, &room_b] {
         let mine: Vec<_> = sent.iter().filter(|s| &s.0 == room).map(|s| s.2).collect();
-        assert!(mine.windows(2).all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset));
+        assert!(mine
+            .windows(2)
+            .all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset));
         assert!(mine.iter().all(|p| p.seq() == p.offset + 1));
     }
 
-    let got = poll_until(&mut *c, |r| r.room == room_a || r.room == room_b, sent.len()).await;
-    assert_eq!(got.len(), sent.len(), "every published record is delivered once");
+    let got = poll_until(
+        &mut *c,
+        |r| r.room == room_a || r.room == room_b,
+        sent.len(),
+    )
+    .await;
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "every published record is delivered once"
+    );
     for room in [&room_a, &room_b] {
-        let want: Vec<_> = sent.iter().filter(|s| &s.0 == room).map(|s| s.1.clone()).collect();
-        let have: Vec<_> = got.iter().filter(|r| &r.room == room).map(|r| r.payload.clone()).collect();
+        let want: Vec<_> = sent
+            .iter()
+            .filter(|s| &s.0 == room)
+            .map(|s| s.1.clone())
+            .collect();
+        let have: Vec<_> = got
+            .iter()
+            .filter(|r| &r.room == room)
+            .map(|r| r.payload.clone())
+            .collect();
         assert_eq!(have, want, "per-room order is publish order");
     }
     // Commit the first 20 (per partition: the highest position among them).
@@ -52,19 +71,39 @@ pub async fn bus_suite(bus: &dyn Bus) {
     // A new member of the group resumes after the committed positions: the
     // uncommitted records come again (at-least-once), the committed ones do not.
     let mut c2 = bus.consumer(&group).await.expect("consumer again");
-    let again = poll_until(&mut *c2, |r| r.room == room_a || r.room == room_b, sent.len() - 20).await;
+    let again = poll_until(
+        &mut *c2,
+        |r| r.room == room_a || r.room == room_b,
+        sent.len() - 20,
+    )
+    .await;
     let committed: HashSet<_> = got[..20].iter().map(|r| r.position).collect();
     let again_pos: HashSet<_> = again.iter().map(|r| r.position).collect();
-    assert!(committed.is_disjoint(&again_pos), "committed records are not redelivered");
-    let expected: HashSet<_> = got.iter().map(|r| r.position).filter(|p| !committed.contains(p)).collect();
-    assert!(expected.is_subset(&again_pos), "uncommitted records are redelivered");
-    c2.commit(&highest_per_partition(&again)).await.expect("commit all");
+    assert!(
+        committed.is_disjoint(&again_pos),
+        "committed records are not redelivered"
+    );
+    let expected: HashSet<_> = got
+        .iter()
+        .map(|r| r.position)
+        .filter(|p| !committed.contains(p))
+        .collect();
+    assert!(
+        expected.is_subset(&again_pos),
+        "uncommitted records are redelivered"
+    );
+    c2.commit(&highest_per_partition(&again))
+        .await
+        .expect("commit all");
     assert_eq!(c2.lag().await.expect("lag"), 0);
 
     // Another group sees everything independently.
     let other = unique("g2");
     let mut c3 = bus.consumer(&other).await.expect("other group");
-    let p = bus.publish(&room_a, Bytes::from_static(b"late")).await.expect("publish");
+    let p = bus
+        .publish(&room_a, Bytes::from_static(b"late"))
+        .await
+        .expect("publish");
     let late = poll_until(&mut *c3, |r| r.position == p, 1).await;
     assert_eq!(late[0].payload, Bytes::from_static(b"late"));
 
@@ -72,7 +111,11 @@ pub async fn bus_suite(bus: &dyn Bus) {
     let t = std::time::Instant::now();
     let mut c4 = bus.consumer(&unique("g3")).await.expect("consumer");
     drain(&mut *c4).await;
-    assert!(c4.poll(10, Duration::from_millis(200)).await.expect("poll").is_empty());
+    assert!(c4
+        .poll(10, Duration::from_millis(200))
+        .await
+        .expect("poll")
+        .is_empty());
     assert!(t.elapsed() < Duration::from_secs(30));
     assert!(bus.ready().await);
 }
@@ -83,24 +126,39 @@ fn highest_per_partition(recs: &[BusRecord]) -> Vec<RecordPosition> {
         let e = best.entry(r.position.partition).or_insert(0);
         *e = (*e).max(r.position.offset);
     }
-    best.into_iter().map(|(partition, offset)| RecordPosition { partition, offset }).collect()
+    best.into_iter()
+        .map(|(partition, offset)| RecordPosition { partition, offset })
+        .collect()
 }
 
 async fn drain(c: &mut dyn BusConsumer) {
     loop {
-        let recs = c.poll(10_000, Duration::from_millis(300)).await.expect("poll");
+        let recs = c
+            .poll(10_000, Duration::from_millis(300))
+            .await
+            .expect("poll");
         if recs.is_empty() {
             return;
         }
-        c.commit(&highest_per_partition(&recs)).await.expect("commit");
+        c.commit(&highest_per_partition(&recs))
+            .await
+            .expect("commit");
     }
 }
 
-async fn poll_until(c: &mut dyn BusConsumer, keep: impl Fn(&BusRecord) -> bool, want: usize) -> Vec<BusRecord> {
+async fn poll_until(
+    c: &mut dyn BusConsumer,
+    keep: impl Fn(&BusRecord) -> bool,
+    want: usize,
+) -> Vec<BusRecord> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut out = Vec::new();
     while out.len() < want && std::time::Instant::now() < deadline {
-        for r in c.poll(1000, Duration::from_millis(500)).await.expect("poll") {
+        for r in c
+            .poll(1000, Duration::from_millis(500))
+            .await
+            .expect("poll")
+        {
             if keep(&r) {
                 out.push(r);
             }
@@ -122,13 +180,21 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
     let room = unique("cr");
     let base = 1_700_000_000_000i64;
     // 30 items over 3 slices of 10 s.
-    let items: Vec<_> = (1..=30).map(|s| item(s * 2, base + (s as i64 - 1) * 1000)).collect();
-    let out = store.append(&room, 10_000, 60_000, &items[..20]).await.expect("append");
+    let items: Vec<_> = (1..=30)
+        .map(|s| item(s * 2, base + (s as i64 - 1) * 1000))
+        .collect();
+    let out = store
+        .append(&room, 10_000, 60_000, &items[..20])
+        .await
+        .expect("append");
     assert_eq!(out.added, 20);
     assert!(out.slices.iter().all(|s| s.slice.room == room));
     assert_eq!(out.slices.iter().map(|s| s.members).sum::<u64>(), 20);
     // Redelivery of an overlapping batch stores only the new ones.
-    let out = store.append(&room, 10_000, 60_000, &items[10..]).await.expect("append again");
+    let out = store
+        .append(&room, 10_000, 60_000, &items[10..])
+        .await
+        .expect("append again");
     assert_eq!(out.added, 10, "redelivered items are not stored twice");
     assert_eq!(store.last_seq(&room).await.unwrap(), 60);
     assert_eq!(store.last_seq(&unique("none")).await.unwrap(), 0);
@@ -137,7 +203,10 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
     let all = store.read_after(&room, 0, 1000).await.unwrap();
     assert_eq!(all, items);
     let page = store.read_after(&room, 20, 5).await.unwrap();
-    assert_eq!(page.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![22, 24, 26, 28, 30]);
+    assert_eq!(
+        page.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        vec![22, 24, 26, 28, 30]
+    );
     assert!(store.read_after(&room, 60, 10).await.unwrap().is_empty());
 
     // Nothing is due before its time.
@@ -147,7 +216,11 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
     let first_end = crate::slice::SliceRef::containing(&room, base, 10_000).end_ms();
     let lease = Duration::from_secs(30);
     let mut claimed = Vec::new();
-    while let Some(b) = store.claim_batch(first_end + 60_000, 1, lease).await.unwrap() {
+    while let Some(b) = store
+        .claim_batch(first_end + 60_000, 1, lease)
+        .await
+        .unwrap()
+    {
         if b.slices.iter().any(|s| s.room == room) {
             claimed.push(b);
         } else {
@@ -158,10 +231,19 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
     let b = claimed.pop().unwrap();
     assert!(b.items.iter().all(|(r, _)| r == &room));
     let first_seqs: Vec<_> = b.items.iter().map(|(_, i)| i.seq).collect();
-    let want: Vec<_> = items.iter().filter(|i| i.ts_ms < first_end).map(|i| i.seq).collect();
+    let want: Vec<_> = items
+        .iter()
+        .filter(|i| i.ts_ms < first_end)
+        .map(|i| i.seq)
+        .collect();
     assert_eq!(first_seqs, want);
     // Claimed items leave the hot store.
-    assert!(store.read_after(&room, 0, 1000).await.unwrap().iter().all(|i| i.ts_ms >= first_end));
+    assert!(store
+        .read_after(&room, 0, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.ts_ms >= first_end));
 
     // A batch whose lease expired comes back with the same id and contents.
     let later = first_end + 60_000 + 31_000;
@@ -173,7 +255,12 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
             break;
         }
         // Another slice that fell due meanwhile: archive it here.
-        seen.extend(x.items.iter().filter(|(r, _)| r == &room).map(|(_, i)| i.seq));
+        seen.extend(
+            x.items
+                .iter()
+                .filter(|(r, _)| r == &room)
+                .map(|(_, i)| i.seq),
+        );
         store.complete_batch(x.id).await.unwrap();
     }
     let redo = redo.expect("expired lease is handed out again");
@@ -182,36 +269,68 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
 
     // Expedite makes the rest due now, including slices created afterwards.
     store.expedite(&room, base + 100_000).await.unwrap();
-    store.append(&room, 10_000, 60_000, &[item(100, base + 50_000)]).await.unwrap();
+    store
+        .append(&room, 10_000, 60_000, &[item(100, base + 50_000)])
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while seen.len() < 11 && std::time::Instant::now() < deadline {
         match store.claim_batch(base, 100, lease).await.unwrap() {
             Some(x) => {
-                seen.extend(x.items.iter().filter(|(r, _)| r == &room).map(|(_, i)| i.seq));
+                seen.extend(
+                    x.items
+                        .iter()
+                        .filter(|(r, _)| r == &room)
+                        .map(|(_, i)| i.seq),
+                );
                 store.complete_batch(x.id).await.unwrap();
             }
             None => break,
         }
     }
     seen.sort();
-    let mut want: Vec<_> = items.iter().filter(|i| i.ts_ms >= first_end).map(|i| i.seq).collect();
+    let mut want: Vec<_> = items
+        .iter()
+        .filter(|i| i.ts_ms >= first_end)
+        .map(|i| i.seq)
+        .collect();
     want.push(100);
     assert_eq!(seen, want, "expedited slices are archived, each item once");
     assert!(store.read_after(&room, 0, 1000).await.unwrap().is_empty());
-    assert_eq!(store.last_seq(&room).await.unwrap(), 100, "last seq survives archiving");
+    assert_eq!(
+        store.last_seq(&room).await.unwrap(),
+        100,
+        "last seq survives archiving"
+    );
 
     // A slice written after its namesake was claimed starts afresh.
     let room2 = unique("cr2");
-    store.append(&room2, 10_000, 0, &[item(1, base)]).await.unwrap();
+    store
+        .append(&room2, 10_000, 0, &[item(1, base)])
+        .await
+        .unwrap();
     store.expedite_all().await.unwrap();
     let mut got = Vec::new();
     while let Some(x) = store.claim_batch(base, 100, lease).await.unwrap() {
-        got.extend(x.items.iter().filter(|(r, _)| r == &room2).map(|(_, i)| i.seq));
+        got.extend(
+            x.items
+                .iter()
+                .filter(|(r, _)| r == &room2)
+                .map(|(_, i)| i.seq),
+        );
         store.complete_batch(x.id).await.unwrap();
     }
-    store.append(&room2, 10_000, 0, &[item(2, base + 1)]).await.unwrap();
+    store
+        .append(&room2, 10_000, 0, &[item(2, base + 1)])
+        .await
+        .unwrap();
     while let Some(x) = store.claim_batch(base + 10_000, 100, lease).await.unwrap() {
-        got.extend(x.items.iter().filter(|(r, _)| r == &room2).map(|(_, i)| i.seq));
+        got.extend(
+            x.items
+                .iter()
+                .filter(|(r, _)| r == &room2)
+                .map(|(_, i)| i.seq),
+        );
         store.complete_batch(x.id).await.unwrap();
     }
     assert_eq!(got, vec![1, 2]);
@@ -256,18 +375,31 @@ pub async fn archive_store_suite(store: &dyn ArchiveStore) {
         latency_ms: 250,
     };
     store.create_session(&s1).await.unwrap();
-    assert!(matches!(store.create_session(&s1).await, Err(ArchiveError::AlreadyExists)));
+    assert!(matches!(
+        store.create_session(&s1).await,
+        Err(ArchiveError::AlreadyExists)
+    ));
     store.create_session(&s2).await.unwrap();
     assert_eq!(store.get_session(&v1).await.unwrap(), Some(s1.clone()));
     assert_eq!(store.get_session(&unique("nope")).await.unwrap(), None);
     let list = store.sessions_by_room(&room, 10).await.unwrap();
-    assert_eq!(list.iter().map(|s| s.vod.clone()).collect::<Vec<_>>(), vec![v2.clone(), v1.clone()], "newest first");
+    assert_eq!(
+        list.iter().map(|s| s.vod.clone()).collect::<Vec<_>>(),
+        vec![v2.clone(), v1.clone()],
+        "newest first"
+    );
     assert_eq!(store.sessions_by_room(&room, 1).await.unwrap().len(), 1);
 
     let ended = store.end_session(&v1, 4000).await.unwrap();
     assert_eq!(ended.ended_at, Some(4000));
-    assert!(matches!(store.end_session(&v1, 4001).await, Err(ArchiveError::AlreadyEnded)));
-    assert!(matches!(store.end_session(&unique("nope"), 1).await, Err(ArchiveError::NotFound)));
+    assert!(matches!(
+        store.end_session(&v1, 4001).await,
+        Err(ArchiveError::AlreadyEnded)
+    ));
+    assert!(matches!(
+        store.end_session(&unique("nope"), 1).await,
+        Err(ArchiveError::NotFound)
+    ));
 
     // Rows over two segments, written out of order, twice.
     let rows = vec![
@@ -283,7 +415,11 @@ pub async fn archive_store_suite(store: &dyn ArchiveStore) {
     assert_eq!(store.count(&v2).await.unwrap(), 1);
     let seg0 = store.read_segment(&v1, 0).await.unwrap();
     let order: Vec<_> = seg0.iter().map(|c| (c.offset_ms, c.item.id)).collect();
-    assert_eq!(order, vec![(0, 40), (1_000, 10), (1_000, 20)], "ordered by (offset, id)");
+    assert_eq!(
+        order,
+        vec![(0, 40), (1_000, 10), (1_000, 20)],
+        "ordered by (offset, id)"
+    );
     assert_eq!(seg0[2].item.kind(), Kind::Gift);
     assert_eq!(seg0[0].item.vod.as_deref(), Some(v1.as_str()));
     assert_eq!(seg0[0].item.offset_ms, Some(0));

@@ -28,7 +28,9 @@ pub struct Context {
 /// Why the context could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
-    #[error("{0} is set, but this build has no adapter for it yet (embedded defaults only); unset it")]
+    #[error(
+        "{0} is set, but this build has no adapter for it yet (embedded defaults only); unset it"
+    )]
     NotAvailable(&'static str),
     #[error("cannot open the embedded store under {dir}: {message}")]
     Embedded { dir: String, message: String },
@@ -87,7 +89,9 @@ pub fn load_secret(configured: &str, data_dir: &Path) -> Result<String, ContextE
         }
     }
     std::fs::create_dir_all(data_dir).map_err(|e| ContextError::Secret(e.to_string()))?;
-    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     let tmp = data_dir.join("secret.tmp");
     std::fs::write(&tmp, &secret).map_err(|e| ContextError::Secret(e.to_string()))?;
     #[cfg(unix)]

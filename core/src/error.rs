@@ -102,7 +102,10 @@ impl ApiError {
         serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}})
     }
     pub fn unavailable() -> Self {
-        Self::new(ErrorCode::Unavailable, "a backend is unavailable; nothing was accepted, retry later")
+        Self::new(
+            ErrorCode::Unavailable,
+            "a backend is unavailable; nothing was accepted, retry later",
+        )
     }
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
@@ -122,7 +125,8 @@ impl IntoResponse for ApiError {
         metrics::counter!("danmaku_api_errors_total", "code" => self.code.as_str()).increment(1);
         let mut resp = (self.code.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

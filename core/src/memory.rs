@@ -45,7 +45,9 @@ impl ReplayCache for MemoryReplayCache {
 
     async fn put(&self, key: &str, value: CachedBody, ttl: Duration) {
         let expires = Instant::now() + ttl;
-        self.cache.insert(key.to_string(), Entry { value, expires }).await;
+        self.cache
+            .insert(key.to_string(), Entry { value, expires })
+            .await;
     }
 
     async fn invalidate(&self, key: &str) {
@@ -67,7 +69,16 @@ mod tests {
         let c = MemoryReplayCache::new(100_000);
         for i in 0..100 {
             let body = bytes::Bytes::from(vec![b'x'; 10_000]);
-            c.put(&format!("k{i}"), CachedBody { body: body.clone(), gzip: body, etag: "e".into() }, Duration::from_secs(60)).await;
+            c.put(
+                &format!("k{i}"),
+                CachedBody {
+                    body: body.clone(),
+                    gzip: body,
+                    etag: "e".into(),
+                },
+                Duration::from_secs(60),
+            )
+            .await;
         }
         assert!(c.weighted_size().await <= 100_000);
     }

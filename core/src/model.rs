@@ -118,7 +118,11 @@ impl Danmaku {
             id: self.id.to_string(),
             room: &self.room,
             user: &self.user,
-            name: if self.name.is_empty() { None } else { Some(&self.name) },
+            name: if self.name.is_empty() {
+                None
+            } else {
+                Some(&self.name)
+            },
             ts: self.ts_ms,
             kind: self.kind().as_str(),
             mode: self.mode().as_str(),

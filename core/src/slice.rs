@@ -7,7 +7,9 @@ pub const MIN_SLICE_MS: i64 = 1_000;
 pub const MAX_SLICE_MS: i64 = 3_600_000;
 
 /// One time slice of one room.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SliceRef {
     pub room: String,
     pub start_ms: i64,

@@ -107,8 +107,14 @@ mod tests {
 
     #[test]
     fn back_to_back_sessions_pick_the_right_one() {
-        let a = Session { vod: "a".into(), ..s(0, Some(1000), 0) };
-        let b = Session { vod: "b".into(), ..s(1000, None, 0) };
+        let a = Session {
+            vod: "a".into(),
+            ..s(0, Some(1000), 0)
+        };
+        let b = Session {
+            vod: "b".into(),
+            ..s(1000, None, 0)
+        };
         let all = vec![a, b];
         assert_eq!(session_for(&all, 500).unwrap().vod, "a");
         assert_eq!(session_for(&all, 1000).unwrap().vod, "b");

@@ -1,1 +1,138 @@
-//! placeholder
+//! `danmaku-live`: the live path.
+//!
+//! - [`writer`]: Bus consumer group → SliceStore → room hubs (offsets committed
+//!   after the store write).
+//! - [`hub`]: per-room hubs: ring of recent items, one encoded frame per batch
+//!   shared by every connection, long-poll wake-ups.
+//! - `ws`: `GET /v1/rooms/{room}/ws` (hello / batch / gap, `?cursor=` resume,
+//!   `send` through [`danmaku_ingest::Ingest`]).
+//! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll, next_poll_ms).
+
+pub mod hub;
+mod poll;
+pub mod writer;
+mod ws;
+
+use axum::routing::get;
+use axum::Router;
+use danmaku_core::context::Context;
+use danmaku_core::cursor::Cursor;
+use danmaku_core::error::ApiError;
+use danmaku_core::model::Danmaku;
+use danmaku_ingest::Ingest;
+use hub::{Hub, Hubs, RingItem, RingRead};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The live role's shared state.
+pub struct Live {
+    pub ctx: Context,
+    pub hubs: Arc<Hubs>,
+    pub ingest: Arc<Ingest>,
+    /// Cancelled when the server shuts down: open WebSockets close cleanly.
+    pub shutdown: CancellationToken,
+}
+
+impl Live {
+    pub fn new(ctx: Context, ingest: Arc<Ingest>, shutdown: CancellationToken) -> Arc<Self> {
+        let hubs = Arc::new(Hubs::new(
+            ctx.settings.live.ring_size,
+            ctx.settings.live.ws_queue,
+        ));
+        Arc::new(Self {
+            ctx,
+            hubs,
+            ingest,
+            shutdown,
+        })
+    }
+
+    /// The background tasks of the role: the writer (until `writer_stop`, then it
+    /// drains the Bus) and the hub sweeper.
+    pub async fn run_background(self: Arc<Self>, writer_stop: CancellationToken, grace: Duration) {
+        let sweeper = {
+            let hubs = self.hubs.clone();
+            let stop = writer_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => hubs.sweep(Duration::from_secs(120)),
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        };
+        writer::run(self.ctx.clone(), self.hubs.clone(), writer_stop, grace).await;
+        sweeper.abort();
+    }
+
+    /// Up to `limit` items of `room` after `cursor`, from the hub's ring when it
+    /// covers the cursor, else from the SliceStore.
+    pub async fn items_after(
+        &self,
+        hub: &Hub,
+        room: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<RingItem>, ApiError> {
+        if let RingRead::Covered(items) = hub.read_after(cursor, limit) {
+            return Ok(items);
+        }
+        let stored = self
+            .ctx
+            .slices
+            .read_after(room, cursor, limit)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, room, "slice read failed");
+                ApiError::unavailable()
+            })?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|s| {
+                let d = Danmaku::decode_bytes(&s.data).ok()?;
+                Some(RingItem {
+                    seq: s.seq,
+                    ts_ms: d.ts_ms,
+                    json: Arc::from(d.to_json()),
+                })
+            })
+            .collect())
+    }
+
+    /// The room's current position: the highest seq known to the hub or the store.
+    pub async fn head(&self, hub: &Hub, room: &str) -> Result<u64, ApiError> {
+        let stored = self.ctx.slices.last_seq(room).await.map_err(|e| {
+            tracing::warn!(error = %e, room, "slice read failed");
+            ApiError::unavailable()
+        })?;
+        Ok(stored.max(hub.last_seq()))
+    }
+}
+
+/// The live routes.
+pub fn router(live: Arc<Live>) -> Router {
+    let polling = Router::new()
+        .route("/v1/rooms/{room}/danmaku", get(poll::poll))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .with_state(live.clone());
+    Router::new()
+        .route("/v1/rooms/{room}/ws", get(ws::upgrade))
+        .with_state(live)
+        .merge(polling)
+}
+
+/// Parses an optional `?cursor=`: `invalid_cursor` if present and not ours.
+pub(crate) fn parse_cursor(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(s) => Cursor::decode(s).map(|c| Some(c.0)).ok_or_else(|| {
+            ApiError::new(
+                danmaku_core::error::ErrorCode::InvalidCursor,
+                "the cursor is not one this server handed out",
+            )
+        }),
+    }
+}

@@ -1,1 +1,23 @@
+//! End-to-end tests of the `danmaku` binary: each test starts its own server
+//! (port 0, fresh data dir) and checks the API.md contract from the outside.
+//!
+//! - [`helpers`]: spawn/stop/kill/restart, tokens, HTTP, WebSocket, Parquet.
+//! - [`fanout`]: every viewer gets every comment once, in the same order.
+//! - [`polling`]: 1,000 concurrent comments read back by cursor polling.
+//! - [`resume`]: reconnecting with the last cursor loses and repeats nothing.
+//! - [`vod`]: sessions, replay range API, segments, ETag and caching.
+//! - [`shutdown`]: SIGTERM archives every accepted comment to Parquet once.
+//! - [`crash`]: kill -9 loses no acknowledged comment.
+//! - [`errors`]: every error code of API.md with its status.
+//! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
 
+mod helpers;
+
+mod crash;
+mod errors;
+mod fanout;
+mod hostile_text;
+mod polling;
+mod resume;
+mod shutdown;
+mod vod;

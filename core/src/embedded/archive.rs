@@ -67,7 +67,8 @@ impl ArchiveStore for EmbeddedArchiveStore {
                     }
                     let json = serde_json::to_vec(&s).expect("session serializes");
                     vods.insert(s.vod.as_str(), json.as_slice())?;
-                    txn.open_table(BY_ROOM)?.insert((s.room.as_str(), s.started_at, s.vod.as_str()), ())?;
+                    txn.open_table(BY_ROOM)?
+                        .insert((s.room.as_str(), s.started_at, s.vod.as_str()), ())?;
                 }
                 txn.commit()?;
                 Ok(Outcome::Ok(()))
@@ -88,7 +89,11 @@ impl ArchiveStore for EmbeddedArchiveStore {
                 let txn = db.begin_write()?;
                 let session = {
                     let mut vods = txn.open_table(VODS)?;
-                    let Some(mut s) = vods.get(vod.as_str())?.map(|v| decode_session(v.value())).transpose()? else {
+                    let Some(mut s) = vods
+                        .get(vod.as_str())?
+                        .map(|v| decode_session(v.value()))
+                        .transpose()?
+                    else {
                         return Ok(Outcome::Err(ArchiveError::NotFound));
                     };
                     if s.ended_at.is_some() {
@@ -116,13 +121,19 @@ impl ArchiveStore for EmbeddedArchiveStore {
             .run(move |db| {
                 let r = db.begin_read()?;
                 let t = r.open_table(VODS)?;
-                t.get(vod.as_str())?.map(|v| decode_session(v.value())).transpose()
+                t.get(vod.as_str())?
+                    .map(|v| decode_session(v.value()))
+                    .transpose()
             })
             .await
             .map_err(err)
     }
 
-    async fn sessions_by_room(&self, room: &str, limit: usize) -> Result<Vec<Session>, ArchiveError> {
+    async fn sessions_by_room(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Vec<Session>, ArchiveError> {
         let room = room.to_string();
         self.db
             .run(move |db| {
@@ -130,7 +141,11 @@ impl ArchiveStore for EmbeddedArchiveStore {
                 let by_room = r.open_table(BY_ROOM)?;
                 let vods = r.open_table(VODS)?;
                 let mut out = Vec::new();
-                for e in by_room.range((room.as_str(), i64::MIN, "")..=(room.as_str(), i64::MAX, "\u{10FFFF}"))?.rev().take(limit) {
+                for e in by_room
+                    .range((room.as_str(), i64::MIN, "")..=(room.as_str(), i64::MAX, "\u{10FFFF}"))?
+                    .rev()
+                    .take(limit)
+                {
                     let (k, _) = e?;
                     let vod = k.value().2;
                     if let Some(v) = vods.get(vod)? {
@@ -153,7 +168,13 @@ impl ArchiveStore for EmbeddedArchiveStore {
                 let mut item = r.item.clone();
                 item.vod = Some(r.vod.clone());
                 item.offset_ms = Some(r.offset_ms);
-                (r.vod.clone(), segment_of(r.offset_ms), r.offset_ms, item.id, prost::Message::encode_to_vec(&item))
+                (
+                    r.vod.clone(),
+                    segment_of(r.offset_ms),
+                    r.offset_ms,
+                    item.id,
+                    prost::Message::encode_to_vec(&item),
+                )
             })
             .collect();
         self.db
@@ -179,16 +200,24 @@ impl ArchiveStore for EmbeddedArchiveStore {
             .map_err(err)
     }
 
-    async fn read_segment(&self, vod: &str, segment: u32) -> Result<Vec<ArchivedComment>, ArchiveError> {
+    async fn read_segment(
+        &self,
+        vod: &str,
+        segment: u32,
+    ) -> Result<Vec<ArchivedComment>, ArchiveError> {
         let vod = vod.to_string();
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
                 let t = r.open_table(COMMENTS)?;
                 let mut out = Vec::new();
-                for e in t.range((vod.as_str(), segment, i64::MIN, 0)..=(vod.as_str(), segment, i64::MAX, u64::MAX))? {
+                for e in t.range(
+                    (vod.as_str(), segment, i64::MIN, 0)
+                        ..=(vod.as_str(), segment, i64::MAX, u64::MAX),
+                )? {
                     let (k, v) = e?;
-                    let item = Danmaku::decode_bytes(v.value()).map_err(|e| redb::Error::Corrupted(format!("comment: {e}")))?;
+                    let item = Danmaku::decode_bytes(v.value())
+                        .map_err(|e| redb::Error::Corrupted(format!("comment: {e}")))?;
                     out.push(ArchivedComment {
                         vod: vod.clone(),
                         offset_ms: k.value().2,
@@ -206,7 +235,10 @@ impl ArchiveStore for EmbeddedArchiveStore {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                Ok(r.open_table(COUNTS)?.get(vod.as_str())?.map(|v| v.value()).unwrap_or(0))
+                Ok(r.open_table(COUNTS)?
+                    .get(vod.as_str())?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
             })
             .await
             .map_err(err)
@@ -218,7 +250,12 @@ impl ArchiveStore for EmbeddedArchiveStore {
             .run(move |db| {
                 let r = db.begin_read()?;
                 let t = r.open_table(COMMENTS)?;
-                let last = t.range((vod.as_str(), 0, i64::MIN, 0)..=(vod.as_str(), u32::MAX, i64::MAX, u64::MAX))?.next_back();
+                let last = t
+                    .range(
+                        (vod.as_str(), 0, i64::MIN, 0)
+                            ..=(vod.as_str(), u32::MAX, i64::MAX, u64::MAX),
+                    )?
+                    .next_back();
                 Ok(last.transpose()?.map(|(k, _)| k.value().1))
             })
             .await

@@ -86,7 +86,13 @@ impl EmbeddedBus {
     }
 }
 
-fn writer_loop(db: EmbeddedDb, partitions: u32, mut next: Vec<u64>, mut rx: mpsc::Receiver<Pending>, appended: watch::Sender<u64>) {
+fn writer_loop(
+    db: EmbeddedDb,
+    partitions: u32,
+    mut next: Vec<u64>,
+    mut rx: mpsc::Receiver<Pending>,
+    appended: watch::Sender<u64>,
+) {
     let mut batch: Vec<Pending> = Vec::with_capacity(1024);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -107,7 +113,10 @@ fn writer_loop(db: EmbeddedDb, partitions: u32, mut next: Vec<u64>, mut rx: mpsc
                     let off = trial[part as usize];
                     trial[part as usize] += 1;
                     t.insert((part, off), (p.room.as_str(), p.payload.as_ref()))?;
-                    positions.push(RecordPosition { partition: part, offset: off });
+                    positions.push(RecordPosition {
+                        partition: part,
+                        offset: off,
+                    });
                 }
             }
             txn.commit()?;
@@ -124,7 +133,9 @@ fn writer_loop(db: EmbeddedDb, partitions: u32, mut next: Vec<u64>, mut rx: mpsc
             Err(e) => {
                 tracing::error!(error = %e, "embedded bus append failed");
                 for p in batch.drain(..) {
-                    let _ = p.ack.send(Err(BusError::Unavailable("embedded log write failed".into())));
+                    let _ = p.ack.send(Err(BusError::Unavailable(
+                        "embedded log write failed".into(),
+                    )));
                 }
             }
         }
@@ -143,7 +154,8 @@ impl Bus for EmbeddedBus {
             })
             .await
             .map_err(|_| BusError::Unavailable("embedded bus stopped".into()))?;
-        rx.await.map_err(|_| BusError::Unavailable("embedded bus stopped".into()))?
+        rx.await
+            .map_err(|_| BusError::Unavailable("embedded bus stopped".into()))?
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn BusConsumer>, BusError> {
@@ -160,7 +172,11 @@ impl Bus for EmbeddedBus {
                 for p in 0..parts {
                     let committed = c.get((g.as_str(), p))?.map(|v| v.value()).unwrap_or(0);
                     // Records below the first one still in the log were trimmed.
-                    let first = l.range((p, 0)..=(p, u64::MAX))?.next().transpose()?.map(|e| e.0.value().1);
+                    let first = l
+                        .range((p, 0)..=(p, u64::MAX))?
+                        .next()
+                        .transpose()?
+                        .map(|e| e.0.value().1);
                     pos.push(first.map_or(committed, |f| committed.max(f)));
                 }
                 Ok(pos)
@@ -256,7 +272,10 @@ impl BusConsumer for EmbeddedConsumer {
                     let mut log = txn.open_table(LOG)?;
                     for pos in &upto {
                         let next = pos.offset + 1;
-                        let old = c.get((group.as_str(), pos.partition))?.map(|v| v.value()).unwrap_or(0);
+                        let old = c
+                            .get((group.as_str(), pos.partition))?
+                            .map(|v| v.value())
+                            .unwrap_or(0);
                         if next <= old {
                             continue;
                         }
@@ -326,7 +345,9 @@ mod tests {
         {
             let bus = EmbeddedBus::open(EmbeddedDb::open(dir.path()).unwrap(), 2).unwrap();
             for i in 0..10 {
-                bus.publish("r", Bytes::from(format!("m{i}"))).await.unwrap();
+                bus.publish("r", Bytes::from(format!("m{i}")))
+                    .await
+                    .unwrap();
             }
             let mut c = bus.consumer("g").await.unwrap();
             let recs = c.poll(4, Duration::from_millis(100)).await.unwrap();
@@ -347,7 +368,10 @@ mod tests {
         assert_eq!(pos.offset, 10, "offsets continue after reopen");
         let mut c = bus.consumer("g").await.unwrap();
         let recs = c.poll(100, Duration::from_millis(100)).await.unwrap();
-        let texts: Vec<_> = recs.iter().map(|r| String::from_utf8(r.payload.to_vec()).unwrap()).collect();
+        let texts: Vec<_> = recs
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
         assert_eq!(texts, (4..=10).map(|i| format!("m{i}")).collect::<Vec<_>>());
     }
 }

@@ -49,7 +49,9 @@ impl EmbeddedDb {
         let db = self.db.clone();
         match tokio::task::spawn_blocking(move || f(&db)).await {
             Ok(r) => r,
-            Err(e) => Err(redb::Error::Io(std::io::Error::other(format!("blocking task failed: {e}")))),
+            Err(e) => Err(redb::Error::Io(std::io::Error::other(format!(
+                "blocking task failed: {e}"
+            )))),
         }
     }
 }

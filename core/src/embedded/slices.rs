@@ -13,7 +13,8 @@ use std::time::Duration;
 /// (room, slice start, seq) -> (ts, data)
 const ITEMS: TableDefinition<(&str, i64, u64), (i64, &[u8])> = TableDefinition::new("sl_items");
 /// (room, slice start) -> (len, due, members, bytes)
-const SLICES: TableDefinition<(&str, i64), (i64, i64, u64, u64)> = TableDefinition::new("sl_slices");
+const SLICES: TableDefinition<(&str, i64), (i64, i64, u64, u64)> =
+    TableDefinition::new("sl_slices");
 /// (due, room, slice start) -> ()
 const EXPIRY: TableDefinition<(i64, &str, i64), ()> = TableDefinition::new("sl_expiry");
 /// room -> slices starting at or before this are due at once
@@ -23,7 +24,8 @@ const LAST: TableDefinition<&str, u64> = TableDefinition::new("sl_last");
 /// batch id -> (lease until, slices as JSON)
 const BATCHES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_batches");
 /// (batch id, room, seq) -> (ts, data)
-const BATCH_ITEMS: TableDefinition<(u64, &str, u64), (i64, &[u8])> = TableDefinition::new("sl_batch_items");
+const BATCH_ITEMS: TableDefinition<(u64, &str, u64), (i64, &[u8])> =
+    TableDefinition::new("sl_batch_items");
 /// name -> counter
 const META: TableDefinition<&str, u64> = TableDefinition::new("sl_meta");
 
@@ -55,7 +57,11 @@ fn err(e: redb::Error) -> SliceError {
     SliceError::Other(e.to_string())
 }
 
-fn due_now(txn: &redb::WriteTransaction, room: Option<&str>, up_to: i64) -> Result<(), redb::Error> {
+fn due_now(
+    txn: &redb::WriteTransaction,
+    room: Option<&str>,
+    up_to: i64,
+) -> Result<(), redb::Error> {
     let mut slices = txn.open_table(SLICES)?;
     let mut expiry = txn.open_table(EXPIRY)?;
     let mut changes = Vec::new();
@@ -79,7 +85,11 @@ fn due_now(txn: &redb::WriteTransaction, room: Option<&str>, up_to: i64) -> Resu
     Ok(())
 }
 
-fn read_batch(txn: &redb::WriteTransaction, id: u64, slices_json: &[u8]) -> Result<ArchiveBatch, redb::Error> {
+fn read_batch(
+    txn: &redb::WriteTransaction,
+    id: u64,
+    slices_json: &[u8],
+) -> Result<ArchiveBatch, redb::Error> {
     let slices: Vec<SliceRef> = serde_json::from_slice(slices_json).unwrap_or_default();
     let t = txn.open_table(BATCH_ITEMS)?;
     let mut items = Vec::new();
@@ -101,7 +111,13 @@ fn read_batch(txn: &redb::WriteTransaction, id: u64, slices_json: &[u8]) -> Resu
 
 #[async_trait]
 impl SliceStore for EmbeddedSliceStore {
-    async fn append(&self, room: &str, slice_len_ms: i64, hot_retention_ms: i64, items: &[SliceItem]) -> Result<AppendOutcome, SliceError> {
+    async fn append(
+        &self,
+        room: &str,
+        slice_len_ms: i64,
+        hot_retention_ms: i64,
+        items: &[SliceItem],
+    ) -> Result<AppendOutcome, SliceError> {
         let room = room.to_string();
         let mut items = items.to_vec();
         items.sort_by_key(|i| i.seq);
@@ -111,7 +127,10 @@ impl SliceStore for EmbeddedSliceStore {
                 let mut outcome = AppendOutcome::default();
                 {
                     let mut last_t = txn.open_table(LAST)?;
-                    let mark = txn.open_table(MARKS)?.get(room.as_str())?.map(|v| v.value());
+                    let mark = txn
+                        .open_table(MARKS)?
+                        .get(room.as_str())?
+                        .map(|v| v.value());
                     let mut slices = txn.open_table(SLICES)?;
                     let mut expiry = txn.open_table(EXPIRY)?;
                     let mut store = txn.open_table(ITEMS)?;
@@ -124,20 +143,37 @@ impl SliceStore for EmbeddedSliceStore {
                             continue;
                         }
                         let mut slice = SliceRef::containing(&room, it.ts_ms, slice_len_ms);
-                        let meta = slices.get((room.as_str(), slice.start_ms))?.map(|v| v.value());
+                        let meta = slices
+                            .get((room.as_str(), slice.start_ms))?
+                            .map(|v| v.value());
                         let (len, due, members, bytes) = match meta {
                             Some(m) => m,
                             None => {
-                                let due = if mark.is_some_and(|m| slice.start_ms <= m) { 0 } else { slice.due_ms(hot_retention_ms) };
+                                let due = if mark.is_some_and(|m| slice.start_ms <= m) {
+                                    0
+                                } else {
+                                    slice.due_ms(hot_retention_ms)
+                                };
                                 expiry.insert((due, room.as_str(), slice.start_ms), ())?;
                                 (slice.len_ms, due, 0, 0)
                             }
                         };
                         slice.len_ms = len;
-                        store.insert((room.as_str(), slice.start_ms, it.seq), (it.ts_ms, it.data.as_ref()))?;
+                        store.insert(
+                            (room.as_str(), slice.start_ms, it.seq),
+                            (it.ts_ms, it.data.as_ref()),
+                        )?;
                         let (members, bytes) = (members + 1, bytes + it.data.len() as u64);
-                        slices.insert((room.as_str(), slice.start_ms), (len, due, members, bytes))?;
-                        touched.insert(slice.start_ms, SliceStat { slice, members, bytes });
+                        slices
+                            .insert((room.as_str(), slice.start_ms), (len, due, members, bytes))?;
+                        touched.insert(
+                            slice.start_ms,
+                            SliceStat {
+                                slice,
+                                members,
+                                bytes,
+                            },
+                        );
                         last = it.seq;
                         outcome.added += 1;
                     }
@@ -151,7 +187,12 @@ impl SliceStore for EmbeddedSliceStore {
             .map_err(err)
     }
 
-    async fn read_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<SliceItem>, SliceError> {
+    async fn read_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SliceItem>, SliceError> {
         let room = room.to_string();
         self.db
             .run(move |db| {
@@ -162,7 +203,10 @@ impl SliceStore for EmbeddedSliceStore {
                 for e in slices.range((room.as_str(), i64::MIN)..=(room.as_str(), i64::MAX))? {
                     let start = e?.0.value().1;
                     let from = after.saturating_add(1);
-                    for it in items.range((room.as_str(), start, from)..=(room.as_str(), start, u64::MAX))?.take(limit) {
+                    for it in items
+                        .range((room.as_str(), start, from)..=(room.as_str(), start, u64::MAX))?
+                        .take(limit)
+                    {
                         let (k, v) = it?;
                         let (ts, data) = v.value();
                         out.push(SliceItem {
@@ -199,7 +243,10 @@ impl SliceStore for EmbeddedSliceStore {
                 let txn = db.begin_write()?;
                 {
                     let mut marks = txn.open_table(MARKS)?;
-                    let old = marks.get(room.as_str())?.map(|v| v.value()).unwrap_or(i64::MIN);
+                    let old = marks
+                        .get(room.as_str())?
+                        .map(|v| v.value())
+                        .unwrap_or(i64::MIN);
                     marks.insert(room.as_str(), old.max(up_to_ms))?;
                 }
                 due_now(&txn, Some(&room), up_to_ms)?;
@@ -222,7 +269,12 @@ impl SliceStore for EmbeddedSliceStore {
             .map_err(err)
     }
 
-    async fn claim_batch(&self, now_ms: i64, max_slices: usize, lease: Duration) -> Result<Option<ArchiveBatch>, SliceError> {
+    async fn claim_batch(
+        &self,
+        now_ms: i64,
+        max_slices: usize,
+        lease: Duration,
+    ) -> Result<Option<ArchiveBatch>, SliceError> {
         let lease_ms = lease.as_millis() as i64;
         self.db
             .run(move |db| {
@@ -242,7 +294,8 @@ impl SliceStore for EmbeddedSliceStore {
                     found
                 };
                 if let Some((id, json)) = expired {
-                    txn.open_table(BATCHES)?.insert(id, (now_ms + lease_ms, json.as_slice()))?;
+                    txn.open_table(BATCHES)?
+                        .insert(id, (now_ms + lease_ms, json.as_slice()))?;
                     let batch = read_batch(&txn, id, &json)?;
                     txn.commit()?;
                     return Ok(Some(batch));
@@ -250,7 +303,10 @@ impl SliceStore for EmbeddedSliceStore {
                 let due: Vec<(i64, String, i64)> = {
                     let expiry = txn.open_table(EXPIRY)?;
                     let mut v = Vec::new();
-                    for e in expiry.range((i64::MIN, "", i64::MIN)..(now_ms.saturating_add(1), "", i64::MIN))?.take(max_slices.max(1)) {
+                    for e in expiry
+                        .range((i64::MIN, "", i64::MIN)..(now_ms.saturating_add(1), "", i64::MIN))?
+                        .take(max_slices.max(1))
+                    {
                         let (k, _) = e?;
                         let (d, room, start) = k.value();
                         v.push((d, room.to_string(), start));
@@ -274,13 +330,19 @@ impl SliceStore for EmbeddedSliceStore {
                     let mut bitems = txn.open_table(BATCH_ITEMS)?;
                     for (d, room, start) in &due {
                         expiry.remove((*d, room.as_str(), *start))?;
-                        let len = slices.remove((room.as_str(), *start))?.map(|v| v.value().0).unwrap_or(0);
+                        let len = slices
+                            .remove((room.as_str(), *start))?
+                            .map(|v| v.value().0)
+                            .unwrap_or(0);
                         refs.push(SliceRef {
                             room: room.clone(),
                             start_ms: *start,
                             len_ms: len,
                         });
-                        let moved = items.extract_from_if((room.as_str(), *start, 0)..=(room.as_str(), *start, u64::MAX), |_, _| true)?;
+                        let moved = items.extract_from_if(
+                            (room.as_str(), *start, 0)..=(room.as_str(), *start, u64::MAX),
+                            |_, _| true,
+                        )?;
                         for e in moved {
                             let (k, v) = e?;
                             let (ts, data) = v.value();
@@ -289,7 +351,8 @@ impl SliceStore for EmbeddedSliceStore {
                     }
                 }
                 let json = serde_json::to_vec(&refs).unwrap_or_default();
-                txn.open_table(BATCHES)?.insert(id, (now_ms + lease_ms, json.as_slice()))?;
+                txn.open_table(BATCHES)?
+                    .insert(id, (now_ms + lease_ms, json.as_slice()))?;
                 let batch = read_batch(&txn, id, &json)?;
                 txn.commit()?;
                 Ok(Some(batch))

@@ -44,13 +44,21 @@ pub trait ArchiveStore: Send + Sync + 'static {
     async fn get_session(&self, vod: &str) -> Result<Option<Session>, ArchiveError>;
 
     /// Sessions of `room`, newest first, at most `limit`.
-    async fn sessions_by_room(&self, room: &str, limit: usize) -> Result<Vec<Session>, ArchiveError>;
+    async fn sessions_by_room(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<Vec<Session>, ArchiveError>;
 
     /// Stores comments (any VODs) idempotently.
     async fn upsert_comments(&self, rows: &[ArchivedComment]) -> Result<(), ArchiveError>;
 
     /// Every comment of segment `segment` of `vod`, ordered by (offset_ms, id).
-    async fn read_segment(&self, vod: &str, segment: u32) -> Result<Vec<ArchivedComment>, ArchiveError>;
+    async fn read_segment(
+        &self,
+        vod: &str,
+        segment: u32,
+    ) -> Result<Vec<ArchivedComment>, ArchiveError>;
 
     /// Comments archived for `vod` so far.
     async fn count(&self, vod: &str) -> Result<u64, ArchiveError>;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 /// Why an object store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectStoreError {
-    #[error("unsupported archive.url {0:?}: use file:///path (s3:// arrives with the archive issue)")]
+    #[error(
+        "unsupported archive.url {0:?}: use file:///path (s3:// arrives with the archive issue)"
+    )]
     Unsupported(String),
     #[error("cannot open {0}: {1}")]
     Open(String, String),
@@ -17,7 +19,10 @@ pub enum ObjectStoreError {
 
 /// Opens the store named by `url` (`file:///path`, or a plain path); empty means
 /// `<data_dir>/archive`.
-pub fn object_store_from_url(url: &str, data_dir: &Path) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
+pub fn object_store_from_url(
+    url: &str,
+    data_dir: &Path,
+) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
     let path = if url.is_empty() {
         data_dir.join("archive")
     } else if let Some(p) = url.strip_prefix("file://") {
@@ -27,7 +32,9 @@ pub fn object_store_from_url(url: &str, data_dir: &Path) -> Result<Arc<dyn Objec
     } else {
         Path::new(url).to_path_buf()
     };
-    std::fs::create_dir_all(&path).map_err(|e| ObjectStoreError::Open(path.display().to_string(), e.to_string()))?;
-    let fs = LocalFileSystem::new_with_prefix(&path).map_err(|e| ObjectStoreError::Open(path.display().to_string(), e.to_string()))?;
+    std::fs::create_dir_all(&path)
+        .map_err(|e| ObjectStoreError::Open(path.display().to_string(), e.to_string()))?;
+    let fs = LocalFileSystem::new_with_prefix(&path)
+        .map_err(|e| ObjectStoreError::Open(path.display().to_string(), e.to_string()))?;
     Ok(Arc::new(fs))
 }

@@ -75,7 +75,12 @@ pub trait SliceStore: Send + Sync + 'static {
     ) -> Result<AppendOutcome, SliceError>;
 
     /// Up to `limit` items of `room` with `seq > after`, in seq order.
-    async fn read_after(&self, room: &str, after: u64, limit: usize) -> Result<Vec<SliceItem>, SliceError>;
+    async fn read_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SliceItem>, SliceError>;
 
     /// The highest seq ever appended to `room` (0 if none), even once archived.
     async fn last_seq(&self, room: &str) -> Result<u64, SliceError>;
@@ -89,7 +94,12 @@ pub trait SliceStore: Send + Sync + 'static {
 
     /// Claims up to `max_slices` slices due at `now_ms` (or a batch whose lease
     /// expired) for `lease`. `None` when nothing is due.
-    async fn claim_batch(&self, now_ms: i64, max_slices: usize, lease: Duration) -> Result<Option<ArchiveBatch>, SliceError>;
+    async fn claim_batch(
+        &self,
+        now_ms: i64,
+        max_slices: usize,
+        lease: Duration,
+    ) -> Result<Option<ArchiveBatch>, SliceError>;
 
     /// Deletes a claimed batch once it is archived.
     async fn complete_batch(&self, batch_id: u64) -> Result<(), SliceError>;

@@ -1,0 +1,517 @@
+//! The archive's Parquet files: the row type, the Arrow schema, the writer
+//! settings (ZSTD, page statistics and page index, dictionaries, bloom filters on
+//! `user` and `room`, the schema version in the file metadata), the Hive-style
+//! object names and the grouping of a batch's rows by hour partition.
+//!
+//! Everything here is a pure function of its input: encoding the same rows twice
+//! gives the same bytes, and an object name depends only on the hour and the batch
+//! id, which is what lets a redone batch overwrite its own files instead of adding
+//! rows (DESIGN §8).
+
+use arrow::array::{
+    ArrayRef, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use danmaku_core::model::Danmaku;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// File-metadata key holding [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "danmaku.schema_version";
+/// Version of the column layout below; bump it when columns change meaning.
+pub const SCHEMA_VERSION: &str = "1";
+/// ZSTD level of every column.
+pub const ZSTD_LEVEL: i32 = 3;
+/// False-positive rate of the bloom filters.
+pub const BLOOM_FPP: f64 = 0.01;
+/// Length of one hour partition.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Why a file could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] ParquetError),
+}
+
+/// One row of an archive file: a comment, with its VOD and offset when it was
+/// aligned to a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParquetRow {
+    pub id: u64,
+    pub room: String,
+    pub vod: Option<String>,
+    pub offset_ms: Option<i64>,
+    /// Server time, ms since the epoch (the `ts` column, UTC).
+    pub ts_ms: i64,
+    pub user: String,
+    /// Display name; `None` when the comment had none.
+    pub name: Option<String>,
+    /// `comment`, `gift`, `like` or `system`.
+    pub kind: &'static str,
+    /// `scroll`, `top` or `bottom`.
+    pub mode: &'static str,
+    pub color: u32,
+    pub text: String,
+}
+
+impl ParquetRow {
+    /// The row of comment `d`, with the VOD and offset it was archived under (if
+    /// any). An empty `d.room` falls back to `room`, the SliceStore's key.
+    pub fn from_danmaku(
+        d: Danmaku,
+        room: &str,
+        vod: Option<String>,
+        offset_ms: Option<i64>,
+    ) -> Self {
+        let kind = d.kind().as_str();
+        let mode = d.mode().as_str();
+        Self {
+            id: d.id,
+            room: if d.room.is_empty() {
+                room.to_string()
+            } else {
+                d.room
+            },
+            vod,
+            offset_ms,
+            ts_ms: d.ts_ms,
+            user: d.user,
+            name: if d.name.is_empty() {
+                None
+            } else {
+                Some(d.name)
+            },
+            kind,
+            mode,
+            color: d.color,
+            text: d.text,
+        }
+    }
+}
+
+/// The Arrow schema of an archive file, column order included.
+pub fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::UInt64, false),
+        Field::new("room", DataType::Utf8, false),
+        Field::new("vod", DataType::Utf8, true),
+        Field::new("offset_ms", DataType::Int64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("user", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("mode", DataType::Utf8, false),
+        Field::new("color", DataType::UInt32, false),
+        Field::new("text", DataType::Utf8, false),
+    ]))
+}
+
+/// Writer settings for a file of `rows` rows. The bloom filters are sized for
+/// `rows` distinct values (an upper bound), not parquet's default of a million,
+/// which would add most of a megabyte to every small file.
+pub fn writer_properties(rows: usize) -> Result<WriterProperties, EncodeError> {
+    let ndv = rows.max(1) as u64;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_dictionary_enabled(true)
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_string(),
+            SCHEMA_VERSION.to_string(),
+        )]));
+    for column in ["user", "room"] {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
+            .set_column_bloom_filter_ndv(path, ndv);
+    }
+    Ok(builder.build())
+}
+
+/// Sorts `rows` into file order: by (room, ts, id).
+pub fn sort_rows(rows: &mut [ParquetRow]) {
+    rows.sort_by(|a, b| (a.room.as_str(), a.ts_ms, a.id).cmp(&(b.room.as_str(), b.ts_ms, b.id)));
+}
+
+/// `rows` as one Arrow record batch, in the given order.
+pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.id))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.room.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.vod.as_deref()),
+        )),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.offset_ms))),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.ts_ms))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.user.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.name.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.mode))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.color))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.text.as_str()),
+        )),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+/// One complete Parquet file holding `rows`, sorted by (room, ts, id) whatever
+/// their order here. Deterministic: the same rows give the same bytes.
+pub fn encode(rows: &[ParquetRow]) -> Result<Bytes, EncodeError> {
+    let mut sorted = rows.to_vec();
+    sort_rows(&mut sorted);
+    let batch = to_record_batch(&sorted)?;
+    let mut out = Vec::with_capacity(rows.len() * 64 + 4096);
+    let mut writer =
+        ArrowWriter::try_new(&mut out, schema(), Some(writer_properties(rows.len())?))?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(Bytes::from(out))
+}
+
+/// Start (ms since the epoch, UTC) of the hour holding `ts_ms`.
+pub fn hour_start(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(HOUR_MS) * HOUR_MS
+}
+
+/// The object name of batch `batch_id`'s file for the hour holding `ts_ms`:
+/// `date=YYYY-MM-DD/hour=HH/part-<batch id, 20 digits>.parquet`, in UTC.
+pub fn object_path(ts_ms: i64, batch_id: u64) -> String {
+    // Out of chrono's range (hundreds of thousands of years away) only with a
+    // corrupt timestamp; such rows still get a stable name.
+    let hour = chrono::DateTime::from_timestamp_millis(hour_start(ts_ms))
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    format!(
+        "{}/part-{batch_id:020}.parquet",
+        hour.format("date=%Y-%m-%d/hour=%H")
+    )
+}
+
+/// Splits `rows` by hour partition: `(start of the hour, its rows)`, oldest hour
+/// first, each hour's rows in their original order.
+pub fn group_by_hour(rows: Vec<ParquetRow>) -> Vec<(i64, Vec<ParquetRow>)> {
+    let mut hours: BTreeMap<i64, Vec<ParquetRow>> = BTreeMap::new();
+    for row in rows {
+        hours.entry(hour_start(row.ts_ms)).or_default().push(row);
+    }
+    hours.into_iter().collect()
+}
+
+/// Every file of batch `batch_id`: `(object name, Parquet bytes)`, one per hour
+/// the rows span, oldest first. No rows, no files.
+pub fn encode_batch(
+    batch_id: u64,
+    rows: Vec<ParquetRow>,
+) -> Result<Vec<(String, Bytes)>, EncodeError> {
+    group_by_hour(rows)
+        .into_iter()
+        .map(|(hour, rows)| Ok((object_path(hour, batch_id), encode(&rows)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// 2025-11-24T16:00:00Z.
+    const T: i64 = 1_764_000_000_000;
+
+    fn row(id: u64, room: &str, ts_ms: i64, text: &str) -> ParquetRow {
+        ParquetRow {
+            id,
+            room: room.into(),
+            vod: None,
+            offset_ms: None,
+            ts_ms,
+            user: format!("u{}", id % 3),
+            name: None,
+            kind: "comment",
+            mode: "scroll",
+            color: 0xFFFFFF,
+            text: text.into(),
+        }
+    }
+
+    fn hostile_rows() -> Vec<ParquetRow> {
+        vec![
+            ParquetRow {
+                vod: Some("vod-1".into()),
+                offset_ms: Some(1234),
+                name: Some("Ålice \"the\" 🦀".into()),
+                kind: "gift",
+                mode: "top",
+                color: 0x00FF00,
+                ..row(3, "r2", T + 5, "<script>alert('x')</script>")
+            },
+            row(1, "r1", T + 10, "好耶 \"quoted\" 'single' \\ backslash"),
+            ParquetRow {
+                kind: "system",
+                mode: "bottom",
+                color: 0,
+                ..row(2, "r1", T + 10, "🎉🎉 emoji, ZWJ 👨‍👩‍👧 and RTL مرحبا")
+            },
+            ParquetRow {
+                kind: "like",
+                ..row(4, "r1", T - 1, "")
+            },
+            row(5, "r10", T, "a,b;c\td"),
+        ]
+    }
+
+    fn read_back(bytes: Bytes) -> (Vec<ParquetRow>, Option<Vec<KeyValue>>) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let kv = builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .cloned();
+        assert_eq!(builder.schema().fields(), schema().fields());
+        let mut out = Vec::new();
+        for batch in builder.build().unwrap() {
+            let b = batch.unwrap();
+            let s = |i: usize| b.column(i).as_string::<i32>().clone();
+            let (id, room, vod, off) = (
+                b.column(0).as_primitive::<UInt64Type>(),
+                s(1),
+                s(2),
+                b.column(3).as_primitive::<Int64Type>(),
+            );
+            let ts = b.column(4).as_primitive::<TimestampMillisecondType>();
+            let (user, name, kind, mode) = (s(5), s(6), s(7), s(8));
+            let (color, text) = (b.column(9).as_primitive::<UInt32Type>(), s(10));
+            let leak = |v: &str| -> &'static str { Box::leak(v.to_string().into_boxed_str()) };
+            for i in 0..b.num_rows() {
+                out.push(ParquetRow {
+                    id: id.value(i),
+                    room: room.value(i).into(),
+                    vod: vod.is_valid(i).then(|| vod.value(i).to_string()),
+                    offset_ms: off.is_valid(i).then(|| off.value(i)),
+                    ts_ms: ts.value(i),
+                    user: user.value(i).into(),
+                    name: name.is_valid(i).then(|| name.value(i).to_string()),
+                    kind: leak(kind.value(i)),
+                    mode: leak(mode.value(i)),
+                    color: color.value(i),
+                    text: text.value(i).into(),
+                });
+            }
+        }
+        (out, kv)
+    }
+
+    #[test]
+    fn roundtrip_every_column_sorted_by_room_ts_id() {
+        let rows = hostile_rows();
+        let (back, kv) = read_back(encode(&rows).unwrap());
+        let mut expected = rows.clone();
+        sort_rows(&mut expected);
+        assert_eq!(back, expected);
+        let order: Vec<u64> = back.iter().map(|r| r.id).collect();
+        assert_eq!(order, vec![4, 1, 2, 5, 3], "room, then ts, then id");
+        let kv = kv.unwrap();
+        let version = kv.iter().find(|k| k.key == SCHEMA_VERSION_KEY).unwrap();
+        assert_eq!(version.value.as_deref(), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn encoding_is_deterministic_and_order_independent() {
+        let rows = hostile_rows();
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        assert_eq!(encode(&rows).unwrap(), encode(&reversed).unwrap());
+    }
+
+    #[test]
+    fn file_has_zstd_page_index_dictionaries_and_bloom_filters() {
+        let rows: Vec<_> = (0..500)
+            .map(|i| {
+                row(
+                    i,
+                    if i % 2 == 0 { "ra" } else { "rb" },
+                    T + i as i64,
+                    "same text",
+                )
+            })
+            .collect();
+        let bytes = encode(&rows).unwrap();
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_page_index(true);
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::try_new_with_options(bytes.clone(), options).unwrap();
+        let meta = builder.metadata().clone();
+        assert!(
+            meta.column_index().is_some() && meta.offset_index().is_some(),
+            "page index written"
+        );
+        let rg = meta.row_group(0);
+        let names: Vec<String> = rg
+            .columns()
+            .iter()
+            .map(|c| c.column_path().string())
+            .collect();
+        for (i, c) in rg.columns().iter().enumerate() {
+            assert!(
+                matches!(c.compression(), Compression::ZSTD(_)),
+                "{} compressed",
+                names[i]
+            );
+            let bloom = builder.get_row_group_column_bloom_filter(0, i).unwrap();
+            assert_eq!(
+                bloom.is_some(),
+                names[i] == "user" || names[i] == "room",
+                "bloom filter on {}",
+                names[i]
+            );
+        }
+        let room_idx = names.iter().position(|n| n == "room").unwrap();
+        let room_col = rg.column(room_idx);
+        assert!(
+            room_col.dictionary_page_offset().is_some(),
+            "room is dictionary-encoded"
+        );
+        let bloom = builder
+            .get_row_group_column_bloom_filter(0, room_idx)
+            .unwrap()
+            .unwrap();
+        assert!(bloom.check(&"ra") && bloom.check(&"rb"));
+        // A filter sized for the file, not for a million values.
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        let user_idx = names.iter().position(|n| n == "user").unwrap();
+        let user_bloom = builder
+            .get_row_group_column_bloom_filter(0, user_idx)
+            .unwrap()
+            .unwrap();
+        assert!(user_bloom.check(&"u1"));
+    }
+
+    #[test]
+    fn empty_input_is_a_valid_empty_file() {
+        let (back, _) = read_back(encode(&[]).unwrap());
+        assert!(back.is_empty());
+        assert!(encode_batch(1, Vec::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn object_paths_are_utc_hive_and_zero_padded() {
+        assert_eq!(
+            object_path(T, 42),
+            "date=2025-11-24/hour=16/part-00000000000000000042.parquet"
+        );
+        assert_eq!(object_path(T + HOUR_MS - 1, 42), object_path(T, 42));
+        assert_eq!(
+            object_path(T - 1, 7),
+            "date=2025-11-24/hour=15/part-00000000000000000007.parquet"
+        );
+        assert_eq!(
+            object_path(0, u64::MAX),
+            "date=1970-01-01/hour=00/part-18446744073709551615.parquet"
+        );
+        assert_eq!(
+            object_path(-1, 1),
+            "date=1969-12-31/hour=23/part-00000000000000000001.parquet"
+        );
+        // Crossing midnight UTC changes the date, whatever the local zone.
+        let midnight = 1_764_028_800_000; // 2025-11-25T00:00:00Z
+        assert_eq!(
+            object_path(midnight, 1),
+            "date=2025-11-25/hour=00/part-00000000000000000001.parquet"
+        );
+        assert_eq!(
+            object_path(midnight - 1, 1),
+            "date=2025-11-24/hour=23/part-00000000000000000001.parquet"
+        );
+        assert_eq!(
+            object_path(i64::MAX, 1),
+            "date=1970-01-01/hour=00/part-00000000000000000001.parquet"
+        );
+    }
+
+    #[test]
+    fn rows_group_by_hour_partition() {
+        let rows = vec![
+            row(1, "r", T + HOUR_MS, "b"),
+            row(2, "r", T, "a"),
+            row(3, "r", T + HOUR_MS + 5, "c"),
+            row(4, "r", T - 1, "z"),
+        ];
+        let groups = group_by_hour(rows);
+        let summary: Vec<(i64, Vec<u64>)> = groups
+            .iter()
+            .map(|(h, rs)| (*h, rs.iter().map(|r| r.id).collect()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (T - HOUR_MS, vec![4]),
+                (T, vec![2]),
+                (T + HOUR_MS, vec![1, 3])
+            ]
+        );
+        let files = encode_batch(9, groups.into_iter().flat_map(|(_, r)| r).collect()).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "date=2025-11-24/hour=15/part-00000000000000000009.parquet",
+                "date=2025-11-24/hour=16/part-00000000000000000009.parquet",
+                "date=2025-11-24/hour=17/part-00000000000000000009.parquet",
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_from_comments_map_kind_mode_and_empty_names() {
+        use danmaku_core::model::{Kind, Mode};
+        let d = Danmaku {
+            id: 9,
+            room: String::new(),
+            user: "bob".into(),
+            name: String::new(),
+            ts_ms: T,
+            kind: Kind::Gift as i32,
+            mode: Mode::Bottom as i32,
+            color: 0x123456,
+            text: "hi".into(),
+            stream_pos_ms: None,
+            vod: None,
+            offset_ms: None,
+        };
+        let r = ParquetRow::from_danmaku(d, "fallback", Some("v".into()), Some(5));
+        assert_eq!(
+            (r.room.as_str(), r.name.as_deref(), r.kind, r.mode),
+            ("fallback", None, "gift", "bottom")
+        );
+        assert_eq!(
+            (r.vod.as_deref(), r.offset_ms, r.color),
+            (Some("v"), Some(5), 0x123456)
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Cursor polling under concurrent load: 1,000 comments from several users, all
+//! read back by following the cursor, none missing, none repeated.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
+    // Viewers get room for 100 each; service users are exempt anyway.
+    let app = spawn_app(&[
+        ("DANMAKU_LIMITS__USER_PER_SEC", "1000"),
+        ("DANMAKU_LIMITS__USER_BURST", "1000"),
+    ])
+    .await;
+    let room = "poll-1000";
+    const TOTAL: usize = 1000;
+    const LIMIT: u32 = 200;
+
+    // The cursor of the empty room, taken before anything is sent.
+    let first = app.poll(room, None, None, None).await;
+    assert_eq!(
+        first["items"].as_array().unwrap().len(),
+        0,
+        "a new room has no recent items: {first}"
+    );
+    let start = first["cursor"].as_str().unwrap().to_string();
+
+    let mut senders = Vec::new();
+    for u in 0..10 {
+        let role = if u < 5 { "service" } else { "viewer" };
+        let user = format!("poller-{u}");
+        senders.push((user.clone(), app.token(&user, role).await));
+    }
+
+    let app_ref = &app;
+    let senders_ref = &senders;
+    let began = Instant::now();
+    let results: Vec<(String, String, String)> = futures::stream::iter(0..TOTAL)
+        .map(|i| async move {
+            let (user, token) = &senders_ref[i % senders_ref.len()];
+            let text = format!("poll-{i}");
+            let id = app_ref
+                .send_ok(token, room, json!({ "text": text }))
+                .await;
+            (id, user.clone(), text)
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    eprintln!("1000 sends took {:?}", began.elapsed());
+
+    let mut sent: HashMap<String, (String, String)> = HashMap::new();
+    for (id, user, text) in results {
+        assert!(
+            sent.insert(id.clone(), (user, text)).is_none(),
+            "two 202 answers carried the same id {id}"
+        );
+    }
+    let expected: HashSet<String> = sent.keys().cloned().collect();
+
+    let (items, cursor) = app
+        .poll_until(room, &start, LIMIT, &expected, Duration::from_secs(20))
+        .await;
+    let ids = ids_of(&items);
+    let got: HashSet<String> = ids.iter().cloned().collect();
+    let missing: Vec<&String> = expected.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {TOTAL} accepted comments never came back by polling within 20 s, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_no_duplicates(&ids, "polling");
+    let extra: Vec<&String> = got.difference(&expected).collect();
+    assert!(extra.is_empty(), "polling returned ids never sent: {extra:?}");
+
+    for item in &items {
+        assert_item_shape(item, room);
+        let (user, text) = &sent[item["id"].as_str().unwrap()];
+        assert_eq!(item["user"], user.as_str(), "{item}");
+        assert_eq!(item["text"], text.as_str(), "{item}");
+    }
+
+    // Nothing else behind the last cursor.
+    let after = app.poll(room, Some(&cursor), Some(LIMIT), Some(0)).await;
+    assert_eq!(
+        after["items"].as_array().unwrap().len(),
+        0,
+        "items after the final cursor: {after}"
+    );
+}

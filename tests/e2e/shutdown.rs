@@ -1,0 +1,191 @@
+//! Graceful shutdown: after SIGTERM the process archives everything still live
+//! and exits 0; the Parquet files hold every accepted comment exactly once.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::datatypes::{DataType, TimeUnit};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// The Parquet columns of the contract: name, type, nullable.
+fn expected_columns() -> Vec<(&'static str, DataType, bool)> {
+    vec![
+        ("id", DataType::UInt64, false),
+        ("room", DataType::Utf8, false),
+        ("vod", DataType::Utf8, true),
+        ("offset_ms", DataType::Int64, true),
+        ("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        ("user", DataType::Utf8, false),
+        ("name", DataType::Utf8, true),
+        ("kind", DataType::Utf8, false),
+        ("mode", DataType::Utf8, false),
+        ("color", DataType::UInt32, false),
+        ("text", DataType::Utf8, false),
+    ]
+}
+
+/// Checks names and types of every file; returns the problems found.
+pub fn schema_problems(files: &[std::path::PathBuf]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in files {
+        let schema = parquet_schema(file);
+        for (name, want, _nullable) in expected_columns() {
+            match schema.field_with_name(name) {
+                Err(_) => problems.push(format!("{}: no column {name}", file.display())),
+                Ok(field) => {
+                    let same = match (field.data_type(), &want) {
+                        (DataType::Timestamp(u, Some(tz)), DataType::Timestamp(wu, _)) => {
+                            u == wu && matches!(tz.as_ref(), "UTC" | "+00:00" | "Z" | "Etc/UTC")
+                        }
+                        (got, want) => got == want,
+                    };
+                    if !same {
+                        problems.push(format!(
+                            "{}: column {name} is {}, want {want}",
+                            file.display(),
+                            field.data_type()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Checks `archive/date=YYYY-MM-DD/hour=HH/part-<batch>.parquet`.
+pub fn path_problems(data_dir: &std::path::Path, rows: &[ParquetRow]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let archive = data_dir.join("archive");
+    for row in rows {
+        let rel = row.file.strip_prefix(&archive).unwrap();
+        let parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().to_string()).collect();
+        let ok_shape = parts.len() == 3
+            && parts[0].starts_with("date=")
+            && parts[1].starts_with("hour=")
+            && parts[2].starts_with("part-")
+            && parts[2].ends_with(".parquet");
+        if !ok_shape {
+            problems.push(format!("{} is not date=YYYY-MM-DD/hour=HH/part-<batch>.parquet", rel.display()));
+            continue;
+        }
+        let (date, hour) = utc_date_hour(row.ts);
+        if parts[0] != format!("date={date}") || parts[1] != format!("hour={hour}") {
+            problems.push(format!(
+                "row {} with ts {} ({date} {hour}h UTC) is in {}",
+                row.id,
+                row.ts,
+                rel.display()
+            ));
+        }
+    }
+    problems.sort();
+    problems.dedup();
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_archives_every_accepted_comment_to_parquet_exactly_once() {
+    let mut app = spawn_app(&[]).await;
+    let rooms = ["arch-a", "arch-b"];
+    let svc_tokens: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for u in 0..4 {
+            let user = format!("archiver-{u}");
+            v.push((user.clone(), app.token(&user, "service").await));
+        }
+        v
+    };
+
+    // arch-a has an open session (latency 0): its rows carry the vod.
+    let resp = app
+        .post("/v1/rooms/arch-a/sessions", Some(&svc_tokens[0].1), json!({"latency_ms": 0}))
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+    let started_at = resp.json["started_at"].as_i64().unwrap();
+
+    let modes = ["scroll", "top", "bottom"];
+    let app_ref = &app;
+    let tokens_ref = &svc_tokens;
+    let results: Vec<(String, String, Value)> = futures::stream::iter(0..200usize)
+        .map(|i| async move {
+            let (user, token) = &tokens_ref[i % tokens_ref.len()];
+            let room = rooms[i % 2];
+            let kind = if i % 50 == 7 { "gift" } else { "comment" };
+            let body = json!({
+                "text": format!("arch-{i} 好耶 🎉 \"q\" <b>"),
+                "mode": modes[i % 3],
+                "color": (i * 4099) % 16_777_216,
+                "kind": kind,
+            });
+            let id = app_ref.send_ok(token, room, body.clone()).await;
+            let mut expect = body;
+            expect["room"] = json!(room);
+            expect["user"] = json!(user);
+            (id, room.to_string(), expect)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut expected: HashMap<u64, Value> = HashMap::new();
+    for (id, _room, expect) in results {
+        assert!(expected.insert(id.parse().unwrap(), expect).is_none(), "duplicate 202 id {id}");
+    }
+
+    app.stop().await;
+
+    let files = parquet_files(&app.data_dir);
+    assert!(
+        !files.is_empty(),
+        "no Parquet under {}/archive after SIGTERM; archive holds {:?}",
+        app.data_dir.display(),
+        archive_listing(&app.data_dir)
+    );
+    let problems = schema_problems(&files);
+    assert!(problems.is_empty(), "Parquet schema: {problems:#?}");
+
+    let rows = read_parquet(&app.data_dir);
+    let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    assert_no_duplicates(&ids, "Parquet rows");
+    let got: HashSet<u64> = rows.iter().map(|r| r.id).collect();
+    let want: HashSet<u64> = expected.keys().copied().collect();
+    let missing: Vec<&u64> = want.difference(&got).collect();
+    let extra: Vec<&u64> = got.difference(&want).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "Parquet ids differ from the 202 ids: {} missing (e.g. {:?}), {} extra (e.g. {:?}); files {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        extra.len(),
+        &extra[..extra.len().min(5)],
+        archive_listing(&app.data_dir)
+    );
+
+    for row in &rows {
+        let e = &expected[&row.id];
+        assert_eq!(row.room, e["room"].as_str().unwrap(), "room of {row:?}");
+        assert_eq!(row.user, e["user"].as_str().unwrap(), "user of {row:?}");
+        assert_eq!(row.text, e["text"].as_str().unwrap(), "text of {row:?}");
+        assert_eq!(row.kind, e["kind"].as_str().unwrap(), "kind of {row:?}");
+        assert_eq!(row.mode, e["mode"].as_str().unwrap(), "mode of {row:?}");
+        assert_eq!(row.color as u64, e["color"].as_u64().unwrap(), "color of {row:?}");
+        assert!((row.ts - now_ms()).abs() < 120_000, "ts of {row:?} must be ms since epoch");
+        if row.room == "arch-a" {
+            assert_eq!(row.vod.as_deref(), Some(vod.as_str()), "vod of {row:?} (session open in arch-a)");
+            assert_eq!(
+                row.offset_ms,
+                Some((row.ts - started_at).max(0)),
+                "offset_ms of {row:?} (session started_at {started_at}, latency 0)"
+            );
+        } else {
+            assert_eq!(row.vod, None, "no session in arch-b: {row:?}");
+            assert_eq!(row.offset_ms, None, "no session in arch-b: {row:?}");
+        }
+    }
+
+    let problems = path_problems(&app.data_dir, &rows);
+    assert!(problems.is_empty(), "Parquet layout: {problems:#?}");
+}
