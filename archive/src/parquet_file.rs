@@ -39,8 +39,10 @@ pub const HOUR_MS: i64 = 3_600_000;
 /// Why a file could not be encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
+    /// Building the Arrow record batch failed.
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
+    /// Configuring or running the Parquet writer failed.
     #[error("parquet: {0}")]
     Parquet(#[from] ParquetError),
 }
@@ -49,12 +51,17 @@ pub enum EncodeError {
 /// aligned to a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParquetRow {
+    /// The comment id (time-ordered, unique).
     pub id: u64,
+    /// The room it was sent to.
     pub room: String,
+    /// The VOD it was archived under; `None` outside any session.
     pub vod: Option<String>,
+    /// Its offset in that VOD, ms; `None` without a VOD.
     pub offset_ms: Option<i64>,
     /// Server time, ms since the epoch (the `ts` column, UTC).
     pub ts_ms: i64,
+    /// The sender's user id.
     pub user: String,
     /// Display name; `None` when the comment had none.
     pub name: Option<String>,
@@ -62,7 +69,9 @@ pub struct ParquetRow {
     pub kind: &'static str,
     /// `scroll`, `top` or `bottom`.
     pub mode: &'static str,
+    /// RGB color, `0xRRGGBB`.
     pub color: u32,
+    /// The comment text.
     pub text: String,
 }
 
