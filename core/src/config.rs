@@ -188,7 +188,7 @@ impl Default for LiveSettings {
             slice_ms: 10_000,
             hot_retention_ms: 300_000,
             recent_ms: 5_000,
-            ring_size: 2048,
+            ring_size: 1024,
             ws_queue: 256,
             max_wait_ms: 30_000,
             max_poll_limit: 1000,
