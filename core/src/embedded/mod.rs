@@ -4,6 +4,10 @@
 //! blocking pool (the Bus batches concurrent publishes into one transaction on a
 //! thread of its own: group commit).
 
+// redb's error type is large; these functions run on the blocking pool, once per
+// transaction, so boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 mod archive;
 mod bus;
 mod slices;
@@ -30,7 +34,7 @@ impl std::fmt::Debug for EmbeddedDb {
 impl EmbeddedDb {
     /// Opens (or creates) `<dir>/danmaku.redb` and its tables.
     pub fn open(dir: &Path) -> Result<Self, redb::Error> {
-        std::fs::create_dir_all(dir).map_err(|e| redb::Error::Io(e))?;
+        std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
         let db = redb::Database::create(dir.join("danmaku.redb"))?;
         let txn = db.begin_write()?;
         bus::create_tables(&txn)?;
