@@ -177,7 +177,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let ctx = Context::build(settings).context("opening the stores")?;
+    let ctx = Context::build(settings).await.context("opening the stores")?;
     let s = ctx.settings.clone();
     let listener = tokio::net::TcpListener::bind(&s.server.listen)
         .await

@@ -34,6 +34,9 @@ pub enum ContextError {
     NotAvailable(&'static str),
     #[error("cannot open the embedded store under {dir}: {message}")]
     Embedded { dir: String, message: String },
+    /// A distributed adapter could not be reached or set up.
+    #[error("{which}: {message}")]
+    Adapter { which: &'static str, message: String },
     #[error("auth secret: {0}")]
     Secret(String),
     #[error(transparent)]
@@ -41,34 +44,55 @@ pub enum ContextError {
 }
 
 impl Context {
-    /// Opens the stores the settings select.
-    pub fn build(settings: Settings) -> Result<Self, ContextError> {
-        for (set, key) in [
-            (!settings.kafka.brokers.is_empty(), "kafka.brokers"),
-            (!settings.redis.url.is_empty(), "redis.url"),
-            (!settings.redis.cluster.is_empty(), "redis.cluster"),
-            (!settings.scylla.nodes.is_empty(), "scylla.nodes"),
-            (!settings.replay.redis_url.is_empty(), "replay.redis_url"),
-        ] {
-            if set {
-                return Err(ContextError::NotAvailable(key));
-            }
-        }
+    /// Opens the stores the settings select: each distributed adapter when its key
+    /// is set (API.md, "Configuration keys that select the engines"), else the
+    /// embedded default.
+    pub async fn build(settings: Settings) -> Result<Self, ContextError> {
         let dir = settings.server.data_dir.clone();
         let embedded_err = |e: redb::Error| ContextError::Embedded {
             dir: dir.display().to_string(),
             message: e.to_string(),
         };
         let db = EmbeddedDb::open(&dir).map_err(embedded_err)?;
-        let bus = EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?;
+
+        // Bus: Kafka when kafka.brokers is set.
+        let bus: Arc<dyn Bus> = if !settings.kafka.brokers.is_empty() {
+            return Err(ContextError::NotAvailable("kafka.brokers"));
+        } else {
+            Arc::new(EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?)
+        };
+
+        // SliceStore: Redis Cluster when redis.cluster is set, else Redis when redis.url is set.
+        let slices: Arc<dyn SliceStore> = if !settings.redis.cluster.is_empty() {
+            return Err(ContextError::NotAvailable("redis.cluster"));
+        } else if !settings.redis.url.is_empty() {
+            return Err(ContextError::NotAvailable("redis.url"));
+        } else {
+            Arc::new(EmbeddedSliceStore::new(db.clone()))
+        };
+
+        // ArchiveStore: ScyllaDB when scylla.nodes is set.
+        let archive: Arc<dyn ArchiveStore> = if !settings.scylla.nodes.is_empty() {
+            return Err(ContextError::NotAvailable("scylla.nodes"));
+        } else {
+            Arc::new(EmbeddedArchiveStore::new(db))
+        };
+
+        // ReplayCache: in-process, in front of its own Redis when replay.redis_url is set.
+        let cache: Arc<dyn ReplayCache> = if !settings.replay.redis_url.is_empty() {
+            return Err(ContextError::NotAvailable("replay.redis_url"));
+        } else {
+            Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes))
+        };
+
         let secret = load_secret(&settings.auth.secret.0, &dir)?;
         let objects = object_store_from_url(&settings.archive.url, &dir)?;
         Ok(Self {
-            bus: Arc::new(bus),
-            slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
-            archive: Arc::new(EmbeddedArchiveStore::new(db)),
+            bus,
+            slices,
+            archive,
             objects,
-            cache: Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes)),
+            cache,
             signer: TokenSigner::new(secret.as_bytes()),
             ids: Arc::new(IdGenerator::new(settings.server.node_id)),
             settings: Arc::new(settings),

@@ -99,7 +99,10 @@ async fn kill_9_loses_no_acknowledged_comment() {
     for (i, outcome) in outcomes {
         match outcome {
             Outcome::Acked(id) => {
-                assert!(acked_ids.insert(id, format!("crash-{i}")).is_none(), "duplicate 202 id");
+                assert!(
+                    acked_ids.insert(id, format!("crash-{i}")).is_none(),
+                    "duplicate 202 id"
+                );
             }
             Outcome::Unknown => {
                 unknown_texts.insert(format!("crash-{i}"));
@@ -111,7 +114,10 @@ async fn kill_9_loses_no_acknowledged_comment() {
         acked_ids.len(),
         unknown_texts.len()
     );
-    assert!(acked_ids.len() >= KILL_AFTER.min(TOTAL), "the burst must mostly succeed before the kill");
+    assert!(
+        acked_ids.len() >= KILL_AFTER.min(TOTAL),
+        "the burst must mostly succeed before the kill"
+    );
 
     // Restart on the same data dir.
     app.restart().await;
@@ -142,7 +148,10 @@ async fn kill_9_loses_no_acknowledged_comment() {
                 "after restart, an item that was neither acknowledged nor in flight: {item}"
             ),
         }
-        assert!(texts_seen.insert(text.clone()), "comment {text:?} stored twice: {item}");
+        assert!(
+            texts_seen.insert(text.clone()),
+            "comment {text:?} stored twice: {item}"
+        );
     }
 
     // Graceful stop: everything in Parquet exactly once.

@@ -18,13 +18,23 @@ impl Violations {
             self.0.push(format!("{what}: {problem}"));
         }
     }
-    fn check_ws_refusal(&mut self, what: &str, result: Result<WsClient, (u16, Value)>, status: u16, code: &str) {
+    fn check_ws_refusal(
+        &mut self,
+        what: &str,
+        result: Result<WsClient, (u16, Value)>,
+        status: u16,
+        code: &str,
+    ) {
         match result {
-            Ok(_) => self.0.push(format!("{what}: the upgrade was accepted (want HTTP {status} {code})")),
+            Ok(_) => self.0.push(format!(
+                "{what}: the upgrade was accepted (want HTTP {status} {code})"
+            )),
             Err((got_status, body)) => {
                 let got_code = body.pointer("/error/code").and_then(Value::as_str);
                 if got_status != status || got_code != Some(code) {
-                    self.0.push(format!("{what}: HTTP {got_status} {body} (want {status} {code})"));
+                    self.0.push(format!(
+                        "{what}: HTTP {got_status} {body} (want {status} {code})"
+                    ));
                 }
             }
         }
@@ -51,7 +61,11 @@ async fn every_error_code_has_its_status_and_json_body() {
 
     // A VOD to test replay ranges and double ends on.
     let resp = app
-        .post(&format!("/v1/rooms/{room}/sessions"), Some(&svc), json!({"latency_ms": 0}))
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&svc),
+            json!({"latency_ms": 0}),
+        )
         .await;
     resp.expect_status(201, "POST sessions");
     let vod = resp.json["vod"].as_str().unwrap().to_string();
@@ -82,16 +96,30 @@ async fn every_error_code_has_its_status_and_json_body() {
         v.check(&format!("poll room {bad:?}"), &resp, 400, "invalid_room");
     }
     let resp = app
-        .post("/v1/rooms/bad.room/sessions", Some(&svc), json!({"latency_ms": 0}))
+        .post(
+            "/v1/rooms/bad.room/sessions",
+            Some(&svc),
+            json!({"latency_ms": 0}),
+        )
         .await;
     v.check("session in room bad.room", &resp, 400, "invalid_room");
     let resp = app.get("/v1/rooms/bad.room/vods").await;
     v.check("vods of room bad.room", &resp, 400, "invalid_room");
-    v.check_ws_refusal("WebSocket to room bad.room", app.ws_try("bad.room", None, None).await, 400, "invalid_room");
+    v.check_ws_refusal(
+        "WebSocket to room bad.room",
+        app.ws_try("bad.room", None, None).await,
+        400,
+        "invalid_room",
+    );
     // 64 characters is still a valid room.
-    let resp = app.send(Some(&svc), &"r".repeat(64), json!({"text": "hi"})).await;
+    let resp = app
+        .send(Some(&svc), &"r".repeat(64), json!({"text": "hi"}))
+        .await;
     if resp.status != 202 {
-        v.push(format!("a 64-character room id must be valid: {} {}", resp.status, resp.text));
+        v.push(format!(
+            "a 64-character room id must be valid: {} {}",
+            resp.status, resp.text
+        ));
     }
 
     // ---- 400 invalid_vod
@@ -105,54 +133,97 @@ async fn every_error_code_has_its_status_and_json_body() {
             let resp = app.get(&path).await;
             v.check(&format!("GET {path}"), &resp, 400, "invalid_vod");
         }
-        let resp = app.post(&format!("/v1/vods/{bad}/end"), Some(&svc), json!({})).await;
+        let resp = app
+            .post(&format!("/v1/vods/{bad}/end"), Some(&svc), json!({}))
+            .await;
         v.check(&format!("end vod {bad:?}"), &resp, 400, "invalid_vod");
     }
 
     // ---- 400 text_empty
-    for body in [json!({"text": ""}), json!({"text": "   "}), json!({}), json!({"mode": "top"})] {
+    for body in [
+        json!({"text": ""}),
+        json!({"text": "   "}),
+        json!({}),
+        json!({"mode": "top"}),
+    ] {
         let resp = app.send(Some(&svc), room, body.clone()).await;
         v.check(&format!("send {body}"), &resp, 400, "text_empty");
     }
 
     // ---- 400 text_too_long (max 20 chars, 40 bytes here)
-    let resp = app.send(Some(&svc), room, json!({"text": "a".repeat(21)})).await;
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "a".repeat(21)}))
+        .await;
     v.check("send 21 chars (max 20)", &resp, 400, "text_too_long");
-    let resp = app.send(Some(&svc), room, json!({"text": "好".repeat(14)})).await;
-    v.check("send 14 CJK chars = 42 bytes (max 40 bytes)", &resp, 400, "text_too_long");
-    for (what, text) in [("20 chars", "a".repeat(20)), ("13 CJK chars = 39 bytes", "好".repeat(13))] {
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "好".repeat(14)}))
+        .await;
+    v.check(
+        "send 14 CJK chars = 42 bytes (max 40 bytes)",
+        &resp,
+        400,
+        "text_too_long",
+    );
+    for (what, text) in [
+        ("20 chars", "a".repeat(20)),
+        ("13 CJK chars = 39 bytes", "好".repeat(13)),
+    ] {
         let resp = app.send(Some(&svc), room, json!({ "text": text })).await;
         if resp.status != 202 {
-            v.push(format!("send {what} must be accepted (limits 20 chars / 40 bytes): {} {}", resp.status, resp.text));
+            v.push(format!(
+                "send {what} must be accepted (limits 20 chars / 40 bytes): {} {}",
+                resp.status, resp.text
+            ));
         }
     }
 
     // ---- 400 invalid_text
-    for text in ["a\nb", "nul\u{0}", "esc\u{1b}[31m", "del\u{7f}", "c1\u{85}", "c1\u{9f}", "tab\t"] {
+    for text in [
+        "a\nb",
+        "nul\u{0}",
+        "esc\u{1b}[31m",
+        "del\u{7f}",
+        "c1\u{85}",
+        "c1\u{9f}",
+        "tab\t",
+    ] {
         let resp = app.send(Some(&svc), room, json!({ "text": text })).await;
         v.check(&format!("send {text:?}"), &resp, 400, "invalid_text");
     }
 
     // ---- 400 invalid_mode / invalid_color / invalid_kind
     for mode in ["sideways", ""] {
-        let resp = app.send(Some(&svc), room, json!({"text": "hi", "mode": mode})).await;
+        let resp = app
+            .send(Some(&svc), room, json!({"text": "hi", "mode": mode}))
+            .await;
         v.check(&format!("send mode {mode:?}"), &resp, 400, "invalid_mode");
     }
     for color in [json!(16_777_216), json!(-1), json!(4_294_967_296u64)] {
-        let resp = app.send(Some(&svc), room, json!({"text": "hi", "color": color})).await;
+        let resp = app
+            .send(Some(&svc), room, json!({"text": "hi", "color": color}))
+            .await;
         v.check(&format!("send color {color}"), &resp, 400, "invalid_color");
     }
     for color in [0, 16_777_215] {
-        let resp = app.send(Some(&svc), room, json!({"text": "hi", "color": color})).await;
+        let resp = app
+            .send(Some(&svc), room, json!({"text": "hi", "color": color}))
+            .await;
         if resp.status != 202 {
-            v.push(format!("color {color} is valid: {} {}", resp.status, resp.text));
+            v.push(format!(
+                "color {color} is valid: {} {}",
+                resp.status, resp.text
+            ));
         }
     }
-    let resp = app.send(Some(&svc), room, json!({"text": "hi", "kind": "poke"})).await;
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "hi", "kind": "poke"}))
+        .await;
     v.check("send kind poke", &resp, 400, "invalid_kind");
 
     // ---- 400 invalid_cursor
-    let resp = app.get(&format!("/v1/rooms/{room}/danmaku?cursor=garbage")).await;
+    let resp = app
+        .get(&format!("/v1/rooms/{room}/danmaku?cursor=garbage"))
+        .await;
     v.check("poll with cursor=garbage", &resp, 400, "invalid_cursor");
     v.check_ws_refusal(
         "WebSocket with cursor=garbage",
@@ -170,11 +241,18 @@ async fn every_error_code_has_its_status_and_json_body() {
         "from_ms=2000&to_ms=1000",
     ] {
         let resp = app.get(&format!("/v1/vods/{vod}/danmaku?{query}")).await;
-        v.check(&format!("replay range {query}"), &resp, 400, "invalid_offset");
+        v.check(
+            &format!("replay range {query}"),
+            &resp,
+            400,
+            "invalid_offset",
+        );
     }
 
     // ---- 400 blocked_word (policy reject)
-    let resp = app.send(Some(&svc), room, json!({"text": "a badword here"})).await;
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "a badword here"}))
+        .await;
     v.check("send a listed word", &resp, 400, "blocked_word");
 
     // ---- 401 unauthorized
@@ -182,25 +260,50 @@ async fn every_error_code_has_its_status_and_json_body() {
     v.check("send without a token", &resp, 401, "unauthorized");
     let forged = app.forged_token("err-svc", "service").await;
     let resp = app.send(Some(&forged), room, json!({"text": "hi"})).await;
-    v.check("send with a token signed by another secret", &resp, 401, "unauthorized");
-    let resp = app.send(Some("not-a-jwt"), room, json!({"text": "hi"})).await;
+    v.check(
+        "send with a token signed by another secret",
+        &resp,
+        401,
+        "unauthorized",
+    );
+    let resp = app
+        .send(Some("not-a-jwt"), room, json!({"text": "hi"}))
+        .await;
     v.check("send with a malformed token", &resp, 401, "unauthorized");
     let resp = app
-        .post(&format!("/v1/rooms/{room}/sessions"), None, json!({"latency_ms": 0}))
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            None,
+            json!({"latency_ms": 0}),
+        )
         .await;
     v.check("session without a token", &resp, 401, "unauthorized");
     let forged_admin = app.forged_token("err-admin", "admin").await;
     let resp = app
-        .request(Method::GET, "/v1/admin/bigkeys", Some(&forged_admin), Body::None, &[])
+        .request(
+            Method::GET,
+            "/v1/admin/bigkeys",
+            Some(&forged_admin),
+            Body::None,
+            &[],
+        )
         .await;
-    v.check("admin endpoint with a forged admin token", &resp, 401, "unauthorized");
+    v.check(
+        "admin endpoint with a forged admin token",
+        &resp,
+        401,
+        "unauthorized",
+    );
     let resp = app.get("/v1/admin/bigkeys").await;
     v.check("admin endpoint without a token", &resp, 401, "unauthorized");
     {
         let mut ws = app.ws(room, None, None).await;
         let reply = ws.send_comment(json!(7), json!({"text": "hi"})).await;
-        if reply["type"] != "error" || reply.pointer("/error/code") != Some(&json!("unauthorized")) {
-            v.push(format!("WebSocket send without a token: want error unauthorized, got {reply}"));
+        if reply["type"] != "error" || reply.pointer("/error/code") != Some(&json!("unauthorized"))
+        {
+            v.push(format!(
+                "WebSocket send without a token: want error unauthorized, got {reply}"
+            ));
         }
         ws.close().await;
     }
@@ -208,20 +311,44 @@ async fn every_error_code_has_its_status_and_json_body() {
     // ---- 403 forbidden
     let viewer = app.token("err-viewer", "viewer").await;
     for kind in ["gift", "system"] {
-        let resp = app.send(Some(&viewer), room, json!({"text": "hi", "kind": kind})).await;
-        v.check(&format!("viewer sends kind {kind}"), &resp, 403, "forbidden");
+        let resp = app
+            .send(Some(&viewer), room, json!({"text": "hi", "kind": kind}))
+            .await;
+        v.check(
+            &format!("viewer sends kind {kind}"),
+            &resp,
+            403,
+            "forbidden",
+        );
     }
     let resp = app
-        .post(&format!("/v1/rooms/{room}/sessions"), Some(&viewer), json!({"latency_ms": 0}))
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&viewer),
+            json!({"latency_ms": 0}),
+        )
         .await;
     v.check("viewer starts a session", &resp, 403, "forbidden");
-    let resp = app.post(&format!("/v1/vods/{vod}/end"), Some(&viewer), json!({})).await;
+    let resp = app
+        .post(&format!("/v1/vods/{vod}/end"), Some(&viewer), json!({}))
+        .await;
     v.check("viewer ends a session", &resp, 403, "forbidden");
     for (who, token) in [("viewer", &viewer), ("service", &svc)] {
         let resp = app
-            .request(Method::GET, "/v1/admin/bigkeys", Some(token), Body::None, &[])
+            .request(
+                Method::GET,
+                "/v1/admin/bigkeys",
+                Some(token),
+                Body::None,
+                &[],
+            )
             .await;
-        v.check(&format!("{who} reads /v1/admin/bigkeys"), &resp, 403, "forbidden");
+        v.check(
+            &format!("{who} reads /v1/admin/bigkeys"),
+            &resp,
+            403,
+            "forbidden",
+        );
         let resp = app
             .post(
                 &format!("/v1/admin/rooms/{room}/bans"),
@@ -232,17 +359,32 @@ async fn every_error_code_has_its_status_and_json_body() {
         v.check(&format!("{who} bans a user"), &resp, 403, "forbidden");
     }
     let resp = app
-        .request(Method::GET, "/v1/admin/bigkeys", Some(&admin), Body::None, &[])
+        .request(
+            Method::GET,
+            "/v1/admin/bigkeys",
+            Some(&admin),
+            Body::None,
+            &[],
+        )
         .await;
     if resp.status != 200 || !resp.json["keys"].is_array() {
-        v.push(format!("admin reads /v1/admin/bigkeys: {} {}", resp.status, truncate(&resp.text, 200)));
+        v.push(format!(
+            "admin reads /v1/admin/bigkeys: {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
     }
 
     // ---- 403 banned
     let troll = app.token("troll", "viewer").await;
-    let before = app.send(Some(&troll), room, json!({"text": "still allowed"})).await;
+    let before = app
+        .send(Some(&troll), room, json!({"text": "still allowed"}))
+        .await;
     if before.status != 202 {
-        v.push(format!("troll before the ban: {} {}", before.status, before.text));
+        v.push(format!(
+            "troll before the ban: {} {}",
+            before.status, before.text
+        ));
     }
     let resp = app
         .post(
@@ -252,13 +394,23 @@ async fn every_error_code_has_its_status_and_json_body() {
         )
         .await;
     if resp.status != 200 && resp.status != 204 {
-        v.push(format!("admin bans troll: want 200/204, got {} {}", resp.status, resp.text));
+        v.push(format!(
+            "admin bans troll: want 200/204, got {} {}",
+            resp.status, resp.text
+        ));
     }
-    let resp = app.send(Some(&troll), room, json!({"text": "after the ban"})).await;
+    let resp = app
+        .send(Some(&troll), room, json!({"text": "after the ban"}))
+        .await;
     v.check("banned user sends", &resp, 403, "banned");
-    let resp = app.send(Some(&troll), "another-room", json!({"text": "elsewhere"})).await;
+    let resp = app
+        .send(Some(&troll), "another-room", json!({"text": "elsewhere"}))
+        .await;
     if resp.status != 202 {
-        v.push(format!("a ban is per room; troll in another room: {} {}", resp.status, resp.text));
+        v.push(format!(
+            "a ban is per room; troll in another room: {} {}",
+            resp.status, resp.text
+        ));
     }
 
     // ---- 404 not_found
@@ -271,19 +423,30 @@ async fn every_error_code_has_its_status_and_json_body() {
         let resp = app.get(&path).await;
         v.check(&format!("GET {path}"), &resp, 404, "not_found");
     }
-    let resp = app.post("/v1/vods/no-such-vod/end", Some(&svc), json!({})).await;
+    let resp = app
+        .post("/v1/vods/no-such-vod/end", Some(&svc), json!({}))
+        .await;
     v.check("end an unknown vod", &resp, 404, "not_found");
 
     // ---- 409 vod_ended
-    let resp = app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({})).await;
+    let resp = app
+        .post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await;
     if resp.status != 200 {
-        v.push(format!("first end: want 200, got {} {}", resp.status, resp.text));
+        v.push(format!(
+            "first end: want 200, got {} {}",
+            resp.status, resp.text
+        ));
     }
-    let resp = app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({})).await;
+    let resp = app
+        .post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await;
     v.check("end an ended vod", &resp, 409, "vod_ended");
 
     // ---- 413 payload_too_large (max_body_bytes 4096)
-    let resp = app.send(Some(&svc), room, json!({"text": "a".repeat(5000)})).await;
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "a".repeat(5000)}))
+        .await;
     v.check("send a 5 KB body", &resp, 413, "payload_too_large");
 
     // ---- 429 rate_limited (viewer: 5/s, burst 10)
@@ -292,7 +455,9 @@ async fn every_error_code_has_its_status_and_json_body() {
     let mut accepted = 0;
     let mut limited: Option<Resp> = None;
     for i in 0..40 {
-        let resp = app.send(Some(&flooder), room, json!({"text": format!("flood {i}")})).await;
+        let resp = app
+            .send(Some(&flooder), room, json!({"text": format!("flood {i}")}))
+            .await;
         match resp.status {
             202 => accepted += 1,
             _ => {
@@ -303,7 +468,9 @@ async fn every_error_code_has_its_status_and_json_body() {
     }
     let elapsed = began.elapsed();
     match limited {
-        None => v.push(format!("40 quick sends by one viewer in {elapsed:?}: none was rate limited")),
+        None => v.push(format!(
+            "40 quick sends by one viewer in {elapsed:?}: none was rate limited"
+        )),
         Some(resp) => {
             v.check("viewer over its burst", &resp, 429, "rate_limited");
             let retry_after = resp.header("retry-after");
@@ -313,7 +480,9 @@ async fn every_error_code_has_its_status_and_json_body() {
                 .map(|s| s >= 1)
                 .unwrap_or(false)
             {
-                v.push(format!("429 must carry Retry-After in whole seconds >= 1, got {retry_after:?}"));
+                v.push(format!(
+                    "429 must carry Retry-After in whole seconds >= 1, got {retry_after:?}"
+                ));
             }
             let allowed = 10.0 + 5.0 * elapsed.as_secs_f64() + 1.0;
             if accepted < 10 || accepted as f64 > allowed {
@@ -326,14 +495,18 @@ async fn every_error_code_has_its_status_and_json_body() {
     // Service tokens are exempt from the per-user limit.
     let mut svc_limited = None;
     for i in 0..30 {
-        let resp = app.send(Some(&svc), room, json!({"text": format!("svc {i}")})).await;
+        let resp = app
+            .send(Some(&svc), room, json!({"text": format!("svc {i}")}))
+            .await;
         if resp.status != 202 {
             svc_limited = Some(format!("{} {}", resp.status, resp.text));
             break;
         }
     }
     if let Some(s) = svc_limited {
-        v.push(format!("service token must be exempt from send limits, got {s}"));
+        v.push(format!(
+            "service token must be exempt from send limits, got {s}"
+        ));
     }
 
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -50,7 +50,11 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
             let (user, token) = &tokens_ref[i % tokens_ref.len()];
             let text = format!("conc-{i}");
             let id = app_ref
-                .send_ok(token, room, json!({"text": text, "mode": "top", "color": 255}))
+                .send_ok(
+                    token,
+                    room,
+                    json!({"text": text, "mode": "top", "color": 255}),
+                )
                 .await;
             (id, user.clone(), text)
         })
@@ -81,7 +85,11 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
 
     let reference = viewers[0].item_ids();
     for (n, viewer) in viewers.iter().enumerate() {
-        assert!(viewer.gaps.is_empty(), "viewer {n} got gaps: {:?}", viewer.gaps);
+        assert!(
+            viewer.gaps.is_empty(),
+            "viewer {n} got gaps: {:?}",
+            viewer.gaps
+        );
         let ids = viewer.item_ids();
         assert_no_duplicates(&ids, &format!("viewer {n}"));
         assert_eq!(

@@ -113,7 +113,9 @@ impl Resp {
         }
         let content_type = self.header("content-type").unwrap_or_default();
         if !content_type.starts_with("application/json") {
-            problems.push(format!("content-type {content_type:?} (want application/json)"));
+            problems.push(format!(
+                "content-type {content_type:?} (want application/json)"
+            ));
         }
         if problems.is_empty() {
             None
@@ -551,7 +553,9 @@ impl TestApp {
         let mut seen: HashSet<String> = HashSet::new();
         let mut wait_ms = 0;
         loop {
-            let page = self.poll(room, Some(&cursor), Some(limit), Some(wait_ms)).await;
+            let page = self
+                .poll(room, Some(&cursor), Some(limit), Some(wait_ms))
+                .await;
             let page_items = page["items"].as_array().unwrap();
             assert!(
                 page_items.len() <= limit as usize,
@@ -837,7 +841,10 @@ impl WsClient {
             let text = match msg {
                 Message::Text(t) => t.as_str().to_string(),
                 Message::Binary(b) => {
-                    panic!("API.md says text frames; got a binary frame of {} bytes", b.len())
+                    panic!(
+                        "API.md says text frames; got a binary frame of {} bytes",
+                        b.len()
+                    )
                 }
                 Message::Close(_) => {
                     self.closed = true;
@@ -860,7 +867,10 @@ impl WsClient {
                 let items = value["items"]
                     .as_array()
                     .unwrap_or_else(|| panic!("batch without items array: {value}"));
-                assert!(!items.is_empty(), "API.md: a batch carries one or more items: {value}");
+                assert!(
+                    !items.is_empty(),
+                    "API.md: a batch carries one or more items: {value}"
+                );
                 let cursor = value["cursor"]
                     .as_str()
                     .unwrap_or_else(|| panic!("batch without cursor: {value}"));
@@ -988,7 +998,12 @@ pub fn archive_listing(data_dir: &Path) -> Vec<String> {
             if path.is_dir() {
                 walk(root, &path, out);
             } else {
-                out.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
             }
         }
     }
@@ -1012,7 +1027,8 @@ pub fn parquet_schema(file: &Path) -> SchemaRef {
 pub fn read_parquet(data_dir: &Path) -> Vec<ParquetRow> {
     let mut rows = Vec::new();
     for file in parquet_files(data_dir) {
-        let f = std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+        let f =
+            std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
             .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", file.display()))
             .build()

@@ -63,7 +63,9 @@ async fn hostile_text_is_returned_verbatim_and_control_chars_are_rejected() {
     let hundred_emoji = "🎉".repeat(100);
     let id = app.send_text(&svc, room, &hundred_emoji).await;
     expected.push((id, hundred_emoji));
-    let resp = app.send(Some(&svc), room, json!({"text": "a".repeat(101)})).await;
+    let resp = app
+        .send(Some(&svc), room, json!({"text": "a".repeat(101)}))
+        .await;
     resp.expect_error(400, "text_too_long", "101 characters");
 
     // Mask policy: each character of the word becomes '*'.
@@ -76,7 +78,11 @@ async fn hostile_text_is_returned_verbatim_and_control_chars_are_rejected() {
         .send_comment(json!({"n": 1}), json!({ "text": ws_text }))
         .await;
     assert_eq!(reply["type"], "ack", "WebSocket send: {reply}");
-    assert_eq!(reply["ref"], json!({"n": 1}), "the ack echoes the ref: {reply}");
+    assert_eq!(
+        reply["ref"],
+        json!({"n": 1}),
+        "the ack echoes the ref: {reply}"
+    );
     let ws_id = reply["id"]
         .as_str()
         .unwrap_or_else(|| panic!("ack id must be a string: {reply}"))
@@ -92,10 +98,18 @@ async fn hostile_text_is_returned_verbatim_and_control_chars_are_rejected() {
             violations.push(format!("HTTP send {text:?}: {problem}"));
         }
     }
-    for (n, text) in ["ws\nnewline", "ws\u{0}nul", "ws\u{85}nel"].iter().enumerate() {
-        let reply = sender.send_comment(json!(100 + n), json!({ "text": text })).await;
-        if reply["type"] != "error" || reply.pointer("/error/code") != Some(&json!("invalid_text")) {
-            violations.push(format!("WebSocket send {text:?}: want error invalid_text, got {reply}"));
+    for (n, text) in ["ws\nnewline", "ws\u{0}nul", "ws\u{85}nel"]
+        .iter()
+        .enumerate()
+    {
+        let reply = sender
+            .send_comment(json!(100 + n), json!({ "text": text }))
+            .await;
+        if reply["type"] != "error" || reply.pointer("/error/code") != Some(&json!("invalid_text"))
+        {
+            violations.push(format!(
+                "WebSocket send {text:?}: want error invalid_text, got {reply}"
+            ));
         }
     }
     assert!(
@@ -104,35 +118,54 @@ async fn hostile_text_is_returned_verbatim_and_control_chars_are_rejected() {
         violations.join("\n  - ")
     );
 
-    let by_id: HashMap<&str, &str> = expected.iter().map(|(id, t)| (id.as_str(), t.as_str())).collect();
+    let by_id: HashMap<&str, &str> = expected
+        .iter()
+        .map(|(id, t)| (id.as_str(), t.as_str()))
+        .collect();
     let want_ids: Vec<String> = expected.iter().map(|(id, _)| id.clone()).collect();
 
     // WebSocket viewer.
     assert!(
-        viewer.wait_items(expected.len(), Duration::from_secs(10)).await,
+        viewer
+            .wait_items(expected.len(), Duration::from_secs(10))
+            .await,
         "WebSocket viewer got {} of {} items",
         viewer.items.len(),
         expected.len()
     );
     viewer.settle(Duration::from_millis(300)).await;
-    assert_eq!(viewer.item_ids(), want_ids, "WebSocket viewer: ids in send order, nothing else");
+    assert_eq!(
+        viewer.item_ids(),
+        want_ids,
+        "WebSocket viewer: ids in send order, nothing else"
+    );
     check_texts("WebSocket", &viewer.items, &by_id);
 
     // The sender's own socket sees its comment too.
     assert!(
-        sender.wait_items(expected.len(), Duration::from_secs(10)).await,
+        sender
+            .wait_items(expected.len(), Duration::from_secs(10))
+            .await,
         "sender socket got {} of {} items",
         sender.items.len(),
         expected.len()
     );
     check_texts("sender WebSocket", &sender.items, &by_id);
-    let own = sender.items.iter().find(|it| it["id"] == ws_id.as_str()).expect("own comment");
+    let own = sender
+        .items
+        .iter()
+        .find(|it| it["id"] == ws_id.as_str())
+        .expect("own comment");
     assert_eq!(own["user"], "hostile-ws", "{own}");
 
     // Polling.
     let page = app.poll(room, Some(&cursor0), Some(1000), Some(0)).await;
     let items = page["items"].as_array().unwrap();
-    assert_eq!(ids_of(items), want_ids, "polling: ids in send order, nothing else");
+    assert_eq!(
+        ids_of(items),
+        want_ids,
+        "polling: ids in send order, nothing else"
+    );
     check_texts("polling", items, &by_id);
 
     viewer.close().await;

@@ -44,9 +44,7 @@ async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
         .map(|i| async move {
             let (user, token) = &senders_ref[i % senders_ref.len()];
             let text = format!("poll-{i}");
-            let id = app_ref
-                .send_ok(token, room, json!({ "text": text }))
-                .await;
+            let id = app_ref.send_ok(token, room, json!({ "text": text })).await;
             (id, user.clone(), text)
         })
         .buffer_unordered(32)
@@ -77,7 +75,10 @@ async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
     );
     assert_no_duplicates(&ids, "polling");
     let extra: Vec<&String> = got.difference(&expected).collect();
-    assert!(extra.is_empty(), "polling returned ids never sent: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "polling returned ids never sent: {extra:?}"
+    );
 
     for item in &items {
         assert_item_shape(item, room);
@@ -85,6 +86,54 @@ async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
         assert_eq!(item["user"], user.as_str(), "{item}");
         assert_eq!(item["text"], text.as_str(), "{item}");
     }
+
+    // Reading again from the same cursor gives the same sequence; a full page with
+    // more behind it asks for the next poll at once (next_poll_ms 0).
+    let mut again: Vec<serde_json::Value> = Vec::new();
+    let mut c = start.clone();
+    for _ in 0..100 {
+        let page = app.poll(room, Some(&c), Some(LIMIT), Some(0)).await;
+        let page_items = page["items"].as_array().unwrap().clone();
+        c = page["cursor"].as_str().unwrap().to_string();
+        if page_items.is_empty() {
+            break;
+        }
+        again.extend(page_items);
+        if again.len() < TOTAL {
+            assert_eq!(
+                page["next_poll_ms"],
+                0,
+                "API.md: if more remain, next_poll_ms is 0 (after {} of {TOTAL} items)",
+                again.len()
+            );
+        }
+    }
+    assert_eq!(
+        ids_of(&again),
+        ids,
+        "two reads from the same cursor must return the same items in the same order"
+    );
+
+    // Without a cursor: the most recent items, i.e. a tail of the room's sequence,
+    // and a cursor at the end.
+    let recent = app.poll(room, None, None, None).await;
+    let recent_ids = ids_of(recent["items"].as_array().unwrap());
+    assert!(
+        recent_ids.len() <= ids.len() && ids.ends_with(&recent_ids),
+        "polling without a cursor must return the most recent items (a tail of the room, \
+         in order); got {} items, first {:?}",
+        recent_ids.len(),
+        recent_ids.first()
+    );
+    let recent_cursor = recent["cursor"].as_str().unwrap();
+    let behind = app
+        .poll(room, Some(recent_cursor), Some(LIMIT), Some(0))
+        .await;
+    assert_eq!(
+        behind["items"].as_array().unwrap().len(),
+        0,
+        "items after the cursor of a cursor-less poll: {behind}"
+    );
 
     // Nothing else behind the last cursor.
     let after = app.poll(room, Some(&cursor), Some(LIMIT), Some(0)).await;

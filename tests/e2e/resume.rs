@@ -72,9 +72,15 @@ async fn reconnecting_with_the_last_cursor_gets_exactly_what_was_missed() {
 
     // B reconnects with the cursor of its hello: everything since.
     let mut b2 = app.ws(room, Some(&b_cursor), None).await;
-    let expected_b: Vec<String> = batch1.iter().chain(&batch2).chain(&batch3).cloned().collect();
+    let expected_b: Vec<String> = batch1
+        .iter()
+        .chain(&batch2)
+        .chain(&batch3)
+        .cloned()
+        .collect();
     assert!(
-        b2.wait_items(expected_b.len(), Duration::from_secs(10)).await,
+        b2.wait_items(expected_b.len(), Duration::from_secs(10))
+            .await,
         "viewer B got {} of {} items after resuming from its hello cursor",
         b2.items.len(),
         expected_b.len()
@@ -87,7 +93,9 @@ async fn reconnecting_with_the_last_cursor_gets_exactly_what_was_missed() {
     );
 
     // The WebSocket cursor is also a polling cursor (API.md, `gap`).
-    let page = app.poll(room, Some(&last_cursor), Some(1000), Some(0)).await;
+    let page = app
+        .poll(room, Some(&last_cursor), Some(1000), Some(0))
+        .await;
     assert_eq!(
         ids_of(page["items"].as_array().unwrap()),
         expected_a,

@@ -16,7 +16,11 @@ fn expected_columns() -> Vec<(&'static str, DataType, bool)> {
         ("room", DataType::Utf8, false),
         ("vod", DataType::Utf8, true),
         ("offset_ms", DataType::Int64, true),
-        ("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        (
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         ("user", DataType::Utf8, false),
         ("name", DataType::Utf8, true),
         ("kind", DataType::Utf8, false),
@@ -61,14 +65,20 @@ pub fn path_problems(data_dir: &std::path::Path, rows: &[ParquetRow]) -> Vec<Str
     let archive = data_dir.join("archive");
     for row in rows {
         let rel = row.file.strip_prefix(&archive).unwrap();
-        let parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().to_string()).collect();
+        let parts: Vec<String> = rel
+            .iter()
+            .map(|p| p.to_string_lossy().to_string())
+            .collect();
         let ok_shape = parts.len() == 3
             && parts[0].starts_with("date=")
             && parts[1].starts_with("hour=")
             && parts[2].starts_with("part-")
             && parts[2].ends_with(".parquet");
         if !ok_shape {
-            problems.push(format!("{} is not date=YYYY-MM-DD/hour=HH/part-<batch>.parquet", rel.display()));
+            problems.push(format!(
+                "{} is not date=YYYY-MM-DD/hour=HH/part-<batch>.parquet",
+                rel.display()
+            ));
             continue;
         }
         let (date, hour) = utc_date_hour(row.ts);
@@ -101,7 +111,11 @@ async fn sigterm_archives_every_accepted_comment_to_parquet_exactly_once() {
 
     // arch-a has an open session (latency 0): its rows carry the vod.
     let resp = app
-        .post("/v1/rooms/arch-a/sessions", Some(&svc_tokens[0].1), json!({"latency_ms": 0}))
+        .post(
+            "/v1/rooms/arch-a/sessions",
+            Some(&svc_tokens[0].1),
+            json!({"latency_ms": 0}),
+        )
         .await;
     resp.expect_status(201, "POST sessions");
     let vod = resp.json["vod"].as_str().unwrap().to_string();
@@ -132,10 +146,79 @@ async fn sigterm_archives_every_accepted_comment_to_parquet_exactly_once() {
         .await;
     let mut expected: HashMap<u64, Value> = HashMap::new();
     for (id, _room, expect) in results {
-        assert!(expected.insert(id.parse().unwrap(), expect).is_none(), "duplicate 202 id {id}");
+        assert!(
+            expected.insert(id.parse().unwrap(), expect).is_none(),
+            "duplicate 202 id {id}"
+        );
     }
 
+    // Idempotency: the same key sent three times at once by one user gives one id
+    // (and one row); the same key from another user is another comment.
+    for k in 0..5 {
+        let body = json!({
+            "text": format!("idem-{k}"),
+            "mode": "scroll",
+            "color": 123,
+            "kind": "comment",
+            "idempotency_key": format!("key-{k}"),
+        });
+        let token = &svc_tokens[1].1;
+        let (a, b, c) = tokio::join!(
+            app.send_ok(token, "arch-b", body.clone()),
+            app.send_ok(token, "arch-b", body.clone()),
+            app.send_ok(token, "arch-b", body.clone()),
+        );
+        assert!(
+            a == b && b == c,
+            "same idempotency_key, same user: one id expected, got {a} {b} {c}"
+        );
+        let later = app.send_ok(token, "arch-b", body.clone()).await;
+        assert_eq!(later, a, "same idempotency_key again later: same id");
+        let mut expect = body.clone();
+        expect["room"] = json!("arch-b");
+        expect["user"] = json!(svc_tokens[1].0);
+        assert!(expected.insert(a.parse().unwrap(), expect).is_none());
+
+        let other_body = json!({
+            "text": format!("idem-{k}-other-user"),
+            "mode": "scroll",
+            "color": 123,
+            "kind": "comment",
+            "idempotency_key": format!("key-{k}"),
+        });
+        let other = app
+            .send_ok(&svc_tokens[2].1, "arch-b", other_body.clone())
+            .await;
+        assert_ne!(
+            other, a,
+            "the same key from another user is another comment"
+        );
+        let mut expect = other_body;
+        expect["room"] = json!("arch-b");
+        expect["user"] = json!(svc_tokens[2].0);
+        assert!(expected.insert(other.parse().unwrap(), expect).is_none());
+    }
+
+    // Shut down with a WebSocket viewer and a long poll still open: neither may
+    // keep the process from archiving and exiting.
+    let viewer = app.ws("arch-b", None, None).await;
+    let quiet_cursor = app.room_cursor("quiet-room").await;
+    let long_poll = {
+        let http = app.http.clone();
+        let url = app.url(&format!(
+            "/v1/rooms/quiet-room/danmaku?cursor={quiet_cursor}&wait_ms=20000"
+        ));
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stop_began = std::time::Instant::now();
     app.stop().await;
+    eprintln!(
+        "graceful stop with an open WebSocket and long poll took {:?}",
+        stop_began.elapsed()
+    );
+    drop(viewer);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), long_poll).await;
 
     let files = parquet_files(&app.data_dir);
     assert!(
@@ -171,10 +254,21 @@ async fn sigterm_archives_every_accepted_comment_to_parquet_exactly_once() {
         assert_eq!(row.text, e["text"].as_str().unwrap(), "text of {row:?}");
         assert_eq!(row.kind, e["kind"].as_str().unwrap(), "kind of {row:?}");
         assert_eq!(row.mode, e["mode"].as_str().unwrap(), "mode of {row:?}");
-        assert_eq!(row.color as u64, e["color"].as_u64().unwrap(), "color of {row:?}");
-        assert!((row.ts - now_ms()).abs() < 120_000, "ts of {row:?} must be ms since epoch");
+        assert_eq!(
+            row.color as u64,
+            e["color"].as_u64().unwrap(),
+            "color of {row:?}"
+        );
+        assert!(
+            (row.ts - now_ms()).abs() < 120_000,
+            "ts of {row:?} must be ms since epoch"
+        );
         if row.room == "arch-a" {
-            assert_eq!(row.vod.as_deref(), Some(vod.as_str()), "vod of {row:?} (session open in arch-a)");
+            assert_eq!(
+                row.vod.as_deref(),
+                Some(vod.as_str()),
+                "vod of {row:?} (session open in arch-a)"
+            );
             assert_eq!(
                 row.offset_ms,
                 Some((row.ts - started_at).max(0)),

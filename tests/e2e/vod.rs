@@ -88,13 +88,15 @@ async fn vod_session_replays_every_comment_at_its_offset() {
     let modes = ["scroll", "top", "bottom"];
     let mut sent: HashMap<String, Value> = HashMap::new();
     for i in 0..4 {
-        let body = json!({"text": format!("early-{i}"), "mode": modes[i % 3], "color": 0x00ff00 + i});
+        let body =
+            json!({"text": format!("early-{i}"), "mode": modes[i % 3], "color": 0x00ff00 + i});
         let id = app.send_ok(&svc, room, body.clone()).await;
         sent.insert(id, body);
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for i in 0..8 {
-        let body = json!({"text": format!("late-{i} 好耶"), "mode": modes[i % 3], "color": 0xff0000 + i});
+        let body =
+            json!({"text": format!("late-{i} 好耶"), "mode": modes[i % 3], "color": 0xff0000 + i});
         let id = app.send_ok(&svc, room, body.clone()).await;
         sent.insert(id, body);
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -125,20 +127,29 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         .await;
     let ts_of: HashMap<String, i64> = live_items
         .iter()
-        .map(|it| (it["id"].as_str().unwrap().to_string(), it["ts"].as_i64().unwrap()))
+        .map(|it| {
+            (
+                it["id"].as_str().unwrap().to_string(),
+                it["ts"].as_i64().unwrap(),
+            )
+        })
         .collect();
     for id in &all_live {
         assert!(ts_of.contains_key(id), "comment {id} never showed up live");
     }
     let duration = ended_at - started_at;
-    let expected_offset = |id: &str| -> i64 { (ts_of[id] - started_at - latency).clamp(0, duration) };
+    let expected_offset =
+        |id: &str| -> i64 { (ts_of[id] - started_at - latency).clamp(0, duration) };
 
     // Within 10 s of the end, the range API and segment 0 hold every comment.
     let deadline = ended_at_instant + Duration::from_secs(10);
     let (range, segment) = loop {
         let range = read_range(&app, &vod, None).await;
         let segment = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
-        let seg_items = segment.json["items"].as_array().cloned().unwrap_or_default();
+        let seg_items = segment.json["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if segment.status == 200 && id_set(&range) == vod_ids && id_set(&seg_items) == vod_ids {
             break (range, segment);
         }
@@ -181,17 +192,25 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         assert_eq!(item["user"], "vod-svc", "{item}");
         let key = (offset, id.parse::<u64>().unwrap());
         if let Some(prev) = last {
-            assert!(prev < key, "range API must be ordered by (offset_ms, id): {prev:?} then {key:?}");
+            assert!(
+                prev < key,
+                "range API must be ordered by (offset_ms, id): {prev:?} then {key:?}"
+            );
         }
         last = Some(key);
     }
     assert!(
-        range.iter().any(|it| it["offset_ms"] == 0) && range.iter().any(|it| it["offset_ms"].as_i64() > Some(0)),
+        range.iter().any(|it| it["offset_ms"] == 0)
+            && range.iter().any(|it| it["offset_ms"].as_i64() > Some(0)),
         "expected both clamped (0) and positive offsets: {range:?}"
     );
     // Paging with a small limit gives the same sequence.
     let paged = read_range(&app, &vod, Some(5)).await;
-    assert_eq!(ids_of(&paged), ids_of(&range), "range API paged by limit=5 via `after`");
+    assert_eq!(
+        ids_of(&paged),
+        ids_of(&range),
+        "range API paged by limit=5 via `after`"
+    );
 
     // Segment 0.
     assert_eq!(segment.json["vod"], vod.as_str(), "{}", segment.text);
@@ -200,7 +219,11 @@ async fn vod_session_replays_every_comment_at_its_offset() {
     assert_no_duplicates(&ids_of(seg_items), "segment 0");
     for item in seg_items {
         let id = item["id"].as_str().unwrap();
-        assert_eq!(item["offset_ms"], expected_offset(id), "segment item {item}");
+        assert_eq!(
+            item["offset_ms"],
+            expected_offset(id),
+            "segment item {item}"
+        );
         assert_eq!(item["text"], sent[id]["text"], "{item}");
     }
     let etag = segment
@@ -212,9 +235,16 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         "Cache-Control of a segment of an ended VOD"
     );
     let again = app
-        .get_with(&format!("/v1/vods/{vod}/segments/0"), &[("if-none-match", &etag)])
+        .get_with(
+            &format!("/v1/vods/{vod}/segments/0"),
+            &[("if-none-match", &etag)],
+        )
         .await;
-    assert_eq!(again.status, 304, "If-None-Match with the ETag: {}", again.text);
+    assert_eq!(
+        again.status, 304,
+        "If-None-Match with the ETag: {}",
+        again.text
+    );
     let other = app
         .get_with(
             &format!("/v1/vods/{vod}/segments/0"),
@@ -240,7 +270,11 @@ async fn vod_session_replays_every_comment_at_its_offset() {
 
     // A second session; the room lists both, newest first.
     let resp = app
-        .post(&format!("/v1/rooms/{room}/sessions"), Some(&svc), json!({ "latency_ms": 0 }))
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&svc),
+            json!({ "latency_ms": 0 }),
+        )
         .await;
     resp.expect_status(201, "second session");
     let vod2 = resp.json["vod"].as_str().unwrap().to_string();
@@ -254,7 +288,11 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         .as_array()
         .unwrap_or_else(|| panic!("{{\"vods\": [...]}} expected: {}", list.text));
     let order: Vec<&str> = vods.iter().filter_map(|v| v["vod"].as_str()).collect();
-    assert_eq!(order, vec![vod2.as_str(), vod.as_str()], "room's vods, newest first");
+    assert_eq!(
+        order,
+        vec![vod2.as_str(), vod.as_str()],
+        "room's vods, newest first"
+    );
     assert_eq!(vods[1]["started_at"], started_at, "{}", list.text);
     assert_eq!(vods[1]["ended_at"], ended_at, "{}", list.text);
     assert_eq!(vods[1]["room"], room, "{}", list.text);
