@@ -14,6 +14,7 @@
 //!   data dir; [`memory`]: the in-process replay cache.
 //! - [`conformance`]: one test suite per port, run against every adapter.
 //! - [`context`]: builds the adapters the settings select and hands them to the roles.
+//! - [`testkit`]: real servers (redis-server, a Redis Cluster) on free loopback ports for tests.
 
 pub mod auth;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod memory;
 pub mod model;
 pub mod ports;
 pub mod slice;
+pub mod testkit;
 pub mod vod;
 
 /// Milliseconds since the Unix epoch by the server clock.

@@ -4,11 +4,25 @@
 # suites of every port on every adapter, and the end-to-end tests that start the
 # `danmaku` binary on free loopback ports with temporary data dirs.
 #
-# It installs what the tests need on a fresh machine. Today that is only the Rust
-# toolchain's rustfmt and clippy components; the services of later issues (Redis,
-# the Kafka mock cluster, the CQL peer) are added here as their tests land.
+# It installs what the tests need on a fresh machine: rustfmt and clippy,
+# redis-server and redis-cli from the OS packages (the tests start their own
+# servers on free loopback ports and stop them), and pyarrow + duckdb from PyPI
+# (independent Parquet readers). Kafka runs as librdkafka's in-process mock
+# cluster and the CQL peer in-process, so they need no install.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+
+apt_updated=0
+need_pkg() { # need_pkg COMMAND PACKAGE...
+  if ! command -v "$1" >/dev/null 2>&1; then
+    shift
+    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+need_pkg redis-server redis-server
+need_pkg redis-cli redis-tools
+python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install -q pyarrow duckdb
 
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi

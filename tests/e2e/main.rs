@@ -10,6 +10,7 @@
 //! - [`crash`]: kill -9 loses no acknowledged comment.
 //! - [`errors`]: every error code of API.md with its status.
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
+//! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
 
 mod helpers;
 
@@ -18,6 +19,7 @@ mod errors;
 mod fanout;
 mod hostile_text;
 mod polling;
+mod replay_formats;
 mod resume;
 mod shutdown;
 mod vod;

@@ -1,0 +1,409 @@
+//! Replay beyond the native JSON (API.md, Replay): `stream_pos_ms` alignment,
+//! comments posted on a recording, Bilibili XML and DPlayer's v3 API, with
+//! hostile text escaped for each format. All violations are reported together.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Undoes XML/HTML character references (named ones of XML and HTML's usual
+/// five, decimal and hex).
+fn unescape(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find('&') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let end = after
+            .find(';')
+            .ok_or_else(|| format!("bare '&' in {s:?}"))?;
+        let entity = &after[..end];
+        let ch = match entity {
+            "lt" => '<',
+            "gt" => '>',
+            "amp" => '&',
+            "quot" => '"',
+            "apos" => '\'',
+            e if e.starts_with("#x") || e.starts_with("#X") => u32::from_str_radix(&e[2..], 16)
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or_else(|| format!("bad reference &{e}; in {s:?}"))?,
+            e if e.starts_with('#') => e[1..]
+                .parse::<u32>()
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or_else(|| format!("bad reference &{e}; in {s:?}"))?,
+            e => return Err(format!("unknown entity &{e}; in {s:?}")),
+        };
+        out.push(ch);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The `<d p="...">text</d>` elements of a Bilibili XML document.
+fn bilibili_entries(xml: &str) -> Result<Vec<(Vec<String>, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(pos) = rest.find("<d p=\"") {
+        rest = &rest[pos + 6..];
+        let close = rest.find("\">").ok_or("unterminated p attribute")?;
+        let p: Vec<String> = rest[..close].split(',').map(str::to_string).collect();
+        rest = &rest[close + 2..];
+        let end = rest.find("</d>").ok_or("unterminated <d>")?;
+        out.push((p, rest[..end].to_string()));
+        rest = &rest[end + 4..];
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_formats_vod_posts_and_stream_positions() {
+    let app = spawn_app(&[]).await;
+    let room = "formats";
+    let svc = app.token("fmt-svc", "service").await;
+    let viewer = app.token("fmt-viewer", "viewer").await;
+    let mut v: Vec<String> = Vec::new();
+
+    let cursor0 = app.room_cursor(room).await;
+    let resp = app
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&svc),
+            json!({"latency_ms": 0}),
+        )
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+    let started_at = resp.json["started_at"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // Comments: plain ones in every mode (with hostile text), one with a plausible
+    // player position, one with an absurd one.
+    let hostile = "<b>&\"'</b> 好耶 🎉";
+    let mut bodies: HashMap<String, Value> = HashMap::new();
+    for (mode, color) in [("scroll", 16_777_215), ("top", 255), ("bottom", 65_280)] {
+        let body = json!({"text": format!("{mode}: {hostile}"), "mode": mode, "color": color});
+        let id = app.send_ok(&svc, room, body.clone()).await;
+        bodies.insert(id, body);
+    }
+    let plausible = json!({"text": "with stream position", "stream_pos_ms": 700});
+    let plausible_id = app.send_ok(&svc, room, plausible.clone()).await;
+    bodies.insert(plausible_id.clone(), plausible);
+    let absurd = json!({"text": "absurd stream position", "stream_pos_ms": 86_400_000_000i64});
+    let absurd_id = app.send_ok(&svc, room, absurd.clone()).await;
+    bodies.insert(absurd_id.clone(), absurd);
+
+    let resp = app
+        .post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await;
+    resp.expect_status(200, "POST end");
+    let ended_at = resp.json["ended_at"].as_i64().unwrap();
+    let duration = ended_at - started_at;
+
+    let mut live_ids: std::collections::HashSet<String> = bodies.keys().cloned().collect();
+    let (live, _) = app
+        .poll_until(room, &cursor0, 1000, &live_ids, Duration::from_secs(10))
+        .await;
+    let ts_of: HashMap<String, i64> = live
+        .iter()
+        .map(|it| {
+            (
+                it["id"].as_str().unwrap().to_string(),
+                it["ts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    live_ids.retain(|id| !ts_of.contains_key(id));
+    assert!(live_ids.is_empty(), "never seen live: {live_ids:?}");
+
+    // A comment posted on the recording, at an offset.
+    let resp = app
+        .post(
+            &format!("/v1/vods/{vod}/danmaku"),
+            Some(&viewer),
+            json!({"text": "posted while watching <i>", "offset_ms": 1000, "mode": "top"}),
+        )
+        .await;
+    let posted_id = if resp.status == 202 && resp.json["id"].is_string() {
+        Some(resp.json["id"].as_str().unwrap().to_string())
+    } else {
+        v.push(format!(
+            "POST /v1/vods/{{vod}}/danmaku: want 202 {{id}}, got {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
+        None
+    };
+
+    let mut expected_offset: HashMap<String, i64> = HashMap::new();
+    for (id, ts) in &ts_of {
+        expected_offset.insert(id.clone(), (ts - started_at).clamp(0, duration));
+    }
+    expected_offset.insert(plausible_id.clone(), 700);
+    if let Some(id) = &posted_id {
+        expected_offset.insert(id.clone(), 1000);
+    }
+
+    // Wait for the range API to hold all of them (the live ones within 10 s of the
+    // end; the posted one is given 15 s).
+    let began = Instant::now();
+    let range = loop {
+        let resp = app
+            .get(&format!("/v1/vods/{vod}/danmaku?from_ms=0&to_ms=360000"))
+            .await;
+        let items = resp.json["items"].as_array().cloned().unwrap_or_default();
+        let have: std::collections::HashSet<String> = items
+            .iter()
+            .filter_map(|it| it["id"].as_str().map(str::to_string))
+            .collect();
+        if expected_offset.keys().all(|id| have.contains(id))
+            || began.elapsed() > Duration::from_secs(15)
+        {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let range_by_id: HashMap<String, Value> = range
+        .iter()
+        .map(|it| (it["id"].as_str().unwrap().to_string(), it.clone()))
+        .collect();
+    for (id, offset) in &expected_offset {
+        match range_by_id.get(id) {
+            None => v.push(format!(
+                "comment {id} ({:?}) not in the range API after 15 s",
+                bodies.get(id).map(|b| &b["text"])
+            )),
+            Some(item) if item["offset_ms"] != *offset => v.push(format!(
+                "offset_ms of {item}: want {offset}{}",
+                if *id == plausible_id {
+                    " (the sender's plausible stream_pos_ms)"
+                } else {
+                    ""
+                }
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some(id) = &posted_id {
+        if let Some(item) = range_by_id.get(id) {
+            if item["user"] != "fmt-viewer"
+                || item["text"] != "posted while watching <i>"
+                || item["vod"] != vod.as_str()
+            {
+                v.push(format!("posted comment comes back as {item}"));
+            }
+        }
+    }
+    let _ = absurd_id;
+
+    // ---- Bilibili XML
+    let resp = app.get(&format!("/v1/vods/{vod}/bilibili.xml")).await;
+    if resp.status != 200 {
+        v.push(format!(
+            "GET bilibili.xml: {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
+    } else {
+        let prefix = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><i>";
+        if !resp.text.starts_with(prefix) {
+            v.push(format!(
+                "bilibili.xml must begin with exactly {prefix:?}, begins {:?}",
+                truncate(&resp.text, 60)
+            ));
+        }
+        if !resp.text.trim_end().ends_with("</i>") {
+            v.push("bilibili.xml must end with </i>".into());
+        }
+        match bilibili_entries(&resp.text) {
+            Err(e) => v.push(format!("bilibili.xml: {e}")),
+            Ok(entries) => {
+                if entries.len() != range.len() {
+                    v.push(format!(
+                        "bilibili.xml has {} <d>, the range API {} comments",
+                        entries.len(),
+                        range.len()
+                    ));
+                }
+                for (p, text) in entries {
+                    if p.len() != 8 {
+                        v.push(format!("<d p> must have 8 fields: {p:?}"));
+                        continue;
+                    }
+                    let Some(item) = range_by_id.get(&p[7]) else {
+                        v.push(format!(
+                            "<d p> id field {:?} is no comment of the VOD",
+                            p[7]
+                        ));
+                        continue;
+                    };
+                    let want_time = item["offset_ms"].as_i64().unwrap_or(0) as f64 / 1000.0;
+                    if p[0]
+                        .parse::<f64>()
+                        .map(|t| (t - want_time).abs() > 0.0015)
+                        .unwrap_or(true)
+                    {
+                        v.push(format!(
+                            "<d> time {:?} for offset_ms {} (seconds with decimals)",
+                            p[0], item["offset_ms"]
+                        ));
+                    }
+                    let want_mode = match item["mode"].as_str() {
+                        Some("top") => "5",
+                        Some("bottom") => "4",
+                        _ => "1",
+                    };
+                    if p[1] != want_mode {
+                        v.push(format!(
+                            "<d> mode {:?} for {} (want {want_mode})",
+                            p[1], item["mode"]
+                        ));
+                    }
+                    if p[2] != "25" {
+                        v.push(format!("<d> size {:?} (want 25)", p[2]));
+                    }
+                    if p[3] != item["color"].to_string() {
+                        v.push(format!("<d> color {:?} (want {})", p[3], item["color"]));
+                    }
+                    if p[4].parse::<i64>().is_err() {
+                        v.push(format!("<d> send time {:?} must be an integer", p[4]));
+                    }
+                    match unescape(&text) {
+                        Err(e) => v.push(format!("bilibili.xml text not XML-escaped: {e}")),
+                        Ok(t) if t != item["text"].as_str().unwrap_or_default() => v.push(format!(
+                            "bilibili.xml text {text:?} unescapes to {t:?}, want {}",
+                            item["text"]
+                        )),
+                        Ok(_) => {}
+                    }
+                    if text.contains('<') {
+                        v.push(format!("bilibili.xml text with a raw '<': {text:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- DPlayer v3
+    let resp = app.get(&format!("/dplayer/v3/?id={vod}")).await;
+    if resp.status != 200 || resp.json["code"] != 0 || !resp.json["data"].is_array() {
+        v.push(format!(
+            "GET /dplayer/v3/?id=vod: {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
+    } else {
+        let data = resp.json["data"].as_array().unwrap();
+        if data.len() != range.len() {
+            v.push(format!(
+                "DPlayer data has {} entries, the range API {}",
+                data.len(),
+                range.len()
+            ));
+        }
+        for entry in data {
+            let Some(e) = entry.as_array().filter(|e| e.len() == 5) else {
+                v.push(format!(
+                    "DPlayer entry must be [time, type, color, author, text]: {entry}"
+                ));
+                continue;
+            };
+            let text = e[4].as_str().unwrap_or_default();
+            if text.contains(['<', '>', '"', '\'']) {
+                v.push(format!("DPlayer text must be HTML-escaped: {text:?}"));
+            }
+            let raw = match unescape(text) {
+                Ok(t) => t,
+                Err(err) => {
+                    v.push(format!("DPlayer text: {err}"));
+                    continue;
+                }
+            };
+            let Some(item) = range.iter().find(|it| it["text"] == raw.as_str()) else {
+                v.push(format!(
+                    "DPlayer text {text:?} (unescaped {raw:?}) matches no comment"
+                ));
+                continue;
+            };
+            let want_type = match item["mode"].as_str() {
+                Some("top") => 1,
+                Some("bottom") => 2,
+                _ => 0,
+            };
+            if e[1] != want_type {
+                v.push(format!(
+                    "DPlayer type {} for mode {} (want {want_type})",
+                    e[1], item["mode"]
+                ));
+            }
+            if e[2] != item["color"] {
+                v.push(format!("DPlayer color {} (want {})", e[2], item["color"]));
+            }
+            let want_time = item["offset_ms"].as_i64().unwrap_or(0) as f64 / 1000.0;
+            if e[0]
+                .as_f64()
+                .map(|t| (t - want_time).abs() > 0.0015)
+                .unwrap_or(true)
+            {
+                v.push(format!(
+                    "DPlayer time {} for offset_ms {}",
+                    e[0], item["offset_ms"]
+                ));
+            }
+            if !e[3].is_string() {
+                v.push(format!("DPlayer author must be a string: {}", e[3]));
+            }
+        }
+        let resp = app.get(&format!("/dplayer/v3/?id={vod}&max=2")).await;
+        if resp.json["data"]
+            .as_array()
+            .map(|d| d.len() > 2)
+            .unwrap_or(true)
+        {
+            v.push(format!("DPlayer max=2: {}", truncate(&resp.text, 200)));
+        }
+    }
+    let resp = app
+        .post(
+            "/dplayer/v3/",
+            None,
+            json!({"token": viewer, "id": vod, "author": "fmt-viewer", "time": 2.5,
+                   "text": "from DPlayer", "color": 16_777_215, "type": 0}),
+        )
+        .await;
+    if resp.json["code"] != 0 || !resp.json["data"].is_object() {
+        v.push(format!(
+            "POST /dplayer/v3/ with a valid token: {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
+    }
+    let forged = app.forged_token("fmt-viewer", "viewer").await;
+    let resp = app
+        .post(
+            "/dplayer/v3/",
+            None,
+            json!({"token": forged, "id": vod, "author": "x", "time": 1.0,
+                   "text": "forged", "color": 0, "type": 0}),
+        )
+        .await;
+    if resp.json["code"] != 1 || !resp.json["msg"].is_string() {
+        v.push(format!(
+            "POST /dplayer/v3/ with a forged token: want {{\"code\": 1, \"msg\"}}, got {} {}",
+            resp.status,
+            truncate(&resp.text, 200)
+        ));
+    }
+
+    assert!(
+        v.is_empty(),
+        "{} replay-format violations:\n  - {}",
+        v.len(),
+        v.join("\n  - ")
+    );
+}
