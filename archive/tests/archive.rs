@@ -45,6 +45,7 @@ fn context_and_db(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> (Context, Em
         settings: Arc::new(settings),
         bus: Arc::new(EmbeddedBus::open(db.clone(), 1).expect("bus")),
         slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
+        notifier: Arc::new(danmaku_core::memory::LocalNotifier::new(16)),
         archive: Arc::new(EmbeddedArchiveStore::new(db.clone())),
         objects: object_store_from_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),

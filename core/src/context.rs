@@ -6,8 +6,8 @@ use crate::auth::TokenSigner;
 use crate::config::Settings;
 use crate::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use crate::id::IdGenerator;
-use crate::memory::MemoryReplayCache;
-use crate::ports::{object_store_from_url, ArchiveStore, Bus, ReplayCache, SliceStore};
+use crate::memory::{LocalNotifier, MemoryReplayCache};
+use crate::ports::{object_store_from_url, ArchiveStore, Bus, Notifier, ReplayCache, SliceStore};
 use object_store::ObjectStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ pub struct Context {
     pub settings: Arc<Settings>,
     pub bus: Arc<dyn Bus>,
     pub slices: Arc<dyn SliceStore>,
+    /// Tells live nodes about new items of their rooms.
+    pub notifier: Arc<dyn Notifier>,
     pub archive: Arc<dyn ArchiveStore>,
     pub objects: Arc<dyn ObjectStore>,
     pub cache: Arc<dyn ReplayCache>,
@@ -62,7 +64,9 @@ impl Context {
             Arc::new(EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?)
         };
 
-        // SliceStore: Redis Cluster when redis.cluster is set, else Redis when redis.url is set.
+        // SliceStore and Notifier: Redis Cluster when redis.cluster is set, else Redis
+        // when redis.url is set.
+        let notifier: Arc<dyn Notifier> = Arc::new(LocalNotifier::new(1024));
         let slices: Arc<dyn SliceStore> = if !settings.redis.cluster.is_empty() {
             return Err(ContextError::NotAvailable("redis.cluster"));
         } else if !settings.redis.url.is_empty() {
@@ -90,6 +94,7 @@ impl Context {
         Ok(Self {
             bus,
             slices,
+            notifier,
             archive,
             objects,
             cache,

@@ -83,3 +83,47 @@ mod tests {
         assert!(c.weighted_size().await <= 100_000);
     }
 }
+
+/// The in-process Notifier of the embedded default: every notice goes to this
+/// process's live role (one process holds the writer and every hub).
+pub struct LocalNotifier {
+    tx: tokio::sync::mpsc::Sender<crate::ports::NotifierEvent>,
+    rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::ports::NotifierEvent>>>,
+}
+
+impl LocalNotifier {
+    /// A notifier whose queue holds `capacity` notices; `publish` waits when it is
+    /// full (back-pressure on the writer, never unbounded memory).
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        Self {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::Notifier for LocalNotifier {
+    async fn publish(&self, room: &str, items: &[crate::ports::SliceItem]) -> Result<(), crate::ports::NotifyError> {
+        let notice = crate::ports::Notice {
+            room: room.to_string(),
+            items: items.to_vec(),
+        };
+        // Nobody listening (no live role in this process) is not an error.
+        let _ = self.tx.send(crate::ports::NotifierEvent::Notice(notice)).await;
+        Ok(())
+    }
+
+    async fn subscribe(&self, _room: &str) -> Result<(), crate::ports::NotifyError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _room: &str) -> Result<(), crate::ports::NotifyError> {
+        Ok(())
+    }
+
+    fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ports::NotifierEvent>> {
+        self.rx.lock().expect("notifier lock").take()
+    }
+}

@@ -4,6 +4,7 @@
 
 use danmaku_core::cursor::Cursor;
 use danmaku_core::model::Danmaku;
+use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -167,6 +168,16 @@ impl Hub {
         st.ring.iter().skip(start + skip).cloned().collect()
     }
 
+    /// After a (re)subscription: a hub that knows nothing yet starts at the
+    /// store's head `store_last` (older items are read from the store).
+    pub fn settle_floor(&self, store_last: u64) {
+        let mut st = self.state.lock().expect("hub lock");
+        if st.floor.is_none() {
+            st.floor = Some(store_last);
+            st.last_seq = st.last_seq.max(store_last);
+        }
+    }
+
     /// The highest seq delivered (0 if none yet).
     pub fn last_seq(&self) -> u64 {
         self.state.lock().expect("hub lock").last_seq
@@ -184,19 +195,22 @@ impl Hub {
     }
 }
 
-/// Every hub of this node.
+/// Every hub of this node. Creating a hub subscribes this node to the room's
+/// notices; sweeping it unsubscribes.
 pub struct Hubs {
     map: Mutex<HashMap<String, Arc<Hub>>>,
     ring_size: usize,
     queue: usize,
+    notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl Hubs {
-    pub fn new(ring_size: usize, queue: usize) -> Self {
+    pub fn new(ring_size: usize, queue: usize, notifier: Option<Arc<dyn Notifier>>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             ring_size,
             queue,
+            notifier,
         }
     }
 
@@ -209,6 +223,14 @@ impl Hubs {
         let h = Arc::new(Hub::new(self.ring_size, self.queue));
         map.insert(room.to_string(), h.clone());
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
+        if let Some(n) = &self.notifier {
+            let (n, room) = (n.clone(), room.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = n.subscribe(&room).await {
+                    tracing::warn!(error = %e, room, "subscribe failed; the notifier retries on reconnect");
+                }
+            });
+        }
         h
     }
 

@@ -19,6 +19,7 @@ use danmaku_core::context::Context;
 use danmaku_core::cursor::Cursor;
 use danmaku_core::error::ApiError;
 use danmaku_core::model::Danmaku;
+use danmaku_core::ports::NotifierEvent;
 use danmaku_ingest::Ingest;
 use hub::{Hub, Hubs, RingItem, RingRead};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ impl Live {
         let hubs = Arc::new(Hubs::new(
             ctx.settings.live.ring_size,
             ctx.settings.live.ws_queue,
+            Some(ctx.notifier.clone()),
         ));
         Arc::new(Self {
             ctx,
@@ -64,8 +66,59 @@ impl Live {
                 }
             })
         };
-        writer::run(self.ctx.clone(), self.hubs.clone(), writer_stop, grace).await;
+        let notices = match self.ctx.notifier.take_receiver() {
+            Some(rx) => Some(tokio::spawn(self.clone().deliver_notices(rx))),
+            None => None,
+        };
+        writer::run(self.ctx.clone(), writer_stop, grace).await;
         sweeper.abort();
+        if let Some(n) = notices {
+            // The writer has drained; let the last notices reach the hubs.
+            let _ = tokio::time::timeout(Duration::from_millis(200), n).await;
+        }
+    }
+
+    /// Hands the notifier's notices to the room hubs; after a (re)subscription
+    /// catches the room up from the SliceStore.
+    async fn deliver_notices(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<NotifierEvent>) {
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                NotifierEvent::Notice(n) => {
+                    let items: Vec<(u64, Danmaku)> = n
+                        .items
+                        .iter()
+                        .filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d)))
+                        .collect();
+                    self.hubs.get(&n.room).deliver(&items);
+                }
+                NotifierEvent::Resync(room) => self.resync(&room).await,
+            }
+        }
+    }
+
+    async fn resync(&self, room: &str) {
+        let hub = self.hubs.get(room);
+        let mut at = hub.last_seq();
+        if at == 0 {
+            match self.ctx.slices.last_seq(room).await {
+                Ok(last) => hub.settle_floor(last),
+                Err(e) => tracing::warn!(error = %e, room, "resync failed"),
+            }
+            return;
+        }
+        loop {
+            let page = match self.ctx.slices.read_after(room, at, 1000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, room, "resync failed");
+                    return;
+                }
+            };
+            let Some(last) = page.last().map(|s| s.seq) else { return };
+            let items: Vec<(u64, Danmaku)> = page.iter().filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d))).collect();
+            hub.deliver(&items);
+            at = last;
+        }
     }
 
     /// Up to `limit` items of `room` after `cursor`, from the hub's ring when it

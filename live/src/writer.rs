@@ -1,13 +1,12 @@
 //! The writer: consumer group `live-writer` on the Bus → SliceStore (one append per
-//! room per batch) → the room hubs; offsets are committed only after the
-//! SliceStore write succeeded, and failed writes are retried with backoff.
+//! room per batch) → the Notifier (to the live nodes' room hubs); offsets are
+//! committed only after the SliceStore write succeeded, and failed writes are
+//! retried with backoff.
 
-use crate::hub::Hubs;
 use danmaku_core::context::Context;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{BusRecord, RecordPosition, SliceItem};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +16,7 @@ pub const GROUP: &str = "live-writer";
 /// Runs until `stop` is cancelled, then keeps going until the Bus is drained (so
 /// every acknowledged comment reaches the SliceStore before shutdown) or `grace`
 /// passes.
-pub async fn run(ctx: Context, hubs: Arc<Hubs>, stop: CancellationToken, grace: Duration) {
+pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
     let mut backoff = Duration::from_millis(50);
     let mut consumer = loop {
         match ctx.bus.consumer(GROUP).await {
@@ -63,7 +62,7 @@ pub async fn run(ctx: Context, hubs: Arc<Hubs>, stop: CancellationToken, grace: 
             continue;
         }
         let started = std::time::Instant::now();
-        let upto = write_batch(&ctx, &hubs, &records).await;
+        let upto = write_batch(&ctx, &records).await;
         metrics::histogram!("danmaku_writer_batch_size").record(records.len() as f64);
         metrics::histogram!("danmaku_writer_batch_seconds").record(started.elapsed().as_secs_f64());
         let mut backoff = Duration::from_millis(50);
@@ -79,22 +78,19 @@ pub async fn run(ctx: Context, hubs: Arc<Hubs>, stop: CancellationToken, grace: 
 
 /// Writes one polled batch: one append per room, retried until it succeeds, then
 /// the hub delivery. Returns the positions to commit.
-async fn write_batch(ctx: &Context, hubs: &Hubs, records: &[BusRecord]) -> Vec<RecordPosition> {
+async fn write_batch(ctx: &Context, records: &[BusRecord]) -> Vec<RecordPosition> {
     let live = &ctx.settings.live;
-    let mut by_room: BTreeMap<&str, Vec<(SliceItem, Danmaku)>> = BTreeMap::new();
+    let mut by_room: BTreeMap<&str, Vec<SliceItem>> = BTreeMap::new();
     let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
     for r in records {
         let e = upto.entry(r.position.partition).or_insert(0);
         *e = (*e).max(r.position.offset);
         match Danmaku::decode_bytes(&r.payload) {
-            Ok(d) => by_room.entry(r.room.as_str()).or_default().push((
-                SliceItem {
-                    seq: r.position.seq(),
-                    ts_ms: d.ts_ms,
-                    data: r.payload.clone(),
-                },
-                d,
-            )),
+            Ok(d) => by_room.entry(r.room.as_str()).or_default().push(SliceItem {
+                seq: r.position.seq(),
+                ts_ms: d.ts_ms,
+                data: r.payload.clone(),
+            }),
             Err(e) => {
                 metrics::counter!("danmaku_writer_decode_errors_total").increment(1);
                 tracing::error!(error = %e, partition = r.position.partition, offset = r.position.offset, "undecodable record skipped");
@@ -102,12 +98,11 @@ async fn write_batch(ctx: &Context, hubs: &Hubs, records: &[BusRecord]) -> Vec<R
         }
     }
     for (room, items) in by_room {
-        let slice_items: Vec<SliceItem> = items.iter().map(|(s, _)| s.clone()).collect();
         let mut backoff = Duration::from_millis(50);
         loop {
             match ctx
                 .slices
-                .append(room, live.slice_ms, live.hot_retention_ms, &slice_items)
+                .append(room, live.slice_ms, live.hot_retention_ms, &items)
                 .await
             {
                 Ok(out) => {
@@ -124,8 +119,11 @@ async fn write_batch(ctx: &Context, hubs: &Hubs, records: &[BusRecord]) -> Vec<R
                 }
             }
         }
-        let delivered: Vec<(u64, Danmaku)> = items.into_iter().map(|(s, d)| (s.seq, d)).collect();
-        hubs.get(room).deliver(&delivered);
+        if let Err(e) = ctx.notifier.publish(room, &items).await {
+            // Viewers catch up from the SliceStore; nothing stored is lost.
+            metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
+            tracing::warn!(error = %e, room, "notify failed");
+        }
     }
     upto.into_iter()
         .map(|(partition, offset)| RecordPosition { partition, offset })

@@ -2,7 +2,8 @@
 //! all viewers see the same room order.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
@@ -43,12 +44,16 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
         let user = format!("fanout-v{u}");
         tokens.push((user.clone(), app.token(&user, "viewer").await));
     }
+    // A late viewer joins (without a cursor) in the middle of this burst.
     let app_ref = &app;
     let tokens_ref = &tokens;
-    let concurrent: Vec<(String, String, String)> = futures::stream::iter(0..CONCURRENT)
+    let acked = AtomicUsize::new(0);
+    let acked_ref = &acked;
+    let sends = futures::stream::iter(0..CONCURRENT)
         .map(|i| async move {
             let (user, token) = &tokens_ref[i % tokens_ref.len()];
             let text = format!("conc-{i}");
+            tokio::time::sleep(Duration::from_millis(15)).await;
             let id = app_ref
                 .send_ok(
                     token,
@@ -56,11 +61,19 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
                     json!({"text": text, "mode": "top", "color": 255}),
                 )
                 .await;
+            acked_ref.fetch_add(1, Ordering::SeqCst);
             (id, user.clone(), text)
         })
-        .buffer_unordered(10)
-        .collect()
-        .await;
+        .buffer_unordered(3)
+        .collect::<Vec<(String, String, String)>>();
+    let late_join = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::SeqCst) < CONCURRENT / 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        app_ref.ws(room, None, None).await
+    };
+    let (concurrent, mut late) = tokio::join!(sends, late_join);
     for (id, user, text) in concurrent {
         sent.insert(id, (user, text));
     }
@@ -135,6 +148,34 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
             }
         }
     }
+
+    // The late viewer: what it got (recent items, then live) is a hole-free tail
+    // of the room's order, and exactly what polling from its hello cursor gives.
+    assert!(
+        late.wait_items(1, Duration::from_secs(5)).await,
+        "the late viewer got nothing"
+    );
+    late.settle(Duration::from_millis(500)).await;
+    let late_ids = late.item_ids();
+    assert_no_duplicates(&late_ids, "late viewer");
+    assert!(
+        reference.ends_with(&late_ids),
+        "a viewer joining mid-burst must get a contiguous tail of the room's order \
+         (no holes, no repeats); got {} items: {:?}\nroom order: {:?}",
+        late_ids.len(),
+        late_ids,
+        reference
+    );
+    let hello_cursor = late.hello["cursor"].as_str().unwrap().to_string();
+    let page = app
+        .poll(room, Some(&hello_cursor), Some(1000), Some(0))
+        .await;
+    assert_eq!(
+        ids_of(page["items"].as_array().unwrap()),
+        late_ids,
+        "polling from the late viewer's hello cursor must give what its batches carried"
+    );
+    late.close().await;
 
     for viewer in viewers {
         viewer.close().await;

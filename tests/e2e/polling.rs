@@ -142,4 +142,31 @@ async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
         0,
         "items after the final cursor: {after}"
     );
+
+    // Long poll: held while nothing comes, answered as soon as an item arrives.
+    let began = Instant::now();
+    let idle = app.poll(room, Some(&cursor), Some(LIMIT), Some(1000)).await;
+    let held = began.elapsed();
+    assert!(
+        idle["items"].as_array().unwrap().is_empty() && held >= Duration::from_millis(900),
+        "wait_ms=1000 with nothing new must hold ~1 s and return no items; held {held:?}: {idle}"
+    );
+    let began = Instant::now();
+    let (woken, late_id) = tokio::join!(
+        app.poll(room, Some(&cursor), Some(LIMIT), Some(10_000)),
+        async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            app.send_text(&senders[0].1, room, "wake up").await
+        }
+    );
+    let waited = began.elapsed();
+    assert_eq!(
+        ids_of(woken["items"].as_array().unwrap()),
+        vec![late_id],
+        "the long poll must return the new item: {woken}"
+    );
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_millis(3000),
+        "a long poll must return soon after an item arrives (sent at ~400 ms), returned after {waited:?}"
+    );
 }

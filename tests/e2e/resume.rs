@@ -1,7 +1,11 @@
 //! Resume: a viewer that reconnects with the last cursor it received gets exactly
 //! what was sent while it was away, then live items, nothing repeated.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use crate::helpers::*;
 
@@ -102,6 +106,64 @@ async fn reconnecting_with_the_last_cursor_gets_exactly_what_was_missed() {
         "polling from A's last WebSocket cursor"
     );
 
-    a2.close().await;
     b2.close().await;
+
+    // Reconnecting in the middle of a concurrent burst: the replay of what was
+    // missed and the live batches must join without a hole or a repeat.
+    a2.settle(Duration::from_millis(100)).await;
+    let cursor_d = a2.cursor.clone();
+    a2.close().await;
+    let mut tokens = Vec::new();
+    for u in 0..4 {
+        tokens.push(app.token(&format!("resume-burst-{u}"), "service").await);
+    }
+    const BURST: usize = 60;
+    let acked = AtomicUsize::new(0);
+    let (acked_ref, tokens_ref, app_ref) = (&acked, &tokens, &app);
+    let sends = futures::stream::iter(0..BURST)
+        .map(|i| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let id = app_ref
+                .send_text(
+                    &tokens_ref[i % tokens_ref.len()],
+                    room,
+                    &format!("burst-{i}"),
+                )
+                .await;
+            acked_ref.fetch_add(1, Ordering::SeqCst);
+            id
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<String>>();
+    let reconnect = async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::SeqCst) < BURST / 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        app_ref.ws(room, Some(&cursor_d), None).await
+    };
+    let (burst_ids, mut d) = tokio::join!(sends, reconnect);
+    let burst_set: HashSet<String> = burst_ids.iter().cloned().collect();
+    let (reference, _) = app
+        .poll_until(room, &cursor_d, 1000, &burst_set, Duration::from_secs(10))
+        .await;
+    let reference = ids_of(&reference);
+    assert!(
+        d.wait_items(reference.len(), Duration::from_secs(10)).await,
+        "reconnected mid-burst: got {} of {} items",
+        d.items.len(),
+        reference.len()
+    );
+    d.settle(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.item_ids(),
+        reference,
+        "reconnected mid-burst with a cursor: must get exactly the room's items after it, in order"
+    );
+    assert_eq!(
+        reference.iter().cloned().collect::<HashSet<_>>(),
+        burst_set,
+        "after the cursor: exactly the burst"
+    );
+    d.close().await;
 }

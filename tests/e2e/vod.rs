@@ -103,6 +103,17 @@ async fn vod_session_replays_every_comment_at_its_offset() {
     }
     let vod_ids: HashSet<String> = sent.keys().cloned().collect();
 
+    // While the VOD is live its segment is served, but not as immutable.
+    let live_segment = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    live_segment.expect_status(200, "segment 0 of a live VOD");
+    let live_cache_control = live_segment.header("cache-control").unwrap_or_default();
+    assert!(
+        !live_cache_control.contains("immutable"),
+        "a live VOD's segment must not be immutable, got Cache-Control {live_cache_control:?}"
+    );
+    let live_etag = live_segment.header("etag");
+    let live_count = live_segment.json["items"].as_array().map(Vec::len);
+
     // End.
     let resp = app
         .post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
@@ -245,6 +256,26 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         "If-None-Match with the ETag: {}",
         again.text
     );
+    if let Some(live_etag) = &live_etag {
+        if live_count != Some(seg_items.len()) {
+            assert_ne!(
+                live_etag,
+                &etag,
+                "segment 0 changed ({live_count:?} -> {} items) but kept its ETag",
+                seg_items.len()
+            );
+            let stale = app
+                .get_with(
+                    &format!("/v1/vods/{vod}/segments/0"),
+                    &[("if-none-match", live_etag.as_str())],
+                )
+                .await;
+            assert_eq!(
+                stale.status, 200,
+                "If-None-Match with the ETag of the live segment, whose content has changed since"
+            );
+        }
+    }
     let other = app
         .get_with(
             &format!("/v1/vods/{vod}/segments/0"),

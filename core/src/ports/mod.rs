@@ -4,12 +4,14 @@
 
 mod archive_store;
 mod bus;
+mod notifier;
 mod object_store;
 mod replay_cache;
 mod slice_store;
 
 pub use archive_store::{ArchiveError, ArchiveStore, ArchivedComment};
 pub use bus::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
+pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError};
 pub use object_store::{object_store_from_url, ObjectStoreError};
 pub use replay_cache::{CachedBody, ReplayCache};
 pub use slice_store::{AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat, SliceStore};
