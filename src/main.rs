@@ -244,6 +244,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .with_state(ops),
         )
         .route("/", get(|| async { Html(include_str!("web/index.html")) }))
+        .fallback(|| async { danmaku_core::error::ApiError::not_found("route") })
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
     println!("listening on http://{addr}");
@@ -256,17 +257,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: closing connections");
         stop.cancel();
     });
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown({
-        let stop = http_stop.clone();
-        async move { stop.cancelled().await }
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(danmaku_core::serve::serve(listener, app, http_stop.clone(), grace));
     http_stop.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
-        Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
-        Err(_) => tracing::warn!("connections did not close within the grace period"),
+    if server.await.is_err() {
+        tracing::error!("server task failed");
     }
     // Everything acknowledged reaches the SliceStore, then the archive.
     writer_stop.cancel();

@@ -9,13 +9,24 @@
 //!   session and encoding its files; pure, run on the blocking pool.
 //! - [`parquet_file`]: the Parquet schema, writer settings, object names and hour
 //!   partitions; pure functions.
+//! - [`compact`]: compaction of one hour's files into one ([`compact_hour`], for
+//!   `danmaku archive compact --hour YYYY-MM-DDTHH`), safe to rerun and to run
+//!   while archivers write.
+//! - [`bench`]: synthetic comments and the measurements behind
+//!   `docs/benchmarks/archive.md` (`cargo run --release -p danmaku-archive --example bench`).
 //!
 //! Exactly once: a batch is claimed with a lease, then written in the order
 //! ArchiveStore upsert (idempotent by vod and id) → Parquet `put` (one object per
 //! hour, named after the hour and the batch id only, so a redo overwrites it with
 //! the same bytes) → `complete_batch`. A crash anywhere before the last step lets
 //! the lease expire; the batch is then handed out again with the same id and
-//! contents and redone, which adds nothing twice.
+//! contents and redone, which adds nothing twice. A redo after its hour was
+//! compacted deletes the part it rewrote again ([`compact::superseded`]).
+//!
+//! Crash points for the process-level tests (debug builds only):
+//! `DANMAKU_ARCHIVE_CRASH_AT=after_claim|after_upsert|after_first_file|before_complete|after_complete`
+//! aborts the process (`std::process::abort`, like kill -9) the first time a batch
+//! with at least one row reaches that step.
 //!
 //! Metrics (no per-room labels): `danmaku_archive_rows_total`,
 //! `danmaku_archive_batches_total`, `danmaku_archive_batch_seconds`,
@@ -24,8 +35,11 @@
 #![warn(missing_docs)]
 
 mod batch;
+pub mod bench;
+pub mod compact;
 pub mod parquet_file;
 
+pub use compact::{compact_hour, CompactError, CompactReport};
 pub use danmaku_core::context::Context;
 
 use danmaku_core::ports::{ArchiveBatch, ArchiveError, SliceError};
@@ -89,6 +103,25 @@ pub enum ArchiveRoleError {
     /// [`drain`]'s deadline passed inside a batch; the batch will be redone.
     #[error("archive drain deadline passed")]
     Timeout,
+    /// Checking whether a rewritten file was already compacted failed.
+    #[error("compaction check: {0}")]
+    Compaction(#[from] CompactError),
+}
+
+/// Aborts the process at `step` when `DANMAKU_ARCHIVE_CRASH_AT` names it (debug
+/// builds only; see the crate documentation). Release builds never read the variable.
+fn crash_point(step: &str) {
+    #[cfg(debug_assertions)]
+    {
+        static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let at = AT.get_or_init(|| std::env::var("DANMAKU_ARCHIVE_CRASH_AT").ok());
+        if at.as_deref() == Some(step) {
+            eprintln!("DANMAKU_ARCHIVE_CRASH_AT={step}: aborting");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = step;
 }
 
 /// Runs the archive loop until `shutdown` is cancelled: claim a batch, process it,
@@ -177,15 +210,39 @@ pub async fn process_batch(
         metrics::counter!(metric::DECODE_ERRORS_TOTAL).increment(prepared.decode_errors as u64);
     }
 
+    let crashable = prepared.rows > 0;
+    if crashable {
+        crash_point("after_claim");
+    }
     ctx.archive.upsert_comments(&prepared.archived).await?;
+    if crashable {
+        crash_point("after_upsert");
+    }
     let mut files = Vec::with_capacity(prepared.files.len());
     for (name, bytes) in prepared.files {
-        ctx.objects
-            .put(&ObjectPath::from(name.as_str()), PutPayload::from(bytes))
-            .await?;
+        let path = ObjectPath::from(name.as_str());
+        ctx.objects.put(&path, PutPayload::from(bytes)).await?;
+        if compact::superseded(&*ctx.objects, &name).await? {
+            // A redo of a batch whose hour was compacted meanwhile: the rows are
+            // in the compacted file already.
+            match ctx.objects.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tracing::info!(batch_id, file = %name, "batch redone after compaction; its rows are already compacted");
+        }
+        if files.is_empty() {
+            crash_point("after_first_file");
+        }
         files.push(name);
     }
+    if crashable {
+        crash_point("before_complete");
+    }
     ctx.slices.complete_batch(batch_id).await?;
+    if crashable {
+        crash_point("after_complete");
+    }
 
     metrics::counter!(metric::ROWS_TOTAL).increment(prepared.rows as u64);
     metrics::counter!(metric::BATCHES_TOTAL).increment(1);

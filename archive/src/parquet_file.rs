@@ -135,15 +135,25 @@ pub fn schema() -> SchemaRef {
 /// `rows` distinct values (an upper bound), not parquet's default of a million,
 /// which would add most of a megabyte to every small file.
 pub fn writer_properties(rows: usize) -> Result<WriterProperties, EncodeError> {
+    writer_properties_with(rows, Vec::new())
+}
+
+/// [`writer_properties`] with more key-value metadata after the schema version.
+pub fn writer_properties_with(
+    rows: usize,
+    extra: Vec<KeyValue>,
+) -> Result<WriterProperties, EncodeError> {
     let ndv = rows.max(1) as u64;
+    let mut metadata = vec![KeyValue::new(
+        SCHEMA_VERSION_KEY.to_string(),
+        SCHEMA_VERSION.to_string(),
+    )];
+    metadata.extend(extra);
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_dictionary_enabled(true)
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            SCHEMA_VERSION_KEY.to_string(),
-            SCHEMA_VERSION.to_string(),
-        )]));
+        .set_key_value_metadata(Some(metadata));
     for column in ["user", "room"] {
         let path = ColumnPath::from(column);
         builder = builder
@@ -195,13 +205,102 @@ pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> 
 pub fn encode(rows: &[ParquetRow]) -> Result<Bytes, EncodeError> {
     let mut sorted = rows.to_vec();
     sort_rows(&mut sorted);
-    let batch = to_record_batch(&sorted)?;
+    encode_sorted(&sorted, Vec::new())
+}
+
+/// One complete Parquet file holding `rows` in the given order (callers sort
+/// them with [`sort_rows`]), with `extra` key-value metadata after the schema
+/// version.
+pub fn encode_sorted(rows: &[ParquetRow], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
+    let batch = to_record_batch(rows)?;
     let mut out = Vec::with_capacity(rows.len() * 64 + 4096);
-    let mut writer =
-        ArrowWriter::try_new(&mut out, schema(), Some(writer_properties(rows.len())?))?;
+    let mut writer = ArrowWriter::try_new(
+        &mut out,
+        schema(),
+        Some(writer_properties_with(rows.len(), extra)?),
+    )?;
     writer.write(&batch)?;
     writer.close()?;
     Ok(Bytes::from(out))
+}
+
+/// Why a file could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a Parquet file, or a damaged one.
+    #[error("parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    /// Reading a record batch failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    /// A Parquet file, but not an archive file of this schema version.
+    #[error("not an archive file of schema version {SCHEMA_VERSION}: {0}")]
+    Schema(String),
+}
+
+/// The `&'static str` label of a `kind` or `mode` value read back from a file.
+fn known_label(value: &str) -> Option<&'static str> {
+    const LABELS: [&str; 7] = ["comment", "gift", "like", "system", "scroll", "top", "bottom"];
+    LABELS.into_iter().find(|l| *l == value)
+}
+
+/// Reads an archive file back: its rows in file order, and its key-value metadata.
+/// Checks the schema version and the columns.
+pub fn decode(bytes: Bytes) -> Result<(Vec<ParquetRow>, Vec<KeyValue>), DecodeError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType, UInt32Type, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let kv = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
+    let version = kv
+        .iter()
+        .find(|k| k.key == SCHEMA_VERSION_KEY)
+        .and_then(|k| k.value.as_deref());
+    if version != Some(SCHEMA_VERSION) {
+        return Err(DecodeError::Schema(format!("schema version {version:?}")));
+    }
+    if builder.schema().fields() != schema().fields() {
+        return Err(DecodeError::Schema("unexpected columns".into()));
+    }
+    let mut out = Vec::with_capacity(builder.metadata().file_metadata().num_rows().max(0) as usize);
+    for batch in builder.build()? {
+        let b = batch?;
+        let strings = |i: usize| b.column(i).as_string::<i32>();
+        let (id, room, vod) = (
+            b.column(0).as_primitive::<UInt64Type>(),
+            strings(1),
+            strings(2),
+        );
+        let offset = b.column(3).as_primitive::<Int64Type>();
+        let ts = b.column(4).as_primitive::<TimestampMillisecondType>();
+        let (user, name, kind, mode) = (strings(5), strings(6), strings(7), strings(8));
+        let (color, text) = (b.column(9).as_primitive::<UInt32Type>(), strings(10));
+        for i in 0..b.num_rows() {
+            let label = |a: &arrow::array::StringArray| {
+                known_label(a.value(i))
+                    .ok_or_else(|| DecodeError::Schema(format!("unknown label {:?}", a.value(i))))
+            };
+            out.push(ParquetRow {
+                id: id.value(i),
+                room: room.value(i).to_string(),
+                vod: vod.is_valid(i).then(|| vod.value(i).to_string()),
+                offset_ms: offset.is_valid(i).then(|| offset.value(i)),
+                ts_ms: ts.value(i),
+                user: user.value(i).to_string(),
+                name: name.is_valid(i).then(|| name.value(i).to_string()),
+                kind: label(kind)?,
+                mode: label(mode)?,
+                color: color.value(i),
+                text: text.value(i).to_string(),
+            });
+        }
+    }
+    Ok((out, kv))
 }
 
 /// Start (ms since the epoch, UTC) of the hour holding `ts_ms`.

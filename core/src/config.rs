@@ -180,6 +180,49 @@ pub struct LiveSettings {
     pub max_poll_limit: usize,
     /// Records the writer takes from the Bus per batch.
     pub writer_batch: usize,
+    /// A room's hub sends at most one frame per this many ms (the first item after
+    /// a quiet period goes out at once).
+    pub flush_ms: u64,
+    /// Plain comments per second per room shown live; past it the excess is dropped
+    /// from live frames (gifts, system items and each sender's own comments never
+    /// are; everything stays stored and replayable).
+    pub display_budget_per_sec: u32,
+    /// Interval of server pings; a client silent for two intervals is dropped.
+    pub ping_interval_secs: u64,
+    /// Most WebSocket connections this node holds; past it new ones are closed with 1013.
+    pub max_connections: usize,
+    /// Origins allowed to open WebSockets (exact `Origin` values); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Poll requests per second this node serves comfortably; above it
+    /// `next_poll_ms` grows so every client slows down together.
+    pub poll_capacity_per_sec: u32,
+    /// Longest a write to a blocked WebSocket may wait before the client is dropped, ms.
+    pub write_timeout_ms: u64,
+    /// Rooms the writer stores concurrently within one batch (one SliceStore append
+    /// per room, pipelined on the Redis connection).
+    pub writer_concurrency: usize,
+    /// A slice with at least this many members is a big key: a metric, a log event,
+    /// and the room's next slices get shorter.
+    pub bigkey_members: u64,
+    /// A slice with at least this many bytes is a big key (same consequences).
+    pub bigkey_bytes: u64,
+    /// Adapt each room's slice length to its rate (shorter for hot rooms, longer for
+    /// quiet ones, within `slice_min_ms ..= slice_max_ms`); false = always `slice_ms`.
+    pub adaptive_slices: bool,
+    /// Shortest adaptive slice, ms (at least 1,000).
+    pub slice_min_ms: i64,
+    /// Longest adaptive slice, ms (at most 3,600,000).
+    pub slice_max_ms: i64,
+    /// Members the adaptive slice length aims for per slice (well under `bigkey_members`).
+    pub slice_target_members: u64,
+    /// Pause between two passes of the SCAN + MEMORY USAGE big-key scanner, ms; 0 = off.
+    pub bigkey_scan_interval_ms: u64,
+    /// Keys per second the scanner inspects at most (its rate limit).
+    pub bigkey_scan_keys_per_sec: u64,
+    /// Keys per scanner step (the SCAN `COUNT` hint).
+    pub bigkey_scan_batch: usize,
+    /// Keys `GET /v1/admin/bigkeys` lists at most, and the scanner remembers.
+    pub bigkey_top: usize,
 }
 
 impl Default for LiveSettings {
@@ -193,6 +236,24 @@ impl Default for LiveSettings {
             max_wait_ms: 30_000,
             max_poll_limit: 1000,
             writer_batch: 1024,
+            flush_ms: 50,
+            display_budget_per_sec: 500,
+            ping_interval_secs: 30,
+            max_connections: 100_000,
+            allowed_origins: Vec::new(),
+            poll_capacity_per_sec: 20_000,
+            write_timeout_ms: 10_000,
+            writer_concurrency: 64,
+            bigkey_members: 5_000,
+            bigkey_bytes: 1 << 20,
+            adaptive_slices: true,
+            slice_min_ms: 1_000,
+            slice_max_ms: 3_600_000,
+            slice_target_members: 1_000,
+            bigkey_scan_interval_ms: 300_000,
+            bigkey_scan_keys_per_sec: 2_000,
+            bigkey_scan_batch: 200,
+            bigkey_top: 100,
         }
     }
 }
@@ -239,6 +300,29 @@ pub struct ReplaySettings {
     pub live_max_age_secs: u64,
     /// Largest `limit` on the range API.
     pub max_range_limit: usize,
+    /// Key prefix of every entry in the replay Redis.
+    pub redis_prefix: String,
+    /// Longest wait for one replay Redis command, ms; past it the request goes on
+    /// without the Redis tier (a cache never fails a request).
+    pub redis_timeout_ms: u64,
+    /// How long a node trusts its cached view of a VOD (session and archived
+    /// count) before asking the ArchiveStore again, ms; 0 = ask on every request.
+    pub meta_ttl_ms: u64,
+    /// How long cached bodies of an ended VOD live in the cache tiers, seconds.
+    pub ended_ttl_secs: u64,
+    /// Seconds after a VOD's end during which its segments still get the live
+    /// `max-age` instead of `immutable` (0 = immutable as soon as it ended).
+    pub settle_secs: u64,
+    /// `max-age` of the whole-VOD documents (Bilibili XML, DPlayer) of an ended
+    /// VOD, seconds (they change when someone posts on the recording).
+    pub document_max_age_secs: u64,
+    /// Most comments in one whole-VOD document (Bilibili XML, DPlayer), after each
+    /// segment's density cap; spread evenly over the recording, gifts first.
+    pub document_max_items: usize,
+    /// How long `POST /v1/vods/{vod}/danmaku` waits for its comment to reach the
+    /// SliceStore, to store it in the ArchiveStore at once (read your writes), ms.
+    /// Past it the answer is still 202 and the archiver stores it on schedule.
+    pub post_visible_ms: u64,
 }
 
 impl Default for ReplaySettings {
@@ -249,6 +333,14 @@ impl Default for ReplaySettings {
             cache_bytes: 64 << 20,
             live_max_age_secs: 5,
             max_range_limit: 5000,
+            redis_prefix: "dmr:".into(),
+            redis_timeout_ms: 200,
+            meta_ttl_ms: 1000,
+            ended_ttl_secs: 24 * 3600,
+            settle_secs: 0,
+            document_max_age_secs: 10,
+            document_max_items: 100_000,
+            post_visible_ms: 3000,
         }
     }
 }
@@ -275,6 +367,32 @@ pub struct KafkaSettings {
     pub brokers: String,
     /// Topic of live comments.
     pub topic: String,
+    /// Partitions of the topic when this process creates it (`create_topic`). A room
+    /// always maps to one partition; changing the count of an existing topic moves rooms.
+    pub partitions: u32,
+    /// Replication factor when this process creates the topic.
+    pub replication_factor: u32,
+    /// Create the topic at start when it does not exist (development; production
+    /// creates it with the command in the README).
+    pub create_topic: bool,
+    /// Producer `linger.ms`: how long records wait to share a produce request.
+    pub linger_ms: u64,
+    /// Producer `message.timeout.ms`: a record not acknowledged by then fails (the
+    /// sender gets 503). Keep it below `limits.publish_timeout_ms`.
+    pub message_timeout_ms: u64,
+    /// Producer `compression.type`: none, gzip, snappy, lz4 or zstd.
+    pub compression: String,
+    /// Consumer `session.timeout.ms`: how long a silent writer keeps its partitions.
+    pub session_timeout_ms: u64,
+    /// Consumer `max.poll.interval.ms`: a writer stuck longer (say Redis down) leaves
+    /// the group; its partitions resume elsewhere from the committed offsets.
+    pub max_poll_interval_ms: u64,
+    /// How often librdkafka reports statistics (consumer lag per partition), ms; 0 = off.
+    pub statistics_interval_ms: u64,
+    /// Extra librdkafka properties for the producer (security, tuning), as strings.
+    pub producer: ClientProperties,
+    /// Extra librdkafka properties for the consumers.
+    pub consumer: ClientProperties,
 }
 
 impl Default for KafkaSettings {
@@ -282,18 +400,78 @@ impl Default for KafkaSettings {
         Self {
             brokers: String::new(),
             topic: "danmaku.live".into(),
+            partitions: 12,
+            replication_factor: 3,
+            create_topic: false,
+            linger_ms: 1,
+            message_timeout_ms: 4_000,
+            compression: "lz4".into(),
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            statistics_interval_ms: 5_000,
+            producer: ClientProperties::default(),
+            consumer: ClientProperties::default(),
         }
     }
 }
 
-/// Redis (the distributed SliceStore).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Free-form client properties (librdkafka names); values of keys that look like
+/// secrets (`password`, `secret`, `jaas`, `token`) never print.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ClientProperties(pub BTreeMap<String, String>);
+
+impl Serialize for ClientProperties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            let lower = k.to_ascii_lowercase();
+            let secret = ["password", "secret", "jaas", "token"]
+                .iter()
+                .any(|w| lower.contains(w));
+            map.serialize_entry(k, if secret { "***" } else { v.as_str() })?;
+        }
+        map.end()
+    }
+}
+
+/// Redis (the distributed SliceStore and the live nodes' notifications).
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// Standalone Redis URL; set = the SliceStore is Redis.
     pub url: String,
     /// Comma-separated cluster node URLs; set = Redis Cluster.
     pub cluster: String,
+    /// Prefix inside the hash tags of the shared keys (expiry-queue shards, archive
+    /// batches), so several deployments or tests can share one Redis. Room keys are
+    /// `dm:{room}:...` whatever it is.
+    pub namespace: String,
+    /// Shards of the expiry queue (`dm:{q<i>}:expiry`): on a cluster each shard is one
+    /// slot, so more shards spread the archiver's work. Fixed for a deployment.
+    pub queue_shards: u32,
+    /// Longest wait for one Redis reply, ms (then the call fails and is retried).
+    pub response_timeout_ms: u64,
+    /// Longest wait for a connection, ms.
+    pub connect_timeout_ms: u64,
+    /// How long a room's highest seq (the idempotency high-water mark) outlives the
+    /// room's last comment, seconds. Longer than any Bus redelivery.
+    pub last_seq_ttl_secs: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cluster: String::new(),
+            namespace: String::new(),
+            queue_shards: 16,
+            response_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            last_seq_ttl_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 /// ScyllaDB (the distributed ArchiveStore).
@@ -304,6 +482,32 @@ pub struct ScyllaSettings {
     pub nodes: String,
     /// Keyspace.
     pub keyspace: String,
+    /// Replication of the keyspace, as a CQL map, used when `danmaku archive migrate`
+    /// creates it (an existing keyspace is left alone). Production:
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`.
+    pub replication: String,
+    /// Consistency level of writes: `any`, `one`, `two`, `three`, `quorum`, `all`,
+    /// `local_quorum`, `each_quorum` or `local_one`.
+    pub write_consistency: String,
+    /// Consistency level of reads (same names as `write_consistency`). Counts stay
+    /// exact when reads and writes overlap (`quorum`/`local_quorum` on both).
+    pub read_consistency: String,
+    /// Most rows one comments partition `(vod, segment, shard)` may hold; a segment
+    /// denser than this is spread over more shards (ScyllaDB warns from 100,000).
+    pub partition_rows: u32,
+    /// Most shards one 6-minute segment may be spread over.
+    pub max_shards: u32,
+    /// Rows per unlogged batch (every batch holds rows of one partition only).
+    pub batch_rows: usize,
+    /// Batches in flight at once while storing comments.
+    pub write_concurrency: usize,
+    /// Rows per page of paged reads.
+    pub page_size: u32,
+    /// Whether the driver waits for schema agreement after schema changes. Turn off
+    /// only for single-node test peers without `system.peers` (kassandra).
+    pub schema_agreement: bool,
+    /// How long to wait for a connection to a node, ms.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for ScyllaSettings {
@@ -311,6 +515,16 @@ impl Default for ScyllaSettings {
         Self {
             nodes: String::new(),
             keyspace: "danmaku".into(),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            write_consistency: "local_quorum".into(),
+            read_consistency: "local_quorum".into(),
+            partition_rows: 50_000,
+            max_shards: 64,
+            batch_rows: 64,
+            write_concurrency: 16,
+            page_size: 5_000,
+            schema_agreement: true,
+            connect_timeout_ms: 5_000,
         }
     }
 }
@@ -407,12 +621,22 @@ impl Settings {
         {
             return Err("live.slice_ms must be within 1000..=3600000".into());
         }
+        let (lo, hi) = (self.live.slice_min_ms, self.live.slice_max_ms);
+        if lo < crate::slice::MIN_SLICE_MS || hi > crate::slice::MAX_SLICE_MS || lo > hi {
+            return Err(
+                "live.slice_min_ms ..= live.slice_max_ms must lie within 1000..=3600000".into(),
+            );
+        }
+        if self.redis.queue_shards == 0 || self.redis.queue_shards > 16_384 {
+            return Err("redis.queue_shards must be within 1..=16384".into());
+        }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return Err("bus.partitions must be within 1..=1024".into());
         }
         if self.limits.user_per_sec == 0 || self.limits.room_per_sec == 0 {
             return Err("rate limits must be positive".into());
         }
+        crate::scylla::check_settings(&self.scylla)?;
         Ok(())
     }
 

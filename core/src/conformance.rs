@@ -212,6 +212,28 @@ pub async fn slice_store_suite(store: &dyn SliceStore) {
     // Nothing is due before its time.
     let sizes = store.largest_slices(100).await.unwrap();
     assert!(sizes.iter().filter(|s| s.slice.room == room).count() == 3);
+    // The key walk of the big-key scanner sees the room's three slices with their
+    // sizes, in pages of the requested size.
+    let mut cursor = String::new();
+    let mut walked = Vec::new();
+    for _ in 0..100_000 {
+        let page = store.scan_keys(&cursor, 7).await.expect("scan_keys");
+        walked.extend(page.keys);
+        match page.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    for s in sizes.iter().filter(|s| s.slice.room == room) {
+        let key = s.slice.key();
+        let seen = walked
+            .iter()
+            .find(|k| k.key == key)
+            .unwrap_or_else(|| panic!("the key walk misses {key}"));
+        assert_eq!(seen.members, 10, "{key}");
+        // Ten items of at least 6 bytes ("item-2") each.
+        assert!(seen.bytes >= 60, "{key}: {seen:?}");
+    }
     // Slices due at end + retention: the first one (base..base+10s) at base+70s.
     let first_end = crate::slice::SliceRef::containing(&room, base, 10_000).end_ms();
     let lease = Duration::from_secs(30);

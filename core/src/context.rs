@@ -77,14 +77,35 @@ impl Context {
 
         // ArchiveStore: ScyllaDB when scylla.nodes is set.
         let archive: Arc<dyn ArchiveStore> = if !settings.scylla.nodes.is_empty() {
-            return Err(ContextError::NotAvailable("scylla.nodes"));
+            Arc::new(
+                crate::scylla::ScyllaArchiveStore::connect(&settings.scylla)
+                    .await
+                    .map_err(|e| ContextError::Adapter {
+                        which: "scylla.nodes",
+                        message: e.to_string(),
+                    })?,
+            )
         } else {
             Arc::new(EmbeddedArchiveStore::new(db))
         };
 
         // ReplayCache: in-process, in front of its own Redis when replay.redis_url is set.
         let cache: Arc<dyn ReplayCache> = if !settings.replay.redis_url.is_empty() {
-            return Err(ContextError::NotAvailable("replay.redis_url"));
+            let r = &settings.replay;
+            let remote = crate::redis_cache::RedisReplayCache::connect(
+                &r.redis_url,
+                &r.redis_prefix,
+                std::time::Duration::from_millis(r.redis_timeout_ms),
+            )
+            .await
+            .map_err(|e| ContextError::Adapter {
+                which: "replay.redis_url",
+                message: e.to_string(),
+            })?;
+            Arc::new(crate::redis_cache::TieredReplayCache::new(
+                MemoryReplayCache::new(r.cache_bytes),
+                remote,
+            ))
         } else {
             Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes))
         };

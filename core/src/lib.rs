@@ -11,9 +11,13 @@
 //! - [`ports`]: one trait per external system (Bus, SliceStore, ArchiveStore,
 //!   ReplayCache, object store), documented with their guarantees.
 //! - [`embedded`]: the crash-safe embedded adapters on one redb database under the
-//!   data dir; [`memory`]: the in-process replay cache.
+//!   data dir; [`memory`]: the in-process replay cache; [`redis_cache`]: its Redis
+//!   tier and the two-tier cache (in-process in front of the replay Redis).
+//! - [`scylla`]: the ScyllaDB ArchiveStore adapter, its schema migration, and (feature
+//!   `kassandra` or in tests) an in-process CQL server for tests.
 //! - [`conformance`]: one test suite per port, run against every adapter.
 //! - [`context`]: builds the adapters the settings select and hands them to the roles.
+//! - [`serve`]: the HTTP/1.1 server loop with upgrades and graceful shutdown.
 //! - [`testkit`]: real servers (redis-server, a Redis Cluster) on free loopback ports for tests.
 
 pub mod auth;
@@ -27,6 +31,9 @@ pub mod id;
 pub mod memory;
 pub mod model;
 pub mod ports;
+pub mod redis_cache;
+pub mod scylla;
+pub mod serve;
 pub mod slice;
 pub mod testkit;
 pub mod vod;

@@ -1,39 +1,100 @@
-//! Per-room hubs: a ring of recent items (for resume and polling), a broadcast of
-//! pre-encoded batch frames to the room's connections, and a watch of the room's
-//! last seq for long polls.
+//! Per-room hubs. A hub keeps a ring of recent items (for resume and polling),
+//! turns incoming items into frames (the first item after a quiet period at
+//! once, then at most one frame per flush interval carrying everything pending),
+//! applies the room's display budget, and broadcasts each frame, encoded once as
+//! complete WebSocket bytes (and deflated once, on first use), to every
+//! connection of the room. Long polls watch the room's last seq.
 
+use crate::wsproto;
+use bytes::Bytes;
 use danmaku_core::cursor::Cursor;
-use danmaku_core::model::Danmaku;
+use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
-/// One item as the hub keeps it: its seq, server time, kind and client JSON.
+/// One item as the hub keeps it: seq, server time, sender, kind and client JSON.
 #[derive(Clone, Debug)]
 pub struct RingItem {
     pub seq: u64,
     pub ts_ms: i64,
+    pub user: Arc<str>,
+    pub kind: Kind,
     pub json: Arc<str>,
 }
 
-/// A batch of items, encoded once for every connection of the room.
-#[derive(Debug)]
-pub struct Frame {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub items: Vec<RingItem>,
-    /// `{"type":"batch",...}` as sent on the WebSocket.
-    pub text: axum::extract::ws::Utf8Bytes,
+impl RingItem {
+    pub fn from_danmaku(seq: u64, d: &Danmaku) -> Self {
+        Self {
+            seq,
+            ts_ms: d.ts_ms,
+            user: Arc::from(d.user.as_str()),
+            kind: d.kind(),
+            json: Arc::from(d.to_json()),
+        }
+    }
 }
 
-/// `{"type":"batch","cursor":...,"items":[...]}` from pre-encoded items.
-pub fn encode_batch(items: &[RingItem]) -> String {
-    let cursor = Cursor(items.last().map_or(0, |i| i.seq)).encode();
-    let mut s = String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
+/// What a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A batch of items.
+    Data,
+    /// Time for a server ping (and dead-peer check).
+    Ping,
+    /// The server is shutting down.
+    Close,
+}
+
+/// One broadcast frame, shared by every connection of the room.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: FrameKind,
+    /// Seqs covered (shown, withheld and likes): the batch cursor is `last_seq`.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Items shown, for re-encoding when a resuming client already has some.
+    pub items: Vec<RingItem>,
+    /// Likes aggregated into this frame.
+    pub likes: u64,
+    /// Comments held back by the display budget; each goes to its own sender only.
+    pub withheld: Vec<RingItem>,
+    /// The JSON message.
+    pub json: Bytes,
+    /// The complete WebSocket frame.
+    pub wire: Bytes,
+    deflated: OnceLock<Bytes>,
+}
+
+impl Frame {
+    fn control(kind: FrameKind, wire: Bytes) -> Self {
+        Self {
+            kind,
+            first_seq: 0,
+            last_seq: 0,
+            items: Vec::new(),
+            likes: 0,
+            withheld: Vec::new(),
+            json: Bytes::new(),
+            wire,
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// The frame compressed with permessage-deflate, computed once per frame.
+    pub fn deflated(&self) -> &Bytes {
+        self.deflated.get_or_init(|| wsproto::deflate_text_frame(&self.json))
+    }
+}
+
+/// `{"type":"batch","cursor":...,"items":[...]}` from pre-encoded items, with
+/// `"likes": n` when likes were aggregated.
+pub fn encode_batch_with(items: &[RingItem], cursor: u64, likes: u64) -> String {
+    let mut s = String::with_capacity(80 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
     s.push_str("{\"type\":\"batch\",\"cursor\":\"");
-    s.push_str(&cursor);
+    s.push_str(&Cursor(cursor).encode());
     s.push_str("\",\"items\":[");
     for (n, i) in items.iter().enumerate() {
         if n > 0 {
@@ -41,8 +102,27 @@ pub fn encode_batch(items: &[RingItem]) -> String {
         }
         s.push_str(&i.json);
     }
-    s.push_str("]}");
+    s.push(']');
+    if likes > 0 {
+        s.push_str(",\"likes\":");
+        s.push_str(&likes.to_string());
+    }
+    s.push('}');
     s
+}
+
+/// A batch of `items` whose cursor is the last item's seq.
+pub fn encode_batch(items: &[RingItem]) -> String {
+    encode_batch_with(items, items.last().map_or(0, |i| i.seq), 0)
+}
+
+/// Settings a hub needs.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    pub ring_size: usize,
+    pub queue: usize,
+    pub flush: Duration,
+    pub budget_per_sec: u32,
 }
 
 struct State {
@@ -51,6 +131,13 @@ struct State {
     /// first delivery (a hub opened by a viewer knows nothing yet).
     floor: Option<u64>,
     last_seq: u64,
+    /// Items not yet sent in a frame.
+    pending: Vec<RingItem>,
+    flush_scheduled: bool,
+    last_flush: Option<Instant>,
+    /// Display budget tokens (plain comments).
+    tokens: f64,
+    tokens_at: Instant,
     /// Items per second, exponentially averaged.
     rate: f64,
     rate_at: Instant,
@@ -62,7 +149,7 @@ pub struct Hub {
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<Frame>>,
     seq: watch::Sender<u64>,
-    ring_size: usize,
+    cfg: HubConfig,
 }
 
 /// What the ring can answer for "items after cursor c".
@@ -74,27 +161,38 @@ pub enum RingRead {
 }
 
 impl Hub {
-    fn new(ring_size: usize, queue: usize) -> Self {
-        let (tx, _) = broadcast::channel(queue.max(1));
+    pub fn new(cfg: HubConfig) -> Self {
+        let (tx, _) = broadcast::channel(cfg.queue.max(2));
         let (seq, _) = watch::channel(0);
+        let now = Instant::now();
         Self {
             state: Mutex::new(State {
-                ring: VecDeque::with_capacity(ring_size.min(64)),
+                ring: VecDeque::new(),
                 floor: None,
                 last_seq: 0,
+                pending: Vec::new(),
+                flush_scheduled: false,
+                last_flush: None,
+                tokens: cfg.budget_per_sec as f64,
+                tokens_at: now,
                 rate: 0.0,
-                rate_at: Instant::now(),
-                last_active: Instant::now(),
+                rate_at: now,
+                last_active: now,
             }),
             tx,
             seq,
-            ring_size: ring_size.max(1),
+            cfg,
         }
     }
 
-    /// Subscribes to live frames (call before reading any backlog).
+    /// Subscribes to frames (call before reading any backlog).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
         self.tx.subscribe()
+    }
+
+    /// Connections watching this room.
+    pub fn viewers(&self) -> usize {
+        self.tx.receiver_count()
     }
 
     /// Watches the room's last seq (for long polls).
@@ -102,17 +200,15 @@ impl Hub {
         self.seq.subscribe()
     }
 
-    /// Adds items (in seq order) from the writer and broadcasts them as one frame.
-    pub fn deliver(&self, items: &[(u64, Danmaku)]) {
+    /// Adds items (seq order) from the writer. Items already seen are ignored. The
+    /// first items after a quiet flush interval go out at once; later ones wait for
+    /// the next flush.
+    pub fn deliver(self: &Arc<Self>, items: &[(u64, Danmaku)]) {
         let mut st = self.state.lock().expect("hub lock");
         let fresh: Vec<RingItem> = items
             .iter()
             .filter(|(seq, _)| *seq > st.last_seq)
-            .map(|(seq, d)| RingItem {
-                seq: *seq,
-                ts_ms: d.ts_ms,
-                json: Arc::from(d.to_json()),
-            })
+            .map(|(seq, d)| RingItem::from_danmaku(*seq, d))
             .collect();
         let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
             return;
@@ -122,7 +218,7 @@ impl Hub {
             st.floor = Some(first_seq - 1);
         }
         for it in &fresh {
-            if st.ring.len() == self.ring_size {
+            if st.ring.len() >= self.cfg.ring_size.max(1) {
                 if let Some(old) = st.ring.pop_front() {
                     st.floor = Some(old.seq);
                 }
@@ -136,16 +232,97 @@ impl Hub {
         st.rate = st.rate * (1.0 - alpha) + (fresh.len() as f64 / dt.max(0.2)) * alpha;
         st.rate_at = now;
         st.last_active = now;
-        let text = encode_batch(&fresh);
+        st.pending.extend(fresh);
+        self.seq.send_replace(last_seq);
+        if st.flush_scheduled {
+            return;
+        }
+        let due = st.last_flush.map_or(now, |t| t + self.cfg.flush);
+        if now >= due {
+            let frame = self.take_frame(&mut st, now);
+            drop(st);
+            if let Some(f) = frame {
+                let _ = self.tx.send(f);
+            }
+        } else {
+            st.flush_scheduled = true;
+            drop(st);
+            let hub = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(due.into()).await;
+                hub.flush();
+            });
+        }
+    }
+
+    /// Sends whatever is pending.
+    pub fn flush(&self) {
+        let mut st = self.state.lock().expect("hub lock");
+        st.flush_scheduled = false;
+        let frame = self.take_frame(&mut st, Instant::now());
         drop(st);
-        let frame = Arc::new(Frame {
+        if let Some(f) = frame {
+            let _ = self.tx.send(f);
+        }
+    }
+
+    fn take_frame(&self, st: &mut State, now: Instant) -> Option<Arc<Frame>> {
+        if st.pending.is_empty() {
+            return None;
+        }
+        st.last_flush = Some(now);
+        let pending = std::mem::take(&mut st.pending);
+        let budget = self.cfg.budget_per_sec as f64;
+        st.tokens = (st.tokens + now.duration_since(st.tokens_at).as_secs_f64() * budget).min(budget.max(1.0));
+        st.tokens_at = now;
+        let first_seq = pending[0].seq;
+        let last_seq = pending[pending.len() - 1].seq;
+        let mut items = Vec::with_capacity(pending.len());
+        let mut withheld = Vec::new();
+        let mut likes = 0u64;
+        for it in pending {
+            match it.kind {
+                Kind::Like => likes += 1,
+                Kind::Gift | Kind::System => items.push(it),
+                Kind::Comment => {
+                    if st.tokens >= 1.0 {
+                        st.tokens -= 1.0;
+                        items.push(it);
+                    } else {
+                        withheld.push(it);
+                    }
+                }
+            }
+        }
+        if !withheld.is_empty() {
+            metrics::counter!("danmaku_live_dropped_total").increment(withheld.len() as u64);
+        }
+        let json = Bytes::from(encode_batch_with(&items, last_seq, likes));
+        let wire = wsproto::encode_frame(wsproto::opcode::TEXT, &json, false);
+        metrics::counter!("danmaku_live_frames_total").increment(1);
+        Some(Arc::new(Frame {
+            kind: FrameKind::Data,
             first_seq,
             last_seq,
-            items: fresh,
-            text: text.into(),
-        });
-        let _ = self.tx.send(frame);
-        self.seq.send_replace(last_seq);
+            items,
+            likes,
+            withheld,
+            json,
+            wire,
+            deflated: OnceLock::new(),
+        }))
+    }
+
+    /// Broadcasts a ping tick (connections ping their peer and drop dead ones).
+    pub fn ping(&self) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(Frame::control(FrameKind::Ping, wsproto::encode_frame(wsproto::opcode::PING, b"", false))));
+        }
+    }
+
+    /// Tells every connection to close (server shutdown).
+    pub fn close(&self) {
+        let _ = self.tx.send(Arc::new(Frame::control(FrameKind::Close, wsproto::close_frame(1001, "server shutting down"))));
     }
 
     /// Items after `cursor`, if the ring covers it.
@@ -160,7 +337,7 @@ impl Hub {
         }
     }
 
-    /// Items of the last `window_ms` (for clients without a cursor).
+    /// Items of the last `window_ms` (for clients without a cursor), at most `limit`.
     pub fn recent(&self, now_ms: i64, window_ms: i64, limit: usize) -> Vec<RingItem> {
         let st = self.state.lock().expect("hub lock");
         let start = st.ring.partition_point(|i| i.ts_ms < now_ms - window_ms);
@@ -190,7 +367,7 @@ impl Hub {
         st.rate * (-idle / 10.0).exp()
     }
 
-    fn idle_for(&self) -> std::time::Duration {
+    fn idle_for(&self) -> Duration {
         self.state.lock().expect("hub lock").last_active.elapsed()
     }
 }
@@ -199,17 +376,15 @@ impl Hub {
 /// notices; sweeping it unsubscribes.
 pub struct Hubs {
     map: Mutex<HashMap<String, Arc<Hub>>>,
-    ring_size: usize,
-    queue: usize,
+    cfg: HubConfig,
     notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl Hubs {
-    pub fn new(ring_size: usize, queue: usize, notifier: Option<Arc<dyn Notifier>>) -> Self {
+    pub fn new(cfg: HubConfig, notifier: Option<Arc<dyn Notifier>>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
-            ring_size,
-            queue,
+            cfg,
             notifier,
         }
     }
@@ -220,9 +395,10 @@ impl Hubs {
         if let Some(h) = map.get(room) {
             return h.clone();
         }
-        let h = Arc::new(Hub::new(self.ring_size, self.queue));
+        let h = Arc::new(Hub::new(self.cfg.clone()));
         map.insert(room.to_string(), h.clone());
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
+        drop(map);
         if let Some(n) = &self.notifier {
             let (n, room) = (n.clone(), room.to_string());
             tokio::spawn(async move {
@@ -234,13 +410,45 @@ impl Hubs {
         h
     }
 
+    fn all(&self) -> Vec<Arc<Hub>> {
+        self.map.lock().expect("hubs lock").values().cloned().collect()
+    }
+
+    /// Ping tick for every room with viewers.
+    pub fn ping_all(&self) {
+        for h in self.all() {
+            h.ping();
+        }
+    }
+
+    /// Closes every connection (server shutdown).
+    pub fn close_all(&self) {
+        for h in self.all() {
+            h.close();
+        }
+    }
+
     /// Drops hubs nobody watches that saw nothing for `idle`.
-    pub fn sweep(&self, idle: std::time::Duration) {
+    pub fn sweep(&self, idle: Duration) {
         let mut map = self.map.lock().expect("hubs lock");
-        map.retain(|_, h| {
-            h.tx.receiver_count() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle
+        let mut gone = Vec::new();
+        map.retain(|room, h| {
+            let keep = h.tx.receiver_count() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
+            if !keep {
+                gone.push(room.clone());
+            }
+            keep
         });
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
+        drop(map);
+        if let Some(n) = &self.notifier {
+            for room in gone {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let _ = n.unsubscribe(&room).await;
+                });
+            }
+        }
     }
 }
 
@@ -248,61 +456,107 @@ impl Hubs {
 mod tests {
     use super::*;
 
-    fn d(id: u64) -> Danmaku {
+    fn d(id: u64, kind: Kind, user: &str) -> Danmaku {
         Danmaku {
             id,
             room: "r".into(),
-            user: "u".into(),
+            user: user.into(),
             ts_ms: 1000 + id as i64,
+            kind: kind as i32,
             text: format!("t{id}"),
             ..Default::default()
         }
     }
 
-    #[test]
-    fn ring_covers_after_first_delivery_and_evicts() {
-        let hub = Hub::new(3, 8);
+    fn c(id: u64) -> (u64, Danmaku) {
+        (id, d(id, Kind::Comment, "u"))
+    }
+
+    fn cfg(flush_ms: u64, budget: u32) -> HubConfig {
+        HubConfig {
+            ring_size: 3,
+            queue: 64,
+            flush: Duration::from_millis(flush_ms),
+            budget_per_sec: budget,
+        }
+    }
+
+    #[tokio::test]
+    async fn ring_covers_after_first_delivery_and_evicts() {
+        let hub = Arc::new(Hub::new(cfg(0, 1000)));
         assert!(matches!(hub.read_after(0, 10), RingRead::NotCovered));
-        hub.deliver(&[(5, d(5)), (7, d(7))]);
-        let RingRead::Covered(v) = hub.read_after(4, 10) else {
-            panic!()
-        };
+        hub.deliver(&[c(5), c(7)]);
+        let RingRead::Covered(v) = hub.read_after(4, 10) else { panic!() };
         assert_eq!(v.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![5, 7]);
         assert!(matches!(hub.read_after(3, 10), RingRead::NotCovered));
-        hub.deliver(&[(9, d(9)), (11, d(11))]);
-        // 5 was evicted: the ring covers cursors >= 5 only.
+        hub.deliver(&[c(9), c(11)]);
         assert!(matches!(hub.read_after(4, 10), RingRead::NotCovered));
-        let RingRead::Covered(v) = hub.read_after(5, 10) else {
-            panic!()
-        };
+        let RingRead::Covered(v) = hub.read_after(5, 10) else { panic!() };
         assert_eq!(v.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![7, 9, 11]);
-        let RingRead::Covered(v) = hub.read_after(7, 1) else {
-            panic!()
-        };
-        assert_eq!(v[0].seq, 9);
         assert_eq!(hub.last_seq(), 11);
     }
 
-    #[test]
-    fn redelivered_items_are_not_broadcast_twice() {
-        let hub = Hub::new(10, 8);
+    #[tokio::test(start_paused = true)]
+    async fn first_item_goes_at_once_then_one_frame_per_interval() {
+        let hub = Arc::new(Hub::new(cfg(50, 1000)));
         let mut rx = hub.subscribe();
-        hub.deliver(&[(1, d(1)), (2, d(2))]);
-        hub.deliver(&[(2, d(2)), (3, d(3))]);
-        let a = rx.try_recv().unwrap();
-        let b = rx.try_recv().unwrap();
-        assert_eq!((a.first_seq, a.last_seq), (1, 2));
-        assert_eq!((b.first_seq, b.last_seq), (3, 3));
-        assert!(b
-            .text
-            .as_str()
-            .starts_with("{\"type\":\"batch\",\"cursor\":\""));
+        hub.deliver(&[c(1)]);
+        let f = rx.try_recv().expect("first item is not delayed");
+        assert_eq!((f.first_seq, f.last_seq), (1, 1));
+        hub.deliver(&[c(2)]);
+        hub.deliver(&[c(3), c(4)]);
+        assert!(rx.try_recv().is_err(), "later items wait for the flush");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let f = rx.try_recv().expect("flushed");
+        assert_eq!((f.first_seq, f.last_seq, f.items.len()), (2, 4, 3));
+        assert!(rx.try_recv().is_err());
+        // Redelivered items are not broadcast twice.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        hub.deliver(&[c(4)]);
+        assert!(rx.try_recv().is_err());
     }
 
-    #[test]
-    fn recent_is_by_time() {
-        let hub = Hub::new(10, 8);
-        hub.deliver(&[(1, d(1)), (2, d(2)), (3, d(3))]);
+    #[tokio::test]
+    async fn budget_keeps_gifts_counts_likes_and_withholds_the_rest() {
+        let hub = Arc::new(Hub::new(HubConfig { ring_size: 100, ..cfg(0, 2) }));
+        let mut rx = hub.subscribe();
+        let mut batch = vec![];
+        for i in 1..=5 {
+            batch.push((i, d(i, Kind::Comment, &format!("u{i}"))));
+        }
+        batch.push((6, d(6, Kind::Gift, "g")));
+        batch.push((7, d(7, Kind::Like, "l")));
+        batch.push((8, d(8, Kind::Like, "l")));
+        hub.deliver(&batch);
+        let f = rx.try_recv().unwrap();
+        let shown: Vec<u64> = f.items.iter().map(|i| i.seq).collect();
+        assert_eq!(shown, vec![1, 2, 6], "two comments fit the budget, the gift always does");
+        assert_eq!(f.withheld.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(f.likes, 2);
+        assert_eq!(f.last_seq, 8);
+        let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
+        assert_eq!(v["likes"], 2);
+        assert_eq!(v["items"].as_array().unwrap().len(), 3);
+        assert_eq!(danmaku_core::cursor::Cursor::decode(v["cursor"].as_str().unwrap()).unwrap().0, 8);
+    }
+
+    #[tokio::test]
+    async fn frames_are_complete_websocket_bytes_and_deflate_once() {
+        let hub = Arc::new(Hub::new(cfg(0, 1000)));
+        let mut rx = hub.subscribe();
+        hub.deliver(&[c(1)]);
+        let f = rx.try_recv().unwrap();
+        assert_eq!(f.wire[0], 0x81);
+        assert!(f.wire.ends_with(&f.json) && f.wire.len() <= f.json.len() + 4);
+        let a = f.deflated().clone();
+        assert_eq!(a[0], 0xC1);
+        assert!(std::ptr::eq(f.deflated(), f.deflated()));
+    }
+
+    #[tokio::test]
+    async fn recent_is_by_time() {
+        let hub = Arc::new(Hub::new(HubConfig { ring_size: 10, ..cfg(0, 1000) }));
+        hub.deliver(&[c(1), c(2), c(3)]);
         let r = hub.recent(1003, 1, 10);
         assert_eq!(r.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(hub.recent(1003, 100, 1).len(), 1);

@@ -11,6 +11,7 @@
 pub mod hub;
 mod poll;
 pub mod writer;
+pub mod wsproto;
 mod ws;
 
 use axum::routing::get;
@@ -21,7 +22,8 @@ use danmaku_core::error::ApiError;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::NotifierEvent;
 use danmaku_ingest::Ingest;
-use hub::{Hub, Hubs, RingItem, RingRead};
+use hub::{Hub, HubConfig, Hubs, RingItem, RingRead};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,39 +35,72 @@ pub struct Live {
     pub ingest: Arc<Ingest>,
     /// Cancelled when the server shuts down: open WebSockets close cleanly.
     pub shutdown: CancellationToken,
+    /// Open WebSocket connections.
+    pub connections: AtomicUsize,
+    /// Poll requests in the current second, and the rate of the last one.
+    polls_this_second: AtomicU64,
+    polls_per_sec: AtomicU64,
 }
 
 impl Live {
     pub fn new(ctx: Context, ingest: Arc<Ingest>, shutdown: CancellationToken) -> Arc<Self> {
-        let hubs = Arc::new(Hubs::new(
-            ctx.settings.live.ring_size,
-            ctx.settings.live.ws_queue,
-            Some(ctx.notifier.clone()),
-        ));
+        let l = &ctx.settings.live;
+        let cfg = HubConfig {
+            ring_size: l.ring_size,
+            queue: l.ws_queue,
+            flush: Duration::from_millis(l.flush_ms),
+            budget_per_sec: l.display_budget_per_sec,
+        };
+        let hubs = Arc::new(Hubs::new(cfg, Some(ctx.notifier.clone())));
         Arc::new(Self {
             ctx,
             hubs,
             ingest,
             shutdown,
+            connections: AtomicUsize::new(0),
+            polls_this_second: AtomicU64::new(0),
+            polls_per_sec: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a poll request; returns how much slower than normal clients should
+    /// poll (1.0 = normal), from this node's poll rate against its capacity.
+    pub(crate) fn poll_load_factor(&self) -> f64 {
+        self.polls_this_second.fetch_add(1, Ordering::Relaxed);
+        let rate = self.polls_per_sec.load(Ordering::Relaxed) as f64;
+        let capacity = self.ctx.settings.live.poll_capacity_per_sec.max(1) as f64;
+        (rate / capacity).max(1.0)
+    }
+
+    /// Timers of the role: the poll-rate window every second, hub pings every
+    /// ping interval, the hub sweep every 30 s, and closing every connection
+    /// when the server shuts down.
+    async fn ticker(self: Arc<Self>, stop: CancellationToken) {
+        let ping_every = Duration::from_secs(self.ctx.settings.live.ping_interval_secs.max(1));
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = second.tick() => {
+                    let n = self.polls_this_second.swap(0, Ordering::Relaxed);
+                    self.polls_per_sec.store(n, Ordering::Relaxed);
+                }
+                _ = ping.tick() => self.hubs.ping_all(),
+                _ = sweep.tick() => self.hubs.sweep(Duration::from_secs(120)),
+                _ = self.shutdown.cancelled() => {
+                    self.hubs.close_all();
+                    return;
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
     }
 
     /// The background tasks of the role: the writer (until `writer_stop`, then it
     /// drains the Bus) and the hub sweeper.
     pub async fn run_background(self: Arc<Self>, writer_stop: CancellationToken, grace: Duration) {
-        let sweeper = {
-            let hubs = self.hubs.clone();
-            let stop = writer_stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => hubs.sweep(Duration::from_secs(120)),
-                        _ = stop.cancelled() => return,
-                    }
-                }
-            })
-        };
+        let sweeper = tokio::spawn(self.clone().ticker(writer_stop.clone()));
         let notices = match self.ctx.notifier.take_receiver() {
             Some(rx) => Some(tokio::spawn(self.clone().deliver_notices(rx))),
             None => None,
@@ -146,11 +181,7 @@ impl Live {
             .into_iter()
             .filter_map(|s| {
                 let d = Danmaku::decode_bytes(&s.data).ok()?;
-                Some(RingItem {
-                    seq: s.seq,
-                    ts_ms: d.ts_ms,
-                    json: Arc::from(d.to_json()),
-                })
+                Some(RingItem::from_danmaku(s.seq, &d))
             })
             .collect())
     }

@@ -92,10 +92,11 @@ pub(crate) async fn poll(
             (items, more, next)
         }
     };
+    let load = live.poll_load_factor();
     let next_poll = if more || wait_ms > 0 {
         0
     } else {
-        next_poll_ms(hub.rate())
+        (next_poll_ms(hub.rate()) as f64 * load).min(60_000.0) as u64
     };
     let mut body =
         String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());

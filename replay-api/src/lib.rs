@@ -2,14 +2,25 @@
 //!
 //! - `sessions`: start, end, get and list VOD sessions (API.md, VODs); ending one
 //!   makes its room's slices due for archiving at once.
-//! - `replay`: the range API and immutable 6-minute segments, with ETag / 304 /
+//! - `replay`: the range API and 6-minute segments, with ETag / 304 /
 //!   Cache-Control, served from the [`danmaku_core::ports::ReplayCache`].
-//! - [`density`]: the per-segment density cap (pure, unit-tested).
+//! - `players`: Bilibili XML and DPlayer's v3 API (read and post).
+//! - `post`: comments posted on a recording (`POST /v1/vods/{vod}/danmaku`), with
+//!   read-your-writes and cache invalidation.
+//! - [`cache`]: keys, the per-VOD view, single-flight loads, encoding and the
+//!   conditional response.
+//! - [`density`]: the density cap (pure, unit-tested).
+//! - [`formats`]: native JSON, Bilibili XML and DPlayer encodings (pure, unit-tested).
 
+pub mod cache;
 pub mod density;
+pub mod formats;
+mod players;
+mod post;
 mod replay;
 mod sessions;
 
+use axum::http::HeaderValue;
 use axum::routing::{get, post};
 use axum::Router;
 use danmaku_core::context::Context;
@@ -17,25 +28,58 @@ use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::model::valid_id;
 use danmaku_ingest::Ingest;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The replay role's shared state.
 pub struct Replay {
     pub ctx: Context,
     pub ingest: Arc<Ingest>,
-    /// Serialises cold loads per segment key (one ArchiveStore read under a stampede).
-    loads: moka::future::Cache<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Each VOD's session and archived count, for `replay.meta_ttl_ms` (None = off).
+    meta: Option<moka::future::Cache<String, Arc<cache::VodMeta>>>,
+    /// Loads in flight, one per cache key.
+    flights: cache::SingleFlight,
+    /// `Cache-Control` of a live VOD's bodies (and of a segment still settling).
+    live_cache_control: HeaderValue,
+    /// `Cache-Control` of an ended VOD's whole-recording documents.
+    document_cache_control: HeaderValue,
 }
+
+/// `Cache-Control` of a segment of an ended VOD (API.md).
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 impl Replay {
     pub fn new(ctx: Context, ingest: Arc<Ingest>) -> Arc<Self> {
+        let s = &ctx.settings.replay;
+        let meta = (s.meta_ttl_ms > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_millis(s.meta_ttl_ms))
+                .build()
+        });
+        let live_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={}", s.live_max_age_secs))
+                .expect("ascii");
+        let document_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={}", s.document_max_age_secs))
+                .expect("ascii");
         Arc::new(Self {
+            meta,
+            flights: cache::SingleFlight::default(),
+            live_cache_control,
+            document_cache_control,
             ctx,
             ingest,
-            loads: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(std::time::Duration::from_secs(60))
-                .build(),
         })
+    }
+
+    /// How long cached bodies of a VOD live in the cache tiers.
+    fn cache_ttl(&self, ended: bool) -> Duration {
+        let s = &self.ctx.settings.replay;
+        if ended {
+            Duration::from_secs(s.ended_ttl_secs.max(1))
+        } else {
+            Duration::from_secs(s.live_max_age_secs.max(1))
+        }
     }
 }
 
@@ -46,8 +90,20 @@ pub fn router(replay: Arc<Replay>) -> Router {
         .route("/v1/rooms/{room}/vods", get(sessions::list))
         .route("/v1/vods/{vod}", get(sessions::get))
         .route("/v1/vods/{vod}/end", post(sessions::end))
-        .route("/v1/vods/{vod}/danmaku", get(replay::range))
+        .route(
+            "/v1/vods/{vod}/danmaku",
+            get(replay::range).post(post::post_vod),
+        )
         .route("/v1/vods/{vod}/segments/{n}", get(replay::segment))
+        .route("/v1/vods/{vod}/bilibili.xml", get(players::bilibili))
+        .route(
+            "/dplayer/v3/",
+            get(players::dplayer_get).post(players::dplayer_post),
+        )
+        .route(
+            "/dplayer/v3",
+            get(players::dplayer_get).post(players::dplayer_post),
+        )
         .with_state(replay)
 }
 

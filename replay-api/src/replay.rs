@@ -1,21 +1,19 @@
 //! Replay reads: the range API and 6-minute segments.
 
+use crate::cache::{self, cached, respond, Keys, VodMeta};
 use crate::density::cap_segment;
-use crate::{check_vod, store_error, Replay};
+use crate::{check_vod, formats, store_error, Replay, IMMUTABLE};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use bytes::Bytes;
 use danmaku_core::auth::check_read_access;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::ports::{ArchivedComment, CachedBody};
 use danmaku_core::vod::{segment_of, segment_range, Session};
 use serde::Deserialize;
-use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Deserialize)]
 pub(crate) struct RangeQuery {
@@ -168,100 +166,62 @@ fn json_response(body: String) -> Response {
 
 /// Encodes a segment body and its gzip form, with its ETag.
 pub fn encode_segment(vod: &str, n: u32, items: &[ArchivedComment]) -> CachedBody {
-    let mut body = String::with_capacity(64 + items.len() * 160);
-    body.push_str("{\"vod\":");
-    body.push_str(&serde_json::to_string(vod).expect("serializes"));
-    body.push_str(",\"segment\":");
-    body.push_str(&n.to_string());
-    body.push_str(",\"items\":[");
-    for (i, c) in items.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
+    cache::encode_now(formats::segment_json(vod, n, items))
+}
+
+/// Segment `n` of the VOD in `meta`, density-capped, from the cache or (once per
+/// key under a stampede) from the ArchiveStore.
+async fn load_segment(r: &Replay, meta: &VodMeta, n: u32) -> Result<CachedBody, ApiError> {
+    let cap = r.ctx.settings.replay.density_cap;
+    let key = Keys {
+        meta,
+        density_cap: cap,
+    }
+    .segment(n);
+    let ended = meta.session.ended_at.is_some();
+    cached(r, key, r.cache_ttl(ended), || async {
+        let vod = &meta.session.vod;
+        let rows = r
+            .ctx
+            .archive
+            .read_segment(vod, n)
+            .await
+            .map_err(store_error)?;
+        let capped = cap_segment(rows, cap, n);
+        let (start, end) = segment_range(n);
+        debug_assert!(capped
+            .iter()
+            .all(|c| c.offset_ms >= start && c.offset_ms < end));
+        cache::encode(formats::segment_json(vod, n, &capped)).await
+    })
+    .await
+}
+
+/// Whether segment `n` lies beyond anything the VOD can hold yet (its length so
+/// far, plus the window within which a sender's stream position may run ahead):
+/// then it is empty without asking the store, and nothing is cached for it.
+fn beyond_recording(r: &Replay, session: &Session, n: u32) -> bool {
+    let ahead = r.ctx.settings.archive.plausible_window_ms.max(0);
+    let last = segment_of(
+        session
+            .length_at(danmaku_core::now_ms())
+            .saturating_add(ahead),
+    );
+    n > last
+}
+
+/// `Cache-Control` of a segment: immutable once the VOD ended (and settled for
+/// `replay.settle_secs`), else the live `max-age`.
+fn segment_cache_control(r: &Replay, session: &Session) -> HeaderValue {
+    match session.ended_at {
+        Some(end)
+            if danmaku_core::now_ms()
+                >= end.saturating_add(r.ctx.settings.replay.settle_secs as i64 * 1000) =>
+        {
+            HeaderValue::from_static(IMMUTABLE)
         }
-        body.push_str(&c.item.to_json());
+        _ => r.live_cache_control.clone(),
     }
-    body.push_str("]}");
-    let etag = format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(body.as_bytes()));
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(body.len() / 4),
-        flate2::Compression::new(6),
-    );
-    gz.write_all(body.as_bytes()).expect("in-memory gzip");
-    let gzip = gz.finish().expect("in-memory gzip");
-    CachedBody {
-        body: Bytes::from(body),
-        gzip: Bytes::from(gzip),
-        etag,
-    }
-}
-
-async fn load_segment(r: &Replay, session: &Session, n: u32) -> Result<CachedBody, ApiError> {
-    let count = r
-        .ctx
-        .archive
-        .count(&session.vod)
-        .await
-        .map_err(store_error)?;
-    // The key changes whenever rows are added to the VOD, so a cached segment is
-    // never stale; ended VODs' segments are then immutable.
-    let key = format!(
-        "seg:{}:{}:{}:{}",
-        session.vod,
-        n,
-        count,
-        session.ended_at.is_some()
-    );
-    if let Some(hit) = r.ctx.cache.get(&key).await {
-        metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
-        return Ok(hit);
-    }
-    // Single flight: one ArchiveStore read per key under a stampede.
-    let gate = r
-        .loads
-        .get_with(key.clone(), async { Arc::new(tokio::sync::Mutex::new(())) })
-        .await;
-    let _guard = gate.lock().await;
-    if let Some(hit) = r.ctx.cache.get(&key).await {
-        metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
-        return Ok(hit);
-    }
-    metrics::counter!("danmaku_replay_cache_misses_total").increment(1);
-    let rows = r
-        .ctx
-        .archive
-        .read_segment(&session.vod, n)
-        .await
-        .map_err(store_error)?;
-    let capped = cap_segment(rows, r.ctx.settings.replay.density_cap);
-    let (start, end) = segment_range(n);
-    debug_assert!(capped
-        .iter()
-        .all(|c| c.offset_ms >= start && c.offset_ms < end));
-    let vod = session.vod.clone();
-    let value = tokio::task::spawn_blocking(move || encode_segment(&vod, n, &capped))
-        .await
-        .map_err(|_| ApiError::unavailable())?;
-    let ttl = if session.ended_at.is_some() {
-        Duration::from_secs(24 * 3600)
-    } else {
-        Duration::from_secs(r.ctx.settings.replay.live_max_age_secs.max(1))
-    };
-    r.ctx.cache.put(&key, value.clone(), ttl).await;
-    Ok(value)
-}
-
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|e| {
-            let mut parts = e.trim().split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q0 = parts.any(|p| p.trim().replace(' ', "") == "q=0");
-            (name == "gzip" || name == "*") && !q0
-        })
 }
 
 pub(crate) async fn segment(
@@ -283,53 +243,18 @@ pub(crate) async fn segment(
             "the segment number is an integer n >= 0",
         )
     })?;
-    let session = session_of(&r, &vod).await?;
-    let cached = load_segment(&r, &session, n).await?;
-    let cache_control = if session.ended_at.is_some() {
-        "public, max-age=31536000, immutable".to_string()
+    let meta = cache::meta(&r, &vod).await?;
+    let body = if beyond_recording(&r, &meta.session, n) {
+        encode_segment(&vod, n, &[])
     } else {
-        format!(
-            "public, max-age={}",
-            r.ctx.settings.replay.live_max_age_secs
-        )
+        load_segment(&r, &meta, n).await?
     };
-    let etag = HeaderValue::from_str(&cached.etag).expect("etag is ascii");
-    let cc = HeaderValue::from_str(&cache_control).expect("ascii");
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',').any(|t| {
-                t.trim() == cached.etag
-                    || t.trim() == "*"
-                    || t.trim().trim_start_matches("W/") == cached.etag
-            })
-        });
-    if matches {
-        let mut resp = StatusCode::NOT_MODIFIED.into_response();
-        resp.headers_mut().insert(header::ETAG, etag);
-        resp.headers_mut().insert(header::CACHE_CONTROL, cc);
-        return Ok(resp);
-    }
-    let gzip = accepts_gzip(&headers);
-    let mut resp = if gzip {
-        cached.gzip.clone()
-    } else {
-        cached.body.clone()
-    }
-    .into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::ETAG, etag);
-    h.insert(header::CACHE_CONTROL, cc);
-    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if gzip {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    Ok(resp)
+    Ok(respond(
+        &body,
+        "application/json",
+        segment_cache_control(&r, &meta.session),
+        &headers,
+    ))
 }
 
 #[cfg(test)]
@@ -341,22 +266,6 @@ mod tests {
         let t = encode_after(123_456, 987);
         assert_eq!(decode_after(&t), Some((123_456, 987)));
         assert_eq!(decode_after("zz"), None);
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        let mut h = HeaderMap::new();
-        assert!(!accepts_gzip(&h));
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("br, gzip;q=0.8"),
-        );
-        assert!(accepts_gzip(&h));
-        h.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("gzip;q=0"),
-        );
-        assert!(!accepts_gzip(&h));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub(crate) async fn start(
             Ok(_) | Err(ArchiveError::AlreadyEnded) => {}
             Err(e) => return Err(store_error(e)),
         }
+        crate::cache::forget_meta(&r, &s.vod).await;
     }
     let session = Session {
         vod,
@@ -119,6 +120,8 @@ pub(crate) async fn end(
         }
         Err(e) => return Err(store_error(e)),
     };
+    // This node's view of the VOD is stale now (others notice within meta_ttl_ms).
+    crate::cache::forget_meta(&r, &vod).await;
     // Its comments move to the archive now, not after the hot retention.
     if let Err(e) = r
         .ctx

@@ -51,6 +51,8 @@ async fn every_error_code_has_its_status_and_json_body() {
         ("DANMAKU_FILTER__POLICY", "reject"),
         ("DANMAKU_LIMITS__MAX_TEXT_CHARS", "20"),
         ("DANMAKU_LIMITS__MAX_TEXT_BYTES", "40"),
+        ("DANMAKU_LIMITS__ROOM_PER_SEC", "5"),
+        ("DANMAKU_LIMITS__ROOM_BURST", "30"),
     ])
     .await;
     let room = "errs";
@@ -138,6 +140,20 @@ async fn every_error_code_has_its_status_and_json_body() {
             .await;
         v.check(&format!("end vod {bad:?}"), &resp, 400, "invalid_vod");
     }
+
+    let resp = app
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&svc),
+            json!({"vod": "bad.vod", "latency_ms": 0}),
+        )
+        .await;
+    v.check(
+        "start a session with vod id bad.vod",
+        &resp,
+        400,
+        "invalid_vod",
+    );
 
     // ---- 400 text_empty
     for body in [
@@ -456,7 +472,11 @@ async fn every_error_code_has_its_status_and_json_body() {
     let mut limited: Option<Resp> = None;
     for i in 0..40 {
         let resp = app
-            .send(Some(&flooder), room, json!({"text": format!("flood {i}")}))
+            .send(
+                Some(&flooder),
+                "errs-flood",
+                json!({"text": format!("flood {i}")}),
+            )
             .await;
         match resp.status {
             202 => accepted += 1,
@@ -509,6 +529,163 @@ async fn every_error_code_has_its_status_and_json_body() {
         ));
     }
 
+    // Over the WebSocket the same per-user limit answers with an error frame.
+    let ws_flooder = app.token("err-ws-flooder", "viewer").await;
+    let mut ws = app.ws("errs-wsflood", None, Some(&ws_flooder)).await;
+    let mut ws_limited = None;
+    for i in 0..30 {
+        let reply = ws
+            .send_comment(json!(i), json!({"text": format!("ws flood {i}")}))
+            .await;
+        if reply["type"] != "ack" {
+            ws_limited = Some(reply);
+            break;
+        }
+    }
+    match ws_limited {
+        None => v.push("30 quick WebSocket sends by one viewer: none was rate limited".into()),
+        Some(reply) if reply.pointer("/error/code") != Some(&json!("rate_limited")) => v.push(
+            format!("WebSocket send over the burst: want error rate_limited, got {reply}"),
+        ),
+        Some(_) => {}
+    }
+    ws.close().await;
+
+    // The per-room limit (burst 30, 5/s here): many viewers, each within its own
+    // burst, fill the room; service tokens are exempt.
+    let mut crowd = Vec::new();
+    for u in 0..10 {
+        crowd.push(app.token(&format!("crowd-{u}"), "viewer").await);
+    }
+    let began = Instant::now();
+    let mut crowd_accepted = 0;
+    let mut crowd_limited: Option<Resp> = None;
+    'crowd: for round in 0..5 {
+        for token in &crowd {
+            let resp = app
+                .send(
+                    Some(token),
+                    "errs-crowd",
+                    json!({"text": format!("crowd {round}")}),
+                )
+                .await;
+            if resp.status == 202 {
+                crowd_accepted += 1;
+            } else {
+                crowd_limited = Some(resp);
+                break 'crowd;
+            }
+        }
+    }
+    let elapsed = began.elapsed();
+    match crowd_limited {
+        None => v.push(format!(
+            "50 sends to one room (room burst 30) in {elapsed:?}: none was rate limited"
+        )),
+        Some(resp) => {
+            v.check("room over its burst", &resp, 429, "rate_limited");
+            if resp.header("retry-after").is_none() {
+                v.push("room-limit 429 without Retry-After".into());
+            }
+            let allowed = 30.0 + 5.0 * elapsed.as_secs_f64() + 1.0;
+            if crowd_accepted < 30 || crowd_accepted as f64 > allowed {
+                v.push(format!(
+                    "room burst 30 + 5/s: {crowd_accepted} accepted in {elapsed:?} (want 30..={allowed:.0})"
+                ));
+            }
+        }
+    }
+    let resp = app
+        .send(
+            Some(&svc),
+            "errs-crowd",
+            json!({"text": "svc in a full room"}),
+        )
+        .await;
+    if resp.status != 202 {
+        v.push(format!(
+            "service token must be exempt from the per-room limit: {} {}",
+            resp.status, resp.text
+        ));
+    }
+
+    // A ban ends after its seconds.
+    let brief = app.token("brief-troll", "viewer").await;
+    let resp = app
+        .post(
+            "/v1/admin/rooms/errs-ban/bans",
+            Some(&admin),
+            json!({"user": "brief-troll", "seconds": 1}),
+        )
+        .await;
+    if resp.status != 200 && resp.status != 204 {
+        v.push(format!("1 s ban: {} {}", resp.status, resp.text));
+    }
+    let resp = app
+        .send(Some(&brief), "errs-ban", json!({"text": "banned"}))
+        .await;
+    v.check("send during a 1 s ban", &resp, 403, "banned");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let resp = app
+        .send(Some(&brief), "errs-ban", json!({"text": "free again"}))
+        .await;
+    if resp.status != 202 {
+        v.push(format!(
+            "2 s after a 1 s ban: want 202, got {} {}",
+            resp.status, resp.text
+        ));
+    }
+
+    // Expired and unsigned ("alg": "none") tokens.
+    let now_secs = now_ms() / 1000;
+    let expired = danmaku_core::auth::TokenSigner::new(app.secret.as_bytes()).issue(
+        "err-expired",
+        None,
+        danmaku_core::auth::Role::Service,
+        now_secs - 3600,
+        60,
+    );
+    let resp = app.send(Some(&expired), room, json!({"text": "hi"})).await;
+    v.check("send with an expired token", &resp, 401, "unauthorized");
+    let unsigned = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(
+            format!(
+                r#"{{"sub":"mallory","exp":{},"role":"admin"}}"#,
+                now_secs + 3600
+            )
+            .as_bytes()
+        )
+    );
+    let resp = app.send(Some(&unsigned), room, json!({"text": "hi"})).await;
+    v.check("send with an alg=none token", &resp, 401, "unauthorized");
+
+    // Guest tokens (on by default) can send.
+    let resp = app.post("/v1/auth/guest", None, json!({})).await;
+    let guest = resp.json["token"].as_str().map(str::to_string);
+    let guest_user = resp.json["user"].as_str().unwrap_or_default().to_string();
+    if !(resp.status == 200 || resp.status == 201)
+        || guest.is_none()
+        || !guest_user.starts_with("guest-")
+    {
+        v.push(format!(
+            "POST /v1/auth/guest: want {{\"token\", \"user\": \"guest-...\"}}, got {} {}",
+            resp.status, resp.text
+        ));
+    } else {
+        let resp = app
+            .send(
+                guest.as_deref(),
+                "errs-guest",
+                json!({"text": "hello from a guest"}),
+            )
+            .await;
+        if resp.status != 202 {
+            v.push(format!("guest sends: {} {}", resp.status, resp.text));
+        }
+    }
+
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(
         v.0.is_empty(),
@@ -516,4 +693,31 @@ async fn every_error_code_has_its_status_and_json_body() {
         v.0.len(),
         v.0.join("\n  - ")
     );
+}
+
+/// Base64url without padding (for hand-made tokens).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn base64url_matches_rfc4648() {
+    assert_eq!(base64url(b""), "");
+    assert_eq!(base64url(b"f"), "Zg");
+    assert_eq!(base64url(b"fo"), "Zm8");
+    assert_eq!(base64url(b"foo"), "Zm9v");
+    assert_eq!(base64url(b"foob"), "Zm9vYg");
+    assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
 }

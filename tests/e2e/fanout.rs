@@ -149,6 +149,15 @@ async fn every_viewer_receives_every_comment_once_in_the_same_order() {
         }
     }
 
+    // Polling from a viewer's hello cursor gives the same items in the same order.
+    let hello0 = viewers[0].hello["cursor"].as_str().unwrap().to_string();
+    let page = app.poll(room, Some(&hello0), Some(1000), Some(0)).await;
+    assert_eq!(
+        ids_of(page["items"].as_array().unwrap()),
+        reference,
+        "polling from viewer 0's hello cursor vs what its WebSocket delivered"
+    );
+
     // The late viewer: what it got (recent items, then live) is a hole-free tail
     // of the room's order, and exactly what polling from its hello cursor gives.
     assert!(

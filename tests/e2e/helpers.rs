@@ -646,7 +646,12 @@ impl TestApp {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let first = ws.next_frame(deadline).await;
-        let hello = first.unwrap_or_else(|| panic!("WebSocket {url}: no hello within 10 s"));
+        let hello = first.unwrap_or_else(|| {
+            if ws.closed {
+                panic!("WebSocket {url}: the server closed the connection before sending hello")
+            }
+            panic!("WebSocket {url}: no hello within 10 s")
+        });
         assert_eq!(
             hello["type"], "hello",
             "WebSocket {url}: first message must be hello, got {hello}"

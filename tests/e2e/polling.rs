@@ -143,6 +143,20 @@ async fn thousand_concurrent_comments_are_read_back_by_cursor_polling() {
         "items after the final cursor: {after}"
     );
 
+    // Operations endpoints answer, and metrics carry no per-room or per-user labels.
+    app.get("/readyz").await.expect_status(200, "GET /readyz");
+    let metrics = app.get("/metrics").await;
+    metrics.expect_status(200, "GET /metrics");
+    assert!(
+        metrics.text.contains("# TYPE"),
+        "GET /metrics must be Prometheus text: {}",
+        truncate(&metrics.text, 300)
+    );
+    assert!(
+        !metrics.text.contains(room) && !metrics.text.contains("poller-"),
+        "metrics must not be labelled per room or user"
+    );
+
     // Long poll: held while nothing comes, answered as soon as an item arrives.
     let began = Instant::now();
     let idle = app.poll(room, Some(&cursor), Some(LIMIT), Some(1000)).await;

@@ -283,3 +283,116 @@ async fn sigterm_archives_every_accepted_comment_to_parquet_exactly_once() {
     let problems = path_problems(&app.data_dir, &rows);
     assert!(problems.is_empty(), "Parquet layout: {problems:#?}");
 }
+
+/// SIGTERM while comments are still being sent: whatever got a 202 before the
+/// process went away is in Parquet exactly once; a 503 was not accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_sends_archives_every_acknowledged_comment() {
+    let mut app = spawn_app(&[]).await;
+    let room = "arch-racing";
+    let mut tokens = Vec::new();
+    for u in 0..4 {
+        tokens.push(app.token(&format!("racer-{u}"), "service").await);
+    }
+    let url = app.url(&format!("/v1/rooms/{room}/danmaku"));
+    let http = app.http.clone();
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let (tokens_ref, url_ref, http_ref, stopped_ref) = (&tokens, &url, &http, &stopped);
+
+    // Outcome per text: Some(Ok(id)) acked, Some(Err(503)) refused, None no answer.
+    let sends = futures::stream::iter(0..20_000usize)
+        .map(|i| async move {
+            if stopped_ref.load(std::sync::atomic::Ordering::SeqCst) {
+                return (i, None, false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            let sent = http_ref
+                .post(url_ref)
+                .bearer_auth(&tokens_ref[i % tokens_ref.len()])
+                .json(&json!({ "text": format!("race-{i}") }))
+                .timeout(std::time::Duration::from_secs(10))
+                .send()
+                .await;
+            let Ok(resp) = sent else {
+                return (i, None, true);
+            };
+            let status = resp.status().as_u16();
+            let Ok(body) = resp.text().await else {
+                return (i, None, true);
+            };
+            let outcome = match status {
+                202 => {
+                    let v: Value = serde_json::from_str(&body).expect("202 body is JSON");
+                    Ok(v["id"].as_str().expect("202 id").to_string())
+                }
+                503 => Err(body),
+                other => panic!("send race-{i} around SIGTERM: unexpected {other} {body}"),
+            };
+            (i, Some(outcome), true)
+        })
+        .buffer_unordered(8)
+        .collect::<Vec<(usize, Option<Result<String, String>>, bool)>>();
+    let stop = async {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        app.stop().await;
+        stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let (outcomes, ()) = tokio::join!(sends, stop);
+
+    let mut acked: HashMap<u64, String> = HashMap::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    let mut unknown: HashSet<String> = HashSet::new();
+    for (i, outcome, attempted) in outcomes {
+        let text = format!("race-{i}");
+        match outcome {
+            Some(Ok(id)) => {
+                assert!(
+                    acked.insert(id.parse().unwrap(), text).is_none(),
+                    "duplicate 202 id"
+                );
+            }
+            Some(Err(_)) => {
+                refused.insert(text);
+            }
+            None if attempted => {
+                unknown.insert(text);
+            }
+            None => {}
+        }
+    }
+    eprintln!(
+        "around SIGTERM: {} acked, {} refused with 503, {} without an answer",
+        acked.len(),
+        refused.len(),
+        unknown.len()
+    );
+    assert!(acked.len() > 50, "too few sends succeeded before SIGTERM");
+
+    let rows = read_parquet(&app.data_dir);
+    let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    assert_no_duplicates(&ids, "Parquet rows");
+    let got: HashSet<u64> = rows.iter().map(|r| r.id).collect();
+    let missing: Vec<(&u64, &String)> = acked.iter().filter(|(id, _)| !got.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} comments acknowledged with 202 around SIGTERM are not in Parquet, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    for row in &rows {
+        match acked.get(&row.id) {
+            Some(text) => assert_eq!(&row.text, text, "{row:?}"),
+            None => {
+                assert!(
+                    !refused.contains(&row.text),
+                    "a comment refused with 503 was archived anyway: {row:?}"
+                );
+                assert!(
+                    unknown.contains(&row.text),
+                    "a row that was never sent: {row:?}"
+                );
+            }
+        }
+    }
+}

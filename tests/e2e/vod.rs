@@ -223,6 +223,32 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         "range API paged by limit=5 via `after`"
     );
 
+    // A sub-range returns exactly the comments whose offset lies in it (bounds
+    // chosen between offsets, so inclusive or exclusive ends do not matter).
+    let mut offsets: Vec<i64> = range
+        .iter()
+        .map(|it| it["offset_ms"].as_i64().unwrap())
+        .collect();
+    offsets.dedup();
+    if offsets.len() >= 3 {
+        let from = offsets[0] + 1;
+        let to = (offsets[offsets.len() - 2] + offsets[offsets.len() - 1]) / 2;
+        let resp = app
+            .get(&format!("/v1/vods/{vod}/danmaku?from_ms={from}&to_ms={to}"))
+            .await;
+        resp.expect_status(200, "sub-range");
+        let want: Vec<String> = range
+            .iter()
+            .filter(|it| (from..=to).contains(&it["offset_ms"].as_i64().unwrap()))
+            .map(|it| it["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            ids_of(resp.json["items"].as_array().unwrap()),
+            want,
+            "range from_ms={from}&to_ms={to} (offsets {offsets:?})"
+        );
+    }
+
     // Segment 0.
     assert_eq!(segment.json["vod"], vod.as_str(), "{}", segment.text);
     assert_eq!(segment.json["segment"], 0, "{}", segment.text);
@@ -304,11 +330,15 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         .post(
             &format!("/v1/rooms/{room}/sessions"),
             Some(&svc),
-            json!({ "latency_ms": 0 }),
+            json!({ "vod": "vod-custom-2", "latency_ms": 0 }),
         )
         .await;
     resp.expect_status(201, "second session");
     let vod2 = resp.json["vod"].as_str().unwrap().to_string();
+    assert_eq!(
+        vod2, "vod-custom-2",
+        "a session started with a vod id keeps it"
+    );
     assert_ne!(vod2, vod, "a new session gets a new vod id");
     app.post(&format!("/v1/vods/{vod2}/end"), Some(&svc), json!({}))
         .await

@@ -2,7 +2,10 @@
 //! each call one transaction.
 
 use super::EmbeddedDb;
-use crate::ports::{AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat, SliceStore};
+use crate::ports::{
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat,
+    SliceStore,
+};
 use crate::slice::SliceRef;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -409,6 +412,62 @@ impl SliceStore for EmbeddedSliceStore {
                 v.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.members.cmp(&a.members)));
                 v.truncate(limit);
                 Ok(v)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn scan_keys(&self, cursor: &str, count: usize) -> Result<KeyScanPage, SliceError> {
+        // The cursor is the last (room, start) returned, as `<start>:<room>`.
+        let after: Option<(String, i64)> = if cursor.is_empty() {
+            None
+        } else {
+            let (start, room) = cursor
+                .split_once(':')
+                .ok_or_else(|| SliceError::Other(format!("bad scan cursor {cursor:?}")))?;
+            let start = start
+                .parse()
+                .map_err(|_| SliceError::Other(format!("bad scan cursor {cursor:?}")))?;
+            Some((room.to_string(), start))
+        };
+        let count = count.max(1);
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                let t = r.open_table(SLICES)?;
+                let mut keys = Vec::new();
+                let mut last = None;
+                let range = match &after {
+                    Some((room, start)) => t.range((room.as_str(), *start)..)?,
+                    None => t.range::<(&str, i64)>(..)?,
+                };
+                for e in range {
+                    let (k, m) = e?;
+                    let (room, start) = k.value();
+                    if after
+                        .as_ref()
+                        .is_some_and(|(r, s)| r == room && *s == start)
+                    {
+                        continue;
+                    }
+                    if keys.len() == count {
+                        break;
+                    }
+                    let (len, _, members, bytes) = m.value();
+                    let slice = SliceRef {
+                        room: room.to_string(),
+                        start_ms: start,
+                        len_ms: len,
+                    };
+                    keys.push(KeyStat {
+                        key: slice.key(),
+                        members,
+                        bytes,
+                    });
+                    last = Some(format!("{start}:{room}"));
+                }
+                let next = if keys.len() == count { last } else { None };
+                Ok(KeyScanPage { keys, next })
             })
             .await
             .map_err(err)

@@ -14,4 +14,7 @@ pub use bus::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError};
 pub use object_store::{object_store_from_url, ObjectStoreError};
 pub use replay_cache::{CachedBody, ReplayCache};
-pub use slice_store::{AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat, SliceStore};
+pub use slice_store::{
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat,
+    SliceStore,
+};

@@ -29,6 +29,26 @@ pub struct SliceStat {
     pub bytes: u64,
 }
 
+/// Size of one key of the store, as the big-key scanner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyStat {
+    /// The key (`dm:{room}:s:<start>:<len>` for a slice; any other key of the store
+    /// too, on Redis).
+    pub key: String,
+    /// Members (ZSET/HASH/SET/LIST length; 1 for a string).
+    pub members: u64,
+    /// Bytes the store uses for it (Redis `MEMORY USAGE`; the embedded store: item bytes).
+    pub bytes: u64,
+}
+
+/// One page of a walk over every key of the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyScanPage {
+    pub keys: Vec<KeyStat>,
+    /// Where the next page starts; `None` when the walk is complete.
+    pub next: Option<String>,
+}
+
 /// A leased set of due slices, taken from the expiry queue by one archiver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArchiveBatch {
@@ -109,6 +129,18 @@ pub trait SliceStore: Send + Sync + 'static {
 
     /// The largest live slices by bytes, at most `limit`.
     async fn largest_slices(&self, limit: usize) -> Result<Vec<SliceStat>, SliceError>;
+
+    /// One page of about `count` keys of a walk over every key of the store, with
+    /// their sizes (the big-key scanner: Redis `SCAN` + `MEMORY USAGE` on every
+    /// master). Start with `cursor = ""` and pass each page's `next` until it is
+    /// `None`. Keys written during the walk may or may not be seen; keys present
+    /// throughout are seen at least once. Cheap enough to rate-limit per page.
+    /// Every adapter implements it (the conformance suite checks it); the default,
+    /// an empty walk, only keeps test doubles short.
+    async fn scan_keys(&self, cursor: &str, count: usize) -> Result<KeyScanPage, SliceError> {
+        let _ = (cursor, count);
+        Ok(KeyScanPage::default())
+    }
 
     /// Whether the store is reachable (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -1,0 +1,298 @@
+//! The Lua scripts of the Redis SliceStore. Each touches the keys of one hash slot
+//! only (one room's `dm:{room}:*` keys, one expiry-queue shard, or the batch
+//! records), so each runs atomically on a Redis Cluster too. Slice keys are derived
+//! inside the scripts from the room's key prefix (same slot as the declared keys).
+//!
+//! Numbers: Lua numbers are doubles, exact up to 2^53; seqs (Kafka offsets + 1) and
+//! millisecond times stay far below. Integers are formatted with `%d` (Redis' Lua
+//! 5.1 formats it as a 64-bit long).
+
+/// Appends items to a room. KEYS: last, idx, exp, bytes, mark, qv, qc.
+/// ARGV: prefix `dm:{room}:`, slice length ms, hot retention ms, TTL of `last` in
+/// seconds (0 = none), then (seq, ts, member) triples in seq order.
+///
+/// An item with seq <= the room's high-water mark (`last`) was stored before (a Bus
+/// redelivery) and is skipped. The others go to the room's newest slice while their
+/// time is before its end, else to a new slice of the given length starting no
+/// earlier than the newest slice's end: a room's slices are ordered and disjoint in
+/// seq, which makes cursor reads a walk over the slice index (`idx`, score = the
+/// slice's highest seq). A new slice enters `exp` (score = due time: its end plus the
+/// retention, or 0 if the room was expedited up to its start) and bumps the queue
+/// version `qv`. Returns {added, min due or -1, qv, qc, {slice, members, bytes}...}.
+pub const APPEND: &str = r#"
+local prefix = ARGV[1]
+local len = tonumber(ARGV[2])
+local ret = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
+local hi = tonumber(redis.call('GET', KEYS[1]) or '0')
+local mark = redis.call('GET', KEYS[5])
+if mark then mark = tonumber(mark) end
+local cur_id, cur_end
+local top = redis.call('ZRANGE', KEYS[2], -1, -1)
+if top[1] then
+  local s, l = string.match(top[1], '^(%-?%d+):(%d+)$')
+  cur_id = top[1]
+  cur_end = tonumber(s) + tonumber(l)
+end
+local adds, order, maxseq, nbytes, fresh = {}, {}, {}, {}, {}
+local added = 0
+for i = 5, #ARGV, 3 do
+  local seq = tonumber(ARGV[i])
+  if seq > hi then
+    local ts = tonumber(ARGV[i + 1])
+    if not (cur_id and ts < cur_end) then
+      local start = ts - (ts % len)
+      if cur_id and start < cur_end then start = cur_end end
+      cur_id = string.format('%d:%d', start, len)
+      cur_end = start + len
+      if not fresh[cur_id] and not redis.call('ZSCORE', KEYS[2], cur_id) then
+        local due = cur_end + ret
+        if mark and start <= mark then due = 0 end
+        fresh[cur_id] = due
+      end
+    end
+    local a = adds[cur_id]
+    if not a then
+      a = {}
+      adds[cur_id] = a
+      order[#order + 1] = cur_id
+      nbytes[cur_id] = 0
+    end
+    a[#a + 1] = ARGV[i]
+    a[#a + 1] = ARGV[i + 2]
+    maxseq[cur_id] = ARGV[i]
+    nbytes[cur_id] = nbytes[cur_id] + #ARGV[i + 2]
+    hi = seq
+    added = added + 1
+  end
+end
+local stats = {}
+for _, id in ipairs(order) do
+  local key = prefix .. 's:' .. id
+  local a = adds[id]
+  -- One multi-member ZADD per slice (in chunks that fit Lua's stack).
+  for j = 1, #a, 2000 do
+    redis.call('ZADD', key, unpack(a, j, math.min(j + 1999, #a)))
+  end
+  redis.call('ZADD', KEYS[2], maxseq[id], id)
+  if fresh[id] then redis.call('ZADD', KEYS[3], fresh[id], id) end
+  local b = redis.call('HINCRBY', KEYS[4], id, nbytes[id])
+  stats[#stats + 1] = id
+  stats[#stats + 1] = redis.call('ZCARD', key)
+  stats[#stats + 1] = b
+end
+if added > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', hi))
+  if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+end
+local qv = tonumber(redis.call('GET', KEYS[6]) or '0')
+if next(fresh) then qv = redis.call('INCR', KEYS[6]) end
+local qc = tonumber(redis.call('GET', KEYS[7]) or '0')
+local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local min_due = -1
+if first[2] then min_due = tonumber(first[2]) end
+return {added, min_due, qv, qc, stats}
+"#;
+
+/// Items of a room after a seq. KEYS: idx. ARGV: prefix, after, limit.
+/// Walks the slices whose highest seq is above `after`, in seq order, until
+/// `limit` members are collected (the slices are seq-disjoint, see [`APPEND`]).
+pub const READ_AFTER: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
+local limit = tonumber(ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local need = limit - #out
+  if need <= 0 then break end
+  local r = redis.call('ZRANGEBYSCORE', ARGV[1] .. 's:' .. id, '(' .. ARGV[2], '+inf', 'LIMIT', 0, need)
+  for _, m in ipairs(r) do out[#out + 1] = m end
+end
+return out
+"#;
+
+/// Makes slices due now. KEYS: mark, exp, qv, qc. ARGV: up_to (or "inf" for
+/// every slice), "1" to remember the mark (slices created later with a start at or
+/// before it are due at once), TTL of the mark in seconds.
+/// Returns {min due or -1, qv, qc}.
+pub const EXPEDITE: &str = r#"
+local up = ARGV[1]
+if ARGV[2] == '1' then
+  local old = redis.call('GET', KEYS[1])
+  if (not old) or tonumber(old) < tonumber(up) then
+    redis.call('SET', KEYS[1], up)
+  end
+  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(0', '+inf')
+local changed = 0
+for _, id in ipairs(ids) do
+  local s = tonumber(string.match(id, '^(%-?%d+):'))
+  if up == 'inf' or s <= tonumber(up) then
+    redis.call('ZADD', KEYS[2], 0, id)
+    changed = changed + 1
+  end
+end
+local qv = tonumber(redis.call('GET', KEYS[3]) or '0')
+if changed > 0 then qv = redis.call('INCR', KEYS[3]) end
+local qc = tonumber(redis.call('GET', KEYS[4]) or '0')
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local min_due = -1
+if first[2] then min_due = tonumber(first[2]) end
+return {min_due, qv, qc}
+"#;
+
+/// Claims a room's due slices for a batch. KEYS: exp, idx, bytes, qv, qc.
+/// ARGV: prefix, batch id, now, max slices.
+///
+/// Idempotent per (room, batch): the first run renames each due slice
+/// `dm:{room}:s:<slice>` to the batch-owned `dm:{room}:b:<batch>:<slice>` (a later
+/// item for the same slice name starts a fresh key), drops it from the room's
+/// index, and records the list under `dm:{room}:c:<batch>`; a rerun returns that
+/// list and moves nothing more. Returns {min due or -1, qv, qc, {slice...}}.
+pub const CLAIM_ROOM: &str = r#"
+local p = ARGV[1]
+local ck = p .. 'c:' .. ARGV[2]
+local moved = {}
+local done = redis.call('GET', ck)
+if done then
+  for id in string.gmatch(done, '[^,]+') do moved[#moved + 1] = id end
+else
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+  for _, id in ipairs(ids) do
+    local src = p .. 's:' .. id
+    if redis.call('EXISTS', src) == 1 then
+      redis.call('RENAME', src, p .. 'b:' .. ARGV[2] .. ':' .. id)
+    end
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    moved[#moved + 1] = id
+  end
+  if #moved > 0 then
+    redis.call('SET', ck, table.concat(moved, ','))
+    redis.call('INCR', KEYS[4])
+  end
+end
+local qv = tonumber(redis.call('GET', KEYS[4]) or '0')
+local qc = tonumber(redis.call('GET', KEYS[5]) or '0')
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local min_due = -1
+if first[2] then min_due = tonumber(first[2]) end
+return {min_due, qv, qc, moved}
+"#;
+
+/// The queue state of a room. KEYS: exp, qv, qc. Returns {min due or -1, qv, qc}.
+pub const ROOM_STATE: &str = r#"
+local qv = tonumber(redis.call('GET', KEYS[2]) or '0')
+local qc = tonumber(redis.call('GET', KEYS[3]) or '0')
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local min_due = -1
+if first[2] then min_due = tonumber(first[2]) end
+return {min_due, qv, qc}
+"#;
+
+/// Records that the queue shard holds version `ARGV[1]` of the room. KEYS: qc.
+pub const CONFIRM: &str = r#"
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
+/// Sets a room's entry in its expiry-queue shard, fenced by the room's version so
+/// that updates arriving out of order never undo a newer one (a stale update can
+/// only re-add a room, which costs the archiver one empty visit; it can never drop
+/// a room that has slices). KEYS: expiry shard, versions hash.
+/// ARGV: room, min due (-1 = no slices: remove), version.
+pub const QUEUE_UPDATE: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+local nv = tonumber(ARGV[3])
+if nv < v then return 0 end
+if tonumber(ARGV[2]) < 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+return 1
+"#;
+
+/// Opens a batch: a new id, its record (state "claiming" with the rooms it is
+/// about to claim from), and its lease, in one step. KEYS: next, leases.
+/// ARGV: record key prefix, lease until, record. Returns the id.
+pub const BATCH_NEW: &str = r#"
+local id = redis.call('INCR', KEYS[1])
+redis.call('SET', ARGV[1] .. id, ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], id)
+return id
+"#;
+
+/// Takes the oldest batch whose lease expired at `now`, renewing its lease.
+/// KEYS: leases. ARGV: record key prefix, now, new lease end.
+/// Returns {id, record} or nil.
+pub const BATCH_EXPIRED: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1)
+if not ids[1] then return false end
+redis.call('ZADD', KEYS[1], ARGV[3], ids[1])
+return {ids[1], redis.call('GET', ARGV[1] .. ids[1]) or ''}
+"#;
+
+/// Replaces a batch's record if the batch still exists. KEYS: leases.
+/// ARGV: record key prefix, id, record. Returns 1 if replaced.
+pub const BATCH_SET: &str = r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('SET', ARGV[1] .. ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// Drops an empty batch. KEYS: leases. ARGV: record key prefix, id.
+pub const BATCH_DROP: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('DEL', ARGV[1] .. ARGV[2])
+return 1
+"#;
+
+/// First step of completing a batch: it stops being leased (never handed out
+/// again) and is listed for deletion of its keys. KEYS: leases, gc.
+/// ARGV: record key prefix, id. Returns the record, or nil if it is gone.
+pub const BATCH_COMPLETE: &str = r#"
+local rec = redis.call('GET', ARGV[1] .. ARGV[2])
+if not rec then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return false
+end
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[2])
+return rec
+"#;
+
+/// Sizes of a room's live slices. KEYS: idx, bytes. ARGV: prefix.
+/// Returns {slice, members, bytes, ...}.
+pub const ROOM_SIZES: &str = r#"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('ZCARD', ARGV[1] .. 's:' .. id)
+  out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+end
+return out
+"#;
+
+/// Type, length and memory of one key (the big-key scanner). KEYS: the key.
+/// Returns {type, members, bytes}.
+pub const INSPECT: &str = r#"
+local t = redis.call('TYPE', KEYS[1])['ok']
+local n = 0
+if t == 'zset' then n = redis.call('ZCARD', KEYS[1])
+elseif t == 'hash' then n = redis.call('HLEN', KEYS[1])
+elseif t == 'set' then n = redis.call('SCARD', KEYS[1])
+elseif t == 'list' then n = redis.call('LLEN', KEYS[1])
+elseif t == 'stream' then n = redis.call('XLEN', KEYS[1])
+elseif t == 'string' then n = 1
+end
+local b = 0
+if t ~= 'none' then b = redis.call('MEMORY', 'USAGE', KEYS[1]) or 0 end
+return {t, n, b}
+"#;

@@ -1,0 +1,277 @@
+//! The WebSocket wire format (RFC 6455) and permessage-deflate (RFC 7692), as
+//! pure functions: the handshake accept key and extension negotiation, server
+//! frames encoded once as complete bytes (server frames are unmasked, so one
+//! encoding serves every connection), and a parser for masked client frames.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use sha1::{Digest, Sha1};
+
+/// Frame opcodes.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.trim().as_bytes());
+    h.update(GUID.as_bytes());
+    STANDARD.encode(h.finalize())
+}
+
+/// The `Sec-WebSocket-Extensions` answer when the client offered
+/// permessage-deflate: no context takeover either way, so one compressed frame
+/// can be shared by every connection.
+pub const DEFLATE_RESPONSE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// Whether the client's `Sec-WebSocket-Extensions` offers permessage-deflate in a
+/// form we can accept (we need no parameters from it; a `server_max_window_bits`
+/// below 15 cannot be honoured by a shared 15-bit stream, so such offers are declined).
+pub fn offers_deflate(header: &str) -> bool {
+    header.split(',').any(|offer| {
+        let mut parts = offer.split(';').map(str::trim);
+        if parts.next() != Some("permessage-deflate") {
+            return false;
+        }
+        parts.all(|p| {
+            let name = p.split('=').next().unwrap_or("").trim();
+            match name {
+                "server_no_context_takeover" | "client_no_context_takeover" | "client_max_window_bits" | "" => true,
+                "server_max_window_bits" => p.split('=').nth(1).map(|v| v.trim().trim_matches('"')) == Some("15"),
+                _ => false,
+            }
+        })
+    })
+}
+
+/// A complete unmasked server frame.
+pub fn encode_frame(op: u8, payload: &[u8], compressed: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    let rsv1 = if compressed { 0x40 } else { 0 };
+    out.put_u8(0x80 | rsv1 | op);
+    let len = payload.len();
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A text frame.
+pub fn text_frame(payload: &str) -> Bytes {
+    encode_frame(opcode::TEXT, payload.as_bytes(), false)
+}
+
+/// A close frame with a status code and reason.
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut p = Vec::with_capacity(2 + reason.len());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    encode_frame(opcode::CLOSE, &p, false)
+}
+
+/// A text message compressed per RFC 7692 (raw deflate, sync flush, the final
+/// `00 00 ff ff` removed) in one frame with RSV1 set.
+pub fn deflate_text_frame(payload: &[u8]) -> Bytes {
+    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    loop {
+        let consumed = c.total_in() as usize;
+        out.reserve(payload.len().max(64));
+        let status = c
+            .compress_vec(&payload[consumed..], &mut out, flate2::FlushCompress::Sync)
+            .expect("in-memory deflate");
+        if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+            let _ = status;
+            break;
+        }
+    }
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    encode_frame(opcode::TEXT, &out, true)
+}
+
+/// Inflates a compressed client message, refusing output over `max` bytes.
+pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = Vec::with_capacity(payload.len() + 4);
+    input.extend_from_slice(payload);
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(payload.len() * 3 + 64);
+    loop {
+        let (before_in, before_out) = (d.total_in(), d.total_out());
+        out.reserve(4096);
+        d.decompress_vec(&input[d.total_in() as usize..], &mut out, flate2::FlushDecompress::Sync).ok()?;
+        if out.len() > max {
+            return None;
+        }
+        let all_in = d.total_in() as usize >= input.len();
+        let room_left = out.len() < out.capacity();
+        let stuck = d.total_in() == before_in && d.total_out() == before_out;
+        if (all_in && room_left) || stuck {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// One parsed client frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClientFrame {
+    pub fin: bool,
+    pub rsv1: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Why a client's bytes are not acceptable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Over the message size limit (close 1009).
+    TooBig,
+    /// Unmasked, reserved bits, bad control frame (close 1002).
+    Invalid,
+}
+
+/// Parses one client frame from the front of `buf`: `Ok(None)` if more bytes are
+/// needed, else the frame and how many bytes it used.
+pub fn parse_client_frame(buf: &[u8], max_payload: usize) -> Result<Option<(ClientFrame, usize)>, ProtocolError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let fin = buf[0] & 0x80 != 0;
+    let rsv1 = buf[0] & 0x40 != 0;
+    if buf[0] & 0x30 != 0 {
+        return Err(ProtocolError::Invalid);
+    }
+    let op = buf[0] & 0x0f;
+    let masked = buf[1] & 0x80 != 0;
+    if !masked {
+        return Err(ProtocolError::Invalid);
+    }
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 => {
+            if buf.len() < 4 {
+                return Ok(None);
+            }
+            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
+        }
+        127 => {
+            if buf.len() < 10 {
+                return Ok(None);
+            }
+            (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 10)
+        }
+        n => (n as u64, 2),
+    };
+    if op >= 0x8 && (len > 125 || !fin) {
+        return Err(ProtocolError::Invalid);
+    }
+    if len > max_payload as u64 {
+        return Err(ProtocolError::TooBig);
+    }
+    let len = len as usize;
+    if buf.len() < at + 4 + len {
+        return Ok(None);
+    }
+    let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
+    at += 4;
+    let payload: Vec<u8> = buf[at..at + len].iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
+    Ok(Some((ClientFrame { fin, rsv1, opcode: op, payload }, at + len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_frame(op: u8, payload: &[u8], fin: bool) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
+        if payload.len() < 126 {
+            v.push(0x80 | payload.len() as u8);
+        } else {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn server_frames_have_the_right_length_forms() {
+        assert_eq!(&text_frame("hi")[..], &[0x81, 2, b'h', b'i']);
+        let f = text_frame(&"x".repeat(300));
+        assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
+        let f = text_frame(&"x".repeat(70_000));
+        assert_eq!(f[1], 127);
+        assert_eq!(f.len(), 70_000 + 10);
+        assert_eq!(&close_frame(1001, "bye")[..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+    }
+
+    #[test]
+    fn parses_masked_client_frames_incrementally() {
+        let bytes = client_frame(opcode::TEXT, "héllo".as_bytes(), true);
+        for cut in 0..bytes.len() {
+            assert_eq!(parse_client_frame(&bytes[..cut], 1000), Ok(None));
+        }
+        let (f, used) = parse_client_frame(&bytes, 1000).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(f.payload, "héllo".as_bytes());
+        assert!(f.fin && !f.rsv1);
+        let big = client_frame(opcode::TEXT, &[b'a'; 300], true);
+        assert_eq!(parse_client_frame(&big, 100), Err(ProtocolError::TooBig));
+        let mut unmasked = big.clone();
+        unmasked[1] &= 0x7f;
+        assert_eq!(parse_client_frame(&unmasked, 1000), Err(ProtocolError::Invalid));
+        let long_ping = client_frame(opcode::PING, &[0; 126], true);
+        assert_eq!(parse_client_frame(&long_ping, 1000), Err(ProtocolError::Invalid));
+    }
+
+    #[test]
+    fn deflate_roundtrips_and_marks_rsv1() {
+        let msg = "{\"type\":\"batch\",\"items\":[".to_string() + &"{\"text\":\"好耶 hello\"},".repeat(200) + "]}";
+        let f = deflate_text_frame(msg.as_bytes());
+        assert_eq!(f[0], 0x80 | 0x40 | opcode::TEXT);
+        let (hdr, len) = match f[1] {
+            126 => (4, u16::from_be_bytes([f[2], f[3]]) as usize),
+            127 => (10, u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize),
+            n => (2, n as usize),
+        };
+        assert!(len < msg.len() / 4, "repetitive JSON compresses well");
+        let back = inflate_message(&f[hdr..hdr + len], 1 << 20).unwrap();
+        assert!(back == msg.as_bytes(), "roundtrip: {} bytes back of {}", back.len(), msg.len());
+        assert!(inflate_message(&f[hdr..hdr + len], 100).is_none(), "inflate bombs are refused");
+        let tiny = deflate_text_frame(b"x");
+        assert_eq!(inflate_message(&tiny[2..], 100).unwrap(), b"x");
+    }
+
+    #[test]
+    fn deflate_offers() {
+        assert!(offers_deflate("permessage-deflate; client_max_window_bits"));
+        assert!(offers_deflate("x-webkit-deflate-frame, permessage-deflate"));
+        assert!(!offers_deflate("permessage-deflate; server_max_window_bits=10"));
+        assert!(!offers_deflate("x-webkit-deflate-frame"));
+    }
+}

@@ -1,0 +1,416 @@
+//! How the replay API uses the [`danmaku_core::ports::ReplayCache`]:
+//!
+//! - [`VodMeta`]: a node's view of a VOD (its session and archived count), cached
+//!   in-process for `replay.meta_ttl_ms` so a cache hit costs no ArchiveStore read;
+//! - cache keys that carry the VOD's archived count, so a new archived row gives
+//!   every body of the VOD a new key (never a stale body), plus explicit
+//!   invalidation when a comment is posted on the recording ([`Keys`]);
+//! - [`SingleFlight`]: one ArchiveStore read per key under a stampede;
+//! - [`encode`]: body, gzip form and ETag computed once, off the async workers;
+//! - [`respond`]: ETag / `If-None-Match` → 304, gzip negotiation, Cache-Control.
+
+use crate::Replay;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use danmaku_core::error::ApiError;
+use danmaku_core::ports::CachedBody;
+use danmaku_core::vod::Session;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A node's view of one VOD.
+#[derive(Clone, Debug)]
+pub struct VodMeta {
+    pub session: Session,
+    /// Comments archived for the VOD when the view was taken.
+    pub count: u64,
+}
+
+impl VodMeta {
+    fn state(&self) -> char {
+        if self.session.ended_at.is_some() {
+            'E'
+        } else {
+            'L'
+        }
+    }
+}
+
+/// The cache keys of a VOD's bodies for one view of it. The format version
+/// (`v1`) changes whenever an encoding changes, so old bodies in a shared Redis
+/// are never served by a new build.
+pub struct Keys<'a> {
+    pub meta: &'a VodMeta,
+    pub density_cap: usize,
+}
+
+impl Keys<'_> {
+    /// Segment `n` (native JSON).
+    pub fn segment(&self, n: u32) -> String {
+        let m = self.meta;
+        format!(
+            "seg:v1:{}:{}:{}:{}:{}",
+            m.session.vod,
+            n,
+            m.count,
+            m.state(),
+            self.density_cap
+        )
+    }
+
+    /// The Bilibili XML document of the whole VOD, holding at most `max` comments.
+    pub fn bilibili(&self, max: usize) -> String {
+        let m = self.meta;
+        format!(
+            "xml:v1:{}:{}:{}:{}:{}",
+            m.session.vod,
+            m.count,
+            m.state(),
+            self.density_cap,
+            max
+        )
+    }
+
+    /// DPlayer's answer for the whole VOD, holding at most `max` comments.
+    pub fn dplayer(&self, max: usize) -> String {
+        let m = self.meta;
+        format!(
+            "dp:v1:{}:{}:{}:{}:{}",
+            m.session.vod,
+            m.count,
+            m.state(),
+            self.density_cap,
+            max
+        )
+    }
+}
+
+/// The node's view of `vod`: from the in-process meta cache when fresh (one
+/// ArchiveStore read per VOD under a stampede), else from the ArchiveStore.
+pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
+    let load = async {
+        let session = r
+            .ctx
+            .archive
+            .get_session(vod)
+            .await
+            .map_err(crate::store_error)?
+            .ok_or_else(|| ApiError::not_found("vod"))?;
+        let count = r.ctx.archive.count(vod).await.map_err(crate::store_error)?;
+        Ok::<_, ApiError>(Arc::new(VodMeta { session, count }))
+    };
+    match &r.meta {
+        None => load.await,
+        Some(cache) => cache
+            .try_get_with(vod.to_string(), load)
+            .await
+            .map_err(|e| (*e).clone()),
+    }
+}
+
+/// Drops this node's view of `vod` (it ended, or a comment was posted on it).
+pub async fn forget_meta(r: &Replay, vod: &str) {
+    if let Some(cache) = &r.meta {
+        cache.invalidate(vod).await;
+    }
+}
+
+/// A cached body, or `build` it once (per key, per node, however many ask at
+/// once), store it for `ttl`, and return it.
+pub async fn cached<F, Fut>(
+    r: &Replay,
+    key: String,
+    ttl: Duration,
+    build: F,
+) -> Result<CachedBody, ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<CachedBody, ApiError>>,
+{
+    if let Some(hit) = r.ctx.cache.get(&key).await {
+        metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
+        return Ok(hit);
+    }
+    r.flights
+        .run(&key, async {
+            // Someone may have finished the same load between our miss and here.
+            if let Some(hit) = r.ctx.cache.get(&key).await {
+                metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
+                return Ok(hit);
+            }
+            metrics::counter!("danmaku_replay_cache_misses_total").increment(1);
+            let value = build().await?;
+            r.ctx.cache.put(&key, value.clone(), ttl).await;
+            Ok(value)
+        })
+        .await
+}
+
+type Flight = Arc<tokio::sync::OnceCell<Result<CachedBody, ApiError>>>;
+
+/// Coalesces concurrent loads of one key: the first caller runs its future, the
+/// others wait for its result. If the first caller is cancelled (its client went
+/// away), a waiter takes over. Only keys being loaded are held.
+#[derive(Default)]
+pub struct SingleFlight {
+    inflight: Mutex<HashMap<String, Flight>>,
+}
+
+/// Removes a finished (or abandoned) flight from the map.
+struct Landing<'a> {
+    flights: &'a SingleFlight,
+    key: &'a str,
+    flight: Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let mut map = self.flights.inflight.lock().expect("single-flight lock");
+        if map
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(self.key);
+        }
+    }
+}
+
+impl SingleFlight {
+    /// Runs `load` unless a load of `key` is already in flight, whose result is
+    /// then shared.
+    pub async fn run<Fut>(&self, key: &str, load: Fut) -> Result<CachedBody, ApiError>
+    where
+        Fut: Future<Output = Result<CachedBody, ApiError>>,
+    {
+        let flight = self
+            .inflight
+            .lock()
+            .expect("single-flight lock")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let landing = Landing {
+            flights: self,
+            key,
+            flight: flight.clone(),
+        };
+        let out = flight.get_or_init(|| load).await.clone();
+        drop(landing);
+        out
+    }
+
+    /// Loads in flight (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.inflight.lock().expect("single-flight lock").len()
+    }
+
+    /// Whether no load is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ETag of a body: a quoted 64-bit xxh3 of its bytes.
+pub fn etag_of(body: &[u8]) -> String {
+    format!("\"{:016x}\"", xxhash_rust::xxh3::xxh3_64(body))
+}
+
+/// Body, gzip form and ETag of `body` (blocking work: call through [`encode`]).
+pub fn encode_now(body: String) -> CachedBody {
+    let etag = etag_of(body.as_bytes());
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        flate2::Compression::new(6),
+    );
+    gz.write_all(body.as_bytes()).expect("in-memory gzip");
+    let gzip = gz.finish().expect("in-memory gzip");
+    CachedBody {
+        body: Bytes::from(body),
+        gzip: Bytes::from(gzip),
+        etag,
+    }
+}
+
+/// [`encode_now`] on the blocking pool (compressing a large body takes
+/// milliseconds).
+pub async fn encode(body: String) -> Result<CachedBody, ApiError> {
+    if body.len() < 16 * 1024 {
+        return Ok(encode_now(body));
+    }
+    tokio::task::spawn_blocking(move || encode_now(body))
+        .await
+        .map_err(|_| ApiError::unavailable())
+}
+
+/// Whether the client accepts gzip (`Accept-Encoding`, honouring `q=0`).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.trim().split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, `*` matches).
+pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// The response for a cached body: 304 when `If-None-Match` matches, else the
+/// body (gzip when accepted) with its ETag, `cache_control` and `Vary`.
+pub fn respond(
+    cached: &CachedBody,
+    content_type: &'static str,
+    cache_control: HeaderValue,
+    req: &HeaderMap,
+) -> Response {
+    let etag = HeaderValue::from_str(&cached.etag).expect("etags are ascii");
+    if not_modified(req, &cached.etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, etag);
+        h.insert(header::CACHE_CONTROL, cache_control);
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        return resp;
+    }
+    let gzip = accepts_gzip(req);
+    let body = if gzip {
+        cached.gzip.clone()
+    } else {
+        cached.body.clone()
+    };
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::ETAG, etag);
+    h.insert(header::CACHE_CONTROL, cache_control);
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn gzip_negotiation() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.8"),
+        );
+        assert!(accepts_gzip(&h));
+        for refused in ["gzip;q=0", "gzip; q=0.0", "identity", "br"] {
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(refused));
+            assert!(!accepts_gzip(&h), "{refused}");
+        }
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("*"));
+        assert!(accepts_gzip(&h));
+    }
+
+    #[test]
+    fn if_none_match() {
+        let mut h = HeaderMap::new();
+        assert!(!not_modified(&h, "\"a\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"a\""),
+        );
+        assert!(not_modified(&h, "\"a\""));
+        assert!(!not_modified(&h, "\"b\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(not_modified(&h, "\"b\""));
+    }
+
+    #[test]
+    fn encoding_is_stable_and_gunzips() {
+        let a = encode_now("{\"items\":[]}".repeat(100));
+        let b = encode_now("{\"items\":[]}".repeat(100));
+        assert_eq!(a, b);
+        let mut out = String::new();
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&a.gzip[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out.as_bytes(), &a.body[..]);
+        assert_eq!(a.etag.len(), 18);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn single_flight_runs_one_load_per_key() {
+        let flights = Arc::new(SingleFlight::default());
+        let loads = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (flights, loads) = (flights.clone(), loads.clone());
+            tasks.push(tokio::spawn(async move {
+                flights
+                    .run("k", async {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(encode_now("x".into()))
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().body, Bytes::from_static(b"x"));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(flights.is_empty(), "finished flights are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_loader_hands_over() {
+        let flights = Arc::new(SingleFlight::default());
+        let f = flights.clone();
+        let first = tokio::spawn(async move {
+            f.run("k", async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(encode_now("never".into()))
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let f = flights.clone();
+        let second =
+            tokio::spawn(
+                async move { f.run("k", async { Ok(encode_now("second".into())) }).await },
+            );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.abort();
+        let got = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the waiter takes over")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.body, Bytes::from_static(b"second"));
+        assert!(flights.is_empty());
+    }
+}

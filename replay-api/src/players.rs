@@ -1,0 +1,356 @@
+//! Formats for existing players (API.md, Replay):
+//!
+//! - `GET /v1/vods/{vod}/bilibili.xml`: Bilibili's XML (ArtPlayer, danmaku2ass);
+//! - `GET /dplayer/v3/?id={vod}[&max=N]` and `POST /dplayer/v3/`: DPlayer's API
+//!   (its `danmaku.api` option points at `/dplayer/`).
+//!
+//! Both are whole-recording documents: every segment's density-capped set, in
+//! (offset_ms, id) order, at most `replay.document_max_items` (DPlayer's `max`
+//! lowers that), cached like segments (body + gzip + ETag, keys that change with
+//! the archived count), with ETag / 304 and a short `max-age` (they change when
+//! someone posts on the recording).
+//!
+//! DPlayer's client treats any non-2xx answer as a transport failure and only
+//! shows `msg` of a `{"code": 1, "msg"}` answer, so DPlayer's endpoints answer
+//! errors with HTTP 200 and `{"code": 1, "msg": ..., "error": <API.md code>}`
+//! (plus `Retry-After` when there is one).
+
+use crate::cache::{self, cached, respond, Keys, VodMeta};
+use crate::density::{cap_segment, cap_strict};
+use crate::post::post_on_recording;
+use crate::{check_vod, formats, store_error, Replay};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use danmaku_core::auth::{authenticate, check_read_access};
+use danmaku_core::error::{ApiError, ErrorCode};
+use danmaku_core::ports::{ArchivedComment, CachedBody};
+use danmaku_core::vod::Session;
+use danmaku_ingest::{read_json, SendRequest};
+use futures::{StreamExt, TryStreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+pub(crate) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Every segment of the VOD, density-capped, then at most `max` in all.
+async fn whole_recording(
+    r: &Replay,
+    session: &Session,
+    max: usize,
+) -> Result<Vec<ArchivedComment>, ApiError> {
+    let vod = &session.vod;
+    let Some(last) = r.ctx.archive.last_segment(vod).await.map_err(store_error)? else {
+        return Ok(Vec::new());
+    };
+    let cap = r.ctx.settings.replay.density_cap;
+    let segments: Vec<Vec<ArchivedComment>> = futures::stream::iter(0..=last)
+        .map(|n| async move {
+            let rows = r
+                .ctx
+                .archive
+                .read_segment(vod, n)
+                .await
+                .map_err(store_error)?;
+            Ok::<_, ApiError>(cap_segment(rows, cap, n))
+        })
+        .buffered(4)
+        .try_collect()
+        .await?;
+    Ok(cap_strict(segments.concat(), max))
+}
+
+/// `Cache-Control` of a whole-recording document.
+fn document_cache_control(r: &Replay, session: &Session) -> HeaderValue {
+    if session.ended_at.is_some() {
+        r.document_cache_control.clone()
+    } else {
+        r.live_cache_control.clone()
+    }
+}
+
+async fn bilibili_body(r: &Replay, meta: &VodMeta) -> Result<CachedBody, ApiError> {
+    let max = r.ctx.settings.replay.document_max_items;
+    let key = Keys {
+        meta,
+        density_cap: r.ctx.settings.replay.density_cap,
+    }
+    .bilibili(max);
+    let ended = meta.session.ended_at.is_some();
+    cached(r, key, r.cache_ttl(ended), || async {
+        let items = whole_recording(r, &meta.session, max).await?;
+        cache::encode(formats::bilibili_xml(&items)).await
+    })
+    .await
+}
+
+/// `GET /v1/vods/{vod}/bilibili.xml`.
+pub(crate) async fn bilibili(
+    State(r): State<Arc<Replay>>,
+    Path(vod): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_vod(&vod)?;
+    check_read_access(
+        r.ctx.settings.auth.require_token_to_read,
+        &r.ctx.signer,
+        &headers,
+        q.token.as_deref(),
+    )?;
+    let meta = cache::meta(&r, &vod).await?;
+    let body = bilibili_body(&r, &meta).await?;
+    Ok(respond(
+        &body,
+        "text/xml; charset=utf-8",
+        document_cache_control(&r, &meta.session),
+        &headers,
+    ))
+}
+
+/// An error the DPlayer way: HTTP 200, `{"code": 1, "msg", "error"}`.
+fn dplayer_error(e: ApiError) -> Response {
+    metrics::counter!("danmaku_api_errors_total", "code" => e.code.as_str()).increment(1);
+    let mut resp =
+        Json(json!({"code": 1, "msg": e.message, "error": e.code.as_str()})).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = e.retry_after_secs {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DplayerQuery {
+    id: Option<String>,
+    max: Option<String>,
+    token: Option<String>,
+}
+
+/// `GET /dplayer/v3/?id={vod}[&max=N]`.
+pub(crate) async fn dplayer_get(
+    State(r): State<Arc<Replay>>,
+    Query(q): Query<DplayerQuery>,
+    headers: HeaderMap,
+) -> Response {
+    dplayer_read(&r, q, &headers)
+        .await
+        .unwrap_or_else(dplayer_error)
+}
+
+async fn dplayer_read(
+    r: &Replay,
+    q: DplayerQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let vod = q.id.unwrap_or_default();
+    check_vod(&vod)?;
+    check_read_access(
+        r.ctx.settings.auth.require_token_to_read,
+        &r.ctx.signer,
+        headers,
+        q.token.as_deref(),
+    )?;
+    let limit = r.ctx.settings.replay.document_max_items;
+    // DPlayer's `maximum`: a positive integer; 0 or none = no maximum of its own.
+    let max = match q.max.as_deref().map(str::trim) {
+        None | Some("") | Some("0") => limit,
+        Some(s) => s
+            .parse::<u64>()
+            .ok()
+            .map(|m| (m.min(limit as u64)) as usize)
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidJson, "max is a positive integer"))?,
+    };
+    let meta = cache::meta(r, &vod).await?;
+    let key = Keys {
+        meta: &meta,
+        density_cap: r.ctx.settings.replay.density_cap,
+    }
+    .dplayer(max);
+    let ended = meta.session.ended_at.is_some();
+    let body = cached(r, key, r.cache_ttl(ended), || async {
+        let items = whole_recording(r, &meta.session, max).await?;
+        cache::encode(formats::dplayer_json(&items)).await
+    })
+    .await?;
+    Ok(respond(
+        &body,
+        "application/json",
+        document_cache_control(r, &meta.session),
+        headers,
+    ))
+}
+
+/// `POST /dplayer/v3/` with DPlayer's body `{"token", "id", "author", "time",
+/// "text", "color", "type"}`.
+pub(crate) async fn dplayer_post(
+    State(r): State<Arc<Replay>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    dplayer_send(&r, &headers, body)
+        .await
+        .unwrap_or_else(dplayer_error)
+}
+
+/// DPlayer's color: a number, or a CSS hex color (`#rrggbb`, `#rgb`, with or
+/// without `#`), or a decimal string. Anything else is passed on unchanged so
+/// that validation answers `invalid_color`.
+pub(crate) fn dplayer_color(v: &Value) -> Value {
+    let Some(s) = v.as_str().map(str::trim) else {
+        return v.clone();
+    };
+    if let Ok(n) = s.parse::<u64>() {
+        return json!(n);
+    }
+    let hex = s.strip_prefix('#').unwrap_or(s);
+    let expanded: String = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex.to_string(),
+        _ => return v.clone(),
+    };
+    match u32::from_str_radix(&expanded, 16) {
+        Ok(n) => json!(n),
+        Err(_) => v.clone(),
+    }
+}
+
+/// DPlayer's type (0 or "right"/"scroll", 1 or "top", 2 or "bottom") as our mode.
+/// Anything else is passed on unchanged so that validation answers `invalid_mode`.
+pub(crate) fn dplayer_mode(v: &Value) -> Value {
+    let known = match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(0) => Some("scroll"),
+            Some(1) => Some("top"),
+            Some(2) => Some("bottom"),
+            _ => None,
+        },
+        Value::String(s) => match s.trim() {
+            "0" | "right" | "scroll" => Some("scroll"),
+            "1" | "top" => Some("top"),
+            "2" | "bottom" => Some("bottom"),
+            _ => None,
+        },
+        _ => None,
+    };
+    known.map_or_else(|| v.clone(), |m| json!(m))
+}
+
+/// DPlayer's `time` (seconds, a number or a numeric string) in ms.
+pub(crate) fn dplayer_time_ms(v: Option<&Value>) -> Result<i64, ApiError> {
+    let secs = match v {
+        None | Some(Value::Null) => 0.0,
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(Value::String(s)) => s.trim().parse::<f64>().unwrap_or(f64::NAN),
+        Some(_) => f64::NAN,
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidOffset,
+            "time is a non-negative number of seconds",
+        ));
+    }
+    Ok((secs * 1000.0).round() as i64)
+}
+
+async fn dplayer_send(r: &Replay, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let value: Value = read_json(headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body is a JSON object",
+        ));
+    };
+    let token = obj.get("token").and_then(Value::as_str);
+    let claims = authenticate(&r.ctx.signer, headers, token)?;
+    let vod = obj
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    check_vod(&vod)?;
+    let wanted_ms = dplayer_time_ms(obj.get("time"))?;
+    let req = SendRequest {
+        text: obj.get("text").cloned(),
+        mode: obj.get("type").map(dplayer_mode),
+        color: obj.get("color").map(dplayer_color),
+        ..SendRequest::default()
+    };
+    let meta = cache::meta(r, &vod).await?;
+    // DPlayer's clock is the video file's, which may run a little past the
+    // session (encoder tail): clamp into the recording rather than refuse.
+    let offset_ms = wanted_ms.clamp(0, meta.session.length_at(danmaku_core::now_ms()));
+    let id = post_on_recording(r, &claims, &meta, offset_ms, req.clone()).await?;
+    let mode = danmaku_core::model::Mode::parse(
+        req.mode
+            .as_ref()
+            .and_then(Value::as_str)
+            .unwrap_or("scroll"),
+    )
+    .unwrap_or(danmaku_core::model::Mode::Scroll);
+    let color = req
+        .color
+        .as_ref()
+        .and_then(Value::as_u64)
+        .unwrap_or(danmaku_core::model::DEFAULT_COLOR as u64);
+    // The author is the token's user (a client cannot post under another name).
+    let author = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
+    Ok(Json(json!({
+        "code": 0,
+        "data": {
+            "id": id.to_string(),
+            "vod": vod,
+            "time": offset_ms as f64 / 1000.0,
+            "type": formats::dplayer_type(mode),
+            "color": color,
+            "author": author,
+            "text": req.text,
+        }
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dplayer_colors() {
+        assert_eq!(dplayer_color(&json!(16777215)), json!(16777215));
+        assert_eq!(dplayer_color(&json!("#ff0000")), json!(0xFF0000));
+        assert_eq!(dplayer_color(&json!("#fff")), json!(0xFFFFFF));
+        assert_eq!(dplayer_color(&json!("00ff00")), json!(0x00FF00));
+        assert_eq!(dplayer_color(&json!("255")), json!(255));
+        // Left for validation to refuse.
+        assert_eq!(dplayer_color(&json!("#ggg")), json!("#ggg"));
+        assert_eq!(dplayer_color(&json!("red")), json!("red"));
+        assert_eq!(dplayer_color(&json!(-1)), json!(-1));
+    }
+
+    #[test]
+    fn dplayer_types() {
+        assert_eq!(dplayer_mode(&json!(0)), json!("scroll"));
+        assert_eq!(dplayer_mode(&json!(1)), json!("top"));
+        assert_eq!(dplayer_mode(&json!(2)), json!("bottom"));
+        assert_eq!(dplayer_mode(&json!("right")), json!("scroll"));
+        assert_eq!(dplayer_mode(&json!("2")), json!("bottom"));
+        assert_eq!(dplayer_mode(&json!(7)), json!(7));
+    }
+
+    #[test]
+    fn dplayer_times() {
+        assert_eq!(dplayer_time_ms(Some(&json!(2.5))).unwrap(), 2500);
+        assert_eq!(dplayer_time_ms(Some(&json!("1.0004"))).unwrap(), 1000);
+        assert_eq!(dplayer_time_ms(None).unwrap(), 0);
+        assert!(dplayer_time_ms(Some(&json!(-1))).is_err());
+        assert!(dplayer_time_ms(Some(&json!("NaN"))).is_err());
+        assert!(dplayer_time_ms(Some(&json!([1]))).is_err());
+    }
+}
