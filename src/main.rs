@@ -177,7 +177,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let ctx = Context::build(settings).await.context("opening the stores")?;
+    let ctx = Context::build(settings)
+        .await
+        .context("opening the stores")?;
     let s = ctx.settings.clone();
     let listener = tokio::net::TcpListener::bind(&s.server.listen)
         .await
@@ -257,7 +259,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: closing connections");
         stop.cancel();
     });
-    let server = tokio::spawn(danmaku_core::serve::serve(listener, app, http_stop.clone(), grace));
+    let server = tokio::spawn(danmaku_core::serve::serve(
+        listener,
+        app,
+        http_stop.clone(),
+        grace,
+    ));
     http_stop.cancelled().await;
     if server.await.is_err() {
         tracing::error!("server task failed");

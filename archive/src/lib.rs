@@ -24,9 +24,10 @@
 //! compacted deletes the part it rewrote again ([`compact::superseded`]).
 //!
 //! Crash points for the process-level tests (debug builds only):
-//! `DANMAKU_ARCHIVE_CRASH_AT=after_claim|after_upsert|after_first_file|before_complete|after_complete`
+//! `DMK_ARCHIVE_CRASH_AT=after_claim|after_upsert|after_first_file|before_complete|after_complete`
 //! aborts the process (`std::process::abort`, like kill -9) the first time a batch
-//! with at least one row reaches that step.
+//! with at least one row reaches that step. (Not `DANMAKU_*`: the configuration
+//! loader reads every `DANMAKU_*` variable as a setting.)
 //!
 //! Metrics (no per-room labels): `danmaku_archive_rows_total`,
 //! `danmaku_archive_batches_total`, `danmaku_archive_batch_seconds`,
@@ -108,15 +109,15 @@ pub enum ArchiveRoleError {
     Compaction(#[from] CompactError),
 }
 
-/// Aborts the process at `step` when `DANMAKU_ARCHIVE_CRASH_AT` names it (debug
+/// Aborts the process at `step` when `DMK_ARCHIVE_CRASH_AT` names it (debug
 /// builds only; see the crate documentation). Release builds never read the variable.
 fn crash_point(step: &str) {
     #[cfg(debug_assertions)]
     {
         static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        let at = AT.get_or_init(|| std::env::var("DANMAKU_ARCHIVE_CRASH_AT").ok());
+        let at = AT.get_or_init(|| std::env::var("DMK_ARCHIVE_CRASH_AT").ok());
         if at.as_deref() == Some(step) {
-            eprintln!("DANMAKU_ARCHIVE_CRASH_AT={step}: aborting");
+            eprintln!("DMK_ARCHIVE_CRASH_AT={step}: aborting");
             std::process::abort();
         }
     }

@@ -198,6 +198,9 @@ pub struct LiveSettings {
     pub poll_capacity_per_sec: u32,
     /// Longest a write to a blocked WebSocket may wait before the client is dropped, ms.
     pub write_timeout_ms: u64,
+    /// Kernel send buffer of each WebSocket, bytes (0 = the OS default); a small
+    /// one bounds the kernel memory a slow client can pin.
+    pub ws_send_buffer_bytes: usize,
     /// Rooms the writer stores concurrently within one batch (one SliceStore append
     /// per room, pipelined on the Redis connection).
     pub writer_concurrency: usize,
@@ -243,6 +246,7 @@ impl Default for LiveSettings {
             allowed_origins: Vec::new(),
             poll_capacity_per_sec: 20_000,
             write_timeout_ms: 10_000,
+            ws_send_buffer_bytes: 0,
             writer_concurrency: 64,
             bigkey_members: 5_000,
             bigkey_bytes: 1 << 20,

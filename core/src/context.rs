@@ -59,20 +59,36 @@ impl Context {
 
         // Bus: Kafka when kafka.brokers is set.
         let bus: Arc<dyn Bus> = if !settings.kafka.brokers.is_empty() {
-            return Err(ContextError::NotAvailable("kafka.brokers"));
+            Arc::new(
+                crate::kafka::KafkaBus::new(&settings.kafka)
+                    .await
+                    .map_err(|e| ContextError::Adapter {
+                        which: "kafka.brokers",
+                        message: e.to_string(),
+                    })?,
+            )
         } else {
             Arc::new(EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?)
         };
 
         // SliceStore and Notifier: Redis Cluster when redis.cluster is set, else Redis
         // when redis.url is set.
-        let notifier: Arc<dyn Notifier> = Arc::new(LocalNotifier::new(1024));
-        let slices: Arc<dyn SliceStore> = if !settings.redis.cluster.is_empty() {
-            return Err(ContextError::NotAvailable("redis.cluster"));
-        } else if !settings.redis.url.is_empty() {
-            return Err(ContextError::NotAvailable("redis.url"));
-        } else {
-            Arc::new(EmbeddedSliceStore::new(db.clone()))
+        let redis = crate::redis::connect(&settings.redis)
+            .await
+            .map_err(|e| ContextError::Adapter {
+                which: if settings.redis.cluster.is_empty() {
+                    "redis.url"
+                } else {
+                    "redis.cluster"
+                },
+                message: e.to_string(),
+            })?;
+        let (slices, notifier): (Arc<dyn SliceStore>, Arc<dyn Notifier>) = match redis {
+            Some((store, notifier)) => (Arc::new(store), Arc::new(notifier)),
+            None => (
+                Arc::new(EmbeddedSliceStore::new(db.clone())),
+                Arc::new(LocalNotifier::new(1024)),
+            ),
         };
 
         // ArchiveStore: ScyllaDB when scylla.nodes is set.

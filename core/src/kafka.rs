@@ -37,7 +37,6 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -203,6 +202,10 @@ impl KafkaBus {
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
             .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+            .set(
+                "request.timeout.ms",
+                settings.message_timeout_ms.clamp(1_000, 30_000).to_string(),
+            )
             .set("compression.type", &settings.compression)
             // The Java client's partitioner, so producers in other languages agree on
             // a room's partition.
@@ -300,7 +303,23 @@ impl Bus for KafkaBus {
             .payload(payload.as_ref());
         // Queue timeout 0: a full local queue fails at once (503) instead of waiting;
         // once queued, `message.timeout.ms` bounds the wait for the acknowledgement.
-        match self.producer.send(record, Duration::ZERO).await {
+        // librdkafka may answer late for a record in flight when its broker vanished,
+        // so the wait is also bounded here (the record may then still land: the caller
+        // reported failure, never a success that is not true).
+        let bound = Duration::from_millis(self.settings.message_timeout_ms + 500);
+        let sent = match tokio::time::timeout(bound, self.producer.send(record, Duration::ZERO))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                metrics::counter!("danmaku_kafka_produce_errors_total").increment(1);
+                return Err(BusError::Unavailable(format!(
+                    "no acknowledgement within {} ms",
+                    bound.as_millis()
+                )));
+            }
+        };
+        match sent {
             Ok(d) => {
                 metrics::histogram!("danmaku_kafka_produce_seconds")
                     .record(started.elapsed().as_secs_f64());
@@ -740,7 +759,8 @@ mod tests {
             let room = format!("room{}", i % 7);
             sends.push(tokio::spawn(async move {
                 let payload = Bytes::from(format!("{room}:{i}"));
-                (room, payload.clone(), bus.publish(&room, payload).await)
+                let r = bus.publish(&room, payload.clone()).await;
+                (room, payload, r)
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

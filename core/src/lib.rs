@@ -15,6 +15,8 @@
 //!   tier and the two-tier cache (in-process in front of the replay Redis).
 //! - [`scylla`]: the ScyllaDB ArchiveStore adapter, its schema migration, and (feature
 //!   `kassandra` or in tests) an in-process CQL server for tests.
+//! - [`kafka`]: the Kafka Bus (rdkafka); [`redis`]: the Redis SliceStore and Notifier
+//!   (standalone or Cluster, Pub/Sub or sharded Pub/Sub).
 //! - [`conformance`]: one test suite per port, run against every adapter.
 //! - [`context`]: builds the adapters the settings select and hands them to the roles.
 //! - [`serve`]: the HTTP/1.1 server loop with upgrades and graceful shutdown.
@@ -28,9 +30,11 @@ pub mod cursor;
 pub mod embedded;
 pub mod error;
 pub mod id;
+pub mod kafka;
 pub mod memory;
 pub mod model;
 pub mod ports;
+pub mod redis;
 pub mod redis_cache;
 pub mod scylla;
 pub mod serve;

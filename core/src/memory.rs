@@ -105,13 +105,20 @@ impl LocalNotifier {
 
 #[async_trait]
 impl crate::ports::Notifier for LocalNotifier {
-    async fn publish(&self, room: &str, items: &[crate::ports::SliceItem]) -> Result<(), crate::ports::NotifyError> {
+    async fn publish(
+        &self,
+        room: &str,
+        items: &[crate::ports::SliceItem],
+    ) -> Result<(), crate::ports::NotifyError> {
         let notice = crate::ports::Notice {
             room: room.to_string(),
             items: items.to_vec(),
         };
         // Nobody listening (no live role in this process) is not an error.
-        let _ = self.tx.send(crate::ports::NotifierEvent::Notice(notice)).await;
+        let _ = self
+            .tx
+            .send(crate::ports::NotifierEvent::Notice(notice))
+            .await;
         Ok(())
     }
 

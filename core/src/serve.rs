@@ -14,7 +14,12 @@ use tower::ServiceExt;
 
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits up to
 /// `grace` for open connections to finish.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let tracker = TaskTracker::new();
     loop {
         let (tcp, _peer) = tokio::select! {
@@ -30,7 +35,11 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationTok
             _ = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let svc = app.clone().map_request(|req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new));
+        let svc = app
+            .clone()
+            .map_request(|req: axum::http::Request<hyper::body::Incoming>| {
+                req.map(axum::body::Body::new)
+            });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30))

@@ -13,18 +13,27 @@ use std::time::{Duration, Instant};
 /// A free TCP port on 127.0.0.1 (bound and released; a race is unlikely and
 /// the callers retry).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("danmaku-{name}-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "danmaku-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
 
 /// Sends `PING` over RESP and waits for `+PONG`.
 fn redis_ping(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
@@ -37,12 +46,23 @@ fn redis_ping(port: u16) -> bool {
 
 fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> std::io::Result<Child> {
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .args(["--dir", &dir.display().to_string()])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ])
+    .args(["--dir", &dir.display().to_string()])
+    .args(extra)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     cmd.spawn()
 }
 
@@ -63,19 +83,42 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     external: Option<String>,
+    /// Extra `redis-server` arguments, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server, or uses `DANMAKU_TEST_REDIS` when set.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (they override the
+    /// defaults, e.g. `["--appendonly", "yes", "--appendfsync", "always"]` for a
+    /// durable one), or uses `DANMAKU_TEST_REDIS` when set.
+    pub fn start_with(args: &[&str]) -> Self {
+        let extra: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if let Ok(url) = std::env::var("DANMAKU_TEST_REDIS") {
-            return Self { child: None, port: 0, dir: PathBuf::new(), external: Some(url) };
+            return Self {
+                child: None,
+                port: 0,
+                dir: PathBuf::new(),
+                external: Some(url),
+                extra,
+            };
         }
         let dir = scratch_dir("redis");
         for _ in 0..5 {
             let port = free_port();
-            let child = spawn_redis(port, &dir, &[]).expect("redis-server is installed (infra/dev/test.sh installs it)");
-            let mut me = Self { child: Some(child), port, dir: dir.clone(), external: None };
+            let child = spawn_redis(port, &dir, args)
+                .expect("redis-server is installed (infra/dev/test.sh installs it)");
+            let mut me = Self {
+                child: Some(child),
+                port,
+                dir: dir.clone(),
+                external: None,
+                extra: extra.clone(),
+            };
             if wait_ping(port) {
                 return me;
             }
@@ -86,7 +129,9 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
-        self.external.clone().unwrap_or_else(|| format!("redis://127.0.0.1:{}/", self.port))
+        self.external
+            .clone()
+            .unwrap_or_else(|| format!("redis://127.0.0.1:{}/", self.port))
     }
 
     /// The port (0 for an external server).
@@ -102,11 +147,13 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty (it runs without persistence).
+    /// Starts it again on the same port and directory: empty by default (no
+    /// persistence); with the data of its append-only file if started with one.
     pub fn restart(&mut self) {
         assert!(self.external.is_none(), "cannot restart an external server");
         self.kill();
-        let child = spawn_redis(self.port, &self.dir, &[]).expect("redis-server restarts");
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let child = spawn_redis(self.port, &self.dir, &extra).expect("redis-server restarts");
         self.child = Some(child);
         assert!(wait_ping(self.port), "redis-server did not come back");
     }
@@ -133,7 +180,11 @@ impl RedisCluster {
     /// `DANMAKU_TEST_REDIS_CLUSTER` when set.
     pub fn start(n: usize) -> Self {
         if let Ok(urls) = std::env::var("DANMAKU_TEST_REDIS_CLUSTER") {
-            return Self { nodes: Vec::new(), dir: PathBuf::new(), external: Some(urls.split(',').map(str::to_string).collect()) };
+            return Self {
+                nodes: Vec::new(),
+                dir: PathBuf::new(),
+                external: Some(urls.split(',').map(str::to_string).collect()),
+            };
         }
         let dir = scratch_dir("redis-cluster");
         let mut nodes = Vec::new();
@@ -141,15 +192,34 @@ impl RedisCluster {
             let port = free_port();
             let node_dir = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&node_dir).expect("node dir");
-            let child = spawn_redis(port, &node_dir, &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
-                .expect("redis-server is installed");
+            let child = spawn_redis(
+                port,
+                &node_dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            .expect("redis-server is installed");
             nodes.push((port, Some(child)));
         }
-        let me = Self { nodes, dir, external: None };
+        let me = Self {
+            nodes,
+            dir,
+            external: None,
+        };
         for (port, _) in &me.nodes {
             assert!(wait_ping(*port), "cluster node did not start");
         }
-        let addrs: Vec<String> = me.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = me
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
         let status = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -172,7 +242,10 @@ impl RedisCluster {
             if ok {
                 break;
             }
-            assert!(Instant::now() < deadline, "cluster did not reach cluster_state:ok");
+            assert!(
+                Instant::now() < deadline,
+                "cluster did not reach cluster_state:ok"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         me
@@ -182,7 +255,11 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         match &self.external {
             Some(u) => u.clone(),
-            None => self.nodes.iter().map(|(p, _)| format!("redis://127.0.0.1:{p}/")).collect(),
+            None => self
+                .nodes
+                .iter()
+                .map(|(p, _)| format!("redis://127.0.0.1:{p}/"))
+                .collect(),
         }
     }
 }

@@ -85,7 +85,8 @@ impl Frame {
 
     /// The frame compressed with permessage-deflate, computed once per frame.
     pub fn deflated(&self) -> &Bytes {
-        self.deflated.get_or_init(|| wsproto::deflate_text_frame(&self.json))
+        self.deflated
+            .get_or_init(|| wsproto::deflate_text_frame(&self.json))
     }
 }
 
@@ -273,7 +274,8 @@ impl Hub {
         st.last_flush = Some(now);
         let pending = std::mem::take(&mut st.pending);
         let budget = self.cfg.budget_per_sec as f64;
-        st.tokens = (st.tokens + now.duration_since(st.tokens_at).as_secs_f64() * budget).min(budget.max(1.0));
+        st.tokens = (st.tokens + now.duration_since(st.tokens_at).as_secs_f64() * budget)
+            .min(budget.max(1.0));
         st.tokens_at = now;
         let first_seq = pending[0].seq;
         let last_seq = pending[pending.len() - 1].seq;
@@ -316,13 +318,19 @@ impl Hub {
     /// Broadcasts a ping tick (connections ping their peer and drop dead ones).
     pub fn ping(&self) {
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(Frame::control(FrameKind::Ping, wsproto::encode_frame(wsproto::opcode::PING, b"", false))));
+            let _ = self.tx.send(Arc::new(Frame::control(
+                FrameKind::Ping,
+                wsproto::encode_frame(wsproto::opcode::PING, b"", false),
+            )));
         }
     }
 
     /// Tells every connection to close (server shutdown).
     pub fn close(&self) {
-        let _ = self.tx.send(Arc::new(Frame::control(FrameKind::Close, wsproto::close_frame(1001, "server shutting down"))));
+        let _ = self.tx.send(Arc::new(Frame::control(
+            FrameKind::Close,
+            wsproto::close_frame(1001, "server shutting down"),
+        )));
     }
 
     /// Items after `cursor`, if the ring covers it.
@@ -411,7 +419,12 @@ impl Hubs {
     }
 
     fn all(&self) -> Vec<Arc<Hub>> {
-        self.map.lock().expect("hubs lock").values().cloned().collect()
+        self.map
+            .lock()
+            .expect("hubs lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Ping tick for every room with viewers.
@@ -433,7 +446,8 @@ impl Hubs {
         let mut map = self.map.lock().expect("hubs lock");
         let mut gone = Vec::new();
         map.retain(|room, h| {
-            let keep = h.tx.receiver_count() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
+            let keep =
+                h.tx.receiver_count() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
             if !keep {
                 gone.push(room.clone());
             }
@@ -486,12 +500,16 @@ mod tests {
         let hub = Arc::new(Hub::new(cfg(0, 1000)));
         assert!(matches!(hub.read_after(0, 10), RingRead::NotCovered));
         hub.deliver(&[c(5), c(7)]);
-        let RingRead::Covered(v) = hub.read_after(4, 10) else { panic!() };
+        let RingRead::Covered(v) = hub.read_after(4, 10) else {
+            panic!()
+        };
         assert_eq!(v.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![5, 7]);
         assert!(matches!(hub.read_after(3, 10), RingRead::NotCovered));
         hub.deliver(&[c(9), c(11)]);
         assert!(matches!(hub.read_after(4, 10), RingRead::NotCovered));
-        let RingRead::Covered(v) = hub.read_after(5, 10) else { panic!() };
+        let RingRead::Covered(v) = hub.read_after(5, 10) else {
+            panic!()
+        };
         assert_eq!(v.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![7, 9, 11]);
         assert_eq!(hub.last_seq(), 11);
     }
@@ -518,7 +536,10 @@ mod tests {
 
     #[tokio::test]
     async fn budget_keeps_gifts_counts_likes_and_withholds_the_rest() {
-        let hub = Arc::new(Hub::new(HubConfig { ring_size: 100, ..cfg(0, 2) }));
+        let hub = Arc::new(Hub::new(HubConfig {
+            ring_size: 100,
+            ..cfg(0, 2)
+        }));
         let mut rx = hub.subscribe();
         let mut batch = vec![];
         for i in 1..=5 {
@@ -530,14 +551,26 @@ mod tests {
         hub.deliver(&batch);
         let f = rx.try_recv().unwrap();
         let shown: Vec<u64> = f.items.iter().map(|i| i.seq).collect();
-        assert_eq!(shown, vec![1, 2, 6], "two comments fit the budget, the gift always does");
-        assert_eq!(f.withheld.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            shown,
+            vec![1, 2, 6],
+            "two comments fit the budget, the gift always does"
+        );
+        assert_eq!(
+            f.withheld.iter().map(|i| i.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(f.likes, 2);
         assert_eq!(f.last_seq, 8);
         let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
         assert_eq!(v["likes"], 2);
         assert_eq!(v["items"].as_array().unwrap().len(), 3);
-        assert_eq!(danmaku_core::cursor::Cursor::decode(v["cursor"].as_str().unwrap()).unwrap().0, 8);
+        assert_eq!(
+            danmaku_core::cursor::Cursor::decode(v["cursor"].as_str().unwrap())
+                .unwrap()
+                .0,
+            8
+        );
     }
 
     #[tokio::test]
@@ -555,7 +588,10 @@ mod tests {
 
     #[tokio::test]
     async fn recent_is_by_time() {
-        let hub = Arc::new(Hub::new(HubConfig { ring_size: 10, ..cfg(0, 1000) }));
+        let hub = Arc::new(Hub::new(HubConfig {
+            ring_size: 10,
+            ..cfg(0, 1000)
+        }));
         hub.deliver(&[c(1), c(2), c(3)]);
         let r = hub.recent(1003, 1, 10);
         assert_eq!(r.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![2, 3]);

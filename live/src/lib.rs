@@ -11,8 +11,8 @@
 pub mod hub;
 mod poll;
 pub mod writer;
-pub mod wsproto;
 mod ws;
+pub mod wsproto;
 
 use axum::routing::get;
 use axum::Router;
@@ -78,7 +78,8 @@ impl Live {
     async fn ticker(self: Arc<Self>, stop: CancellationToken) {
         let ping_every = Duration::from_secs(self.ctx.settings.live.ping_interval_secs.max(1));
         let mut second = tokio::time::interval(Duration::from_secs(1));
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut sweep = tokio::time::interval(Duration::from_secs(30));
         loop {
             tokio::select! {
@@ -101,10 +102,11 @@ impl Live {
     /// drains the Bus) and the hub sweeper.
     pub async fn run_background(self: Arc<Self>, writer_stop: CancellationToken, grace: Duration) {
         let sweeper = tokio::spawn(self.clone().ticker(writer_stop.clone()));
-        let notices = match self.ctx.notifier.take_receiver() {
-            Some(rx) => Some(tokio::spawn(self.clone().deliver_notices(rx))),
-            None => None,
-        };
+        let notices = self
+            .ctx
+            .notifier
+            .take_receiver()
+            .map(|rx| tokio::spawn(self.clone().deliver_notices(rx)));
         writer::run(self.ctx.clone(), writer_stop, grace).await;
         sweeper.abort();
         if let Some(n) = notices {
@@ -149,8 +151,13 @@ impl Live {
                     return;
                 }
             };
-            let Some(last) = page.last().map(|s| s.seq) else { return };
-            let items: Vec<(u64, Danmaku)> = page.iter().filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d))).collect();
+            let Some(last) = page.last().map(|s| s.seq) else {
+                return;
+            };
+            let items: Vec<(u64, Danmaku)> = page
+                .iter()
+                .filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d)))
+                .collect();
             hub.deliver(&items);
             at = last;
         }

@@ -51,26 +51,54 @@ fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-pub(crate) async fn upgrade(State(live): State<Arc<Live>>, Path(room): Path<String>, Query(q): Query<WsQuery>, mut req: Request) -> Result<Response, ApiError> {
+pub(crate) async fn upgrade(
+    State(live): State<Arc<Live>>,
+    Path(room): Path<String>,
+    Query(q): Query<WsQuery>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
     check_room(&room)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let s = &live.ctx.settings;
-    check_read_access(s.auth.require_token_to_read, &live.ctx.signer, req.headers(), q.token.as_deref())?;
+    check_read_access(
+        s.auth.require_token_to_read,
+        &live.ctx.signer,
+        req.headers(),
+        q.token.as_deref(),
+    )?;
     // A token, when given, must be valid: it is what allows sending.
     let claims = match danmaku_core::auth::bearer(req.headers(), q.token.as_deref()) {
-        Some(_) => Some(danmaku_core::auth::authenticate(&live.ctx.signer, req.headers(), q.token.as_deref())?),
+        Some(_) => Some(danmaku_core::auth::authenticate(
+            &live.ctx.signer,
+            req.headers(),
+            q.token.as_deref(),
+        )?),
         None => None,
     };
     if !s.live.allowed_origins.is_empty() {
-        let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
         if let Some(o) = origin {
             if !s.live.allowed_origins.iter().any(|a| a == o) {
-                return Err(ApiError::new(ErrorCode::Forbidden, "this origin may not open WebSockets here"));
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "this origin may not open WebSockets here",
+                ));
             }
         }
     }
-    let key = req.headers().get("sec-websocket-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let version_ok = req.headers().get("sec-websocket-version").and_then(|v| v.to_str().ok()) == Some("13");
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let version_ok = req
+        .headers()
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        == Some("13");
     let (Some(key), true, true, true) = (
         key,
         version_ok,
@@ -78,7 +106,12 @@ pub(crate) async fn upgrade(State(live): State<Arc<Live>>, Path(room): Path<Stri
         header_has(&req, header::UPGRADE, "websocket"),
     ) else {
         let body = json!({"error": {"code": "invalid_json", "message": "this endpoint speaks WebSocket (version 13)"}});
-        return Ok((StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "websocket")], axum::Json(body)).into_response());
+        return Ok((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            axum::Json(body),
+        )
+            .into_response());
     };
     let deflate = req
         .headers()
@@ -106,7 +139,12 @@ pub(crate) async fn upgrade(State(live): State<Arc<Live>>, Path(room): Path<Stri
         };
         if over_limit {
             metrics::counter!("danmaku_ws_refused_total").increment(1);
-            let _ = write_all(&stream, &wsproto::close_frame(1013, "too many connections; try again later"), Duration::from_secs(1)).await;
+            let _ = write_all(
+                &stream,
+                &wsproto::close_frame(1013, "too many connections; try again later"),
+                Duration::from_secs(1),
+            )
+            .await;
             return;
         }
         conn.run(stream, leftover, cursor).await;
@@ -116,9 +154,15 @@ pub(crate) async fn upgrade(State(live): State<Arc<Live>>, Path(room): Path<Stri
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert("sec-websocket-accept", HeaderValue::from_str(&wsproto::accept_key(&key)).expect("base64 is ascii"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&wsproto::accept_key(&key)).expect("base64 is ascii"),
+    );
     if deflate {
-        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(wsproto::DEFLATE_RESPONSE));
+        h.insert(
+            header::SEC_WEBSOCKET_EXTENSIONS,
+            HeaderValue::from_static(wsproto::DEFLATE_RESPONSE),
+        );
     }
     Ok(resp)
 }
@@ -157,16 +201,30 @@ struct Conn {
 
 impl Conn {
     fn new(live: Arc<Live>, room: String, claims: Option<Claims>, deflate: bool) -> Self {
-        Self { live, room, claims, deflate }
+        Self {
+            live,
+            room,
+            claims,
+            deflate,
+        }
     }
 
     async fn run(self, stream: TcpStream, leftover: Bytes, cursor: Option<u64>) {
         let _ = stream.set_nodelay(true);
+        let sndbuf = self.live.ctx.settings.live.ws_send_buffer_bytes;
+        if sndbuf > 0 {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf);
+        }
         self.live.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("danmaku_ws_connections").increment(1.0);
         let end = self.serve(&stream, leftover, cursor).await;
         if let End::Close(code, reason) = end {
-            let _ = write_all(&stream, &wsproto::close_frame(code, reason), Duration::from_secs(1)).await;
+            let _ = write_all(
+                &stream,
+                &wsproto::close_frame(code, reason),
+                Duration::from_secs(1),
+            )
+            .await;
         }
         self.live.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("danmaku_ws_connections").decrement(1.0);
@@ -188,7 +246,9 @@ impl Conn {
         let Ok((hello_cursor, backlog)) = self.start(&hub, cursor).await else {
             return End::Close(1011, "backend unavailable");
         };
-        let hello = json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()}).to_string();
+        let hello =
+            json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()})
+                .to_string();
         if self.send_text(stream, &hello).await.is_err() {
             return End::Quiet;
         }
@@ -220,8 +280,12 @@ impl Conn {
                         last_heard = Instant::now();
                         match frame.opcode {
                             opcode::PING => {
-                                let pong = wsproto::encode_frame(opcode::PONG, &frame.payload, false);
-                                if write_all(stream, &pong, self.write_timeout()).await.is_err() {
+                                let pong =
+                                    wsproto::encode_frame(opcode::PONG, &frame.payload, false);
+                                if write_all(stream, &pong, self.write_timeout())
+                                    .await
+                                    .is_err()
+                                {
                                     return End::Quiet;
                                 }
                             }
@@ -254,11 +318,23 @@ impl Conn {
                                     let Ok(text) = String::from_utf8(raw) else {
                                         return End::Close(1007, "invalid utf-8");
                                     };
-                                    let (tx, _) = acks.get_or_insert_with(|| mpsc::channel(MAX_INFLIGHT));
+                                    let (tx, _) =
+                                        acks.get_or_insert_with(|| mpsc::channel(MAX_INFLIGHT));
                                     inflight += 1;
-                                    let (live, room, claims, tx) = (live.clone(), self.room.clone(), self.claims.clone(), tx.clone());
+                                    let (live, room, claims, tx) = (
+                                        live.clone(),
+                                        self.room.clone(),
+                                        self.claims.clone(),
+                                        tx.clone(),
+                                    );
                                     tokio::spawn(async move {
-                                        let reply = handle_client_message(&live, &room, claims.as_ref(), &text).await;
+                                        let reply = handle_client_message(
+                                            &live,
+                                            &room,
+                                            claims.as_ref(),
+                                            &text,
+                                        )
+                                        .await;
                                         let _ = tx.send(reply.to_string()).await;
                                     });
                                 }
@@ -332,7 +408,11 @@ impl Conn {
     }
 
     /// Where this connection starts: the hello cursor and the backlog to send.
-    async fn start(&self, hub: &Hub, cursor: Option<u64>) -> Result<(u64, Vec<RingItem>), ApiError> {
+    async fn start(
+        &self,
+        hub: &Hub,
+        cursor: Option<u64>,
+    ) -> Result<(u64, Vec<RingItem>), ApiError> {
         let live = &self.live;
         match cursor {
             Some(c) => {
@@ -351,8 +431,15 @@ impl Conn {
                 Ok((c, all))
             }
             None => {
-                let head = live.head(hub, &self.room).await.unwrap_or_else(|_| hub.last_seq());
-                let recent = hub.recent(danmaku_core::now_ms(), live.ctx.settings.live.recent_ms, BACKLOG_CHUNK);
+                let head = live
+                    .head(hub, &self.room)
+                    .await
+                    .unwrap_or_else(|_| hub.last_seq());
+                let recent = hub.recent(
+                    danmaku_core::now_ms(),
+                    live.ctx.settings.live.recent_ms,
+                    BACKLOG_CHUNK,
+                );
                 let start = recent.first().map_or(head, |i| i.seq - 1);
                 Ok((start, recent))
             }
@@ -362,23 +449,39 @@ impl Conn {
     /// Writes a data frame: the shared bytes when the client has none of it yet,
     /// a re-encoded remainder when it already has part of it (right after a
     /// resume), plus its own comments the display budget held back.
-    async fn write_data(&self, stream: &TcpStream, f: &Frame, last_sent: &mut u64) -> std::io::Result<()> {
+    async fn write_data(
+        &self,
+        stream: &TcpStream,
+        f: &Frame,
+        last_sent: &mut u64,
+    ) -> std::io::Result<()> {
         let timeout = self.write_timeout();
         if f.last_seq > *last_sent {
             if f.first_seq > *last_sent {
                 let bytes = if self.deflate { f.deflated() } else { &f.wire };
                 write_all(stream, bytes, timeout).await?;
             } else {
-                let rest: Vec<RingItem> = f.items.iter().filter(|i| i.seq > *last_sent).cloned().collect();
+                let rest: Vec<RingItem> = f
+                    .items
+                    .iter()
+                    .filter(|i| i.seq > *last_sent)
+                    .cloned()
+                    .collect();
                 let text = crate::hub::encode_batch_with(&rest, f.last_seq, 0);
                 self.send_text(stream, &text).await?;
             }
             *last_sent = f.last_seq;
         }
         if let Some(me) = &self.claims {
-            let mine: Vec<RingItem> = f.withheld.iter().filter(|i| &*i.user == me.sub.as_str()).cloned().collect();
+            let mine: Vec<RingItem> = f
+                .withheld
+                .iter()
+                .filter(|i| &*i.user == me.sub.as_str())
+                .cloned()
+                .collect();
             if !mine.is_empty() {
-                self.send_text(stream, &crate::hub::encode_batch_with(&mine, f.last_seq, 0)).await?;
+                self.send_text(stream, &crate::hub::encode_batch_with(&mine, f.last_seq, 0))
+                    .await?;
             }
         }
         Ok(())
@@ -395,22 +498,57 @@ struct ClientMessage {
     send: SendRequest,
 }
 
-async fn handle_client_message(live: &Live, room: &str, claims: Option<&Claims>, raw: &str) -> serde_json::Value {
+async fn handle_client_message(
+    live: &Live,
+    room: &str,
+    claims: Option<&Claims>,
+    raw: &str,
+) -> serde_json::Value {
     let msg: ClientMessage = match serde_json::from_str(raw) {
         Ok(m) => m,
-        Err(_) => return error_reply(None, ApiError::new(ErrorCode::InvalidJson, "messages are JSON objects with a type")),
+        Err(_) => {
+            return error_reply(
+                None,
+                ApiError::new(
+                    ErrorCode::InvalidJson,
+                    "messages are JSON objects with a type",
+                ),
+            )
+        }
     };
     let reference = msg.reference.clone();
     if msg.kind != "send" {
-        return error_reply(reference, ApiError::new(ErrorCode::InvalidJson, "unknown message type"));
+        return error_reply(
+            reference,
+            ApiError::new(ErrorCode::InvalidJson, "unknown message type"),
+        );
     }
     let Some(claims) = claims else {
-        return error_reply(reference, ApiError::new(ErrorCode::Unauthorized, "open the WebSocket with ?token= to send"));
+        return error_reply(
+            reference,
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "open the WebSocket with ?token= to send",
+            ),
+        );
     };
     if claims.exp < danmaku_core::now_ms() / 1000 {
-        return error_reply(reference, ApiError::new(ErrorCode::Unauthorized, "the token expired"));
+        return error_reply(
+            reference,
+            ApiError::new(ErrorCode::Unauthorized, "the token expired"),
+        );
     }
-    match live.ingest.submit(claims, Target::Live { room: room.to_string() }, msg.send).await {
+    match live
+        .ingest
+        .submit(
+            claims,
+            Target::Live {
+                room: room.to_string(),
+            },
+            msg.send,
+        )
+        .await
+    {
         Ok(id) => json!({"type": "ack", "ref": reference, "id": id.to_string()}),
         Err(e) => error_reply(reference, e),
     }

@@ -31,7 +31,8 @@ pub fn accept_key(key: &str) -> String {
 /// The `Sec-WebSocket-Extensions` answer when the client offered
 /// permessage-deflate: no context takeover either way, so one compressed frame
 /// can be shared by every connection.
-pub const DEFLATE_RESPONSE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+pub const DEFLATE_RESPONSE: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
 /// Whether the client's `Sec-WebSocket-Extensions` offers permessage-deflate in a
 /// form we can accept (we need no parameters from it; a `server_max_window_bits`
@@ -45,8 +46,13 @@ pub fn offers_deflate(header: &str) -> bool {
         parts.all(|p| {
             let name = p.split('=').next().unwrap_or("").trim();
             match name {
-                "server_no_context_takeover" | "client_no_context_takeover" | "client_max_window_bits" | "" => true,
-                "server_max_window_bits" => p.split('=').nth(1).map(|v| v.trim().trim_matches('"')) == Some("15"),
+                "server_no_context_takeover"
+                | "client_no_context_takeover"
+                | "client_max_window_bits"
+                | "" => true,
+                "server_max_window_bits" => {
+                    p.split('=').nth(1).map(|v| v.trim().trim_matches('"')) == Some("15")
+                }
                 _ => false,
             }
         })
@@ -117,7 +123,12 @@ pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
     loop {
         let (before_in, before_out) = (d.total_in(), d.total_out());
         out.reserve(4096);
-        d.decompress_vec(&input[d.total_in() as usize..], &mut out, flate2::FlushDecompress::Sync).ok()?;
+        d.decompress_vec(
+            &input[d.total_in() as usize..],
+            &mut out,
+            flate2::FlushDecompress::Sync,
+        )
+        .ok()?;
         if out.len() > max {
             return None;
         }
@@ -151,7 +162,10 @@ pub enum ProtocolError {
 
 /// Parses one client frame from the front of `buf`: `Ok(None)` if more bytes are
 /// needed, else the frame and how many bytes it used.
-pub fn parse_client_frame(buf: &[u8], max_payload: usize) -> Result<Option<(ClientFrame, usize)>, ProtocolError> {
+pub fn parse_client_frame(
+    buf: &[u8],
+    max_payload: usize,
+) -> Result<Option<(ClientFrame, usize)>, ProtocolError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -176,7 +190,10 @@ pub fn parse_client_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Clie
             if buf.len() < 10 {
                 return Ok(None);
             }
-            (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")), 10)
+            (
+                u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")),
+                10,
+            )
         }
         n => (n as u64, 2),
     };
@@ -192,8 +209,20 @@ pub fn parse_client_frame(buf: &[u8], max_payload: usize) -> Result<Option<(Clie
     }
     let mask = [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
     at += 4;
-    let payload: Vec<u8> = buf[at..at + len].iter().enumerate().map(|(i, b)| b ^ mask[i & 3]).collect();
-    Ok(Some((ClientFrame { fin, rsv1, opcode: op, payload }, at + len)))
+    let payload: Vec<u8> = buf[at..at + len]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i & 3])
+        .collect();
+    Ok(Some((
+        ClientFrame {
+            fin,
+            rsv1,
+            opcode: op,
+            payload,
+        },
+        at + len,
+    )))
 }
 
 #[cfg(test)]
@@ -216,7 +245,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -227,7 +259,10 @@ mod tests {
         let f = text_frame(&"x".repeat(70_000));
         assert_eq!(f[1], 127);
         assert_eq!(f.len(), 70_000 + 10);
-        assert_eq!(&close_frame(1001, "bye")[..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+        assert_eq!(
+            &close_frame(1001, "bye")[..],
+            &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
+        );
     }
 
     #[test]
@@ -244,25 +279,44 @@ mod tests {
         assert_eq!(parse_client_frame(&big, 100), Err(ProtocolError::TooBig));
         let mut unmasked = big.clone();
         unmasked[1] &= 0x7f;
-        assert_eq!(parse_client_frame(&unmasked, 1000), Err(ProtocolError::Invalid));
+        assert_eq!(
+            parse_client_frame(&unmasked, 1000),
+            Err(ProtocolError::Invalid)
+        );
         let long_ping = client_frame(opcode::PING, &[0; 126], true);
-        assert_eq!(parse_client_frame(&long_ping, 1000), Err(ProtocolError::Invalid));
+        assert_eq!(
+            parse_client_frame(&long_ping, 1000),
+            Err(ProtocolError::Invalid)
+        );
     }
 
     #[test]
     fn deflate_roundtrips_and_marks_rsv1() {
-        let msg = "{\"type\":\"batch\",\"items\":[".to_string() + &"{\"text\":\"好耶 hello\"},".repeat(200) + "]}";
+        let msg = "{\"type\":\"batch\",\"items\":[".to_string()
+            + &"{\"text\":\"好耶 hello\"},".repeat(200)
+            + "]}";
         let f = deflate_text_frame(msg.as_bytes());
         assert_eq!(f[0], 0x80 | 0x40 | opcode::TEXT);
         let (hdr, len) = match f[1] {
             126 => (4, u16::from_be_bytes([f[2], f[3]]) as usize),
-            127 => (10, u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+            ),
             n => (2, n as usize),
         };
         assert!(len < msg.len() / 4, "repetitive JSON compresses well");
         let back = inflate_message(&f[hdr..hdr + len], 1 << 20).unwrap();
-        assert!(back == msg.as_bytes(), "roundtrip: {} bytes back of {}", back.len(), msg.len());
-        assert!(inflate_message(&f[hdr..hdr + len], 100).is_none(), "inflate bombs are refused");
+        assert!(
+            back == msg.as_bytes(),
+            "roundtrip: {} bytes back of {}",
+            back.len(),
+            msg.len()
+        );
+        assert!(
+            inflate_message(&f[hdr..hdr + len], 100).is_none(),
+            "inflate bombs are refused"
+        );
         let tiny = deflate_text_frame(b"x");
         assert_eq!(inflate_message(&tiny[2..], 100).unwrap(), b"x");
     }
@@ -271,7 +325,9 @@ mod tests {
     fn deflate_offers() {
         assert!(offers_deflate("permessage-deflate; client_max_window_bits"));
         assert!(offers_deflate("x-webkit-deflate-frame, permessage-deflate"));
-        assert!(!offers_deflate("permessage-deflate; server_max_window_bits=10"));
+        assert!(!offers_deflate(
+            "permessage-deflate; server_max_window_bits=10"
+        ));
         assert!(!offers_deflate("x-webkit-deflate-frame"));
     }
 }

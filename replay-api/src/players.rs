@@ -251,7 +251,7 @@ pub(crate) fn dplayer_time_ms(v: Option<&Value>) -> Result<i64, ApiError> {
         Some(Value::String(s)) => s.trim().parse::<f64>().unwrap_or(f64::NAN),
         Some(_) => f64::NAN,
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return Err(ApiError::new(
             ErrorCode::InvalidOffset,
             "time is a non-negative number of seconds",

@@ -241,7 +241,7 @@ impl Node {
                     id: *id,
                     room: "r".into(),
                     user: format!("user{}", id % 3),
-                    name: if id % 2 == 0 {
+                    name: if id.is_multiple_of(2) {
                         "<Name & \"Co\">".into()
                     } else {
                         String::new()
@@ -372,7 +372,7 @@ async fn a_vod_comment_invalidates_its_segment_and_changes_the_etag() {
     assert_eq!(before.json["items"].as_array().unwrap().len(), 1);
     let seg1 = node.get("/v1/vods/post/segments/1", &[]).await;
     let reads = node.reads();
-    let old_key = format!("seg:v1:post:0:2:E:6000");
+    let old_key = "seg:v1:post:0:2:E:6000".to_string();
     assert!(node.ctx.cache.get(&old_key).await.is_some(), "key layout");
 
     let viewer = node.token("vera", Role::Viewer);
@@ -587,7 +587,7 @@ async fn players_read_hostile_text_safely() {
     assert!(!xml.text.contains("<script"));
     assert!(xml.text.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(xml.text.contains("&amp;amp;"));
-    assert!(xml.text.contains(&format!("<d p=\"400.001,4,25,1193046,")));
+    assert!(xml.text.contains("<d p=\"400.001,4,25,1193046,"));
     assert!(xml.text.contains(&longest));
     let etag = header(&xml, "etag");
     let again = node

@@ -615,12 +615,14 @@ impl TestApp {
         token: Option<&str>,
     ) -> Result<WsClient, (u16, Value)> {
         let url = self.ws_url(&Self::ws_path(room, cursor, token));
-        let connected = tokio::time::timeout(
+        let Ok(connected) = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_tungstenite::connect_async(url.as_str()),
         )
         .await
-        .unwrap_or_else(|_| panic!("WebSocket {url}: no handshake within 10 s"));
+        else {
+            panic!("WebSocket {url}: no handshake within 10 s")
+        };
         let stream = match connected {
             Ok((stream, _)) => stream,
             Err(tungstenite::Error::Http(resp)) => {

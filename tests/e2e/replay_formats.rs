@@ -95,8 +95,9 @@ async fn replay_formats_vod_posts_and_stream_positions() {
     let plausible_id = app.send_ok(&svc, room, plausible.clone()).await;
     bodies.insert(plausible_id.clone(), plausible);
     let absurd = json!({"text": "absurd stream position", "stream_pos_ms": 86_400_000_000i64});
+    // Its offset must be the server's estimate (checked with the others below).
     let absurd_id = app.send_ok(&svc, room, absurd.clone()).await;
-    bodies.insert(absurd_id.clone(), absurd);
+    bodies.insert(absurd_id, absurd);
 
     let resp = app
         .post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
@@ -199,7 +200,6 @@ async fn replay_formats_vod_posts_and_stream_positions() {
             }
         }
     }
-    let _ = absurd_id;
 
     // ---- Bilibili XML
     let resp = app.get(&format!("/v1/vods/{vod}/bilibili.xml")).await;
@@ -267,7 +267,7 @@ async fn replay_formats_vod_posts_and_stream_positions() {
                     if p[2] != "25" {
                         v.push(format!("<d> size {:?} (want 25)", p[2]));
                     }
-                    if p[3] != item["color"].to_string() {
+                    if p[3].parse::<u64>().ok() != item["color"].as_u64() {
                         v.push(format!("<d> color {:?} (want {})", p[3], item["color"]));
                     }
                     if p[4].parse::<i64>().is_err() {
@@ -406,4 +406,276 @@ async fn replay_formats_vod_posts_and_stream_positions() {
         v.len(),
         v.join("\n  - ")
     );
+}
+
+// ---- Hostile text in every format, and VOD comments on an ended recording ----
+
+/// Texts that try to break out of each format, plus the longest allowed ones (100
+/// characters; 100 emoji are exactly the 400-byte limit).
+fn hostile_texts() -> Vec<String> {
+    vec![
+        "<script>alert('x')</script>".into(),
+        "\"double\" 'single' `back` \\ backslash".into(),
+        "a & b &amp; &lt;b&gt; &#x41; &#0; & ;".into(),
+        "]]> <![CDATA[ x ]]> <!-- c --> <?pi?>".into(),
+        "</d><d p=\"0,1,25,0,0,0,x,1\">forged</d>".into(),
+        "emoji 🎉👨‍👩‍👧‍👦 好耶 ｗｗｗ \u{202e}rtl \u{200b}zw".into(),
+        "字".repeat(100),
+        "🎉".repeat(100),
+    ]
+}
+
+/// Waits until the range API of `vod` holds every id of `ids`; returns its items.
+async fn wait_replayed(
+    app: &TestApp,
+    vod: &str,
+    ids: &std::collections::HashSet<String>,
+    within: Duration,
+) -> Vec<Value> {
+    let began = Instant::now();
+    loop {
+        let resp = app
+            .get(&format!(
+                "/v1/vods/{vod}/danmaku?from_ms=0&to_ms=360000&limit=5000"
+            ))
+            .await;
+        let items = resp.json["items"].as_array().cloned().unwrap_or_default();
+        let have: std::collections::HashSet<String> = items
+            .iter()
+            .filter_map(|it| it["id"].as_str().map(str::to_string))
+            .collect();
+        if ids.iter().all(|id| have.contains(id)) {
+            return items;
+        }
+        assert!(
+            began.elapsed() < within,
+            "after {within:?} the range API of {vod} lacks {:?}",
+            ids.difference(&have).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_formats_hostile_text_in_every_format() {
+    let app = spawn_app(&[]).await;
+    let room = "hostile-fmt";
+    let svc = app.token("hf-svc", "service").await;
+    let resp = app
+        .post(&format!("/v1/rooms/{room}/sessions"), Some(&svc), json!({}))
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+
+    // Control characters never get in, on any sending path.
+    for text in [
+        "nul\u{0}",
+        "bell\u{7}",
+        "line\nbreak",
+        "esc\u{1b}[31m",
+        "del\u{7f}",
+    ] {
+        app.send(Some(&svc), room, json!({ "text": text }))
+            .await
+            .expect_error(400, "invalid_text", &format!("live send of {text:?}"));
+        app.post(
+            &format!("/v1/vods/{vod}/danmaku"),
+            Some(&svc),
+            json!({"text": text, "offset_ms": 0}),
+        )
+        .await
+        .expect_error(400, "invalid_text", &format!("VOD post of {text:?}"));
+        let dp = app
+            .post(
+                "/dplayer/v3/",
+                None,
+                json!({"token": svc, "id": vod, "time": 0, "text": text, "color": 0, "type": 0}),
+            )
+            .await;
+        assert_eq!(
+            (dp.json["code"].as_i64(), dp.json["error"].as_str()),
+            (Some(1), Some("invalid_text")),
+            "DPlayer post of {text:?}: {}",
+            dp.text
+        );
+    }
+
+    let modes = ["scroll", "top", "bottom"];
+    let mut sent: HashMap<String, String> = HashMap::new();
+    for (i, text) in hostile_texts().into_iter().enumerate() {
+        let id = app
+            .send_ok(
+                &svc,
+                room,
+                json!({"text": text, "mode": modes[i % 3], "color": 0x10_20_30 + i}),
+            )
+            .await;
+        sent.insert(id, text);
+    }
+    app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await
+        .expect_status(200, "POST end");
+    let ids: std::collections::HashSet<String> = sent.keys().cloned().collect();
+    let range = wait_replayed(&app, &vod, &ids, Duration::from_secs(15)).await;
+    let by_id: HashMap<String, Value> = range
+        .iter()
+        .map(|it| (it["id"].as_str().unwrap().to_string(), it.clone()))
+        .collect();
+    let mut v: Vec<String> = Vec::new();
+
+    // Native JSON: the segment carries every text verbatim.
+    let seg = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    seg.expect_status(200, "segment 0");
+    for it in seg.json["items"].as_array().unwrap() {
+        let id = it["id"].as_str().unwrap();
+        if it["text"].as_str() != sent.get(id).map(String::as_str) {
+            v.push(format!("segment text of {id}: {}", it["text"]));
+        }
+    }
+
+    // Bilibili XML: escaped, and unescaping gives the text back.
+    let xml = app.get(&format!("/v1/vods/{vod}/bilibili.xml")).await;
+    xml.expect_status(200, "bilibili.xml");
+    match bilibili_entries(&xml.text) {
+        Err(e) => v.push(format!("bilibili.xml: {e}")),
+        Ok(entries) => {
+            if entries.len() != sent.len() {
+                v.push(format!("bilibili.xml has {} entries", entries.len()));
+            }
+            for (p, text) in entries {
+                if text.contains(['<', '>', '"']) {
+                    v.push(format!("raw markup in bilibili.xml text {text:?}"));
+                }
+                match unescape(&text) {
+                    Ok(t) if Some(&t) == sent.get(&p[7]) => {}
+                    other => v.push(format!("bilibili.xml text of {}: {other:?}", p[7])),
+                }
+                if p[6] == "hf-svc" || p[6].len() != 8 {
+                    v.push(format!("userhash must be a hash, got {:?}", p[6]));
+                }
+                if let Some(item) = by_id.get(&p[7]) {
+                    if p[3] != item["color"].to_string() {
+                        v.push(format!("color {} for {}", p[3], item["color"]));
+                    }
+                }
+            }
+        }
+    }
+
+    // DPlayer: HTML-escaped (DPlayer uses innerHTML), unescaping gives the text.
+    let dp = app.get(&format!("/dplayer/v3/?id={vod}")).await;
+    let data = dp.json["data"].as_array().cloned().unwrap_or_default();
+    if dp.json["code"] != 0 || data.len() != sent.len() {
+        v.push(format!("DPlayer: {}", truncate(&dp.text, 300)));
+    }
+    let texts: std::collections::HashSet<&String> = sent.values().collect();
+    for e in &data {
+        let text = e[4].as_str().unwrap_or_default();
+        if text.contains(['<', '>', '"', '\'']) {
+            v.push(format!("DPlayer text not HTML-escaped: {text:?}"));
+        }
+        match unescape(text) {
+            Ok(t) if texts.contains(&t) => {}
+            other => v.push(format!("DPlayer text {text:?} unescapes to {other:?}")),
+        }
+    }
+
+    assert!(
+        v.is_empty(),
+        "{} hostile-text violations:\n  - {}",
+        v.len(),
+        v.join("\n  - ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
+    let redis = danmaku_core::testkit::RedisServer::start();
+    let app = spawn_app(&[("DANMAKU_REPLAY__REDIS_URL", &redis.url())]).await;
+    let room = "ended-post";
+    let svc = app.token("ep-svc", "service").await;
+    let viewer = app.token("ep-viewer", "viewer").await;
+    let resp = app
+        .post(&format!("/v1/rooms/{room}/sessions"), Some(&svc), json!({}))
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let live_id = app.send_text(&svc, room, "live one").await;
+    app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await
+        .expect_status(200, "POST end");
+    let live: std::collections::HashSet<String> = [live_id.clone()].into();
+    wait_replayed(&app, &vod, &live, Duration::from_secs(10)).await;
+
+    let before = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    before.expect_status(200, "segment 0");
+    let old_etag = before.header("etag").expect("ETag");
+    assert_eq!(
+        before.header("cache-control").as_deref(),
+        Some("public, max-age=31536000, immutable")
+    );
+    // The segment is in the replay Redis (the second tier), under the VOD's count.
+    let remote = danmaku_core::redis_cache::RedisReplayCache::connect(
+        &redis.url(),
+        "dmr:",
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("replay redis");
+    use danmaku_core::ports::ReplayCache;
+    let key = format!("seg:v1:{vod}:0:1:E:6000");
+    assert!(
+        remote.get(&key).await.is_some(),
+        "segment 0 not in Redis under {key}"
+    );
+
+    // Beyond the recording: refused.
+    app.post(
+        &format!("/v1/vods/{vod}/danmaku"),
+        Some(&viewer),
+        json!({"text": "too late", "offset_ms": 3_600_000}),
+    )
+    .await
+    .expect_error(400, "invalid_offset", "VOD post past the end");
+
+    let posted = app
+        .post(
+            &format!("/v1/vods/{vod}/danmaku"),
+            Some(&viewer),
+            json!({"text": "posted <after> the end", "offset_ms": 1000}),
+        )
+        .await;
+    let id = accepted_id(&posted, "VOD post on an ended VOD");
+    assert!(
+        remote.get(&key).await.is_none(),
+        "the old key is invalidated in Redis"
+    );
+    // The very next request serves it, with a new ETag (still immutable: each
+    // version is; the README explains).
+    let after = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    let ids: Vec<String> = ids_of(after.json["items"].as_array().unwrap());
+    assert!(
+        ids.contains(&id) && ids.contains(&live_id),
+        "{}",
+        after.text
+    );
+    let new_etag = after.header("etag").expect("ETag");
+    assert_ne!(new_etag, old_etag);
+    let stale = app
+        .get_with(
+            &format!("/v1/vods/{vod}/segments/0"),
+            &[("if-none-match", old_etag.as_str())],
+        )
+        .await;
+    assert_eq!(stale.status, 200, "the old ETag must not give 304");
+    let fresh = app
+        .get_with(
+            &format!("/v1/vods/{vod}/segments/0"),
+            &[("if-none-match", new_etag.as_str())],
+        )
+        .await;
+    assert_eq!(fresh.status, 304);
+    let info = app.get(&format!("/v1/vods/{vod}")).await;
+    assert_eq!(info.json["count"], 2, "{}", info.text);
 }

@@ -358,3 +358,72 @@ async fn vod_session_replays_every_comment_at_its_offset() {
     assert_eq!(vods[1]["ended_at"], ended_at, "{}", list.text);
     assert_eq!(vods[1]["room"], room, "{}", list.text);
 }
+
+/// A segment holds at most the density cap, and gifts are always kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_density_cap_keeps_every_gift() {
+    let app = spawn_app(&[("DANMAKU_REPLAY__DENSITY_CAP", "10")]).await;
+    let room = "dense";
+    let svc = app.token("dense-svc", "service").await;
+    let resp = app
+        .post(
+            &format!("/v1/rooms/{room}/sessions"),
+            Some(&svc),
+            json!({ "latency_ms": 0 }),
+        )
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+
+    let mut gifts = HashSet::new();
+    let mut all = HashSet::new();
+    for i in 0..45 {
+        let kind = if i % 9 == 4 { "gift" } else { "comment" };
+        let id = app
+            .send_ok(
+                &svc,
+                room,
+                json!({"text": format!("dense-{i}"), "kind": kind}),
+            )
+            .await;
+        if kind == "gift" {
+            gifts.insert(id.clone());
+        }
+        all.insert(id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await
+        .expect_status(200, "POST end");
+    let ended = Instant::now();
+
+    let deadline = ended + Duration::from_secs(10);
+    loop {
+        let resp = app.get(&format!("/v1/vods/{vod}")).await;
+        if resp.json["count"] == all.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "count never reached {} within 10 s of the end: {}",
+            all.len(),
+            resp.text
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let segment = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    segment.expect_status(200, "segment 0");
+    let items = segment.json["items"].as_array().unwrap();
+    let ids: HashSet<String> = ids_of(items).into_iter().collect();
+    assert!(
+        items.len() <= 10,
+        "density cap 10: segment 0 holds {} items",
+        items.len()
+    );
+    assert!(
+        gifts.is_subset(&ids),
+        "every gift must be kept under the density cap; missing {:?}",
+        gifts.difference(&ids).collect::<Vec<_>>()
+    );
+    assert!(ids.is_subset(&all), "segment items that were never sent");
+}

@@ -1,0 +1,369 @@
+//! Tests against real servers: a `redis-server` and a 3-master Redis Cluster started
+//! on free loopback ports (or `DANMAKU_TEST_REDIS` / `DANMAKU_TEST_REDIS_CLUSTER`).
+
+use super::*;
+use crate::ports::{Notifier, NotifierEvent, SliceError, SliceItem, SliceStore};
+use crate::testkit::{RedisCluster, RedisServer};
+use bytes::Bytes;
+use std::time::{Duration, Instant};
+
+fn settings_single(url: &str) -> RedisSettings {
+    RedisSettings {
+        url: url.to_string(),
+        namespace: format!("t{}", rand::random::<u32>()),
+        response_timeout_ms: 1000,
+        ..RedisSettings::default()
+    }
+}
+
+fn settings_cluster(urls: &[String]) -> RedisSettings {
+    RedisSettings {
+        cluster: urls.join(","),
+        namespace: format!("t{}", rand::random::<u32>()),
+        response_timeout_ms: 1000,
+        ..RedisSettings::default()
+    }
+}
+
+async fn open(settings: &RedisSettings) -> (RedisSliceStore, RedisNotifier) {
+    connect(settings).await.expect("connect").expect("redis configured")
+}
+
+fn item(seq: u64, ts: i64) -> SliceItem {
+    SliceItem {
+        seq,
+        ts_ms: ts,
+        data: Bytes::from(format!("c{seq}")),
+    }
+}
+
+#[test]
+fn members_roundtrip() {
+    let i = SliceItem {
+        seq: 42,
+        ts_ms: -5,
+        data: Bytes::from_static(b"\x00\xffdata"),
+    };
+    assert_eq!(
+        store::decode_member(&store::encode_member(&i)),
+        Some(i.clone())
+    );
+    assert_eq!(store::decode_member(b"short"), None);
+}
+
+#[tokio::test]
+async fn conformance_on_redis() {
+    let server = RedisServer::start();
+    let (store, _) = open(&settings_single(&server.url())).await;
+    crate::conformance::slice_store_suite(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    let (store, _) = open(&settings_cluster(&cluster.urls())).await;
+    crate::conformance::slice_store_suite(&store).await;
+}
+
+/// Slice lengths change between appends and clocks go backwards: every item is
+/// still read back once, in seq order, page after page.
+#[tokio::test]
+async fn cursor_reads_survive_changing_lengths_and_skewed_clocks() {
+    let server = RedisServer::start();
+    let (store, _) = open(&settings_single(&server.url())).await;
+    let room = format!("skew{}", rand::random::<u32>());
+    let base = 1_700_000_000_000i64;
+    let mut seq = 0;
+    let mut all = Vec::new();
+    for (round, len) in [10_000i64, 1_000, 60_000, 2_000, 1_000].iter().enumerate() {
+        let mut batch = Vec::new();
+        for j in 0..40 {
+            seq += 3;
+            // Mostly forward, sometimes a second behind (another ingest node's clock).
+            let ts = base + round as i64 * 15_000 + j * 250 - if j % 7 == 0 { 1_000 } else { 0 };
+            batch.push(item(seq, ts));
+        }
+        let out = store.append(&room, *len, 600_000, &batch).await.unwrap();
+        assert_eq!(out.added, batch.len());
+        all.extend(batch);
+    }
+    for limit in [1usize, 7, 1000] {
+        let mut after = 0;
+        let mut got = Vec::new();
+        loop {
+            let page = store.read_after(&room, after, limit).await.unwrap();
+            assert!(page.len() <= limit);
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            got.extend(page);
+        }
+        assert_eq!(got, all, "limit {limit}");
+    }
+    let sizes = store.largest_slices(1000).await.unwrap();
+    let mine: Vec<_> = sizes.iter().filter(|s| s.slice.room == room).collect();
+    assert_eq!(mine.iter().map(|s| s.members).sum::<u64>(), all.len() as u64);
+    assert!(mine.iter().any(|s| s.slice.len_ms == 1_000));
+    assert!(mine.iter().any(|s| s.slice.len_ms == 60_000));
+}
+
+/// An archiver that dies after opening a batch, and one that dies after claiming
+/// it: the batch comes back after the lease with the same id, and everything is
+/// archived once.
+#[tokio::test]
+async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() {
+    let server = RedisServer::start();
+    let (store, _) = open(&settings_single(&server.url())).await;
+    let room = format!("crash{}", rand::random::<u32>());
+    let base = 1_700_000_000_000i64;
+    let items: Vec<_> = (1..=20).map(|s| item(s, base + s as i64 * 1000)).collect();
+    store.append(&room, 10_000, 0, &items).await.unwrap();
+    let lease = Duration::from_secs(10);
+    let now = base + 40_000;
+
+    // Dies after opening: a `claiming` record with the rooms, nothing moved.
+    let mut c = store.conn.clone();
+    let rooms = vec![room.clone()];
+    let record = serde_json::json!({"state": "claiming", "rooms": rooms}).to_string();
+    let keys = |s: &str| format!("dm:{{{}b}}:{s}", &store.ns[4..]);
+    let id: u64 = ::redis::Script::new(scripts::BATCH_NEW)
+        .key(keys("next"))
+        .key(keys("leases"))
+        .arg(keys("batch:"))
+        .arg(now + 10_000)
+        .arg(record)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    // Within the lease nobody else can take the rooms' slices: the batch is leased,
+    // but the slices are still in the queue, so a concurrent claim takes them into
+    // its own batch. That is fine: the interrupted batch then finds nothing.
+    let redo = store
+        .claim_batch(now + 10_001, 100, lease)
+        .await
+        .unwrap()
+        .expect("the interrupted batch is redone");
+    assert_eq!(redo.id, id, "same id");
+    assert_eq!(redo.items.len(), 20);
+    // Dies before completing: handed out again, same contents.
+    let again = store
+        .claim_batch(now + 30_000, 100, lease)
+        .await
+        .unwrap()
+        .expect("handed out again");
+    assert_eq!(again, redo);
+    // Dies in the middle of completing: the lease is gone, the keys remain; the
+    // next claim finishes deleting them and never hands the batch out again.
+    let raw: Option<String> = ::redis::Script::new(scripts::BATCH_COMPLETE)
+        .key(keys("leases"))
+        .key(keys("gc"))
+        .arg(keys("batch:"))
+        .arg(id)
+        .invoke_async(&mut c)
+        .await
+        .unwrap();
+    assert!(raw.is_some());
+    assert!(store.claim_batch(now + 60_000, 100, lease).await.unwrap().is_none());
+    let left: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("dm:{{{room}}}:[bc]:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "batch keys deleted: {left:?}");
+    assert_eq!(store.pending().await.unwrap(), 0);
+}
+
+/// A durable Redis (`appendonly yes`, fsync always) restarted in the middle of
+/// appends keeps everything; appends during the outage fail (the writer retries)
+/// and succeed once it is back, each item stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_redis_restart_loses_nothing() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    if server.port() == 0 {
+        return;
+    }
+    let (store, _) = open(&settings_single(&server.url())).await;
+    let room = format!("dur{}", rand::random::<u32>());
+    let base = crate::now_ms();
+    let mut stored = Vec::new();
+    for s in 1..=50u64 {
+        if s == 25 {
+            server.kill();
+        }
+        let it = item(s, base + s as i64);
+        loop {
+            match store.append(&room, 10_000, 600_000, std::slice::from_ref(&it)).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(matches!(e, SliceError::Unavailable(_)), "{e}");
+                    if s == 25 && !store.ready().await {
+                        server.restart();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        stored.push(it);
+    }
+    // Redelivery after the restart changes nothing.
+    let out = store.append(&room, 10_000, 600_000, &stored[20..30]).await.unwrap();
+    assert_eq!(out.added, 0);
+    assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), stored);
+    assert_eq!(store.last_seq(&room).await.unwrap(), 50);
+}
+
+/// Without persistence a restart empties Redis: the high-water mark goes with the
+/// data, so redelivered items are stored again (once).
+#[tokio::test]
+async fn a_restart_without_persistence_takes_redeliveries_again() {
+    let mut server = RedisServer::start();
+    if server.port() == 0 {
+        return;
+    }
+    let (store, _) = open(&settings_single(&server.url())).await;
+    let room = format!("eph{}", rand::random::<u32>());
+    let base = crate::now_ms();
+    let items: Vec<_> = (1..=10).map(|s| item(s, base + s as i64)).collect();
+    store.append(&room, 10_000, 600_000, &items).await.unwrap();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        match store.append(&room, 10_000, 600_000, &items[5..]).await {
+            Ok(o) => break o,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(out.added, 5);
+    assert_eq!(store.read_after(&room, 0, 100).await.unwrap(), items[5..].to_vec());
+    // The room is in the expiry queue again, so it will be archived.
+    store.expedite_all().await.unwrap();
+    let b = store
+        .claim_batch(base, 10, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("due");
+    assert_eq!(b.items.len(), 5);
+}
+
+/// The key walk finds keys the writer does not know about, with their sizes.
+#[tokio::test]
+async fn the_key_walk_finds_foreign_big_keys() {
+    let server = RedisServer::start();
+    let (store, _) = open(&settings_single(&server.url())).await;
+    let mut c = store.conn.clone();
+    let key = format!("foreign:{}", rand::random::<u32>());
+    let mut cmd = ::redis::cmd("HSET");
+    cmd.arg(&key);
+    for i in 0..3000 {
+        cmd.arg(i).arg("x".repeat(100));
+    }
+    cmd.query_async::<i64>(&mut c).await.unwrap();
+    let mut cursor = String::new();
+    let mut found = None;
+    for _ in 0..100_000 {
+        let page = store.scan_keys(&cursor, 50).await.unwrap();
+        if let Some(k) = page.keys.into_iter().find(|k| k.key == key) {
+            found = Some(k);
+        }
+        match page.next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    let k = found.expect("found");
+    assert_eq!(k.members, 3000);
+    assert!(k.bytes > 300_000, "{k:?}");
+}
+
+async fn next_event(
+    rx: &mut tokio::sync::mpsc::Receiver<NotifierEvent>,
+    want: impl Fn(&NotifierEvent) -> bool,
+) -> NotifierEvent {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(ev)) if want(&ev) => return ev,
+            Ok(Some(_)) => continue,
+            _ => panic!("no matching notifier event within 15 s"),
+        }
+    }
+}
+
+async fn notifier_roundtrip(settings: RedisSettings) {
+    let (_, publisher) = open(&settings).await;
+    let (_, viewer) = open(&settings).await;
+    let mut rx = viewer.take_receiver().expect("receiver");
+    assert!(viewer.take_receiver().is_none(), "taken once");
+    let room = format!("n{}", rand::random::<u32>());
+    viewer.subscribe(&room).await.unwrap();
+    let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(r) if *r == room)).await;
+    assert_eq!(ev, NotifierEvent::Resync(room.clone()));
+    let items = vec![item(1, 10), item(2, 11)];
+    publisher.publish(&room, &items).await.unwrap();
+    publisher.publish("nobody-watches", &items).await.unwrap();
+    let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Notice(_))).await;
+    let NotifierEvent::Notice(n) = ev else { unreachable!() };
+    assert_eq!((n.room.as_str(), n.items), (room.as_str(), items));
+    viewer.unsubscribe(&room).await.unwrap();
+    publisher.publish(&room, &[item(3, 12)]).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "nothing after unsubscribing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_subscribed_nodes_over_pubsub() {
+    let server = RedisServer::start();
+    notifier_roundtrip(settings_single(&server.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_reach_subscribed_nodes_over_sharded_pubsub() {
+    let cluster = RedisCluster::start(3);
+    notifier_roundtrip(settings_cluster(&cluster.urls())).await;
+}
+
+/// After Redis comes back, the subscription is re-established and the room gets a
+/// resync (the hub then catches up from the store), and notices flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_come_back_after_a_restart_with_a_resync() {
+    let mut server = RedisServer::start();
+    if server.port() == 0 {
+        return;
+    }
+    let settings = settings_single(&server.url());
+    let (_, publisher) = open(&settings).await;
+    let (_, viewer) = open(&settings).await;
+    let mut rx = viewer.take_receiver().unwrap();
+    let room = format!("rs{}", rand::random::<u32>());
+    viewer.subscribe(&room).await.unwrap();
+    next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(_))).await;
+    server.restart();
+    next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(r) if *r == room)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while publisher.publish(&room, &[item(9, 1)]).await.is_err() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Notice(_))).await;
+    assert!(matches!(ev, NotifierEvent::Notice(n) if n.items[0].seq == 9));
+}
+
+#[tokio::test]
+async fn ready_follows_the_server() {
+    let mut server = RedisServer::start();
+    if server.port() == 0 {
+        return;
+    }
+    let (store, _) = open(&settings_single(&server.url())).await;
+    assert!(store.ready().await);
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!store.ready().await);
+}
