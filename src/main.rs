@@ -247,6 +247,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .route("/", get(|| async { Html(include_str!("web/index.html")) }))
         .fallback(|| async { danmaku_core::error::ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this path does not take that method"}});
+            (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+        })
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
     println!("listening on http://{addr}");

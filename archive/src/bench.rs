@@ -115,7 +115,7 @@ pub fn synthetic(n: usize, seed: u64, start_ms: i64, rate: u32, rooms: u32) -> V
             id: ((ts_ms as u64) << 22) | (i as u64 & 0x3F_FFFF),
             room: format!("r{room}"),
             user: format!("u{user}"),
-            name: if user % 3 == 0 {
+            name: if user.is_multiple_of(3) {
                 String::new()
             } else {
                 format!("viewer{user}")
@@ -131,6 +131,19 @@ pub fn synthetic(n: usize, seed: u64, start_ms: i64, rate: u32, rooms: u32) -> V
         });
     }
     out
+}
+
+/// The archiver's pure step for one batch, as `process_batch` runs it on the
+/// blocking pool: decode each slice item, align it to its room's session, encode
+/// the hour files. Returns `(rows, ArchiveStore rows, files)`.
+pub fn prepare_batch(
+    batch_id: u64,
+    items: Vec<(String, danmaku_core::ports::SliceItem)>,
+    sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
+    plausible_window_ms: i64,
+) -> Result<(usize, usize, Vec<(String, bytes::Bytes)>), crate::parquet_file::EncodeError> {
+    let p = crate::batch::prepare(batch_id, items, sessions, plausible_window_ms)?;
+    Ok((p.rows, p.archived.len(), p.files))
 }
 
 /// The Parquet rows of `comments` (no VOD).
@@ -165,7 +178,10 @@ mod tests {
         let ids: std::collections::HashSet<u64> = a.iter().map(|d| d.id).collect();
         assert_eq!(ids.len(), a.len(), "ids unique");
         let span = a.last().unwrap().ts_ms - a[0].ts_ms;
-        assert!((1_000..4_000).contains(&span), "about 2 s at 1,000/s: {span}");
+        assert!(
+            (1_000..4_000).contains(&span),
+            "about 2 s at 1,000/s: {span}"
+        );
         let r0 = a.iter().filter(|d| d.room == "r0").count();
         assert!(r0 > 400, "room r0 is busy: {r0}");
         assert!(a.iter().any(|d| d.kind() == Kind::Gift));

@@ -161,7 +161,9 @@ async fn footer_metadata(
             "footer longer than the file".into(),
         )));
     }
-    let meta = objects.get_range(location, size - 8 - len..size - 8).await?;
+    let meta = objects
+        .get_range(location, size - 8 - len..size - 8)
+        .await?;
     let meta = ParquetMetaDataReader::decode_metadata(&meta).map_err(read_err)?;
     Ok(meta
         .file_metadata()
@@ -203,8 +205,15 @@ fn fnv1a(data: &[u8]) -> u64 {
 
 /// The output name for a compacted file holding the files of `listed`.
 pub fn compacted_name(listed: &BTreeSet<String>) -> String {
-    let joined = listed.iter().map(String::as_str).collect::<Vec<_>>().join(",");
-    format!("{COMPACTED_PREFIX}{:016x}.parquet", fnv1a(joined.as_bytes()))
+    let joined = listed
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{COMPACTED_PREFIX}{:016x}.parquet",
+        fnv1a(joined.as_bytes())
+    )
 }
 
 /// Rows of several files, sorted into file order (room, ts, id), each comment id
@@ -276,15 +285,20 @@ pub async fn compact_hour(
             files.push(((*name).clone(), bytes));
         }
         let output = compacted_name(&listed);
-        let manifest = listed.iter().map(String::as_str).collect::<Vec<_>>().join(",");
+        let manifest = listed
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
         let merged = files.len();
         let (rows, bytes) = tokio::task::spawn_blocking(move || {
             let mut decoded = Vec::with_capacity(files.len());
             for (name, bytes) in files {
-                let (rows, _) = parquet_file::decode(bytes).map_err(|source| CompactError::Read {
-                    file: name.clone(),
-                    source,
-                })?;
+                let (rows, _) =
+                    parquet_file::decode(bytes).map_err(|source| CompactError::Read {
+                        file: name.clone(),
+                        source,
+                    })?;
                 decoded.push(rows);
             }
             let rows = merge_rows(decoded);
@@ -354,8 +368,14 @@ mod tests {
 
     #[test]
     fn hours_parse_strictly() {
-        assert_eq!(hour_dir("2025-11-24T16").unwrap(), "date=2025-11-24/hour=16");
-        assert_eq!(hour_dir("2025-01-02T05").unwrap(), "date=2025-01-02/hour=05");
+        assert_eq!(
+            hour_dir("2025-11-24T16").unwrap(),
+            "date=2025-11-24/hour=16"
+        );
+        assert_eq!(
+            hour_dir("2025-01-02T05").unwrap(),
+            "date=2025-01-02/hour=05"
+        );
         for bad in [
             "2025-11-24",
             "2025-11-24T24",
@@ -375,7 +395,10 @@ mod tests {
     fn names_split_and_lists_parse() {
         assert_eq!(
             split_name("date=2025-11-24/hour=16/part-00000000000000000007.parquet"),
-            Some(("date=2025-11-24/hour=16", "part-00000000000000000007.parquet"))
+            Some((
+                "date=2025-11-24/hour=16",
+                "part-00000000000000000007.parquet"
+            ))
         );
         assert_eq!(
             split_name("date=2025-11-24/hour=16/compacted-00ff.parquet"),
@@ -383,7 +406,10 @@ mod tests {
         );
         assert_eq!(split_name("date=2025-11-24/hour=16/notes.txt"), None);
         assert_eq!(split_name("part-1.parquet"), None);
-        let kv = vec![KeyValue::new(COMPACTED_FROM_KEY.into(), "a,b,,c".to_string())];
+        let kv = vec![KeyValue::new(
+            COMPACTED_FROM_KEY.into(),
+            "a,b,,c".to_string(),
+        )];
         assert_eq!(
             listed_files(&kv),
             BTreeSet::from(["a".to_string(), "b".into(), "c".into()])
@@ -396,7 +422,10 @@ mod tests {
         let a = BTreeSet::from(["p1".to_string(), "p2".into()]);
         let b = BTreeSet::from(["p2".to_string(), "p1".into()]);
         assert_eq!(compacted_name(&a), compacted_name(&b));
-        assert_ne!(compacted_name(&a), compacted_name(&BTreeSet::from(["p1".to_string()])));
+        assert_ne!(
+            compacted_name(&a),
+            compacted_name(&BTreeSet::from(["p1".to_string()]))
+        );
         assert!(compacted_name(&a).starts_with(COMPACTED_PREFIX));
         assert!(compacted_name(&a).ends_with(".parquet"));
     }

@@ -9,7 +9,7 @@
 //! rows (DESIGN §8).
 
 use arrow::array::{
-    ArrayRef, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, Int64Array, StringBuilder, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -17,12 +17,12 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use danmaku_core::model::Danmaku;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// File-metadata key holding [`SCHEMA_VERSION`].
@@ -131,19 +131,27 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// Integer columns stored with `DELTA_BINARY_PACKED` instead of dictionaries: in
+/// file order (room, ts) they grow slowly, so deltas pack into a few bits; a
+/// dictionary of mostly distinct values only costs time (measured in
+/// `docs/benchmarks/archive.md`: a third smaller files, half the encoding time).
+pub const DELTA_COLUMNS: [&str; 3] = ["id", "offset_ms", "ts"];
+
 /// Writer settings for a file of `rows` rows. The bloom filters are sized for
 /// `rows` distinct values (an upper bound), not parquet's default of a million,
 /// which would add most of a megabyte to every small file.
 pub fn writer_properties(rows: usize) -> Result<WriterProperties, EncodeError> {
-    writer_properties_with(rows, Vec::new())
+    writer_properties_with(rows as u64, rows as u64, Vec::new())
 }
 
-/// [`writer_properties`] with more key-value metadata after the schema version.
+/// Writer settings for a file with `users` distinct users and `rooms` distinct
+/// rooms (the bloom filters are sized for them), with `extra` key-value metadata
+/// after the schema version.
 pub fn writer_properties_with(
-    rows: usize,
+    users: u64,
+    rooms: u64,
     extra: Vec<KeyValue>,
 ) -> Result<WriterProperties, EncodeError> {
-    let ndv = rows.max(1) as u64;
     let mut metadata = vec![KeyValue::new(
         SCHEMA_VERSION_KEY.to_string(),
         SCHEMA_VERSION.to_string(),
@@ -154,12 +162,18 @@ pub fn writer_properties_with(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_dictionary_enabled(true)
         .set_key_value_metadata(Some(metadata));
-    for column in ["user", "room"] {
+    for column in DELTA_COLUMNS {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+    }
+    for (column, ndv) in [("user", users), ("room", rooms)] {
         let path = ColumnPath::from(column);
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
             .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
-            .set_column_bloom_filter_ndv(path, ndv);
+            .set_column_bloom_filter_ndv(path, ndv.max(1));
     }
     Ok(builder.build())
 }
@@ -169,33 +183,68 @@ pub fn sort_rows(rows: &mut [ParquetRow]) {
     rows.sort_by(|a, b| (a.room.as_str(), a.ts_ms, a.id).cmp(&(b.room.as_str(), b.ts_ms, b.id)));
 }
 
+/// The file order of `rows` (by room, ts, id) as indices into it, and the number
+/// of distinct rooms. Sorts integer keys (rooms ranked first), not the rows.
+pub fn file_order(rows: &[ParquetRow]) -> (Vec<usize>, usize) {
+    let mut rooms: Vec<&str> = rows.iter().map(|r| r.room.as_str()).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let rank: HashMap<&str, u32> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, i as u32))
+        .collect();
+    let mut keys: Vec<(u32, i64, u64, usize)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (rank[r.room.as_str()], r.ts_ms, r.id, i))
+        .collect();
+    keys.sort_unstable();
+    (keys.into_iter().map(|k| k.3).collect(), rooms.len())
+}
+
 /// `rows` as one Arrow record batch, in the given order.
 pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> {
+    let order: Vec<usize> = (0..rows.len()).collect();
+    to_record_batch_in(rows, &order)
+}
+
+/// `rows[order[0]], rows[order[1]], ...` as one Arrow record batch.
+pub fn to_record_batch_in(
+    rows: &[ParquetRow],
+    order: &[usize],
+) -> Result<RecordBatch, EncodeError> {
+    let at = || order.iter().map(|&i| &rows[i]);
+    let strings = |f: &dyn Fn(&ParquetRow) -> &str| -> ArrayRef {
+        let bytes: usize = at().map(|r| f(r).len()).sum();
+        let mut b = StringBuilder::with_capacity(order.len(), bytes);
+        for r in at() {
+            b.append_value(f(r));
+        }
+        Arc::new(b.finish())
+    };
+    let optional = |f: &dyn Fn(&ParquetRow) -> Option<&str>| -> ArrayRef {
+        let bytes: usize = at().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(order.len(), bytes);
+        for r in at() {
+            b.append_option(f(r));
+        }
+        Arc::new(b.finish())
+    };
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.id))),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.room.as_str()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.vod.as_deref()),
-        )),
-        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.offset_ms))),
+        Arc::new(UInt64Array::from_iter_values(at().map(|r| r.id))),
+        strings(&|r| r.room.as_str()),
+        optional(&|r| r.vod.as_deref()),
+        Arc::new(Int64Array::from_iter(at().map(|r| r.offset_ms))),
         Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.ts_ms))
-                .with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(at().map(|r| r.ts_ms)).with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.user.as_str()),
-        )),
-        Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.name.as_deref()),
-        )),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.mode))),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.color))),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.text.as_str()),
-        )),
+        strings(&|r| r.user.as_str()),
+        optional(&|r| r.name.as_deref()),
+        strings(&|r| r.kind),
+        strings(&|r| r.mode),
+        Arc::new(UInt32Array::from_iter_values(at().map(|r| r.color))),
+        strings(&|r| r.text.as_str()),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
@@ -203,21 +252,44 @@ pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> 
 /// One complete Parquet file holding `rows`, sorted by (room, ts, id) whatever
 /// their order here. Deterministic: the same rows give the same bytes.
 pub fn encode(rows: &[ParquetRow]) -> Result<Bytes, EncodeError> {
-    let mut sorted = rows.to_vec();
-    sort_rows(&mut sorted);
-    encode_sorted(&sorted, Vec::new())
+    encode_with(rows, Vec::new())
+}
+
+/// [`encode`] with `extra` key-value metadata after the schema version.
+pub fn encode_with(rows: &[ParquetRow], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
+    let (order, rooms) = file_order(rows);
+    encode_in(rows, &order, rooms, extra)
 }
 
 /// One complete Parquet file holding `rows` in the given order (callers sort
 /// them with [`sort_rows`]), with `extra` key-value metadata after the schema
 /// version.
 pub fn encode_sorted(rows: &[ParquetRow], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
-    let batch = to_record_batch(rows)?;
-    let mut out = Vec::with_capacity(rows.len() * 64 + 4096);
+    let order: Vec<usize> = (0..rows.len()).collect();
+    let mut rooms: Vec<&str> = rows.iter().map(|r| r.room.as_str()).collect();
+    rooms.dedup();
+    rooms.sort_unstable();
+    rooms.dedup();
+    encode_in(rows, &order, rooms.len(), extra)
+}
+
+fn encode_in(
+    rows: &[ParquetRow],
+    order: &[usize],
+    rooms: usize,
+    extra: Vec<KeyValue>,
+) -> Result<Bytes, EncodeError> {
+    let users = rows
+        .iter()
+        .map(|r| r.user.as_str())
+        .collect::<HashSet<&str>>()
+        .len();
+    let batch = to_record_batch_in(rows, order)?;
+    let mut out = Vec::with_capacity(rows.len() * 24 + 4096);
     let mut writer = ArrowWriter::try_new(
         &mut out,
         schema(),
-        Some(writer_properties_with(rows.len(), extra)?),
+        Some(writer_properties_with(users as u64, rooms as u64, extra)?),
     )?;
     writer.write(&batch)?;
     writer.close()?;
@@ -240,7 +312,9 @@ pub enum DecodeError {
 
 /// The `&'static str` label of a `kind` or `mode` value read back from a file.
 fn known_label(value: &str) -> Option<&'static str> {
-    const LABELS: [&str; 7] = ["comment", "gift", "like", "system", "scroll", "top", "bottom"];
+    const LABELS: [&str; 7] = [
+        "comment", "gift", "like", "system", "scroll", "top", "bottom",
+    ];
     LABELS.into_iter().find(|l| *l == value)
 }
 

@@ -48,33 +48,56 @@ async fn compaction_merges_an_hour_into_one_file_and_reruns_change_nothing() {
     let all: Vec<Danmaku> = before.iter().chain(&r1).chain(&r2).cloned().collect();
     assert_parquet_exactly(dir.path(), &all);
     let parts = files_in(dir.path(), DIR_16);
-    assert!(parts.len() > 3, "several batch files in the hour: {parts:?}");
+    assert!(
+        parts.len() > 3,
+        "several batch files in the hour: {parts:?}"
+    );
     let hour_15 = files_in(dir.path(), "date=2025-11-24/hour=15");
 
     let report = compact_hour(&*ctx.objects, HOUR_16).await.unwrap();
     assert_eq!(report.hour, DIR_16);
-    assert_eq!((report.files_merged, report.rows), (parts.len(), r1.len() + r2.len()));
+    assert_eq!(
+        (report.files_merged, report.rows),
+        (parts.len(), r1.len() + r2.len())
+    );
     let after = files_in(dir.path(), DIR_16);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(Some(after[0].clone()), report.output);
     assert!(after[0].starts_with(&format!("{DIR_16}/{COMPACTED_PREFIX}")));
-    assert_eq!(files_in(dir.path(), "date=2025-11-24/hour=15"), hour_15, "other hours untouched");
+    assert_eq!(
+        files_in(dir.path(), "date=2025-11-24/hour=15"),
+        hour_15,
+        "other hours untouched"
+    );
     let by_id = assert_parquet_exactly(dir.path(), &all);
-    assert_eq!(by_id[&r1[3].id].vod.as_deref(), Some("v1"), "columns carried over");
+    assert_eq!(
+        by_id[&r1[3].id].vod.as_deref(),
+        Some("v1"),
+        "columns carried over"
+    );
 
     // The compacted file lists what it holds, next to the schema version.
     let bytes = std::fs::read(dir.path().join("archive").join(&after[0])).unwrap();
     let (_, kv) = danmaku_archive::parquet_file::decode(bytes.clone().into()).unwrap();
     let listed = kv.iter().find(|k| k.key == COMPACTED_FROM_KEY).unwrap();
-    let mut names: Vec<String> = parts.iter().map(|p| p.rsplit('/').next().unwrap().to_string()).collect();
+    let mut names: Vec<String> = parts
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap().to_string())
+        .collect();
     names.sort();
     assert_eq!(listed.value.as_deref(), Some(names.join(",").as_str()));
 
     // Again: nothing to do, nothing changes.
     let again = compact_hour(&*ctx.objects, HOUR_16).await.unwrap();
-    assert_eq!((again.files_merged, again.covered_deleted, again.output), (0, 0, None));
+    assert_eq!(
+        (again.files_merged, again.covered_deleted, again.output),
+        (0, 0, None)
+    );
     assert_eq!(files_in(dir.path(), DIR_16), after);
-    assert_eq!(std::fs::read(dir.path().join("archive").join(&after[0])).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(dir.path().join("archive").join(&after[0])).unwrap(),
+        bytes
+    );
 
     // New parts in a compacted hour are merged with the compacted file.
     let late = comments(&ctx, "r3", T + 600_000, 700, 12);
@@ -88,7 +111,10 @@ async fn compaction_merges_an_hour_into_one_file_and_reruns_change_nothing() {
     assert_parquet_exactly(dir.path(), &all);
 
     // Hours are strict; an empty hour is a no-op.
-    assert!(matches!(compact_hour(&*ctx.objects, "2025-11-24 16").await, Err(CompactError::Hour(_))));
+    assert!(matches!(
+        compact_hour(&*ctx.objects, "2025-11-24 16").await,
+        Err(CompactError::Hour(_))
+    ));
     let empty = compact_hour(&*ctx.objects, "2020-01-01T00").await.unwrap();
     assert_eq!((empty.files_merged, empty.rows, empty.output), (0, 0, None));
     assert_eq!(
@@ -144,16 +170,26 @@ impl ObjectStore for FailingDeletes {
         }
         self.inner.delete(location).await
     }
-    fn list(&self, prefix: Option<&ObjectPath>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.inner.list(prefix)
     }
-    async fn list_with_delimiter(&self, prefix: Option<&ObjectPath>) -> object_store::Result<ListResult> {
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&ObjectPath>,
+    ) -> object_store::Result<ListResult> {
         self.inner.list_with_delimiter(prefix).await
     }
     async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
         self.inner.copy(from, to).await
     }
-    async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+    async fn copy_if_not_exists(
+        &self,
+        from: &ObjectPath,
+        to: &ObjectPath,
+    ) -> object_store::Result<()> {
         self.inner.copy_if_not_exists(from, to).await
     }
 }
@@ -181,7 +217,10 @@ async fn a_crash_between_the_put_and_the_deletes_is_finished_by_the_next_run() {
     // The next run deletes the covered inputs and merges nothing again.
     failing.fail_deletes.store(false, Ordering::SeqCst);
     let report = compact_hour(&failing, HOUR_16).await.unwrap();
-    assert_eq!((report.files_merged, report.covered_deleted), (0, parts.len()));
+    assert_eq!(
+        (report.files_merged, report.covered_deleted),
+        (0, parts.len())
+    );
     assert_eq!(files_in(dir.path(), DIR_16).len(), 1);
     assert_parquet_exactly(dir.path(), &c);
 }
@@ -210,16 +249,22 @@ async fn a_batch_redone_after_its_hour_was_compacted_adds_nothing() {
     // The lease expires; batch 1 is redone and writes its part again, sees that
     // the compacted file holds it, and removes it.
     let lease = ctx.settings.archive.lease_ms as i64;
-    let redo = archive_once(&ctx, LATER + lease + 1).await.unwrap().unwrap();
+    let redo = archive_once(&ctx, LATER + lease + 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(redo.rows, 5);
     assert_eq!(files_in(dir.path(), DIR_16), compacted);
     assert_eq!(ctx.slices.pending().await.unwrap(), 0);
     let all: Vec<Danmaku> = first.into_iter().chain(second).collect();
     assert_parquet_exactly(dir.path(), &all);
     assert!(
-        !compact::superseded(&*ctx.objects, &format!("{DIR_16}/part-00000000000000000999.parquet"))
-            .await
-            .unwrap(),
+        !compact::superseded(
+            &*ctx.objects,
+            &format!("{DIR_16}/part-00000000000000000999.parquet")
+        )
+        .await
+        .unwrap(),
         "a part no compacted file lists is not superseded"
     );
 }
@@ -301,22 +346,37 @@ async fn merging_overlapping_compacted_files_keeps_each_id_once() {
     append(&ctx, "r1", &c).await;
     drain(&ctx, Duration::from_secs(10)).await.unwrap();
     let parts = files_in(dir.path(), DIR_16);
-    let read = |f: &String| -> Bytes { std::fs::read(dir.path().join("archive").join(f)).unwrap().into() };
+    let read = |f: &String| -> Bytes {
+        std::fs::read(dir.path().join("archive").join(f))
+            .unwrap()
+            .into()
+    };
     let rows_of = |fs: &[String]| -> Vec<danmaku_archive::parquet_file::ParquetRow> {
-        fs.iter().flat_map(|f| danmaku_archive::parquet_file::decode(read(f)).unwrap().0).collect()
+        fs.iter()
+            .flat_map(|f| danmaku_archive::parquet_file::decode(read(f)).unwrap().0)
+            .collect()
     };
     // Hand-made overlapping compacted files, as two racing runs would leave.
     let half = parts.len() / 2 + 1;
     for (name, subset) in [("a", &parts[..half]), ("b", &parts[half - 1..])] {
         let rows = compact::merge_rows(vec![rows_of(subset)]);
-        let listed: Vec<String> = subset.iter().map(|p| p.rsplit('/').next().unwrap().to_string()).collect();
+        let listed: Vec<String> = subset
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap().to_string())
+            .collect();
         let bytes = danmaku_archive::parquet_file::encode_sorted(
             &rows,
-            vec![parquet::file::metadata::KeyValue::new(COMPACTED_FROM_KEY.into(), listed.join(","))],
+            vec![parquet::file::metadata::KeyValue::new(
+                COMPACTED_FROM_KEY.into(),
+                listed.join(","),
+            )],
         )
         .unwrap();
         ctx.objects
-            .put(&ObjectPath::from(format!("{DIR_16}/{COMPACTED_PREFIX}{name}.parquet")), bytes.into())
+            .put(
+                &ObjectPath::from(format!("{DIR_16}/{COMPACTED_PREFIX}{name}.parquet")),
+                bytes.into(),
+            )
             .await
             .unwrap();
     }

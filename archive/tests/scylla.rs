@@ -64,7 +64,10 @@ async fn a_batch_redone_with_scylla_yields_each_row_once() {
     assert!(matches!(err, ArchiveRoleError::Slices(_)), "{err}");
     assert_eq!(archived(&ctx, "v1").await.len(), 40);
     let lease = ctx.settings.archive.lease_ms as i64;
-    let report = archive_once(&ctx, LATER + lease + 1).await.unwrap().unwrap();
+    let report = archive_once(&ctx, LATER + lease + 1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((report.rows, report.vod_rows), (40, 40));
     let v1 = archived(&ctx, "v1").await;
     assert_eq!(v1.len(), 40);

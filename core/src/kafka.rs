@@ -162,8 +162,7 @@ impl ConsumerContext for Observer {
                 tracing::info!(partitions = ?st.assigned, "kafka partitions assigned");
             }
             Rebalance::Error(e) => {
-                metrics::counter!("danmaku_kafka_rebalances_total", "kind" => "error")
-                    .increment(1);
+                metrics::counter!("danmaku_kafka_rebalances_total", "kind" => "error").increment(1);
                 tracing::warn!(error = %e, "kafka rebalance error");
             }
             Rebalance::Revoke(_) => {}
@@ -201,7 +200,10 @@ impl KafkaBus {
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", settings.linger_ms.to_string())
-            .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
             .set(
                 "request.timeout.ms",
                 settings.message_timeout_ms.clamp(1_000, 30_000).to_string(),
@@ -257,7 +259,9 @@ impl KafkaBus {
                 return Err(BusError::Unavailable(format!("topic {topic}: {e:?}")));
             }
             if t.partitions().is_empty() {
-                return Err(BusError::Unavailable(format!("topic {topic} has no partitions")));
+                return Err(BusError::Unavailable(format!(
+                    "topic {topic} has no partitions"
+                )));
             }
             Ok(t.partitions().len())
         })
@@ -307,18 +311,17 @@ impl Bus for KafkaBus {
         // so the wait is also bounded here (the record may then still land: the caller
         // reported failure, never a success that is not true).
         let bound = Duration::from_millis(self.settings.message_timeout_ms + 500);
-        let sent = match tokio::time::timeout(bound, self.producer.send(record, Duration::ZERO))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                metrics::counter!("danmaku_kafka_produce_errors_total").increment(1);
-                return Err(BusError::Unavailable(format!(
-                    "no acknowledgement within {} ms",
-                    bound.as_millis()
-                )));
-            }
-        };
+        let sent =
+            match tokio::time::timeout(bound, self.producer.send(record, Duration::ZERO)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    metrics::counter!("danmaku_kafka_produce_errors_total").increment(1);
+                    return Err(BusError::Unavailable(format!(
+                        "no acknowledgement within {} ms",
+                        bound.as_millis()
+                    )));
+                }
+            };
         match sent {
             Ok(d) => {
                 metrics::histogram!("danmaku_kafka_produce_seconds")
@@ -382,9 +385,9 @@ impl Bus for KafkaBus {
                 .client()
                 .fetch_metadata(Some(&topic), Duration::from_millis(800))
                 .map(|md| {
-                    md.topics()
-                        .iter()
-                        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                    md.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    })
                 })
                 .unwrap_or(false)
         })
@@ -719,7 +722,9 @@ mod tests {
             return;
         }
         let (bus, _) = bus_on(&kafka, 2).await;
-        bus.publish("r", Bytes::from_static(b"warm-up")).await.unwrap();
+        bus.publish("r", Bytes::from_static(b"warm-up"))
+            .await
+            .unwrap();
         assert!(bus.ready().await);
         kafka.broker_down(-1);
         let t = Instant::now();
@@ -805,7 +810,9 @@ mod tests {
         // Join: wait until `a` owns everything.
         let mut first = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        bus.publish("x0", Bytes::from_static(b"hello")).await.unwrap();
+        bus.publish("x0", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
         while first.is_empty() && Instant::now() < deadline {
             first = a.poll(100, Duration::from_millis(200)).await.unwrap();
         }

@@ -50,8 +50,14 @@
 //! partition a batch wrote to.
 //!
 //! A row redone after its segment gained a generation would be placed in the new
-//! one; so when a segment has older generations, the shards they would hold the
-//! incoming ids in are read first and ids already there are skipped.
+//! one; so when a segment has older generations (or its current one looks full),
+//! the shards every generation would hold the incoming ids in are read first, ids
+//! already there are skipped, and the placement is planned again for the rest.
+//! A segment with one generation (the usual case) needs no read before writing.
+//!
+//! The row bound holds exactly for one writer per segment; two archivers writing
+//! the same segment at once may each add their rows to a shard that had room for
+//! one of them (by at most one batch).
 //!
 //! # Races (no LWT)
 //!
@@ -142,7 +148,8 @@ pub fn check_settings(s: &ScyllaSettings) -> Result<(), String> {
             "scylla.replication {r:?} must be a CQL map such as {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
         ));
     }
-    parse_consistency(&s.write_consistency).map_err(|e| format!("scylla.write_consistency: {e}"))?;
+    parse_consistency(&s.write_consistency)
+        .map_err(|e| format!("scylla.write_consistency: {e}"))?;
     parse_consistency(&s.read_consistency).map_err(|e| format!("scylla.read_consistency: {e}"))?;
     if s.partition_rows == 0 || s.partition_rows > i32::MAX as u32 {
         return Err("scylla.partition_rows must be positive".into());
@@ -318,9 +325,15 @@ pub fn place_rows(
 ) -> Placement {
     let bound = bound.max(1);
     let incoming = ids.len() as i64;
-    let width = |rows: i64| -> i32 { ((rows + bound - 1) / bound).clamp(1, i32::MAX as i64) as i32 };
+    let width =
+        |rows: i64| -> i32 { ((rows + bound - 1) / bound).clamp(1, i32::MAX as i64) as i32 };
     let check_except = |g: Generation| -> Vec<Generation> {
-        state.generations.iter().copied().filter(|o| *o != g).collect()
+        state
+            .generations
+            .iter()
+            .copied()
+            .filter(|o| *o != g)
+            .collect()
     };
     let Some(current) = state.current() else {
         // The segment's first rows: room for the previous segment's density plus a
@@ -455,7 +468,8 @@ impl ScyllaArchiveStore {
         settings: &ScyllaSettings,
     ) -> Result<Self, ScyllaError> {
         check_settings(settings).map_err(ScyllaError::Settings)?;
-        let write = parse_consistency(&settings.write_consistency).map_err(ScyllaError::Settings)?;
+        let write =
+            parse_consistency(&settings.write_consistency).map_err(ScyllaError::Settings)?;
         let read = parse_consistency(&settings.read_consistency).map_err(ScyllaError::Settings)?;
         let ks = &settings.keyspace;
         let page = settings.page_size.min(i32::MAX as u32) as i32;
@@ -587,7 +601,11 @@ impl ScyllaArchiveStore {
         Ok(())
     }
 
-    async fn run_batch<V: SerializeRow>(&self, batch: Batch, rows: &[V]) -> Result<(), ArchiveError> {
+    async fn run_batch<V: SerializeRow>(
+        &self,
+        batch: Batch,
+        rows: &[V],
+    ) -> Result<(), ArchiveError> {
         self.session
             .batch(&batch, rows)
             .await
@@ -597,13 +615,16 @@ impl ScyllaArchiveStore {
 
     async fn session_row(&self, vod: &str) -> Result<Option<Session>, ArchiveError> {
         let rows: Vec<SessionRow> = self.read_all(&self.st.vod_get, (vod,)).await?;
-        Ok(rows.into_iter().next().map(|(room, started_at, ended_at, latency_ms)| Session {
-            vod: vod.to_string(),
-            room: room.unwrap_or_default(),
-            started_at: started_at.unwrap_or(0),
-            ended_at,
-            latency_ms: latency_ms.unwrap_or(0),
-        }))
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(room, started_at, ended_at, latency_ms)| Session {
+                vod: vod.to_string(),
+                room: room.unwrap_or_default(),
+                started_at: started_at.unwrap_or(0),
+                ended_at,
+                latency_ms: latency_ms.unwrap_or(0),
+            }))
     }
 
     /// Writes `s` to both session tables at once (a logged batch).
@@ -613,8 +634,20 @@ impl ScyllaArchiveStore {
         batch.append_statement(self.st.by_room_put.clone());
         batch.set_consistency(self.write_consistency);
         let values = (
-            (s.vod.as_str(), s.room.as_str(), s.started_at, s.ended_at, s.latency_ms),
-            (s.room.as_str(), s.started_at, s.vod.as_str(), s.ended_at, s.latency_ms),
+            (
+                s.vod.as_str(),
+                s.room.as_str(),
+                s.started_at,
+                s.ended_at,
+                s.latency_ms,
+            ),
+            (
+                s.room.as_str(),
+                s.started_at,
+                s.vod.as_str(),
+                s.ended_at,
+                s.latency_ms,
+            ),
         );
         self.session
             .batch(&batch, values)
@@ -649,7 +682,12 @@ impl ScyllaArchiveStore {
     }
 
     /// The distinct comment ids stored in one partition.
-    async fn ids_in(&self, vod: &str, segment: i32, shard: i32) -> Result<HashSet<u64>, ArchiveError> {
+    async fn ids_in(
+        &self,
+        vod: &str,
+        segment: i32,
+        shard: i32,
+    ) -> Result<HashSet<u64>, ArchiveError> {
         let rows: Vec<(i64,)> = self
             .read_all(&self.st.comment_ids_get, (vod, segment, shard))
             .await?;
@@ -957,7 +995,9 @@ pub mod testserver {
         /// Starts the server; it accepts connections when this returns.
         pub fn start() -> Self {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-            listener.set_nonblocking(true).expect("nonblocking listener");
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
             let addr = listener.local_addr().expect("local addr");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
@@ -1088,7 +1128,9 @@ mod tests {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS dm_test."), "{s}");
             assert!(!s.contains("danmaku"), "{s}");
         }
-        assert!(stmts.iter().any(|s| s.contains("PRIMARY KEY ((vod, segment, shard), offset_ms, id)")));
+        assert!(stmts
+            .iter()
+            .any(|s| s.contains("PRIMARY KEY ((vod, segment, shard), offset_ms, id)")));
     }
 
     #[test]
@@ -1096,16 +1138,37 @@ mod tests {
         let ok = ScyllaSettings::default();
         assert!(check_settings(&ok).is_ok());
         for bad in [
-            ScyllaSettings { keyspace: "a; DROP".into(), ..Default::default() },
-            ScyllaSettings { keyspace: "1abc".into(), ..Default::default() },
-            ScyllaSettings { replication: "{}; x".into(), ..Default::default() },
-            ScyllaSettings { write_consistency: "most".into(), ..Default::default() },
-            ScyllaSettings { partition_rows: 0, ..Default::default() },
-            ScyllaSettings { max_shards: 0, ..Default::default() },
+            ScyllaSettings {
+                keyspace: "a; DROP".into(),
+                ..Default::default()
+            },
+            ScyllaSettings {
+                keyspace: "1abc".into(),
+                ..Default::default()
+            },
+            ScyllaSettings {
+                replication: "{}; x".into(),
+                ..Default::default()
+            },
+            ScyllaSettings {
+                write_consistency: "most".into(),
+                ..Default::default()
+            },
+            ScyllaSettings {
+                partition_rows: 0,
+                ..Default::default()
+            },
+            ScyllaSettings {
+                max_shards: 0,
+                ..Default::default()
+            },
         ] {
             assert!(check_settings(&bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_consistency("LOCAL_QUORUM").unwrap(), Consistency::LocalQuorum);
+        assert_eq!(
+            parse_consistency("LOCAL_QUORUM").unwrap(),
+            Consistency::LocalQuorum
+        );
     }
 
     fn state(gens: &[(i32, i32)], obs: &[(i32, i32)]) -> SegmentState {
@@ -1127,7 +1190,13 @@ mod tests {
         assert_eq!((p.declare, p.place, p.check.len()), (Some(one), one, 0));
         // The previous segment held 1,000 rows: 1,250 over 100 per shard.
         let p = place_rows(&SegmentState::default(), 1_000, &ids, 100, 64);
-        assert_eq!(p.place, Generation { first: 0, count: 13 });
+        assert_eq!(
+            p.place,
+            Generation {
+                first: 0,
+                count: 13
+            }
+        );
         // A big first write: twice its rows.
         let many: Vec<u64> = (0..500).collect();
         let p = place_rows(&SegmentState::default(), 0, &many, 100, 64);
@@ -1166,7 +1235,10 @@ mod tests {
         assert_eq!(s2.shards(), BTreeSet::from([0, 1, 2]));
         // At max_shards no new generation: the current one grows.
         let p = place_rows(&s, 0, &ids, 100, 1);
-        assert_eq!((p.declare, p.place), (None, Generation { first: 0, count: 1 }));
+        assert_eq!(
+            (p.declare, p.place),
+            (None, Generation { first: 0, count: 1 })
+        );
     }
 
     #[test]
@@ -1182,15 +1254,23 @@ mod tests {
         for id in 0..10_000u64 {
             counts[(g.shard_of(id) - 3) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (1_600..=2_400).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (1_600..=2_400).contains(&c)),
+            "{counts:?}"
+        );
     }
 
-    async fn store_on(server: &CqlTestServer, tweak: impl FnOnce(&mut ScyllaSettings)) -> ScyllaArchiveStore {
+    async fn store_on(
+        server: &CqlTestServer,
+        tweak: impl FnOnce(&mut ScyllaSettings),
+    ) -> ScyllaArchiveStore {
         let mut settings = server.settings(&format!("t{}", rand::random::<u32>()));
         tweak(&mut settings);
         migrate(&settings).await.expect("migrate");
         migrate(&settings).await.expect("migrate is idempotent");
-        ScyllaArchiveStore::connect(&settings).await.expect("connect")
+        ScyllaArchiveStore::connect(&settings)
+            .await
+            .expect("connect")
     }
 
     #[tokio::test]
@@ -1208,13 +1288,17 @@ mod tests {
                 id,
                 room: "r".into(),
                 user: format!("u{}", id % 5),
-                name: if id % 2 == 0 { String::new() } else { format!("N{id}") },
+                name: if id.is_multiple_of(2) {
+                    String::new()
+                } else {
+                    format!("N{id}")
+                },
                 ts_ms: 1_764_000_000_000 + offset_ms,
                 kind: (id % 4) as i32,
                 mode: (id % 3) as i32,
                 color: 0xFF00FF,
                 text: format!("弹幕 {id} '\"quoted\""),
-                stream_pos_ms: (id % 3 == 0).then_some(offset_ms + 5),
+                stream_pos_ms: id.is_multiple_of(3).then_some(offset_ms + 5),
                 vod: Some(vod.into()),
                 offset_ms: Some(offset_ms),
             },
@@ -1225,7 +1309,13 @@ mod tests {
         let states = store.segment_states(vod).await.unwrap();
         let mut out = Vec::new();
         for shard in states[&segment].shards() {
-            out.push(store.ids_in(vod, segment as i32, shard).await.unwrap().len());
+            out.push(
+                store
+                    .ids_in(vod, segment as i32, shard)
+                    .await
+                    .unwrap()
+                    .len(),
+            );
         }
         out
     }
@@ -1256,7 +1346,10 @@ mod tests {
         }
         assert_eq!(store.count(vod).await.unwrap(), 200);
         let sizes = partition_sizes(&store, vod, 0).await;
-        assert!(sizes.iter().all(|&n| n <= 10), "a partition past the bound: {sizes:?}");
+        assert!(
+            sizes.iter().all(|&n| n <= 10),
+            "a partition past the bound: {sizes:?}"
+        );
         assert!(sizes.len() >= 20, "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), 200, "each row stored once");
 
@@ -1270,8 +1363,56 @@ mod tests {
 
         let mut expected = rows.clone();
         expected.sort_by_key(|c| (c.offset_ms, c.item.id));
-        assert_eq!(store.read_segment(vod, 0).await.unwrap(), expected, "every column round-trips, in order");
+        assert_eq!(
+            store.read_segment(vod, 0).await.unwrap(),
+            expected,
+            "every column round-trips, in order"
+        );
         assert_eq!(store.last_segment(vod).await.unwrap(), Some(0));
+    }
+
+    /// Forgets every observation of `vod`, as if each write had crashed after
+    /// storing its rows and before recording what the partitions held.
+    async fn forget_observations(store: &ScyllaArchiveStore, vod: &str) {
+        for (segment, state) in store.segment_states(vod).await.unwrap() {
+            for (shard, ns) in &state.observed {
+                for &n in ns {
+                    store
+                        .session
+                        .execute_unpaged(
+                            &store.st.segment_del,
+                            (vod, segment as i32, ENTRY_OBSERVED, *shard, n),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_observation_is_repaired_by_the_redo() {
+        let server = CqlTestServer::start();
+        for bound in [10u32, 50_000] {
+            let store = store_on(&server, |s| s.partition_rows = bound).await;
+            let vod = format!("crash{bound}");
+            let rows: Vec<ArchivedComment> = (0..120u64)
+                .map(|i| row(&vod, 5_000 + i, (i as i64 * 6_007) % 720_000))
+                .collect();
+            for chunk in rows.chunks(9) {
+                store.upsert_comments(chunk).await.unwrap();
+            }
+            assert_eq!(store.count(&vod).await.unwrap(), 120);
+            let sizes = partition_sizes(&store, &vod, 0).await;
+            forget_observations(&store, &vod).await;
+            assert_eq!(store.count(&vod).await.unwrap(), 0);
+            // The redo (the same batches, whole) finds the rows, stores nothing
+            // twice and records what the partitions hold.
+            store.upsert_comments(&rows).await.unwrap();
+            assert_eq!(store.count(&vod).await.unwrap(), 120, "bound {bound}");
+            assert_eq!(partition_sizes(&store, &vod, 0).await, sizes, "bound {bound}");
+            assert_eq!(all_rows(&store, &vod).await.len(), 120);
+        }
     }
 
     #[tokio::test]
@@ -1285,7 +1426,10 @@ mod tests {
         store.upsert_comments(&seg1).await.unwrap();
         let states = store.segment_states(vod).await.unwrap();
         // 40 rows, plus a quarter, over 10 per shard: 5 shards from the start.
-        assert_eq!(states[&1].current(), Some(Generation { first: 0, count: 5 }));
+        assert_eq!(
+            states[&1].current(),
+            Some(Generation { first: 0, count: 5 })
+        );
         assert_eq!(store.count(vod).await.unwrap(), 41);
         assert_eq!(store.last_segment(vod).await.unwrap(), Some(1));
     }
@@ -1301,7 +1445,13 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let rows: Vec<ArchivedComment> = (0..60u64)
-                        .map(|i| row(vod, w * 1_000 + i, ((i * 17_000 + w * 333) % 1_080_000) as i64))
+                        .map(|i| {
+                            row(
+                                vod,
+                                w * 1_000 + i,
+                                ((i * 17_000 + w * 333) % 1_080_000) as i64,
+                            )
+                        })
                         .collect();
                     for chunk in rows.chunks(5) {
                         store.upsert_comments(chunk).await.unwrap();
@@ -1315,13 +1465,19 @@ mod tests {
         assert_eq!(store.count(vod).await.unwrap(), 240);
         let got = all_rows(&store, vod).await;
         assert_eq!(got.len(), 240);
-        assert_eq!(got.iter().map(|c| c.item.id).collect::<HashSet<_>>().len(), 240);
+        assert_eq!(
+            got.iter().map(|c| c.item.id).collect::<HashSet<_>>().len(),
+            240
+        );
 
         // Two writers redoing the same rows at once (a batch whose lease expired
         // mid-way), in one generation: stored and counted once.
         let vod2 = "same";
-        let rows: Arc<Vec<ArchivedComment>> =
-            Arc::new((0..100u64).map(|i| row(vod2, i, i as i64 * 1_000)).collect());
+        let rows: Arc<Vec<ArchivedComment>> = Arc::new(
+            (0..100u64)
+                .map(|i| row(vod2, i, i as i64 * 1_000))
+                .collect(),
+        );
         let store2 = Arc::new(store_on(&server, |_| {}).await);
         let tasks: Vec<_> = [3usize, 7]
             .into_iter()
@@ -1355,7 +1511,9 @@ mod tests {
             ..Default::default()
         };
         migrate(&settings).await.expect("migrate");
-        let store = ScyllaArchiveStore::connect(&settings).await.expect("connect");
+        let store = ScyllaArchiveStore::connect(&settings)
+            .await
+            .expect("connect");
         crate::conformance::archive_store_suite(&store).await;
     }
 }

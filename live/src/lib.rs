@@ -8,6 +8,7 @@
 //!   `send` through [`danmaku_ingest::Ingest`]).
 //! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll, next_poll_ms).
 
+pub mod bigkeys;
 pub mod hub;
 mod poll;
 pub mod writer;
@@ -211,6 +212,7 @@ pub fn router(live: Arc<Live>) -> Router {
         .with_state(live.clone());
     Router::new()
         .route("/v1/rooms/{room}/ws", get(ws::upgrade))
+        .route("/v1/admin/bigkeys", get(bigkeys::handler))
         .with_state(live)
         .merge(polling)
 }

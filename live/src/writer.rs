@@ -1,22 +1,63 @@
 //! The writer: consumer group `live-writer` on the Bus → SliceStore (one append per
-//! room per batch) → the Notifier (to the live nodes' room hubs); offsets are
-//! committed only after the SliceStore write succeeded, and failed writes are
-//! retried with backoff.
+//! room per batch, the rooms of a batch concurrently) → the Notifier (to the live
+//! nodes' room hubs). Offsets are committed only after every append of the batch
+//! succeeded; failed appends are retried with backoff (Redis down: nothing is
+//! committed, and when it is back every record arrives, once, by its seq).
+//!
+//! Per room the writer also watches slice sizes: a slice over the big-key
+//! threshold is reported ([`crate::bigkeys`]), and [`SliceLengths`] adapts the
+//! room's slice length to its rate (shorter for hot rooms, longer for quiet ones,
+//! within `live.slice_min_ms ..= live.slice_max_ms`). Readers and the archiver are
+//! unaffected: they follow the slice index, whatever the lengths.
+//!
+//! Metrics (no per-room labels): `danmaku_writer_batch_size`,
+//! `danmaku_writer_batch_seconds`, `danmaku_writer_records_total`,
+//! `danmaku_writer_store_errors_total`, `danmaku_writer_commit_errors_total`,
+//! `danmaku_writer_notify_errors_total`, `danmaku_writer_decode_errors_total`,
+//! `danmaku_slice_members` and `danmaku_slice_bytes` (histograms of closed slices),
+//! `danmaku_slice_length_changes_total{direction}`, `danmaku_writer_rooms` (gauge).
 
+use crate::bigkeys::{self, BigKeys, Thresholds};
+use danmaku_core::config::LiveSettings;
 use danmaku_core::context::Context;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{BusRecord, RecordPosition, SliceItem};
-use std::collections::BTreeMap;
-use std::time::Duration;
+use danmaku_core::ports::{AppendOutcome, BusRecord, RecordPosition, SliceItem, SliceStat};
+use danmaku_core::slice::{MAX_SLICE_MS, MIN_SLICE_MS};
+use futures::stream::{self, StreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The consumer group of the writers.
 pub const GROUP: &str = "live-writer";
 
+/// Commit attempts per batch before moving on (the records are then redelivered
+/// after a restart or rebalance, and stored idempotently).
+const COMMIT_ATTEMPTS: u32 = 5;
+
 /// Runs until `stop` is cancelled, then keeps going until the Bus is drained (so
 /// every acknowledged comment reaches the SliceStore before shutdown) or `grace`
-/// passes.
+/// passes. Also runs the big-key scanner ([`bigkeys::scan`]).
 pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
+    let registry = bigkeys::registry();
+    let scanner_stop = CancellationToken::new();
+    let scanner = tokio::spawn(bigkeys::scan(
+        ctx.clone(),
+        registry.clone(),
+        scanner_stop.clone(),
+    ));
+    run_writer(&ctx, &registry, &stop, grace).await;
+    scanner_stop.cancel();
+    let _ = scanner.await;
+}
+
+async fn run_writer(
+    ctx: &Context,
+    registry: &Arc<BigKeys>,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut consumer = loop {
         match ctx.bus.consumer(GROUP).await {
@@ -32,7 +73,9 @@ pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
         }
     };
     let batch = ctx.settings.live.writer_batch.max(1);
+    let mut lengths = SliceLengths::new(&ctx.settings.live);
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut last_sweep = Instant::now();
     loop {
         if drain_deadline.is_none() && stop.is_cancelled() {
             drain_deadline = Some(tokio::time::Instant::now() + grace);
@@ -46,6 +89,7 @@ pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
                 return;
             }
         }
+        let poll_at = Instant::now();
         let records = tokio::select! {
             r = consumer.poll(batch, Duration::from_millis(200)) => r,
             _ = stop.cancelled(), if drain_deadline.is_none() => continue,
@@ -58,27 +102,58 @@ pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
                 continue;
             }
         };
+        if last_sweep.elapsed() > Duration::from_secs(60) {
+            lengths.sweep(Instant::now(), Duration::from_secs(600));
+            metrics::gauge!("danmaku_writer_rooms").set(lengths.rooms() as f64);
+            last_sweep = Instant::now();
+        }
         if records.is_empty() {
             continue;
         }
-        let started = std::time::Instant::now();
-        let upto = write_batch(&ctx, &records).await;
+        let started = Instant::now();
+        let polled_at = started;
+        let give_up = || drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let Some(upto) = write_batch(ctx, registry, &mut lengths, &records, &give_up).await else {
+            tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
+            return;
+        };
         metrics::histogram!("danmaku_writer_batch_size").record(records.len() as f64);
         metrics::histogram!("danmaku_writer_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("danmaku_writer_records_total").increment(records.len() as u64);
+        let wrote = polled_at.elapsed();
         let mut backoff = Duration::from_millis(50);
-        while let Err(e) = consumer.commit(&upto).await {
-            // Not committing is safe (the records come again and are idempotent),
-            // but keep trying so progress is not lost.
-            tracing::warn!(error = %e, "offset commit failed");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+        let commit_at = Instant::now();
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            match consumer.commit(&upto).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // Not committing is safe (the records come again and are
+                    // idempotent); keep trying a little so progress is not lost.
+                    metrics::counter!("danmaku_writer_commit_errors_total").increment(1);
+                    tracing::warn!(error = %e, attempt, "offset commit failed");
+                    if attempt < COMMIT_ATTEMPTS {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+        if std::env::var_os("WRITER_PROBE").is_some() {
+            eprintln!("probe n={} poll={:?} write={:?} commit={:?}", records.len(), polled_at.duration_since(poll_at), wrote, commit_at.elapsed());
         }
     }
 }
 
-/// Writes one polled batch: one append per room, retried until it succeeds, then
-/// the hub delivery. Returns the positions to commit.
-async fn write_batch(ctx: &Context, records: &[BusRecord]) -> Vec<RecordPosition> {
+/// Writes one polled batch: one append per room (the rooms concurrently), each
+/// retried until it succeeds, each followed by the room's notice. Returns the
+/// positions to commit; `None` if `give_up` turned true while a store was failing.
+async fn write_batch(
+    ctx: &Context,
+    registry: &BigKeys,
+    lengths: &mut SliceLengths,
+    records: &[BusRecord],
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> Option<Vec<RecordPosition>> {
     let live = &ctx.settings.live;
     let mut by_room: BTreeMap<&str, Vec<SliceItem>> = BTreeMap::new();
     let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
@@ -97,35 +172,367 @@ async fn write_batch(ctx: &Context, records: &[BusRecord]) -> Vec<RecordPosition
             }
         }
     }
-    for (room, items) in by_room {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match ctx
-                .slices
-                .append(room, live.slice_ms, live.hot_retention_ms, &items)
-                .await
-            {
-                Ok(out) => {
-                    for s in &out.slices {
-                        metrics::histogram!("danmaku_slice_members").record(s.members as f64);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!("danmaku_writer_store_errors_total").increment(1);
-                    tracing::warn!(error = %e, room, "slice append failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        if let Err(e) = ctx.notifier.publish(room, &items).await {
+    let now = Instant::now();
+    let jobs: Vec<(String, i64, Vec<SliceItem>)> = by_room
+        .into_iter()
+        .map(|(room, items)| (room.to_string(), lengths.len_for(room, now), items))
+        .collect();
+    // Owned inputs: the futures must not borrow from the closure's argument.
+    let appends = jobs.into_iter().map(|(room, len_ms, items)| async move {
+        let out = store_room(ctx, &room, len_ms, &items, give_up).await?;
+        if let Err(e) = ctx.notifier.publish(&room, &items).await {
             // Viewers catch up from the SliceStore; nothing stored is lost.
             metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
             tracing::warn!(error = %e, room, "notify failed");
         }
-    }
-    upto.into_iter()
-        .map(|(partition, offset)| RecordPosition { partition, offset })
+        Some((room, items.len(), out))
+    });
+    let outcomes: Vec<Option<(String, usize, AppendOutcome)>> = stream::iter(appends)
+        .buffer_unordered(live.writer_concurrency.max(1))
         .collect()
+        .await;
+    let thresholds = Thresholds::from_settings(live);
+    let now = Instant::now();
+    for outcome in outcomes {
+        let (room, n, out) = outcome?;
+        for s in &out.slices {
+            registry.observe_slice(s, thresholds);
+        }
+        lengths.observe(&room, n, &out.slices, now);
+    }
+    Some(
+        upto.into_iter()
+            .map(|(partition, offset)| RecordPosition { partition, offset })
+            .collect(),
+    )
+}
+
+/// One room's append, retried with backoff until it succeeds (or `give_up`).
+async fn store_room(
+    ctx: &Context,
+    room: &str,
+    len_ms: i64,
+    items: &[SliceItem],
+    give_up: &(dyn Fn() -> bool + Sync),
+) -> Option<AppendOutcome> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match ctx
+            .slices
+            .append(room, len_ms, ctx.settings.live.hot_retention_ms, items)
+            .await
+        {
+            Ok(out) => return Some(out),
+            Err(e) => {
+                metrics::counter!("danmaku_writer_store_errors_total").increment(1);
+                tracing::warn!(error = %e, room, retry_in_ms = backoff.as_millis() as u64, "slice append failed; retrying");
+                if give_up() {
+                    return None;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Slice lengths the adaptive policy moves between (snapped to these, so a room's
+/// slices keep readable, aligned boundaries).
+const LADDER_MS: [i64; 13] = [
+    1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000,
+    1_800_000, 3_600_000,
+];
+
+/// The rate window: a room's rate is measured over at least this long.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The adaptive slice-length policy's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct LengthPolicy {
+    pub adaptive: bool,
+    pub initial_ms: i64,
+    pub min_ms: i64,
+    pub max_ms: i64,
+    /// Members a slice should hold (at most half the big-key member threshold).
+    pub target_members: u64,
+    pub thresholds: Thresholds,
+}
+
+impl LengthPolicy {
+    pub fn from_settings(s: &LiveSettings) -> Self {
+        let thresholds = Thresholds::from_settings(s);
+        let min_ms = s.slice_min_ms.clamp(MIN_SLICE_MS, MAX_SLICE_MS);
+        let max_ms = s.slice_max_ms.clamp(min_ms, MAX_SLICE_MS);
+        Self {
+            adaptive: s.adaptive_slices,
+            initial_ms: s.slice_ms.clamp(min_ms, max_ms),
+            min_ms,
+            max_ms,
+            target_members: s.slice_target_members.min(thresholds.members / 2).max(1),
+            thresholds,
+        }
+    }
+
+    /// The ladder step at or below `ms`, within bounds.
+    fn at_or_below(&self, ms: f64) -> i64 {
+        let step = LADDER_MS
+            .iter()
+            .rev()
+            .find(|&&l| (l as f64) <= ms)
+            .copied()
+            .unwrap_or(LADDER_MS[0]);
+        step.clamp(self.min_ms, self.max_ms)
+    }
+
+    /// The next ladder step above `ms`, within bounds.
+    fn above(&self, ms: i64) -> i64 {
+        LADDER_MS
+            .iter()
+            .find(|&&l| l > ms)
+            .copied()
+            .unwrap_or(LADDER_MS[LADDER_MS.len() - 1])
+            .clamp(self.min_ms, self.max_ms)
+    }
+
+    /// The next length for a room now at `len_ms`, with rate `rate` (items/s; 0 =
+    /// unknown yet) and whether a slice of it just crossed the big-key threshold.
+    /// Shorter at once; longer one step at a time, and only when the rate leaves
+    /// room for twice the next step (hysteresis, so rooms do not flap).
+    pub fn next_len(&self, len_ms: i64, rate: f64, big: bool) -> i64 {
+        if !self.adaptive {
+            return self.initial_ms;
+        }
+        let target = if rate > 0.0 {
+            self.target_members as f64 / rate * 1000.0
+        } else {
+            f64::INFINITY
+        };
+        if big {
+            let shorter = self.at_or_below(((len_ms / 2) as f64).min(target));
+            return shorter.min(len_ms);
+        }
+        if target < len_ms as f64 {
+            return self.at_or_below(target).min(len_ms);
+        }
+        if rate > 0.0 {
+            let up = self.above(len_ms);
+            if up > len_ms && target >= 2.0 * up as f64 {
+                return up;
+            }
+        }
+        len_ms
+    }
+}
+
+struct RoomSlicing {
+    len_ms: i64,
+    rate: f64,
+    window_start: Instant,
+    window_items: u64,
+    seen: Instant,
+    /// The newest slice seen, to measure slices when they close.
+    current: Option<SliceStat>,
+}
+
+/// Per-room slice lengths and rates, owned by the writer loop.
+pub struct SliceLengths {
+    policy: LengthPolicy,
+    rooms: HashMap<String, RoomSlicing>,
+}
+
+impl SliceLengths {
+    pub fn new(settings: &LiveSettings) -> Self {
+        Self::with_policy(LengthPolicy::from_settings(settings))
+    }
+
+    pub fn with_policy(policy: LengthPolicy) -> Self {
+        Self {
+            policy,
+            rooms: HashMap::new(),
+        }
+    }
+
+    /// The slice length to write `room` with now.
+    pub fn len_for(&mut self, room: &str, now: Instant) -> i64 {
+        let initial = self.policy.initial_ms;
+        self.rooms
+            .entry(room.to_string())
+            .or_insert_with(|| RoomSlicing {
+                len_ms: initial,
+                rate: 0.0,
+                window_start: now,
+                window_items: 0,
+                seen: now,
+                current: None,
+            })
+            .len_ms
+    }
+
+    /// After an append of `n` items to `room` touching `slices`: updates the rate,
+    /// measures the slices that closed, adapts the length. Returns the new length.
+    pub fn observe(&mut self, room: &str, n: usize, slices: &[SliceStat], now: Instant) -> i64 {
+        let policy = self.policy;
+        self.len_for(room, now);
+        let st = self.rooms.get_mut(room).expect("room state");
+        st.seen = now;
+        st.window_items += n as u64;
+        let elapsed = now.duration_since(st.window_start);
+        if elapsed >= RATE_WINDOW {
+            let inst = st.window_items as f64 / elapsed.as_secs_f64();
+            st.rate = if st.rate > 0.0 {
+                0.5 * st.rate + 0.5 * inst
+            } else {
+                inst
+            };
+            st.window_start = now;
+            st.window_items = 0;
+        }
+        let mut big = false;
+        for s in slices {
+            big |= policy.thresholds.is_big(s.members, s.bytes);
+            match &st.current {
+                Some(cur) if cur.slice == s.slice => {}
+                Some(cur) if cur.slice.start_ms > s.slice.start_ms => continue,
+                Some(cur) => {
+                    metrics::histogram!("danmaku_slice_members").record(cur.members as f64);
+                    metrics::histogram!("danmaku_slice_bytes").record(cur.bytes as f64);
+                }
+                None => {}
+            }
+            st.current = Some(s.clone());
+        }
+        let next = policy.next_len(st.len_ms, st.rate, big);
+        if next != st.len_ms {
+            let direction = if next < st.len_ms {
+                "shorter"
+            } else {
+                "longer"
+            };
+            metrics::counter!("danmaku_slice_length_changes_total", "direction" => direction)
+                .increment(1);
+            tracing::info!(
+                room,
+                from_ms = st.len_ms,
+                to_ms = next,
+                rate = st.rate,
+                big,
+                "slice length adapted"
+            );
+            st.len_ms = next;
+        }
+        next
+    }
+
+    /// Forgets rooms not seen for `idle`.
+    pub fn sweep(&mut self, now: Instant, idle: Duration) {
+        self.rooms.retain(|_, r| now.duration_since(r.seen) < idle);
+    }
+
+    /// Rooms tracked.
+    pub fn rooms(&self) -> usize {
+        self.rooms.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danmaku_core::slice::SliceRef;
+
+    fn policy() -> LengthPolicy {
+        LengthPolicy {
+            adaptive: true,
+            initial_ms: 10_000,
+            min_ms: 1_000,
+            max_ms: 3_600_000,
+            target_members: 1000,
+            thresholds: Thresholds {
+                members: 5000,
+                bytes: 1 << 20,
+            },
+        }
+    }
+
+    fn stat(start: i64, len: i64, members: u64) -> SliceStat {
+        SliceStat {
+            slice: SliceRef {
+                room: "r".into(),
+                start_ms: start,
+                len_ms: len,
+            },
+            members,
+            bytes: members * 100,
+        }
+    }
+
+    #[test]
+    fn hot_rooms_get_short_slices_at_once() {
+        let p = policy();
+        // 1000 items/s with a target of 1000 members: 1 s slices.
+        assert_eq!(p.next_len(10_000, 1000.0, false), 1_000);
+        // 150/s: 6.7 s → the 5 s step.
+        assert_eq!(p.next_len(10_000, 150.0, false), 5_000);
+        // A big slice at least halves, even before the rate is known.
+        assert_eq!(p.next_len(10_000, 0.0, true), 5_000);
+        assert_eq!(
+            p.next_len(1_000, 0.0, true),
+            1_000,
+            "never below the minimum"
+        );
+    }
+
+    #[test]
+    fn quiet_rooms_get_longer_slices_one_step_at_a_time() {
+        let p = policy();
+        // 1 item/s: target 1000 s; one step up per decision.
+        assert_eq!(p.next_len(10_000, 1.0, false), 15_000);
+        assert_eq!(p.next_len(15_000, 1.0, false), 30_000);
+        // Unknown rate: stay.
+        assert_eq!(p.next_len(10_000, 0.0, false), 10_000);
+        // Hysteresis: 60/s → target 16.7 s; 15 s is not doubled by it, so stay at 10 s.
+        assert_eq!(p.next_len(10_000, 60.0, false), 10_000);
+        // The top of the range.
+        assert_eq!(p.next_len(3_600_000, 0.001, false), 3_600_000);
+        let bounded = LengthPolicy {
+            max_ms: 30_000,
+            ..p
+        };
+        assert_eq!(bounded.next_len(30_000, 0.01, false), 30_000);
+    }
+
+    #[test]
+    fn fixed_lengths_when_not_adaptive() {
+        let p = LengthPolicy {
+            adaptive: false,
+            ..policy()
+        };
+        assert_eq!(p.next_len(1_000, 5000.0, true), 10_000);
+    }
+
+    #[test]
+    fn a_flood_shortens_the_room_and_measures_closed_slices() {
+        let mut l = SliceLengths::with_policy(policy());
+        let t0 = Instant::now();
+        assert_eq!(l.len_for("r", t0), 10_000);
+        // 6000 items within a second in one slice: big at once.
+        let len = l.observe(
+            "r",
+            6000,
+            &[stat(0, 10_000, 6000)],
+            t0 + Duration::from_millis(10),
+        );
+        assert_eq!(len, 5_000);
+        // The rate window closes: 6000+2000 items in 1.1 s → 1 s slices.
+        let len = l.observe(
+            "r",
+            2000,
+            &[stat(10_000, 5_000, 2000)],
+            t0 + Duration::from_millis(1100),
+        );
+        assert_eq!(len, 1_000);
+        assert_eq!(l.len_for("r", t0), 1_000);
+        assert_eq!(l.len_for("other", t0), 10_000, "rooms are independent");
+        l.sweep(t0 + Duration::from_secs(3600), Duration::from_secs(60));
+        assert_eq!(l.rooms(), 0);
+    }
 }

@@ -147,7 +147,10 @@ pub(crate) async fn upgrade(
             .await;
             return;
         }
-        conn.run(stream, leftover, cursor).await;
+        let fut = conn.run(stream, leftover, cursor);
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&fut), "connection future size"));
+        fut.await;
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -168,7 +171,22 @@ pub(crate) async fn upgrade(
 }
 
 /// Writes all of `buf`, waiting at most `timeout` whenever the socket is full.
-async fn write_all(stream: &TcpStream, mut buf: &[u8], timeout: Duration) -> std::io::Result<()> {
+async fn write_all(stream: &TcpStream, buf: &[u8], timeout: Duration) -> std::io::Result<()> {
+    // Fast path without any future state: the socket usually takes it all at once.
+    let written = match stream.try_write(buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == buf.len() {
+        return Ok(());
+    }
+    // Slow path, boxed so that its timer does not make every idle connection's
+    // future larger.
+    Box::pin(write_rest(stream, &buf[written..], timeout)).await
+}
+
+async fn write_rest(stream: &TcpStream, mut buf: &[u8], timeout: Duration) -> std::io::Result<()> {
     while !buf.is_empty() {
         match stream.try_write(buf) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -243,26 +261,17 @@ impl Conn {
         let hub = live.hubs.get(&self.room);
         // Subscribe before reading any backlog, so nothing falls between the two.
         let mut rx = hub.subscribe();
-        let Ok((hello_cursor, backlog)) = self.start(&hub, cursor).await else {
-            return End::Close(1011, "backend unavailable");
+        // Boxed: its buffers are gone once the connection is live.
+        let mut last_sent = match Box::pin(self.greet(stream, &hub, cursor)).await {
+            Ok(c) => c,
+            Err(end) => return end,
         };
-        let hello =
-            json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()})
-                .to_string();
-        if self.send_text(stream, &hello).await.is_err() {
-            return End::Quiet;
-        }
-        let mut last_sent = hello_cursor;
-        for chunk in backlog.chunks(BACKLOG_CHUNK) {
-            if self.send_text(stream, &encode_batch(chunk)).await.is_err() {
-                return End::Quiet;
-            }
-            last_sent = last_sent.max(chunk.last().map_or(0, |i| i.seq));
-        }
+        drop(hub);
 
         let max_msg = live.ctx.settings.limits.max_body_bytes;
         let ping_every = Duration::from_secs(live.ctx.settings.live.ping_interval_secs.max(1));
         let mut inbuf: Vec<u8> = leftover.to_vec();
+        drop(leftover);
         let mut message: Vec<u8> = Vec::new();
         let mut message_compressed = false;
         let mut last_heard = Instant::now();
@@ -405,6 +414,25 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// Sends hello and the backlog; returns the cursor the live frames continue from.
+    async fn greet(&self, stream: &TcpStream, hub: &Hub, cursor: Option<u64>) -> Result<u64, End> {
+        let Ok((hello_cursor, backlog)) = self.start(hub, cursor).await else {
+            return Err(End::Close(1011, "backend unavailable"));
+        };
+        let hello = json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()}).to_string();
+        if self.send_text(stream, &hello).await.is_err() {
+            return Err(End::Quiet);
+        }
+        let mut last_sent = hello_cursor;
+        for chunk in backlog.chunks(BACKLOG_CHUNK) {
+            if self.send_text(stream, &encode_batch(chunk)).await.is_err() {
+                return Err(End::Quiet);
+            }
+            last_sent = last_sent.max(chunk.last().map_or(0, |i| i.seq));
+        }
+        Ok(last_sent)
     }
 
     /// Where this connection starts: the hello cursor and the backlog to send.

@@ -6,6 +6,8 @@
 //!   every body of the VOD a new key (never a stale body), plus explicit
 //!   invalidation when a comment is posted on the recording ([`Keys`]);
 //! - [`SingleFlight`]: one ArchiveStore read per key under a stampede;
+//! - [`Hot`]: the segment bodies served under each fresh view, so a repeated
+//!   segment request costs one map lookup (no key formatting, no second cache);
 //! - [`encode`]: body, gzip form and ETag computed once, off the async workers;
 //! - [`respond`]: ETag / `If-None-Match` → 304, gzip negotiation, Cache-Control.
 
@@ -20,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A node's view of one VOD.
 #[derive(Clone, Debug)]
@@ -28,6 +30,8 @@ pub struct VodMeta {
     pub session: Session,
     /// Comments archived for the VOD when the view was taken.
     pub count: u64,
+    /// When the view was taken.
+    pub taken: Instant,
 }
 
 impl VodMeta {
@@ -101,7 +105,11 @@ pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
             .map_err(crate::store_error)?
             .ok_or_else(|| ApiError::not_found("vod"))?;
         let count = r.ctx.archive.count(vod).await.map_err(crate::store_error)?;
-        Ok::<_, ApiError>(Arc::new(VodMeta { session, count }))
+        Ok::<_, ApiError>(Arc::new(VodMeta {
+            session,
+            count,
+            taken: Instant::now(),
+        }))
     };
     match &r.meta {
         None => load.await,
@@ -112,10 +120,111 @@ pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
     }
 }
 
-/// Drops this node's view of `vod` (it ended, or a comment was posted on it).
+/// Drops this node's view of `vod` (it ended, or a comment was posted on it),
+/// with the segment bodies served under it.
 pub async fn forget_meta(r: &Replay, vod: &str) {
+    r.hot.forget(vod);
     if let Some(cache) = &r.meta {
         cache.invalidate(vod).await;
+    }
+}
+
+/// A segment body ready to serve: both encodings and the ETag header.
+#[derive(Clone)]
+pub struct HotBody {
+    pub body: Bytes,
+    pub gzip: Bytes,
+    pub etag: HeaderValue,
+}
+
+struct HotVod {
+    meta: Arc<VodMeta>,
+    until: Instant,
+    segments: HashMap<u32, HotBody>,
+}
+
+/// The segment bodies served under each VOD's current view, valid as long as
+/// the view (`replay.meta_ttl_ms` from when it was taken): a repeated segment
+/// request is one read-locked map lookup. Entries only reference bodies the
+/// ReplayCache holds (or held less than a view's lifetime ago); at most `cap`
+/// VODs are tracked.
+pub struct Hot {
+    map: std::sync::RwLock<HashMap<String, HotVod>>,
+    ttl: Duration,
+    cap: usize,
+}
+
+impl Hot {
+    /// `ttl` zero disables it.
+    pub fn new(ttl: Duration, cap: usize) -> Self {
+        Self {
+            map: std::sync::RwLock::new(HashMap::new()),
+            ttl,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Segment `n` of `vod` and the view it was served under, while that view is fresh.
+    pub fn get(&self, vod: &str, n: u32) -> Option<(Arc<VodMeta>, HotBody)> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = self.map.read().expect("hot lock");
+        let v = map.get(vod)?;
+        if Instant::now() >= v.until {
+            return None;
+        }
+        Some((v.meta.clone(), v.segments.get(&n)?.clone()))
+    }
+
+    /// Remembers `body` as segment `n` under view `meta`.
+    pub fn put(&self, meta: &Arc<VodMeta>, n: u32, body: &CachedBody) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let until = meta.taken + self.ttl;
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        let Ok(etag) = HeaderValue::from_str(&body.etag) else {
+            return;
+        };
+        let hot = HotBody {
+            body: body.body.clone(),
+            gzip: body.gzip.clone(),
+            etag,
+        };
+        let vod = &meta.session.vod;
+        let mut map = self.map.write().expect("hot lock");
+        if let Some(v) = map.get_mut(vod.as_str()) {
+            if Arc::ptr_eq(&v.meta, meta) {
+                v.segments.insert(n, hot);
+                return;
+            }
+            if v.meta.taken > meta.taken {
+                return; // a newer view is already there
+            }
+        }
+        if map.len() >= self.cap && !map.contains_key(vod.as_str()) {
+            map.retain(|_, v| v.until > now);
+            if map.len() >= self.cap {
+                map.clear();
+            }
+        }
+        map.insert(
+            vod.clone(),
+            HotVod {
+                meta: meta.clone(),
+                until,
+                segments: HashMap::from([(n, hot)]),
+            },
+        );
+    }
+
+    /// Forgets everything served for `vod`.
+    pub fn forget(&self, vod: &str) {
+        self.map.write().expect("hot lock").remove(vod);
     }
 }
 
@@ -132,17 +241,17 @@ where
     Fut: Future<Output = Result<CachedBody, ApiError>>,
 {
     if let Some(hit) = r.ctx.cache.get(&key).await {
-        metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
+        r.hits.increment(1);
         return Ok(hit);
     }
     r.flights
         .run(&key, async {
             // Someone may have finished the same load between our miss and here.
             if let Some(hit) = r.ctx.cache.get(&key).await {
-                metrics::counter!("danmaku_replay_cache_hits_total").increment(1);
+                r.hits.increment(1);
                 return Ok(hit);
             }
-            metrics::counter!("danmaku_replay_cache_misses_total").increment(1);
+            r.misses.increment(1);
             let value = build().await?;
             r.ctx.cache.put(&key, value.clone(), ttl).await;
             Ok(value)
@@ -286,7 +395,26 @@ pub fn respond(
     req: &HeaderMap,
 ) -> Response {
     let etag = HeaderValue::from_str(&cached.etag).expect("etags are ascii");
-    if not_modified(req, &cached.etag) {
+    respond_parts(
+        &cached.body,
+        &cached.gzip,
+        etag,
+        content_type,
+        cache_control,
+        req,
+    )
+}
+
+/// [`respond`] from the parts of a body.
+pub fn respond_parts(
+    body: &Bytes,
+    gzip: &Bytes,
+    etag: HeaderValue,
+    content_type: &'static str,
+    cache_control: HeaderValue,
+    req: &HeaderMap,
+) -> Response {
+    if not_modified(req, etag.to_str().unwrap_or_default()) {
         let mut resp = StatusCode::NOT_MODIFIED.into_response();
         let h = resp.headers_mut();
         h.insert(header::ETAG, etag);
@@ -294,19 +422,15 @@ pub fn respond(
         h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         return resp;
     }
-    let gzip = accepts_gzip(req);
-    let body = if gzip {
-        cached.gzip.clone()
-    } else {
-        cached.body.clone()
-    };
+    let gzipped = accepts_gzip(req);
+    let body = if gzipped { gzip.clone() } else { body.clone() };
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::ETAG, etag);
     h.insert(header::CACHE_CONTROL, cache_control);
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    if gzip {
+    if gzipped {
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     resp
@@ -360,6 +484,53 @@ mod tests {
             .unwrap();
         assert_eq!(out.as_bytes(), &a.body[..]);
         assert_eq!(a.etag.len(), 18);
+    }
+
+    fn view(vod: &str, count: u64) -> Arc<VodMeta> {
+        Arc::new(VodMeta {
+            session: Session {
+                vod: vod.into(),
+                room: "r".into(),
+                started_at: 0,
+                ended_at: Some(1),
+                latency_ms: 0,
+            },
+            count,
+            taken: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn hot_bodies_live_as_long_as_their_view() {
+        let hot = Hot::new(Duration::from_millis(200), 2);
+        let old = view("v", 1);
+        let new = view("v", 2);
+        let body = encode_now("{}".into());
+        hot.put(&old, 0, &body);
+        let (m, b) = hot.get("v", 0).expect("hit");
+        assert!(Arc::ptr_eq(&m, &old));
+        assert_eq!(b.gzip, body.gzip);
+        assert_eq!(b.etag, body.etag.as_str());
+        assert!(hot.get("v", 1).is_none());
+        // A newer view replaces the older one's bodies; the older cannot come back.
+        hot.put(&new, 1, &body);
+        assert!(hot.get("v", 0).is_none());
+        hot.put(&old, 0, &body);
+        assert!(hot.get("v", 0).is_none());
+        assert!(Arc::ptr_eq(&hot.get("v", 1).unwrap().0, &new));
+        hot.forget("v");
+        assert!(hot.get("v", 1).is_none());
+        // Bounded in VODs, and gone once the view expires.
+        for vod in ["a", "b", "c"] {
+            hot.put(&view(vod, 0), 0, &body);
+        }
+        assert!(hot.get("c", 0).is_some());
+        assert!(hot.map.read().unwrap().len() <= 2);
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(hot.get("c", 0).is_none());
+        let off = Hot::new(Duration::ZERO, 10);
+        off.put(&view("v", 0), 0, &body);
+        assert!(off.get("v", 0).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,6 +38,12 @@ pub struct Replay {
     meta: Option<moka::future::Cache<String, Arc<cache::VodMeta>>>,
     /// Loads in flight, one per cache key.
     flights: cache::SingleFlight,
+    /// Segment bodies served under each fresh view of a VOD.
+    hot: cache::Hot,
+    /// `danmaku_replay_cache_hits_total` / `_misses_total` (handles, so a hit
+    /// does not look the metric up).
+    hits: metrics::Counter,
+    misses: metrics::Counter,
     /// `Cache-Control` of a live VOD's bodies (and of a segment still settling).
     live_cache_control: HeaderValue,
     /// `Cache-Control` of an ended VOD's whole-recording documents.
@@ -65,6 +71,9 @@ impl Replay {
         Arc::new(Self {
             meta,
             flights: cache::SingleFlight::default(),
+            hot: cache::Hot::new(Duration::from_millis(s.meta_ttl_ms), 10_000),
+            hits: metrics::counter!("danmaku_replay_cache_hits_total"),
+            misses: metrics::counter!("danmaku_replay_cache_misses_total"),
             live_cache_control,
             document_cache_control,
             ctx,

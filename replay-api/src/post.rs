@@ -119,7 +119,7 @@ pub(crate) async fn post_on_recording(
     // An idempotent retry returns an id minted earlier: that comment is already
     // on its way (or stored), nothing new to wait for.
     let fresh = id_time_ms(id) >= started;
-    if let (Some(before), true) = (before, fresh) {
+    if let Some(before) = before.filter(|_| fresh) {
         let wait = Duration::from_millis(r.ctx.settings.replay.post_visible_ms);
         match find_in_slices(r, &room, before, id, wait).await {
             Some(item) => {

@@ -1,10 +1,10 @@
 //! Replay reads: the range API and 6-minute segments.
 
-use crate::cache::{self, cached, respond, Keys, VodMeta};
+use crate::cache::{self, cached, respond, respond_parts, Keys, VodMeta};
 use crate::density::cap_segment;
 use crate::{check_vod, formats, store_error, Replay, IMMUTABLE};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -213,41 +213,59 @@ fn beyond_recording(r: &Replay, session: &Session, n: u32) -> bool {
 /// `Cache-Control` of a segment: immutable once the VOD ended (and settled for
 /// `replay.settle_secs`), else the live `max-age`.
 fn segment_cache_control(r: &Replay, session: &Session) -> HeaderValue {
+    let settle_ms = r.ctx.settings.replay.settle_secs.saturating_mul(1000) as i64;
     match session.ended_at {
-        Some(end)
-            if danmaku_core::now_ms()
-                >= end.saturating_add(r.ctx.settings.replay.settle_secs as i64 * 1000) =>
-        {
+        Some(_) if settle_ms == 0 => HeaderValue::from_static(IMMUTABLE),
+        Some(end) if danmaku_core::now_ms() >= end.saturating_add(settle_ms) => {
             HeaderValue::from_static(IMMUTABLE)
         }
         _ => r.live_cache_control.clone(),
     }
 }
 
+/// The `?token=` of a request (read only when reading needs a token).
+fn query_token(uri: &Uri) -> Option<String> {
+    Query::<RangeQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|q| q.0.token)
+}
+
 pub(crate) async fn segment(
     State(r): State<Arc<Replay>>,
     Path((vod, n)): Path<(String, String)>,
-    Query(q): Query<RangeQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_vod(&vod)?;
-    check_read_access(
-        r.ctx.settings.auth.require_token_to_read,
-        &r.ctx.signer,
-        &headers,
-        q.token.as_deref(),
-    )?;
+    if r.ctx.settings.auth.require_token_to_read {
+        let token = query_token(&uri);
+        check_read_access(true, &r.ctx.signer, &headers, token.as_deref())?;
+    }
     let n: u32 = n.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidOffset,
             "the segment number is an integer n >= 0",
         )
     })?;
+    // The hot path: this segment was served under the VOD's current view.
+    if let Some((meta, hot)) = r.hot.get(&vod, n) {
+        r.hits.increment(1);
+        return Ok(respond_parts(
+            &hot.body,
+            &hot.gzip,
+            hot.etag,
+            "application/json",
+            segment_cache_control(&r, &meta.session),
+            &headers,
+        ));
+    }
     let meta = cache::meta(&r, &vod).await?;
     let body = if beyond_recording(&r, &meta.session, n) {
         encode_segment(&vod, n, &[])
     } else {
-        load_segment(&r, &meta, n).await?
+        let body = load_segment(&r, &meta, n).await?;
+        r.hot.put(&meta, n, &body);
+        body
     };
     Ok(respond(
         &body,

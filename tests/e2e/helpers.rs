@@ -1146,3 +1146,23 @@ fn utc_date_hour_is_right() {
         ("2024-02-29".to_string(), "23".to_string())
     );
 }
+
+// ---- archive crash tests (issue 6) ----------------------------------------------
+
+impl TestApp {
+    /// Waits at most `within` for the server to exit on its own (a deliberate
+    /// crash), reaps it and returns its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("server is running");
+        let status = match tokio::time::timeout(within, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => panic!("waiting for the server: {e}"),
+            Err(_) => panic!(
+                "server did not exit within {within:?}\nlog tail:\n{}",
+                self.log_tail(40)
+            ),
+        };
+        self.child = None;
+        status
+    }
+}

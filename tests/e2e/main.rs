@@ -10,14 +10,17 @@
 //! - [`crash`]: kill -9 loses no acknowledged comment.
 //! - [`errors`]: every error code of API.md with its status.
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
+//! - [`pipeline`]: the same flows and the faults on Kafka and Redis (standalone and Cluster).
 //! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
 
 mod helpers;
 
+mod archive_crash;
 mod crash;
 mod errors;
 mod fanout;
 mod hostile_text;
+mod pipeline;
 mod polling;
 mod replay_formats;
 mod resume;

@@ -218,7 +218,11 @@ pub fn assert_parquet_exactly(dir: &Path, expected: &[Danmaku]) -> HashMap<u64, 
     for (file, r) in parquet_rows(dir) {
         let hour = parquet_file::object_path(r.ts_ms, 0);
         let hour = hour.split("/part-").next().unwrap();
-        assert!(file.starts_with(hour), "{} in {file}, not under {hour}", r.id);
+        assert!(
+            file.starts_with(hour),
+            "{} in {file}, not under {hour}",
+            r.id
+        );
         let id = r.id;
         assert!(by_id.insert(id, r).is_none(), "id {id} twice in Parquet");
     }
@@ -231,8 +235,14 @@ pub fn assert_parquet_exactly(dir: &Path, expected: &[Danmaku]) -> HashMap<u64, 
             (r.room.as_str(), r.ts_ms, r.user.as_str(), r.text.as_str()),
             (d.room.as_str(), d.ts_ms, d.user.as_str(), d.text.as_str())
         );
-        assert_eq!(r.name.as_deref(), (!d.name.is_empty()).then_some(d.name.as_str()));
-        assert_eq!((r.kind, r.mode, r.color), (d.kind().as_str(), d.mode().as_str(), d.color));
+        assert_eq!(
+            r.name.as_deref(),
+            (!d.name.is_empty()).then_some(d.name.as_str())
+        );
+        assert_eq!(
+            (r.kind, r.mode, r.color),
+            (d.kind().as_str(), d.mode().as_str(), d.color)
+        );
     }
     by_id
 }
@@ -248,12 +258,23 @@ pub async fn archived(ctx: &Context, vod: &str) -> BTreeMap<u64, i64> {
             .windows(2)
             .all(|w| (w[0].offset_ms, w[0].item.id) < (w[1].offset_ms, w[1].item.id)));
         for c in rows {
-            assert_eq!((c.item.vod.as_deref(), c.item.offset_ms), (Some(vod), Some(c.offset_ms)));
+            assert_eq!(
+                (c.item.vod.as_deref(), c.item.offset_ms),
+                (Some(vod), Some(c.offset_ms))
+            );
             assert_eq!(segment_of(c.offset_ms), seg);
-            assert!(out.insert(c.item.id, c.offset_ms).is_none(), "id {} twice in {vod}", c.item.id);
+            assert!(
+                out.insert(c.item.id, c.offset_ms).is_none(),
+                "id {} twice in {vod}",
+                c.item.id
+            );
         }
     }
-    assert_eq!(ctx.archive.count(vod).await.unwrap(), out.len() as u64, "count of {vod}");
+    assert_eq!(
+        ctx.archive.count(vod).await.unwrap(),
+        out.len() as u64,
+        "count of {vod}"
+    );
     out
 }
 
@@ -322,7 +343,9 @@ impl SliceStore for Instrumented {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(SliceError::Unavailable("simulated crash before complete".into()));
+            return Err(SliceError::Unavailable(
+                "simulated crash before complete".into(),
+            ));
         }
         self.inner.complete_batch(batch_id).await
     }

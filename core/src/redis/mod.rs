@@ -17,9 +17,7 @@
 //! | `dm:{room}:idx` | ZSET | the slice index: member `<start>:<len>`, score = the slice's highest seq |
 //! | `dm:{room}:exp` | ZSET | the room's slices by due time (end + hot retention; 0 = expedited) |
 //! | `dm:{room}:bytes` | HASH | bytes per slice (big-key tracking) |
-//! | `dm:{room}:last` | STRING | highest seq stored: the idempotency high-water mark (TTL `redis.last_seq_ttl_secs`) |
-//! | `dm:{room}:mark` | STRING | slices starting at or before it are due at once (a VOD ended) |
-//! | `dm:{room}:qv`, `dm:{room}:qc` | STRING | version of the room's queue state, and the version the queue shard has |
+//! | `dm:{room}:meta` | HASH | `last`: highest seq stored, the idempotency high-water mark; `mark`: slices starting at or before it are due at once (a VOD ended); `qv`/`qc`: version of the room's queue state, and the version its queue shard has (TTL `redis.last_seq_ttl_secs`) |
 //! | `dm:{room}:b:<batch>:<start>:<len>` | ZSET | a slice claimed by archive batch `<batch>` |
 //! | `dm:{room}:c:<batch>` | STRING | the slices batch `<batch>` claimed from this room |
 //! | `dm:{room}:ch` | channel | new items of the room, for the live nodes |
@@ -185,12 +183,11 @@ pub(crate) fn command_conn(
     let (response, connect) = timeouts(settings);
     match target {
         Target::Single(url) => {
-            let client = ::redis::Client::open(url.as_str()).map_err(|source| {
-                RedisSetupError::Url {
+            let client =
+                ::redis::Client::open(url.as_str()).map_err(|source| RedisSetupError::Url {
                     url: url.clone(),
                     source,
-                }
-            })?;
+                })?;
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(response))
                 .set_connection_timeout(Some(connect))
@@ -208,11 +205,13 @@ pub(crate) fn command_conn(
                 .retries(2)
                 .max_retry_wait(500)
                 .build()?;
-            Ok(Conn::Cluster(client.get_pending_async_connection_with_config(
-                ::redis::cluster::ClusterConfig::new()
-                    .set_response_timeout(response)
-                    .set_connection_timeout(connect),
-            )))
+            Ok(Conn::Cluster(
+                client.get_pending_async_connection_with_config(
+                    ::redis::cluster::ClusterConfig::new()
+                        .set_response_timeout(response)
+                        .set_connection_timeout(connect),
+                ),
+            ))
         }
     }
 }

@@ -186,11 +186,13 @@ impl RedisNotifier {
                     .max_retry_wait(500)
                     .push_sender(on_push)
                     .build()?;
-                SubConn::Cluster(client.get_pending_async_connection_with_config(
-                    ::redis::cluster::ClusterConfig::new()
-                        .set_response_timeout(response)
-                        .set_connection_timeout(connect),
-                ))
+                SubConn::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        ::redis::cluster::ClusterConfig::new()
+                            .set_response_timeout(response)
+                            .set_connection_timeout(connect),
+                    ),
+                )
             }
         };
         let decoder = tokio::spawn(decode_loop(push_rx, shared.clone()));
@@ -219,7 +221,13 @@ async fn decode_loop(mut rx: mpsc::Receiver<PushInfo>, shared: Arc<Shared>) {
                 let Some(room) = room_of_channel(ch) else {
                     continue;
                 };
-                if !shared.subs.lock().expect("subs lock").wanted.contains(&room) {
+                if !shared
+                    .subs
+                    .lock()
+                    .expect("subs lock")
+                    .wanted
+                    .contains(&room)
+                {
                     continue;
                 }
                 let Some(items) = decode_items(Bytes::copy_from_slice(payload)) else {
@@ -249,9 +257,17 @@ async fn decode_loop(mut rx: mpsc::Receiver<PushInfo>, shared: Arc<Shared>) {
                 let subs = shared.subs.lock().expect("subs lock");
                 subs.confirmed.iter().cloned().collect()
             };
-            tracing::warn!(rooms = rooms.len(), "notifier overflowed; resyncing every room");
+            tracing::warn!(
+                rooms = rooms.len(),
+                "notifier overflowed; resyncing every room"
+            );
             for room in rooms {
-                if shared.events.send(NotifierEvent::Resync(room)).await.is_err() {
+                if shared
+                    .events
+                    .send(NotifierEvent::Resync(room))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -7,26 +7,29 @@
 //! millisecond times stay far below. Integers are formatted with `%d` (Redis' Lua
 //! 5.1 formats it as a 64-bit long).
 
-/// Appends items to a room. KEYS: last, idx, exp, bytes, mark, qv, qc.
-/// ARGV: prefix `dm:{room}:`, slice length ms, hot retention ms, TTL of `last` in
+/// Appends items to a room. KEYS: meta, idx, exp, bytes.
+/// ARGV: prefix `dm:{room}:`, slice length ms, hot retention ms, TTL of `meta` in
 /// seconds (0 = none), then (seq, ts, member) triples in seq order.
 ///
-/// An item with seq <= the room's high-water mark (`last`) was stored before (a Bus
-/// redelivery) and is skipped. The others go to the room's newest slice while their
-/// time is before its end, else to a new slice of the given length starting no
-/// earlier than the newest slice's end: a room's slices are ordered and disjoint in
-/// seq, which makes cursor reads a walk over the slice index (`idx`, score = the
-/// slice's highest seq). A new slice enters `exp` (score = due time: its end plus the
-/// retention, or 0 if the room was expedited up to its start) and bumps the queue
-/// version `qv`. Returns {added, min due or -1, qv, qc, {slice, members, bytes}...}.
+/// An item with seq <= the room's high-water mark (`meta.last`) was stored before
+/// (a Bus redelivery) and is skipped. The others go to the room's newest slice while
+/// their time is before its end, else to a new slice of the given length starting
+/// no earlier than the newest slice's end: a room's slices are ordered and disjoint
+/// in seq, which makes cursor reads a walk over the slice index (`idx`, score = the
+/// slice's highest seq). A new slice enters `exp` (score = due time: its end plus
+/// the retention, or 0 if the room was expedited up to its start) and bumps the
+/// queue version `meta.qv`. Returns {added, min due (-1 = no slices; -2 = not
+/// computed, the queue shard is up to date), qv, qc, {slice, members, bytes}...}.
 pub const APPEND: &str = r#"
 local prefix = ARGV[1]
 local len = tonumber(ARGV[2])
 local ret = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
-local hi = tonumber(redis.call('GET', KEYS[1]) or '0')
-local mark = redis.call('GET', KEYS[5])
-if mark then mark = tonumber(mark) end
+local meta = redis.call('HMGET', KEYS[1], 'last', 'mark', 'qv', 'qc')
+local hi = tonumber(meta[1] or '0')
+local mark = meta[2] and tonumber(meta[2])
+local qv = tonumber(meta[3] or '0')
+local qc = tonumber(meta[4] or '0')
 local cur_id, cur_end
 local top = redis.call('ZRANGE', KEYS[2], -1, -1)
 if top[1] then
@@ -35,6 +38,7 @@ if top[1] then
   cur_end = tonumber(s) + tonumber(l)
 end
 local adds, order, maxseq, nbytes, fresh = {}, {}, {}, {}, {}
+local created = false
 local added = 0
 for i = 5, #ARGV, 3 do
   local seq = tonumber(ARGV[i])
@@ -49,6 +53,7 @@ for i = 5, #ARGV, 3 do
         local due = cur_end + ret
         if mark and start <= mark then due = 0 end
         fresh[cur_id] = due
+        created = true
       end
     end
     local a = adds[cur_id]
@@ -82,15 +87,20 @@ for _, id in ipairs(order) do
   stats[#stats + 1] = b
 end
 if added > 0 then
-  redis.call('SET', KEYS[1], string.format('%d', hi))
+  if created then
+    qv = qv + 1
+    redis.call('HSET', KEYS[1], 'last', string.format('%d', hi), 'qv', string.format('%d', qv))
+  else
+    redis.call('HSET', KEYS[1], 'last', string.format('%d', hi))
+  end
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end
-local qv = tonumber(redis.call('GET', KEYS[6]) or '0')
-if next(fresh) then qv = redis.call('INCR', KEYS[6]) end
-local qc = tonumber(redis.call('GET', KEYS[7]) or '0')
-local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local min_due = -1
-if first[2] then min_due = tonumber(first[2]) end
+local min_due = -2
+if qv ~= qc then
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  min_due = -1
+  if first[2] then min_due = tonumber(first[2]) end
+end
 return {added, min_due, qv, qc, stats}
 "#;
 
@@ -110,16 +120,16 @@ end
 return out
 "#;
 
-/// Makes slices due now. KEYS: mark, exp, qv, qc. ARGV: up_to (or "inf" for
-/// every slice), "1" to remember the mark (slices created later with a start at or
-/// before it are due at once), TTL of the mark in seconds.
+/// Makes slices due now. KEYS: meta, exp. ARGV: up_to (or "inf" for every
+/// slice), "1" to remember the mark (slices created later with a start at or
+/// before it are due at once), TTL of `meta` in seconds.
 /// Returns {min due or -1, qv, qc}.
 pub const EXPEDITE: &str = r#"
 local up = ARGV[1]
 if ARGV[2] == '1' then
-  local old = redis.call('GET', KEYS[1])
+  local old = redis.call('HGET', KEYS[1], 'mark')
   if (not old) or tonumber(old) < tonumber(up) then
-    redis.call('SET', KEYS[1], up)
+    redis.call('HSET', KEYS[1], 'mark', up)
   end
   if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 end
@@ -132,16 +142,16 @@ for _, id in ipairs(ids) do
     changed = changed + 1
   end
 end
-local qv = tonumber(redis.call('GET', KEYS[3]) or '0')
-if changed > 0 then qv = redis.call('INCR', KEYS[3]) end
-local qc = tonumber(redis.call('GET', KEYS[4]) or '0')
+if changed > 0 then redis.call('HINCRBY', KEYS[1], 'qv', 1) end
+local qv = tonumber(redis.call('HGET', KEYS[1], 'qv') or '0')
+local qc = tonumber(redis.call('HGET', KEYS[1], 'qc') or '0')
 local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local min_due = -1
 if first[2] then min_due = tonumber(first[2]) end
 return {min_due, qv, qc}
 "#;
 
-/// Claims a room's due slices for a batch. KEYS: exp, idx, bytes, qv, qc.
+/// Claims a room's due slices for a batch. KEYS: exp, idx, bytes, meta.
 /// ARGV: prefix, batch id, now, max slices.
 ///
 /// Idempotent per (room, batch): the first run renames each due slice
@@ -170,31 +180,31 @@ else
   end
   if #moved > 0 then
     redis.call('SET', ck, table.concat(moved, ','))
-    redis.call('INCR', KEYS[4])
+    redis.call('HINCRBY', KEYS[4], 'qv', 1)
   end
 end
-local qv = tonumber(redis.call('GET', KEYS[4]) or '0')
-local qc = tonumber(redis.call('GET', KEYS[5]) or '0')
+local qv = tonumber(redis.call('HGET', KEYS[4], 'qv') or '0')
+local qc = tonumber(redis.call('HGET', KEYS[4], 'qc') or '0')
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local min_due = -1
 if first[2] then min_due = tonumber(first[2]) end
 return {min_due, qv, qc, moved}
 "#;
 
-/// The queue state of a room. KEYS: exp, qv, qc. Returns {min due or -1, qv, qc}.
+/// The queue state of a room. KEYS: exp, meta. Returns {min due or -1, qv, qc}.
 pub const ROOM_STATE: &str = r#"
-local qv = tonumber(redis.call('GET', KEYS[2]) or '0')
-local qc = tonumber(redis.call('GET', KEYS[3]) or '0')
+local qv = tonumber(redis.call('HGET', KEYS[2], 'qv') or '0')
+local qc = tonumber(redis.call('HGET', KEYS[2], 'qc') or '0')
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local min_due = -1
 if first[2] then min_due = tonumber(first[2]) end
 return {min_due, qv, qc}
 "#;
 
-/// Records that the queue shard holds version `ARGV[1]` of the room. KEYS: qc.
+/// Records that the queue shard holds version `ARGV[1]` of the room. KEYS: meta.
 pub const CONFIRM: &str = r#"
-if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
+if tonumber(redis.call('HGET', KEYS[1], 'qc') or '0') < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'qc', ARGV[1])
 end
 return 1
 "#;

@@ -4,8 +4,7 @@
 use super::{count_error, room_prefix, scripts, stable_hash, Conn};
 use crate::config::RedisSettings;
 use crate::ports::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat,
-    SliceStore,
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
 };
 use crate::slice::{SliceRef, MAX_SLICE_MS, MIN_SLICE_MS};
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -155,8 +154,7 @@ fn slice_id(s: &SliceRef) -> String {
 fn fail(op: &'static str) -> impl Fn(RedisError) -> SliceError {
     move |e| {
         count_error(op);
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_cluster_error()
-        {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_cluster_error() {
             SliceError::Unavailable(format!("{op}: {e}"))
         } else {
             SliceError::Other(format!("{op}: {e}"))
@@ -264,7 +262,7 @@ impl RedisSliceStore {
             let keys = RoomKeys::new(room);
             self.scripts
                 .confirm
-                .key(keys.k("qc"))
+                .key(keys.k("meta"))
                 .arg(st.version)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -276,7 +274,9 @@ impl RedisSliceStore {
     /// Rooms whose earliest slice is due at `now`, at most `max`, shards in rotation.
     async fn due_rooms(&self, now_ms: i64, max: usize) -> Result<Vec<String>, SliceError> {
         let first = self.next_shard.fetch_add(1, Ordering::Relaxed) as u32;
-        let order: Vec<u32> = (0..self.shards).map(|i| (first + i) % self.shards).collect();
+        let order: Vec<u32> = (0..self.shards)
+            .map(|i| (first + i) % self.shards)
+            .collect();
         let per_shard: Vec<Vec<String>> = stream::iter(order)
             .map(|shard| {
                 let mut c = self.conn.clone();
@@ -365,8 +365,7 @@ impl RedisSliceStore {
                 .key(keys.k("exp"))
                 .key(keys.k("idx"))
                 .key(keys.k("bytes"))
-                .key(keys.k("qv"))
-                .key(keys.k("qc"))
+                .key(keys.k("meta"))
                 .arg(&keys.prefix)
                 .arg(id)
                 .arg(now_ms)
@@ -411,7 +410,9 @@ impl RedisSliceStore {
             .await
             .map_err(fail("batch_set"))?;
         if set == 0 {
-            return Err(SliceError::Other(format!("batch {id} vanished while claiming")));
+            return Err(SliceError::Other(format!(
+                "batch {id} vanished while claiming"
+            )));
         }
         self.read_batch(id, slices).await.map(Some)
     }
@@ -578,7 +579,7 @@ impl SliceStore for RedisSliceStore {
         sorted.sort_by_key(|i| i.seq);
         let keys = RoomKeys::new(room);
         let mut inv = self.scripts.append.prepare_invoke();
-        for k in ["last", "idx", "exp", "bytes", "mark", "qv", "qc"] {
+        for k in ["meta", "idx", "exp", "bytes"] {
             inv.key(keys.k(k));
         }
         inv.arg(&keys.prefix)
@@ -650,8 +651,9 @@ impl SliceStore for RedisSliceStore {
 
     async fn last_seq(&self, room: &str) -> Result<u64, SliceError> {
         let mut c = self.conn.clone();
-        let v: Option<u64> = ::redis::cmd("GET")
-            .arg(RoomKeys::new(room).k("last"))
+        let v: Option<u64> = ::redis::cmd("HGET")
+            .arg(RoomKeys::new(room).k("meta"))
+            .arg("last")
             .query_async(&mut c)
             .await
             .map_err(fail("last_seq"))?;
@@ -664,10 +666,8 @@ impl SliceStore for RedisSliceStore {
         let v: Vec<Value> = self
             .scripts
             .expedite
-            .key(keys.k("mark"))
+            .key(keys.k("meta"))
             .key(keys.k("exp"))
-            .key(keys.k("qv"))
-            .key(keys.k("qc"))
             .arg(up_to_ms)
             .arg("1")
             .arg(self.last_ttl_secs)
@@ -687,10 +687,8 @@ impl SliceStore for RedisSliceStore {
                 let v: Vec<Value> = self
                     .scripts
                     .expedite
-                    .key(keys.k("mark"))
+                    .key(keys.k("meta"))
                     .key(keys.k("exp"))
-                    .key(keys.k("qv"))
-                    .key(keys.k("qc"))
                     .arg("inf")
                     .arg("0")
                     .arg(0)
@@ -740,8 +738,7 @@ impl SliceStore for RedisSliceStore {
                             .scripts
                             .room_state
                             .key(keys.k("exp"))
-                            .key(keys.k("qv"))
-                            .key(keys.k("qc"))
+                            .key(keys.k("meta"))
                             .invoke_async(&mut c)
                             .await
                             .map_err(fail("room_state"))?;

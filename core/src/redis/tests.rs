@@ -26,7 +26,10 @@ fn settings_cluster(urls: &[String]) -> RedisSettings {
 }
 
 async fn open(settings: &RedisSettings) -> (RedisSliceStore, RedisNotifier) {
-    connect(settings).await.expect("connect").expect("redis configured")
+    connect(settings)
+        .await
+        .expect("connect")
+        .expect("redis configured")
 }
 
 fn item(seq: u64, ts: i64) -> SliceItem {
@@ -101,7 +104,10 @@ async fn cursor_reads_survive_changing_lengths_and_skewed_clocks() {
     }
     let sizes = store.largest_slices(1000).await.unwrap();
     let mine: Vec<_> = sizes.iter().filter(|s| s.slice.room == room).collect();
-    assert_eq!(mine.iter().map(|s| s.members).sum::<u64>(), all.len() as u64);
+    assert_eq!(
+        mine.iter().map(|s| s.members).sum::<u64>(),
+        all.len() as u64
+    );
     assert!(mine.iter().any(|s| s.slice.len_ms == 1_000));
     assert!(mine.iter().any(|s| s.slice.len_ms == 60_000));
 }
@@ -162,7 +168,11 @@ async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() 
         .await
         .unwrap();
     assert!(raw.is_some());
-    assert!(store.claim_batch(now + 60_000, 100, lease).await.unwrap().is_none());
+    assert!(store
+        .claim_batch(now + 60_000, 100, lease)
+        .await
+        .unwrap()
+        .is_none());
     let left: Vec<String> = ::redis::cmd("KEYS")
         .arg(format!("dm:{{{room}}}:[bc]:*"))
         .query_async(&mut c)
@@ -191,7 +201,10 @@ async fn a_durable_redis_restart_loses_nothing() {
         }
         let it = item(s, base + s as i64);
         loop {
-            match store.append(&room, 10_000, 600_000, std::slice::from_ref(&it)).await {
+            match store
+                .append(&room, 10_000, 600_000, std::slice::from_ref(&it))
+                .await
+            {
                 Ok(_) => break,
                 Err(e) => {
                     assert!(matches!(e, SliceError::Unavailable(_)), "{e}");
@@ -205,7 +218,10 @@ async fn a_durable_redis_restart_loses_nothing() {
         stored.push(it);
     }
     // Redelivery after the restart changes nothing.
-    let out = store.append(&room, 10_000, 600_000, &stored[20..30]).await.unwrap();
+    let out = store
+        .append(&room, 10_000, 600_000, &stored[20..30])
+        .await
+        .unwrap();
     assert_eq!(out.added, 0);
     assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), stored);
     assert_eq!(store.last_seq(&room).await.unwrap(), 50);
@@ -236,7 +252,10 @@ async fn a_restart_without_persistence_takes_redeliveries_again() {
         }
     };
     assert_eq!(out.added, 5);
-    assert_eq!(store.read_after(&room, 0, 100).await.unwrap(), items[5..].to_vec());
+    assert_eq!(
+        store.read_after(&room, 0, 100).await.unwrap(),
+        items[5..].to_vec()
+    );
     // The room is in the expiry queue again, so it will be archived.
     store.expedite_all().await.unwrap();
     let b = store
@@ -299,13 +318,19 @@ async fn notifier_roundtrip(settings: RedisSettings) {
     assert!(viewer.take_receiver().is_none(), "taken once");
     let room = format!("n{}", rand::random::<u32>());
     viewer.subscribe(&room).await.unwrap();
-    let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(r) if *r == room)).await;
+    let ev = next_event(
+        &mut rx,
+        |e| matches!(e, NotifierEvent::Resync(r) if *r == room),
+    )
+    .await;
     assert_eq!(ev, NotifierEvent::Resync(room.clone()));
     let items = vec![item(1, 10), item(2, 11)];
     publisher.publish(&room, &items).await.unwrap();
     publisher.publish("nobody-watches", &items).await.unwrap();
     let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Notice(_))).await;
-    let NotifierEvent::Notice(n) = ev else { unreachable!() };
+    let NotifierEvent::Notice(n) = ev else {
+        unreachable!()
+    };
     assert_eq!((n.room.as_str(), n.items), (room.as_str(), items));
     viewer.unsubscribe(&room).await.unwrap();
     publisher.publish(&room, &[item(3, 12)]).await.unwrap();
@@ -345,7 +370,11 @@ async fn subscriptions_come_back_after_a_restart_with_a_resync() {
     viewer.subscribe(&room).await.unwrap();
     next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(_))).await;
     server.restart();
-    next_event(&mut rx, |e| matches!(e, NotifierEvent::Resync(r) if *r == room)).await;
+    next_event(
+        &mut rx,
+        |e| matches!(e, NotifierEvent::Resync(r) if *r == room),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while publisher.publish(&room, &[item(9, 1)]).await.is_err() {
         assert!(Instant::now() < deadline);

@@ -1,0 +1,702 @@
+//! The archive benchmark (`docs/benchmarks/archive.md`):
+//!
+//! ```text
+//! cargo build --release -p danmaku-archive --example bench
+//! taskset -c 0 target/release/examples/bench [--rows N] [--e2e-rows N] [--scylla-rows N]
+//!     [--runs R] [--quiet-below PCT] [--quiet-max-wait SECS] [--no-python]
+//! ```
+//!
+//! 1. Encoding on one core (this thread only): synthetic comments
+//!    (`danmaku_archive::bench`) into Parquet: one big file, batch-sized files, and
+//!    the archiver's whole pure step (protobuf decode + alignment + Parquet); next
+//!    to the peers measured in the same run on the same comments: JSON lines,
+//!    zstd-3 of the JSON lines, and pyarrow's Parquet writer with the same settings.
+//! 2. Sizes: Parquet bytes per comment against JSON lines and zstd-3 JSON lines.
+//! 3. End to end: comments in the embedded SliceStore, drained into Parquet and the
+//!    embedded ArchiveStore (and the ScyllaDB adapter on the in-process CQL server,
+//!    which only shows the adapter's overhead: kassandra is a single-threaded toy).
+//!
+//! Each figure is the median of `--runs` runs (3); the machine's busy % (all
+//! tenants, 100 = one core) is printed before each section, after waiting up to
+//! `--quiet-max-wait` seconds for it to drop below `--quiet-below`.
+
+use bytes::Bytes;
+use danmaku_archive::bench::{json_lines, prepare_batch, rows, synthetic};
+use danmaku_archive::parquet_file::{self, ParquetRow};
+use danmaku_archive::{drain, Context};
+use danmaku_core::auth::TokenSigner;
+use danmaku_core::config::Settings;
+use danmaku_core::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
+use danmaku_core::id::IdGenerator;
+use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
+use danmaku_core::model::Danmaku;
+use danmaku_core::ports::{object_store_from_url, ArchiveStore, SliceItem};
+use danmaku_core::scylla::testserver::CqlTestServer;
+use danmaku_core::scylla::{migrate, ScyllaArchiveStore};
+use danmaku_core::vod::Session;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// 2025-11-24T16:00:00Z.
+const T: i64 = 1_764_000_000_000;
+const ROOMS: u32 = 50;
+const RATE: u32 = 2_000;
+
+struct Args {
+    rows: usize,
+    e2e_rows: usize,
+    scylla_rows: usize,
+    runs: usize,
+    quiet_below: u64,
+    quiet_max_wait: u64,
+    python: bool,
+    only: Option<String>,
+    dump: Option<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rows: 1_000_000,
+        e2e_rows: 300_000,
+        scylla_rows: 30_000,
+        runs: 3,
+        quiet_below: 25,
+        quiet_max_wait: 120,
+        python: true,
+        only: None,
+        dump: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = || -> u64 {
+            argv.get(i + 1)
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", argv[i]))
+        };
+        match argv[i].as_str() {
+            "--rows" => a.rows = value() as usize,
+            "--e2e-rows" => a.e2e_rows = value() as usize,
+            "--scylla-rows" => a.scylla_rows = value() as usize,
+            "--runs" => a.runs = value().max(1) as usize,
+            "--quiet-below" => a.quiet_below = value(),
+            "--quiet-max-wait" => a.quiet_max_wait = value(),
+            "--only" => a.only = argv.get(i + 1).cloned(),
+            "--dump" => a.dump = argv.get(i + 1).cloned(),
+            "--no-python" => {
+                a.python = false;
+                i -= 1;
+            }
+            other => {
+                panic!("unknown argument {other}; see the header of archive/examples/bench.rs")
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// Machine-wide CPU busy % over `secs` (100 = one core), from /proc/stat.
+fn busy_pct(secs: f64) -> u64 {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let idle = cpu.get(3)? + cpu.get(4)?;
+        Some((idle, cpu.iter().sum()))
+    }
+    let (Some((i0, t0)), ()) = (sample(), std::thread::sleep(Duration::from_secs_f64(secs))) else {
+        return 0;
+    };
+    let Some((i1, t1)) = sample() else { return 0 };
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let (idle, total) = (i1 - i0, (t1 - t0).max(1));
+    (total - idle) * 100 * ncpu / total
+}
+
+/// Waits for a quiet machine (see the header), prints the busy % and returns it.
+fn quiet(args: &Args, section: &str) -> u64 {
+    let start = Instant::now();
+    loop {
+        let b = busy_pct(2.0);
+        if b < args.quiet_below || start.elapsed().as_secs() >= args.quiet_max_wait {
+            println!("\n## {section}  (background busy {b}% before the run; 100 = one core)\n");
+            return b;
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median seconds of `runs` runs of `f` (its output kept from the last run).
+fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, R) {
+    let mut secs = Vec::with_capacity(runs);
+    let mut out = None;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let r = f();
+        secs.push(t.elapsed().as_secs_f64());
+        out = Some(r);
+    }
+    (median(secs), out.expect("at least one run"))
+}
+
+/// Comments of the benchmark, each in its room's session.
+fn comments(n: usize) -> (Vec<Danmaku>, Vec<Session>) {
+    let comments = synthetic(n, 42, T, RATE, ROOMS);
+    let sessions = (0..ROOMS)
+        .map(|r| Session {
+            vod: format!("v{r}"),
+            room: format!("r{r}"),
+            started_at: T - 60_000,
+            ended_at: None,
+            latency_ms: 1_500,
+        })
+        .collect();
+    (comments, sessions)
+}
+
+fn archived_rows(comments: &[Danmaku]) -> Vec<ParquetRow> {
+    let mut out = rows(comments);
+    for r in &mut out {
+        r.offset_ms = Some(r.ts_ms - (T - 60_000) - 1_500);
+        r.vod = Some(format!("v{}", &r.room[1..]));
+    }
+    out
+}
+
+fn rate(rows: usize, secs: f64) -> String {
+    format!("{:.0} rows/s", rows as f64 / secs)
+}
+
+fn encode_section(args: &Args) -> (Vec<Danmaku>, Bytes) {
+    quiet(args, "Encoding on one core");
+    let (comments, sessions) = comments(args.rows);
+    let parquet_rows = archived_rows(&comments);
+    let n = parquet_rows.len();
+
+    let (t_one, one_file) = time(args.runs, || parquet_file::encode(&parquet_rows).unwrap());
+    println!(
+        "parquet, one file of {n} rows:            {:>8.3} s  {}",
+        t_one,
+        rate(n, t_one)
+    );
+
+    let chunk = 10_000;
+    let (t_chunks, chunk_bytes) = time(args.runs, || {
+        parquet_rows
+            .chunks(chunk)
+            .map(|c| parquet_file::encode(c).unwrap().len())
+            .sum::<usize>()
+    });
+    println!(
+        "parquet, files of {chunk} rows:             {:>8.3} s  {}",
+        t_chunks,
+        rate(n, t_chunks)
+    );
+
+    // The archiver's pure step: slice items (protobuf) -> aligned -> hour files.
+    let by_room: HashMap<String, Vec<Session>> = sessions
+        .iter()
+        .map(|s| (s.room.clone(), vec![s.clone()]))
+        .collect();
+    let items: Vec<(String, SliceItem)> = comments
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            (
+                d.room.clone(),
+                SliceItem {
+                    seq: i as u64 + 1,
+                    ts_ms: d.ts_ms,
+                    data: d.encode_bytes(),
+                },
+            )
+        })
+        .collect();
+    let (t_prepare, archived) = time(args.runs, || {
+        let mut archived = 0;
+        for (b, c) in items.chunks(chunk).enumerate() {
+            let (_, a, _) = prepare_batch(b as u64, c.to_vec(), &by_room, 30_000).unwrap();
+            archived += a;
+        }
+        archived
+    });
+    assert_eq!(archived, n, "every comment aligned to its session");
+    println!(
+        "archiver step (decode+align+parquet), batches of {chunk}: {:>6.3} s  {}",
+        t_prepare,
+        rate(n, t_prepare)
+    );
+
+    // Peers on the same comments, same thread.
+    let (t_json, jl) = time(args.runs, || json_lines(&comments));
+    println!(
+        "peer: JSON lines (serde_json):          {:>8.3} s  {}",
+        t_json,
+        rate(n, t_json)
+    );
+    let (t_zstd, zjl) = time(args.runs, || zstd::encode_all(&jl[..], 3).unwrap());
+    println!(
+        "peer: JSON lines + zstd-3:               {:>8.3} s  {}",
+        t_json + t_zstd,
+        rate(n, t_json + t_zstd)
+    );
+    println!(
+        "ratio parquet one file / JSON lines + zstd-3 (time): {:.2}",
+        t_one / (t_json + t_zstd)
+    );
+
+    quiet(args, "Sizes");
+    let per = |b: usize| b as f64 / n as f64;
+    println!("| encoding | bytes | bytes per comment | vs zstd-3 JSON lines |");
+    println!("|---|---:|---:|---:|");
+    for (name, bytes) in [
+        ("JSON lines (API item JSON)", jl.len()),
+        ("JSON lines, zstd -3", zjl.len()),
+        ("Parquet, one file", one_file.len()),
+        ("Parquet, files of 10,000 rows", chunk_bytes),
+    ] {
+        println!(
+            "| {name} | {bytes} | {:.1} | {:.2}x |",
+            per(bytes),
+            bytes as f64 / zjl.len() as f64
+        );
+    }
+    (comments, one_file)
+}
+
+const PYARROW: &str = r#"
+import sys, time, json, pyarrow as pa, pyarrow.parquet as pq
+pa.set_cpu_count(1); pa.set_io_thread_count(1)
+src, runs = sys.argv[1], int(sys.argv[2])
+table = pq.read_table(src)
+out = sys.argv[3]
+times = []
+for _ in range(runs):
+    t = time.perf_counter()
+    pq.write_table(table, out, compression="zstd", compression_level=3, use_dictionary=True,
+                   write_statistics=True, write_page_index=True, row_group_size=1024 * 1024)
+    times.append(time.perf_counter() - t)
+times.sort()
+import os
+print(json.dumps({"median_s": times[len(times) // 2], "bytes": os.path.getsize(out), "rows": table.num_rows}))
+"#;
+
+fn pyarrow_section(args: &Args, one_file: &Bytes) {
+    quiet(
+        args,
+        "Peer: pyarrow's Parquet writer on one core, same rows and settings",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("ours.parquet");
+    std::fs::write(&src, one_file).unwrap();
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0", "python3", "-c", PYARROW])
+        .arg(&src)
+        .arg(args.runs.to_string())
+        .arg(dir.path().join("pyarrow.parquet"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let (secs, bytes, n) = (
+                v["median_s"].as_f64().unwrap(),
+                v["bytes"].as_u64().unwrap(),
+                v["rows"].as_u64().unwrap(),
+            );
+            println!(
+                "pyarrow write_table (zstd-3, dictionary, statistics, page index; no bloom filters, input already sorted): {secs:.3} s  {}  {:.1} bytes/row",
+                rate(n as usize, secs),
+                bytes as f64 / n as f64
+            );
+        }
+        Ok(o) => println!(
+            "pyarrow peer failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => println!("pyarrow peer not run: {e}"),
+    }
+}
+
+/// The SliceStore of an end-to-end run.
+#[derive(Clone, Copy)]
+enum Slices<'a> {
+    Embedded,
+    /// A `redis-server` of `danmaku_core::testkit`.
+    Redis(&'a str),
+}
+
+/// The ArchiveStore of an end-to-end run.
+#[derive(Clone, Copy)]
+enum Archive<'a> {
+    Embedded,
+    /// The ScyllaDB adapter on the in-process CQL server.
+    Scylla(&'a CqlTestServer),
+}
+
+async fn context(dir: &std::path::Path, slices: Slices<'_>, archive: Archive<'_>) -> Context {
+    let db = EmbeddedDb::open(dir).expect("open db");
+    let mut settings = Settings::default();
+    settings.server.data_dir = dir.to_path_buf();
+    let archive: Arc<dyn ArchiveStore> = match archive {
+        Archive::Embedded => Arc::new(EmbeddedArchiveStore::new(db.clone())),
+        Archive::Scylla(server) => {
+            let s = server.settings(&format!("bench{}", danmaku_core::now_ms() % 1_000_000));
+            migrate(&s).await.unwrap();
+            Arc::new(ScyllaArchiveStore::connect(&s).await.unwrap())
+        }
+    };
+    let slices: Arc<dyn danmaku_core::ports::SliceStore> = match slices {
+        Slices::Embedded => Arc::new(EmbeddedSliceStore::new(db.clone())),
+        Slices::Redis(url) => {
+            settings.redis.url = url.to_string();
+            settings.redis.namespace = format!("bench{}", danmaku_core::now_ms());
+            let (store, _) = danmaku_core::redis::connect(&settings.redis)
+                .await
+                .unwrap()
+                .unwrap();
+            Arc::new(store)
+        }
+    };
+    Context {
+        settings: Arc::new(settings),
+        bus: Arc::new(EmbeddedBus::open(db.clone(), 1).expect("bus")),
+        slices,
+        notifier: Arc::new(LocalNotifier::new(16)),
+        archive,
+        objects: object_store_from_url("", dir).expect("objects"),
+        cache: Arc::new(MemoryReplayCache::new(1 << 20)),
+        signer: TokenSigner::new(b"bench"),
+        ids: Arc::new(IdGenerator::new(0)),
+    }
+}
+
+/// Loads `n` comments into a fresh SliceStore (untimed), then times `drain` into
+/// Parquet, and into the ArchiveStore when `in_sessions` (else the comments belong
+/// to no VOD and go to Parquet only). Returns seconds.
+async fn end_to_end(n: usize, slices: Slices<'_>, archive: Archive<'_>, in_sessions: bool) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), slices, archive).await;
+    let (mut comments, sessions) = comments(n);
+    // Rooms of their own per run, so runs on a shared Redis do not meet.
+    let tag = danmaku_core::now_ms() % 1_000_000;
+    for d in &mut comments {
+        d.room = format!("{}x{tag}", d.room);
+    }
+    if in_sessions {
+        for s in &sessions {
+            let mut s = s.clone();
+            s.room = format!("{}x{tag}", s.room);
+            s.vod = format!("{}x{tag}", s.vod);
+            ctx.archive.create_session(&s).await.unwrap();
+        }
+    }
+    let mut by_room: BTreeMap<&str, Vec<&Danmaku>> = BTreeMap::new();
+    for d in &comments {
+        by_room.entry(d.room.as_str()).or_default().push(d);
+    }
+    for (room, list) in by_room {
+        for (c, chunk) in list.chunks(5_000).enumerate() {
+            let items: Vec<SliceItem> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, d)| SliceItem {
+                    seq: (c * 5_000 + i) as u64 + 1,
+                    ts_ms: d.ts_ms,
+                    data: d.encode_bytes(),
+                })
+                .collect();
+            ctx.slices.append(room, 10_000, 0, &items).await.unwrap();
+        }
+    }
+    ctx.slices.expedite_all().await.unwrap();
+    let t = Instant::now();
+    let rows = drain(&ctx, Duration::from_secs(3_600)).await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(rows, n as u64);
+    if in_sessions {
+        let mut total = 0;
+        for s in &sessions {
+            total += ctx
+                .archive
+                .count(&format!("{}x{tag}", s.vod))
+                .await
+                .unwrap();
+        }
+        assert_eq!(total, n as u64, "every comment in the ArchiveStore");
+    }
+    secs
+}
+
+/// `--only breakdown`: where the end-to-end time goes (claims vs. processing).
+async fn breakdown(args: &Args) {
+    quiet(args, "End to end, by step");
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), Slices::Embedded, Archive::Embedded).await;
+    let (comments, sessions) = comments(args.e2e_rows);
+    for s in &sessions {
+        ctx.archive.create_session(s).await.unwrap();
+    }
+    let t = Instant::now();
+    let mut by_room: BTreeMap<&str, Vec<&Danmaku>> = BTreeMap::new();
+    for d in &comments {
+        by_room.entry(d.room.as_str()).or_default().push(d);
+    }
+    for (room, list) in by_room {
+        let items: Vec<SliceItem> = list
+            .iter()
+            .enumerate()
+            .map(|(i, d)| SliceItem {
+                seq: i as u64 + 1,
+                ts_ms: d.ts_ms,
+                data: d.encode_bytes(),
+            })
+            .collect();
+        ctx.slices.append(room, 10_000, 0, &items).await.unwrap();
+    }
+    println!("load (untimed in e2e): {:.3} s", t.elapsed().as_secs_f64());
+    ctx.slices.expedite_all().await.unwrap();
+    let (mut claim, mut process, mut batches) = (0.0, 0.0, 0);
+    loop {
+        let t = Instant::now();
+        let Some(batch) = ctx
+            .slices
+            .claim_batch(danmaku_core::now_ms(), 64, Duration::from_secs(600))
+            .await
+            .unwrap()
+        else {
+            break;
+        };
+        claim += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        danmaku_archive::process_batch(&ctx, batch).await.unwrap();
+        process += t.elapsed().as_secs_f64();
+        batches += 1;
+    }
+    println!("{batches} batches: claim {claim:.3} s, process (upsert + parquet + complete) {process:.3} s");
+}
+
+async fn e2e_section(args: &Args) {
+    quiet(args, "End to end: SliceStore -> Parquet (+ ArchiveStore)");
+    let redis = danmaku_core::testkit::RedisServer::start();
+    let url = redis.url();
+    let server = CqlTestServer::start();
+    let variants: Vec<(&str, usize, Slices, Archive, bool)> = vec![
+        (
+            "Parquet alone; embedded SliceStore",
+            args.e2e_rows,
+            Slices::Embedded,
+            Archive::Embedded,
+            false,
+        ),
+        (
+            "Parquet alone; Redis SliceStore",
+            args.e2e_rows,
+            Slices::Redis(&url),
+            Archive::Embedded,
+            false,
+        ),
+        (
+            "Parquet + embedded ArchiveStore; embedded SliceStore",
+            args.e2e_rows,
+            Slices::Embedded,
+            Archive::Embedded,
+            true,
+        ),
+        (
+            "Parquet + embedded ArchiveStore; Redis SliceStore",
+            args.e2e_rows,
+            Slices::Redis(&url),
+            Archive::Embedded,
+            true,
+        ),
+        (
+            "Parquet + ScyllaDB adapter on kassandra; Redis SliceStore",
+            args.scylla_rows,
+            Slices::Redis(&url),
+            Archive::Scylla(&server),
+            true,
+        ),
+    ];
+    println!("| path | comments | seconds (median) | rows/s |");
+    println!("|---|---:|---:|---:|");
+    for (name, n, slices, archive, in_sessions) in variants {
+        if n == 0 {
+            continue;
+        }
+        let mut secs = Vec::new();
+        for _ in 0..args.runs {
+            secs.push(end_to_end(n, slices, archive, in_sessions).await);
+        }
+        let t = median(secs);
+        println!("| {name} | {n} | {t:.3} | {:.0} |", n as f64 / t);
+    }
+}
+
+/// `--only explore`: writer settings side by side on the same sorted rows (time on
+/// one core, total and per-column bytes), to choose the defaults.
+fn explore(args: &Args) {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    use parquet::schema::types::ColumnPath;
+    quiet(args, "Writer settings explored");
+    let (comments, _) = comments(args.rows);
+    let mut rows = archived_rows(&comments);
+    parquet_file::sort_rows(&mut rows);
+    let t = Instant::now();
+    let batch = parquet_file::to_record_batch(&rows).unwrap();
+    println!("to_record_batch: {:.3} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let mut sorted = rows.clone();
+    parquet_file::sort_rows(&mut sorted);
+    println!("clone + sort: {:.3} s", t.elapsed().as_secs_f64());
+    let n = rows.len();
+    let base = || {
+        let mut b = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_dictionary_enabled(true);
+        for c in ["user", "room"] {
+            b = b
+                .set_column_bloom_filter_enabled(ColumnPath::from(c), true)
+                .set_column_bloom_filter_fpp(ColumnPath::from(c), 0.01)
+                .set_column_bloom_filter_ndv(ColumnPath::from(c), n as u64);
+        }
+        b
+    };
+    let delta = |mut b: parquet::file::properties::WriterPropertiesBuilder| {
+        for c in ["id", "ts", "offset_ms"] {
+            b = b
+                .set_column_dictionary_enabled(ColumnPath::from(c), false)
+                .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+        }
+        b
+    };
+    let variants: Vec<(&str, WriterProperties)> = vec![
+        ("current", base().build()),
+        ("delta ints", delta(base()).build()),
+        (
+            "delta ints, zstd 1",
+            delta(base())
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()))
+                .build(),
+        ),
+        ("delta ints, no bloom", {
+            let mut b = delta(base());
+            for c in ["user", "room"] {
+                b = b.set_column_bloom_filter_enabled(ColumnPath::from(c), false);
+            }
+            b.build()
+        }),
+        (
+            "delta ints, chunk stats",
+            delta(base())
+                .set_statistics_enabled(EnabledStatistics::Chunk)
+                .build(),
+        ),
+        (
+            "delta ints, snappy",
+            delta(base()).set_compression(Compression::SNAPPY).build(),
+        ),
+        (
+            "delta ints, text plain",
+            delta(base())
+                .set_column_dictionary_enabled(ColumnPath::from("text"), false)
+                .build(),
+        ),
+        (
+            "delta ints, byte-split color",
+            delta(base())
+                .set_column_dictionary_enabled(ColumnPath::from("color"), true)
+                .build(),
+        ),
+    ];
+    for (name, props) in variants {
+        let (secs, bytes) = time(args.runs, || {
+            let mut out = Vec::with_capacity(n * 32);
+            let mut w =
+                ArrowWriter::try_new(&mut out, batch.schema(), Some(props.clone())).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+            out
+        });
+        let meta = parquet::file::reader::FileReader::metadata(
+            &parquet::file::serialized_reader::SerializedFileReader::new(Bytes::from(
+                bytes.clone(),
+            ))
+            .unwrap(),
+        )
+        .clone();
+        let mut cols: BTreeMap<String, i64> = BTreeMap::new();
+        for rg in meta.row_groups() {
+            for c in rg.columns() {
+                *cols.entry(c.column_path().string()).or_default() += c.compressed_size();
+            }
+        }
+        let per: Vec<String> = cols
+            .iter()
+            .map(|(c, b)| format!("{c} {:.2}", *b as f64 / n as f64))
+            .collect();
+        println!(
+            "{name:<28} {secs:.3} s {:>9}  {:.2} B/row  [{}]",
+            rate(n, secs),
+            bytes.len() as f64 / n as f64,
+            per.join(", ")
+        );
+    }
+}
+
+fn main() {
+    let args = args();
+    println!(
+        "archive benchmark: {} rows to encode, {} end to end, {} through the ScyllaDB adapter; median of {} runs",
+        args.rows, args.e2e_rows, args.scylla_rows, args.runs
+    );
+    if args.only.as_deref() == Some("explore") {
+        explore(&args);
+        return;
+    }
+    let run = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
+    if run("encode") {
+        let (_comments, one_file) = encode_section(&args);
+        if let Some(path) = &args.dump {
+            std::fs::write(path, &one_file).unwrap();
+        }
+        if args.python {
+            pyarrow_section(&args, &one_file);
+        }
+    }
+    if args.only.as_deref() == Some("breakdown") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(breakdown(&args));
+        return;
+    }
+    if !run("e2e") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(e2e_section(&args));
+}
