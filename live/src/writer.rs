@@ -21,7 +21,9 @@ use crate::bigkeys::{self, BigKeys, Thresholds};
 use danmaku_core::config::LiveSettings;
 use danmaku_core::context::Context;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{AppendOutcome, BusRecord, RecordPosition, SliceItem, SliceStat};
+use danmaku_core::ports::{
+    AppendOutcome, BusConsumer, BusRecord, RecordPosition, SliceItem, SliceStat,
+};
 use danmaku_core::slice::{MAX_SLICE_MS, MIN_SLICE_MS};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap};
@@ -73,23 +75,37 @@ async fn run_writer(
         }
     };
     let batch = ctx.settings.live.writer_batch.max(1);
+    let thresholds = Thresholds::from_settings(&ctx.settings.live);
     let mut lengths = SliceLengths::new(&ctx.settings.live);
+    let give_up = GiveUp::default();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut last_sweep = Instant::now();
+    // The batch being written while the next one is polled. Batches are written
+    // one after the other (a room's appends stay in seq order); only the Bus work
+    // (poll, commit) overlaps with the store work.
+    let mut inflight: Option<InFlight> = None;
     loop {
         if drain_deadline.is_none() && stop.is_cancelled() {
-            drain_deadline = Some(tokio::time::Instant::now() + grace);
+            let d = tokio::time::Instant::now() + grace;
+            drain_deadline = Some(d);
+            give_up.set(d);
         }
         if let Some(d) = drain_deadline {
             let caught_up = matches!(consumer.lag().await, Ok(0));
             if caught_up || tokio::time::Instant::now() >= d {
+                if let Some(f) = inflight.take() {
+                    if let Some(done) = f.finish().await {
+                        done.account(registry, thresholds, &mut lengths);
+                        commit(&mut *consumer, &done.upto).await;
+                    }
+                }
                 if !caught_up {
                     tracing::warn!("writer stopped before the bus was drained; the rest is redelivered on restart");
                 }
                 return;
             }
         }
-        let poll_at = Instant::now();
+        let t_poll = Instant::now();
         let records = tokio::select! {
             r = consumer.poll(batch, Duration::from_millis(200)) => r,
             _ = stop.cancelled(), if drain_deadline.is_none() => continue,
@@ -107,54 +123,150 @@ async fn run_writer(
             metrics::gauge!("danmaku_writer_rooms").set(lengths.rooms() as f64);
             last_sweep = Instant::now();
         }
-        if records.is_empty() {
-            continue;
-        }
-        let started = Instant::now();
-        let polled_at = started;
-        let give_up = || drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        let Some(upto) = write_batch(ctx, registry, &mut lengths, &records, &give_up).await else {
-            tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
-            return;
+        let next = if records.is_empty() {
+            None
+        } else {
+            Some(prepare(&records))
         };
-        metrics::histogram!("danmaku_writer_batch_size").record(records.len() as f64);
-        metrics::histogram!("danmaku_writer_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("danmaku_writer_records_total").increment(records.len() as u64);
-        let wrote = polled_at.elapsed();
-        let mut backoff = Duration::from_millis(50);
-        let commit_at = Instant::now();
-        for attempt in 1..=COMMIT_ATTEMPTS {
-            match consumer.commit(&upto).await {
-                Ok(()) => break,
-                Err(e) => {
-                    // Not committing is safe (the records come again and are
-                    // idempotent); keep trying a little so progress is not lost.
-                    metrics::counter!("danmaku_writer_commit_errors_total").increment(1);
-                    tracing::warn!(error = %e, attempt, "offset commit failed");
-                    if attempt < COMMIT_ATTEMPTS {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
+        let polled = t_poll.elapsed();
+        let t_wait = Instant::now();
+        let nrooms = next.as_ref().map_or(0, |p| p.rooms.len());
+        // The previous batch must be stored before this one starts.
+        let done = match inflight.take() {
+            Some(f) => match f.finish().await {
+                Some(done) => Some(done),
+                None => {
+                    tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
+                    return;
                 }
-            }
+            },
+            None => None,
+        };
+        if let Some(p) = next {
+            let now = Instant::now();
+            let jobs: Vec<(String, i64, Vec<SliceItem>)> = p
+                .rooms
+                .into_iter()
+                .map(|(room, items)| {
+                    let len = lengths.len_for(&room, now);
+                    (room, len, items)
+                })
+                .collect();
+            let task = tokio::spawn(store_all(ctx.clone(), jobs, give_up.clone()));
+            inflight = Some(InFlight {
+                task,
+                upto: p.upto,
+                records: p.records,
+                started: Instant::now(),
+            });
+        }
+        let waited = t_wait.elapsed();
+        let t_commit = Instant::now();
+        // While it is stored: account for and commit the previous one.
+        if let Some(done) = done {
+            done.account(registry, thresholds, &mut lengths);
+            commit(&mut *consumer, &done.upto).await;
         }
         if std::env::var_os("WRITER_PROBE").is_some() {
-            eprintln!("probe n={} poll={:?} write={:?} commit={:?}", records.len(), polled_at.duration_since(poll_at), wrote, commit_at.elapsed());
+            eprintln!("probe n={} rooms={nrooms} poll={polled:?} wait_prev={waited:?} commit={:?}", records.len(), t_commit.elapsed());
         }
     }
 }
 
-/// Writes one polled batch: one append per room (the rooms concurrently), each
-/// retried until it succeeds, each followed by the room's notice. Returns the
-/// positions to commit; `None` if `give_up` turned true while a store was failing.
-async fn write_batch(
-    ctx: &Context,
-    registry: &BigKeys,
-    lengths: &mut SliceLengths,
-    records: &[BusRecord],
-    give_up: &(dyn Fn() -> bool + Sync),
-) -> Option<Vec<RecordPosition>> {
-    let live = &ctx.settings.live;
+/// When a failing store stops being retried (the end of the shutdown grace).
+#[derive(Clone, Default)]
+struct GiveUp(Arc<std::sync::Mutex<Option<tokio::time::Instant>>>);
+
+impl GiveUp {
+    fn set(&self, at: tokio::time::Instant) {
+        *self.0.lock().expect("give-up lock") = Some(at);
+    }
+    fn now(&self) -> bool {
+        self.0
+            .lock()
+            .expect("give-up lock")
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
+    }
+}
+
+/// A batch decoded and grouped by room.
+struct Prepared {
+    rooms: Vec<(String, Vec<SliceItem>)>,
+    upto: Vec<RecordPosition>,
+    records: usize,
+}
+
+/// A batch being stored.
+struct InFlight {
+    task: tokio::task::JoinHandle<Option<Vec<(String, usize, AppendOutcome)>>>,
+    upto: Vec<RecordPosition>,
+    records: usize,
+    started: Instant,
+}
+
+/// A batch stored.
+struct Stored {
+    outcomes: Vec<(String, usize, AppendOutcome)>,
+    upto: Vec<RecordPosition>,
+}
+
+impl InFlight {
+    /// Waits for the batch; `None` if the store was given up.
+    async fn finish(self) -> Option<Stored> {
+        let outcomes = match self.task.await {
+            Ok(Some(o)) => o,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "writer task failed");
+                return None;
+            }
+        };
+        metrics::histogram!("danmaku_writer_batch_size").record(self.records as f64);
+        metrics::histogram!("danmaku_writer_batch_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("danmaku_writer_records_total").increment(self.records as u64);
+        Some(Stored {
+            outcomes,
+            upto: self.upto,
+        })
+    }
+}
+
+impl Stored {
+    /// Big keys and slice lengths from what the appends reported.
+    fn account(&self, registry: &BigKeys, thresholds: Thresholds, lengths: &mut SliceLengths) {
+        let now = Instant::now();
+        for (room, n, out) in &self.outcomes {
+            for s in &out.slices {
+                registry.observe_slice(s, thresholds);
+            }
+            lengths.observe(room, *n, &out.slices, now);
+        }
+    }
+}
+
+/// Commits, retrying a little. Not committing is safe (the records come again and
+/// are idempotent); the retries only keep progress from being lost.
+async fn commit(consumer: &mut dyn BusConsumer, upto: &[RecordPosition]) {
+    let mut backoff = Duration::from_millis(50);
+    for attempt in 1..=COMMIT_ATTEMPTS {
+        match consumer.commit(upto).await {
+            Ok(()) => return,
+            Err(e) => {
+                metrics::counter!("danmaku_writer_commit_errors_total").increment(1);
+                tracing::warn!(error = %e, attempt, "offset commit failed");
+                if attempt < COMMIT_ATTEMPTS {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Decodes a polled batch (the comment's time picks its slice) and groups it by
+/// room, in seq order; the positions to commit once it is stored.
+fn prepare(records: &[BusRecord]) -> Prepared {
     let mut by_room: BTreeMap<&str, Vec<SliceItem>> = BTreeMap::new();
     let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
     for r in records {
@@ -172,11 +284,30 @@ async fn write_batch(
             }
         }
     }
-    let now = Instant::now();
-    let jobs: Vec<(String, i64, Vec<SliceItem>)> = by_room
-        .into_iter()
-        .map(|(room, items)| (room.to_string(), lengths.len_for(room, now), items))
-        .collect();
+    Prepared {
+        rooms: by_room
+            .into_iter()
+            .map(|(room, items)| (room.to_string(), items))
+            .collect(),
+        upto: upto
+            .into_iter()
+            .map(|(partition, offset)| RecordPosition { partition, offset })
+            .collect(),
+        records: records.len(),
+    }
+}
+
+/// Stores one batch: one append per room (the rooms concurrently), each retried
+/// until it succeeds and followed by the room's notice. `None` if a failing
+/// store was given up.
+async fn store_all(
+    ctx: Context,
+    jobs: Vec<(String, i64, Vec<SliceItem>)>,
+    give_up: GiveUp,
+) -> Option<Vec<(String, usize, AppendOutcome)>> {
+    let ctx = &ctx;
+    let give_up = &give_up;
+    let concurrency = ctx.settings.live.writer_concurrency.max(1);
     // Owned inputs: the futures must not borrow from the closure's argument.
     let appends = jobs.into_iter().map(|(room, len_ms, items)| async move {
         let out = store_room(ctx, &room, len_ms, &items, give_up).await?;
@@ -187,24 +318,12 @@ async fn write_batch(
         }
         Some((room, items.len(), out))
     });
-    let outcomes: Vec<Option<(String, usize, AppendOutcome)>> = stream::iter(appends)
-        .buffer_unordered(live.writer_concurrency.max(1))
+    stream::iter(appends)
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
         .collect()
-        .await;
-    let thresholds = Thresholds::from_settings(live);
-    let now = Instant::now();
-    for outcome in outcomes {
-        let (room, n, out) = outcome?;
-        for s in &out.slices {
-            registry.observe_slice(s, thresholds);
-        }
-        lengths.observe(&room, n, &out.slices, now);
-    }
-    Some(
-        upto.into_iter()
-            .map(|(partition, offset)| RecordPosition { partition, offset })
-            .collect(),
-    )
 }
 
 /// One room's append, retried with backoff until it succeeds (or `give_up`).
@@ -213,7 +332,7 @@ async fn store_room(
     room: &str,
     len_ms: i64,
     items: &[SliceItem],
-    give_up: &(dyn Fn() -> bool + Sync),
+    give_up: &GiveUp,
 ) -> Option<AppendOutcome> {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -226,7 +345,7 @@ async fn store_room(
             Err(e) => {
                 metrics::counter!("danmaku_writer_store_errors_total").increment(1);
                 tracing::warn!(error = %e, room, retry_in_ms = backoff.as_millis() as u64, "slice append failed; retrying");
-                if give_up() {
+                if give_up.now() {
                     return None;
                 }
                 tokio::time::sleep(backoff).await;

@@ -7,91 +7,79 @@
 //! millisecond times stay far below. Integers are formatted with `%d` (Redis' Lua
 //! 5.1 formats it as a 64-bit long).
 
-/// Appends items to a room. KEYS: meta, idx, exp, bytes.
-/// ARGV: prefix `dm:{room}:`, slice length ms, hot retention ms, TTL of `meta` in
-/// seconds (0 = none), then (seq, ts, member) triples in seq order.
+/// Appends pre-grouped items to a room. KEYS: meta, idx, exp, bytes.
+/// ARGV: prefix `dm:{room}:`, the high-water mark and newest slice (`<start>:<len>`,
+/// or "" for none) the caller grouped the items against, hot retention ms, TTL of
+/// `meta` in seconds (0 = none), then per slice, in order: slice id, highest seq,
+/// item count n, bytes, and n (seq, member) pairs.
 ///
-/// An item with seq <= the room's high-water mark (`meta.last`) was stored before
-/// (a Bus redelivery) and is skipped. The others go to the room's newest slice while
-/// their time is before its end, else to a new slice of the given length starting
-/// no earlier than the newest slice's end: a room's slices are ordered and disjoint
-/// in seq, which makes cursor reads a walk over the slice index (`idx`, score = the
-/// slice's highest seq). A new slice enters `exp` (score = due time: its end plus
-/// the retention, or 0 if the room was expedited up to its start) and bumps the
-/// queue version `meta.qv`. Returns {added, min due (-1 = no slices; -2 = not
-/// computed, the queue shard is up to date), qv, qc, {slice, members, bytes}...}.
+/// The caller ([`super::store::assign_slices`]) dropped items at or below the
+/// room's high-water mark (`meta.last`: Bus redeliveries keep their seq) and put
+/// each remaining item in the room's newest slice while its time is before that
+/// slice's end, else in a new slice starting no earlier than it ends. If the room's
+/// mark or newest slice is not what the caller saw (another writer, a claim, a
+/// restarted Redis), nothing is written and the script answers
+/// {"stale", last, newest} for the caller to regroup. Else each slice gets one
+/// multi-member ZADD; a room's slices stay ordered and disjoint in seq, which
+/// makes cursor reads a walk over the slice index (`idx`, score = the slice's
+/// highest seq). A new slice enters `exp` (score = due time: its end plus the
+/// retention, or 0 if the room was expedited up to its start) and bumps the queue
+/// version `meta.qv`. Returns {added, min due (-1 = no slices; -2 = not computed,
+/// the queue shard is up to date), qv, qc, {slice, members, bytes}...}.
 pub const APPEND: &str = r#"
 local prefix = ARGV[1]
-local len = tonumber(ARGV[2])
-local ret = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
+local ret = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
 local meta = redis.call('HMGET', KEYS[1], 'last', 'mark', 'qv', 'qc')
-local hi = tonumber(meta[1] or '0')
+local last = meta[1] or '0'
+local top = redis.call('ZRANGE', KEYS[2], -1, -1)
+local cur = top[1] or ''
+if last ~= ARGV[2] or cur ~= ARGV[3] then
+  return {'stale', last, cur}
+end
 local mark = meta[2] and tonumber(meta[2])
 local qv = tonumber(meta[3] or '0')
 local qc = tonumber(meta[4] or '0')
-local cur_id, cur_end
-local top = redis.call('ZRANGE', KEYS[2], -1, -1)
-if top[1] then
-  local s, l = string.match(top[1], '^(%-?%d+):(%d+)$')
-  cur_id = top[1]
-  cur_end = tonumber(s) + tonumber(l)
-end
-local adds, order, maxseq, nbytes, fresh = {}, {}, {}, {}, {}
 local created = false
 local added = 0
-for i = 5, #ARGV, 3 do
-  local seq = tonumber(ARGV[i])
-  if seq > hi then
-    local ts = tonumber(ARGV[i + 1])
-    if not (cur_id and ts < cur_end) then
-      local start = ts - (ts % len)
-      if cur_id and start < cur_end then start = cur_end end
-      cur_id = string.format('%d:%d', start, len)
-      cur_end = start + len
-      if not fresh[cur_id] and not redis.call('ZSCORE', KEYS[2], cur_id) then
-        local due = cur_end + ret
-        if mark and start <= mark then due = 0 end
-        fresh[cur_id] = due
-        created = true
-      end
-    end
-    local a = adds[cur_id]
-    if not a then
-      a = {}
-      adds[cur_id] = a
-      order[#order + 1] = cur_id
-      nbytes[cur_id] = 0
-    end
-    a[#a + 1] = ARGV[i]
-    a[#a + 1] = ARGV[i + 2]
-    maxseq[cur_id] = ARGV[i]
-    nbytes[cur_id] = nbytes[cur_id] + #ARGV[i + 2]
-    hi = seq
-    added = added + 1
-  end
-end
 local stats = {}
-for _, id in ipairs(order) do
-  local key = prefix .. 's:' .. id
-  local a = adds[id]
-  -- One multi-member ZADD per slice (in chunks that fit Lua's stack).
-  for j = 1, #a, 2000 do
-    redis.call('ZADD', key, unpack(a, j, math.min(j + 1999, #a)))
+local i = 6
+while i <= #ARGV do
+  local id = ARGV[i]
+  local hi = ARGV[i + 1]
+  local n = tonumber(ARGV[i + 2])
+  local nb = tonumber(ARGV[i + 3])
+  i = i + 4
+  if id ~= cur and not redis.call('ZSCORE', KEYS[2], id) then
+    local s, l = string.match(id, '^(%-?%d+):(%d+)$')
+    s = tonumber(s)
+    local due = s + tonumber(l) + ret
+    if mark and s <= mark then due = 0 end
+    redis.call('ZADD', KEYS[3], due, id)
+    created = true
   end
-  redis.call('ZADD', KEYS[2], maxseq[id], id)
-  if fresh[id] then redis.call('ZADD', KEYS[3], fresh[id], id) end
-  local b = redis.call('HINCRBY', KEYS[4], id, nbytes[id])
+  cur = id
+  local key = prefix .. 's:' .. id
+  local stop = i + 2 * n - 1
+  -- One multi-member ZADD per slice (in chunks that fit Lua's stack).
+  for j = i, stop, 2000 do
+    redis.call('ZADD', key, unpack(ARGV, j, math.min(j + 1999, stop)))
+  end
+  i = stop + 1
+  redis.call('ZADD', KEYS[2], hi, id)
+  local b = redis.call('HINCRBY', KEYS[4], id, nb)
   stats[#stats + 1] = id
   stats[#stats + 1] = redis.call('ZCARD', key)
   stats[#stats + 1] = b
+  added = added + n
+  last = hi
 end
 if added > 0 then
   if created then
     qv = qv + 1
-    redis.call('HSET', KEYS[1], 'last', string.format('%d', hi), 'qv', string.format('%d', qv))
+    redis.call('HSET', KEYS[1], 'last', last, 'qv', string.format('%d', qv))
   else
-    redis.call('HSET', KEYS[1], 'last', string.format('%d', hi))
+    redis.call('HSET', KEYS[1], 'last', last)
   end
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end

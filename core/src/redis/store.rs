@@ -12,7 +12,7 @@ use ::redis::{RedisError, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,6 +109,77 @@ pub struct RedisSliceStore {
     /// Rotates the shard a claim starts with, so no shard starves.
     next_shard: AtomicUsize,
     ready: Mutex<Option<(Instant, bool)>>,
+    /// What this process last wrote to each room (the append fast path).
+    heads: Mutex<HashMap<String, RoomHead>>,
+}
+
+/// Rooms whose head this process remembers (forgotten wholesale past it: a
+/// forgotten room costs one extra round trip on its next append).
+const HEADS_KEPT: usize = 100_000;
+
+/// What this process last wrote to a room: its high-water mark and newest slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RoomHead {
+    pub(crate) last: u64,
+    pub(crate) newest: Option<SliceRef>,
+}
+
+/// Items of one slice, in seq order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Group<'a> {
+    pub(crate) slice: SliceRef,
+    pub(crate) items: Vec<&'a SliceItem>,
+}
+
+/// The slice rule of DESIGN §6 with ordered, seq-disjoint slices: items (in seq
+/// order) at or below the high-water mark `last` are skipped (redeliveries); an
+/// item goes to the newest slice while its time is before that slice's end, else
+/// to a new slice of `len_ms` aligned on its time, moved to start no earlier than
+/// the newest slice's end (so a slow clock never sends an item back into an older
+/// slice). Returns the groups and the room's head after them.
+pub(crate) fn assign_slices<'a>(
+    room: &str,
+    last: u64,
+    newest: Option<&SliceRef>,
+    len_ms: i64,
+    items: &[&'a SliceItem],
+) -> (Vec<Group<'a>>, RoomHead) {
+    let mut groups: Vec<Group<'a>> = Vec::new();
+    let mut cur = newest.cloned();
+    let mut hi = last;
+    for &it in items {
+        if it.seq <= hi {
+            continue;
+        }
+        hi = it.seq;
+        let fits = cur.as_ref().is_some_and(|c| it.ts_ms < c.end_ms());
+        if !fits {
+            let mut start = it.ts_ms - it.ts_ms.rem_euclid(len_ms);
+            if let Some(c) = &cur {
+                start = start.max(c.end_ms());
+            }
+            cur = Some(SliceRef {
+                room: room.to_string(),
+                start_ms: start,
+                len_ms,
+            });
+        }
+        let slice = cur.clone().expect("a current slice");
+        match groups.last_mut() {
+            Some(g) if g.slice == slice => g.items.push(it),
+            _ => groups.push(Group {
+                slice,
+                items: vec![it],
+            }),
+        }
+    }
+    (
+        groups,
+        RoomHead {
+            last: hi,
+            newest: cur,
+        },
+    )
 }
 
 /// The 16 bytes before a comment in a slice member: seq and ts, big-endian.
@@ -213,6 +284,7 @@ impl RedisSliceStore {
             last_ttl_secs: settings.last_seq_ttl_secs,
             next_shard: AtomicUsize::new(0),
             ready: Mutex::new(None),
+            heads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -577,48 +649,87 @@ impl SliceStore for RedisSliceStore {
         }
         let mut sorted: Vec<&SliceItem> = items.iter().collect();
         sorted.sort_by_key(|i| i.seq);
+        let len = slice_len_ms.clamp(MIN_SLICE_MS, MAX_SLICE_MS);
         let keys = RoomKeys::new(room);
-        let mut inv = self.scripts.append.prepare_invoke();
-        for k in ["meta", "idx", "exp", "bytes"] {
-            inv.key(keys.k(k));
-        }
-        inv.arg(&keys.prefix)
-            .arg(slice_len_ms.clamp(MIN_SLICE_MS, MAX_SLICE_MS))
-            .arg(hot_retention_ms.max(0))
-            .arg(self.last_ttl_secs);
-        for it in sorted {
-            inv.arg(it.seq).arg(it.ts_ms).arg(encode_member(it));
-        }
-        let mut c = self.conn.clone();
-        let v: Vec<Value> = inv.invoke_async(&mut c).await.map_err(fail("append"))?;
-        let added = v
-            .first()
-            .and_then(int)
-            .ok_or_else(|| bad("append", format!("{v:?}")))?;
-        let st = queue_state(&v[1..]).ok_or_else(|| bad("append", format!("{v:?}")))?;
-        let mut slices = Vec::new();
-        if let Some(stats) = v.get(4).and_then(array) {
-            for chunk in stats.chunks(3) {
-                let (Some(id), Some(members), Some(bytes)) = (
-                    chunk.first().and_then(text),
-                    chunk.get(1).and_then(int),
-                    chunk.get(2).and_then(int),
-                ) else {
-                    return Err(bad("append", format!("{chunk:?}")));
-                };
-                let slice = slice_of(room, &id).ok_or_else(|| bad("append", &id))?;
-                slices.push(SliceStat {
-                    slice,
-                    members: members.max(0) as u64,
-                    bytes: bytes.max(0) as u64,
-                });
+        // What this process last saw of the room; unknown at first (the script then
+        // answers with the room's state, and the items are grouped again).
+        let mut seen = self.heads.lock().expect("heads lock").get(room).cloned();
+        for _ in 0..4 {
+            let (last, cur) = match &seen {
+                Some(h) => (h.last, h.newest.clone()),
+                None => (u64::MAX, None),
+            };
+            let (groups, head) = assign_slices(room, last, cur.as_ref(), len, &sorted);
+            let mut inv = self.scripts.append.prepare_invoke();
+            for k in ["meta", "idx", "exp", "bytes"] {
+                inv.key(keys.k(k));
             }
+            inv.arg(&keys.prefix)
+                .arg(if seen.is_some() { last.to_string() } else { "?".into() })
+                .arg(cur.as_ref().map(slice_id).unwrap_or_default())
+                .arg(hot_retention_ms.max(0))
+                .arg(self.last_ttl_secs);
+            for g in &groups {
+                inv.arg(slice_id(&g.slice))
+                    .arg(g.items.last().map_or(0, |i| i.seq))
+                    .arg(g.items.len())
+                    .arg(g.items.iter().map(|i| i.data.len() + 16).sum::<usize>());
+                for it in &g.items {
+                    inv.arg(it.seq).arg(encode_member(it));
+                }
+            }
+            let mut c = self.conn.clone();
+            let v: Vec<Value> = inv.invoke_async(&mut c).await.map_err(fail("append"))?;
+            if v.first().and_then(text).as_deref() == Some("stale") {
+                let last = v.get(1).and_then(int).unwrap_or(0).max(0) as u64;
+                let newest = v
+                    .get(2)
+                    .and_then(text)
+                    .filter(|id| !id.is_empty())
+                    .and_then(|id| slice_of(room, &id));
+                seen = Some(RoomHead { last, newest });
+                continue;
+            }
+            let added = v
+                .first()
+                .and_then(int)
+                .ok_or_else(|| bad("append", format!("{v:?}")))?;
+            let st = queue_state(&v[1..]).ok_or_else(|| bad("append", format!("{v:?}")))?;
+            let mut slices = Vec::new();
+            if let Some(stats) = v.get(4).and_then(array) {
+                for chunk in stats.chunks(3) {
+                    let (Some(id), Some(members), Some(bytes)) = (
+                        chunk.first().and_then(text),
+                        chunk.get(1).and_then(int),
+                        chunk.get(2).and_then(int),
+                    ) else {
+                        return Err(bad("append", format!("{chunk:?}")));
+                    };
+                    let slice = slice_of(room, &id).ok_or_else(|| bad("append", &id))?;
+                    slices.push(SliceStat {
+                        slice,
+                        members: members.max(0) as u64,
+                        bytes: bytes.max(0) as u64,
+                    });
+                }
+            }
+            {
+                let mut heads = self.heads.lock().expect("heads lock");
+                if heads.len() >= HEADS_KEPT {
+                    heads.clear();
+                }
+                heads.insert(room.to_string(), head);
+            }
+            self.sync_queue(room, st, false).await?;
+            return Ok(AppendOutcome {
+                added: added.max(0) as usize,
+                slices,
+            });
         }
-        self.sync_queue(room, st, false).await?;
-        Ok(AppendOutcome {
-            added: added.max(0) as usize,
-            slices,
-        })
+        self.heads.lock().expect("heads lock").remove(room);
+        Err(SliceError::Unavailable(format!(
+            "append to {room}: the room kept changing under this writer"
+        )))
     }
 
     async fn read_after(

@@ -396,3 +396,37 @@ async fn ready_follows_the_server() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!store.ready().await);
 }
+
+#[test]
+fn slices_are_assigned_in_order_and_never_backwards() {
+    let items: Vec<SliceItem> = [(1, 500), (2, 9_999), (3, 10_000), (4, 9_000), (5, 25_500), (6, 100)]
+        .iter()
+        .map(|&(s, t)| item(s, t))
+        .collect();
+    let refs: Vec<&SliceItem> = items.iter().collect();
+    let (groups, head) = store::assign_slices("r", 0, None, 10_000, &refs);
+    let layout: Vec<(i64, i64, Vec<u64>)> = groups
+        .iter()
+        .map(|g| (g.slice.start_ms, g.slice.len_ms, g.items.iter().map(|i| i.seq).collect()))
+        .collect();
+    assert_eq!(
+        layout,
+        vec![
+            (0, 10_000, vec![1, 2]),
+            // 4 is a second late: it stays in the newest slice, never an older one.
+            (10_000, 10_000, vec![3, 4]),
+            (20_000, 10_000, vec![5, 6]),
+        ]
+    );
+    assert_eq!(head.last, 6);
+    // A shorter length later: aligned, but starting after the newest slice's end.
+    let more = [item(7, 29_000), item(8, 30_500), item(6, 31_000)];
+    let refs: Vec<&SliceItem> = more.iter().collect();
+    let (groups, head2) = store::assign_slices("r", head.last, head.newest.as_ref(), 1_000, &refs);
+    let layout: Vec<(i64, i64, Vec<u64>)> = groups
+        .iter()
+        .map(|g| (g.slice.start_ms, g.slice.len_ms, g.items.iter().map(|i| i.seq).collect()))
+        .collect();
+    assert_eq!(layout, vec![(20_000, 10_000, vec![7]), (30_000, 1_000, vec![8])]);
+    assert_eq!(head2.last, 8, "6 was a redelivery");
+}
