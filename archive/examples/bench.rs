@@ -190,56 +190,88 @@ fn encode_section(args: &Args) -> (Vec<Danmaku>, Bytes) {
     let parquet_rows = archived_rows(&comments);
     let n = parquet_rows.len();
 
-    let (t_one, one_file) = time(args.runs, || parquet_file::encode(&parquet_rows).unwrap());
+    let (t_arrival, _) = time(args.runs, || parquet_file::encode(&parquet_rows).unwrap());
     println!(
-        "parquet, one file of {n} rows:            {:>8.3} s  {}",
+        "parquet, one file of {n} rows, rows in arrival (time) order:      {:>7.3} s  {}",
+        t_arrival,
+        rate(n, t_arrival)
+    );
+
+    // The archiver hands the encoder a batch's rows grouped by room, in seq order
+    // (and decoded in that order, so their strings lie in that order in memory).
+    let mut room_order = comments.clone();
+    room_order
+        .sort_by(|a, b| (a.room.as_str(), a.ts_ms, a.id).cmp(&(b.room.as_str(), b.ts_ms, b.id)));
+    let room_rows = archived_rows(&room_order);
+    drop(room_order);
+    let (t_one, one_file) = time(args.runs, || parquet_file::encode(&room_rows).unwrap());
+    println!(
+        "parquet, one file of {n} rows, rows in archiver order (room, seq): {:>7.3} s  {}",
         t_one,
         rate(n, t_one)
     );
+    drop(room_rows);
 
+    // Batch-sized files: 10,000 consecutive comments each (5 s of traffic over 50
+    // rooms), in archiver order within the batch.
     let chunk = 10_000;
+    let batches: Vec<Vec<ParquetRow>> = comments
+        .chunks(chunk)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort_by(|a, b| (a.room.as_str(), a.ts_ms).cmp(&(b.room.as_str(), b.ts_ms)));
+            archived_rows(&c)
+        })
+        .collect();
     let (t_chunks, chunk_bytes) = time(args.runs, || {
-        parquet_rows
-            .chunks(chunk)
+        batches
+            .iter()
             .map(|c| parquet_file::encode(c).unwrap().len())
             .sum::<usize>()
     });
     println!(
-        "parquet, files of {chunk} rows:             {:>8.3} s  {}",
+        "parquet, files of {chunk} rows, archiver order:                   {:>7.3} s  {}",
         t_chunks,
         rate(n, t_chunks)
     );
+    drop(batches);
 
     // The archiver's pure step: slice items (protobuf) -> aligned -> hour files.
     let by_room: HashMap<String, Vec<Session>> = sessions
         .iter()
         .map(|s| (s.room.clone(), vec![s.clone()]))
         .collect();
-    let items: Vec<(String, SliceItem)> = comments
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            (
-                d.room.clone(),
-                SliceItem {
-                    seq: i as u64 + 1,
-                    ts_ms: d.ts_ms,
-                    data: d.encode_bytes(),
-                },
-            )
+    let items: Vec<Vec<(String, SliceItem)>> = comments
+        .chunks(chunk)
+        .map(|c| {
+            let mut c: Vec<&Danmaku> = c.iter().collect();
+            c.sort_by(|a, b| (a.room.as_str(), a.ts_ms).cmp(&(b.room.as_str(), b.ts_ms)));
+            c.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    (
+                        d.room.clone(),
+                        SliceItem {
+                            seq: i as u64 + 1,
+                            ts_ms: d.ts_ms,
+                            data: d.encode_bytes(),
+                        },
+                    )
+                })
+                .collect()
         })
         .collect();
     let (t_prepare, archived) = time(args.runs, || {
         let mut archived = 0;
-        for (b, c) in items.chunks(chunk).enumerate() {
-            let (_, a, _) = prepare_batch(b as u64, c.to_vec(), &by_room, 30_000).unwrap();
+        for (b, c) in items.iter().enumerate() {
+            let (_, a, _) = prepare_batch(b as u64, c.clone(), &by_room, 30_000).unwrap();
             archived += a;
         }
         archived
     });
     assert_eq!(archived, n, "every comment aligned to its session");
     println!(
-        "archiver step (decode+align+parquet), batches of {chunk}: {:>6.3} s  {}",
+        "archiver step (decode + align + parquet), batches of {chunk}:     {:>7.3} s  {}",
         t_prepare,
         rate(n, t_prepare)
     );
@@ -264,7 +296,9 @@ fn encode_section(args: &Args) -> (Vec<Danmaku>, Bytes) {
 
     quiet(args, "Sizes");
     let per = |b: usize| b as f64 / n as f64;
-    println!("| encoding | bytes | bytes per comment | vs zstd-3 JSON lines of the same grouping |");
+    println!(
+        "| encoding | bytes | bytes per comment | vs zstd-3 JSON lines of the same grouping |"
+    );
     println!("|---|---:|---:|---:|");
     // The same 10,000-comment chunks as JSON lines, each compressed on its own
     // (what an archive of per-batch JSON files would hold).
@@ -276,7 +310,11 @@ fn encode_section(args: &Args) -> (Vec<Danmaku>, Bytes) {
         ("JSON lines (API item JSON)", jl.len(), zjl.len()),
         ("JSON lines, zstd -3", zjl.len(), zjl.len()),
         ("Parquet, one file", one_file.len(), zjl.len()),
-        ("JSON lines, zstd -3, per 10,000-comment chunk", zjl_chunks, zjl_chunks),
+        (
+            "JSON lines, zstd -3, per 10,000-comment chunk",
+            zjl_chunks,
+            zjl_chunks,
+        ),
         ("Parquet, files of 10,000 rows", chunk_bytes, zjl_chunks),
     ] {
         println!(
@@ -625,6 +663,16 @@ fn explore(args: &Args) {
                 .build(),
         ),
         (
+            "delta ints, row groups of 128k",
+            delta(base()).set_max_row_group_size(128 * 1024).build(),
+        ),
+        (
+            "delta ints, 256 KiB dictionary pages",
+            delta(base())
+                .set_dictionary_page_size_limit(256 * 1024)
+                .build(),
+        ),
+        (
             "delta ints, large pages",
             delta(base())
                 .set_data_page_size_limit(4 << 20)
@@ -673,6 +721,27 @@ fn main() {
         "archive benchmark: {} rows to encode, {} end to end, {} through the ScyllaDB adapter; median of {} runs",
         args.rows, args.e2e_rows, args.scylla_rows, args.runs
     );
+    if args.only.as_deref() == Some("phases") {
+        let (comments, _) = comments(args.rows);
+        let rows = archived_rows(&comments);
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            let (order, _) = parquet_file::file_order(&rows);
+            let t_order = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let batch = parquet_file::to_record_batch_in(&rows, &order).unwrap();
+            let t_batch = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let bytes = parquet_file::encode(&rows).unwrap();
+            let t_all = t.elapsed().as_secs_f64();
+            println!(
+                "file_order {t_order:.3} s, to_record_batch_in {t_batch:.3} s, encode {t_all:.3} s ({} rows, {} bytes)",
+                batch.num_rows(),
+                bytes.len()
+            );
+        }
+        return;
+    }
     if args.only.as_deref() == Some("explore") {
         explore(&args);
         return;

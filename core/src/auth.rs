@@ -98,47 +98,7 @@ impl TokenSigner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
 
-    fn now() -> i64 {
-        crate::now_ms() / 1000
-    }
-
-    #[test]
-    fn issue_and_verify() {
-        let s = TokenSigner::new(b"secret");
-        let t = s.issue("alice", Some("Alice"), Role::Admin, now(), 60);
-        let c = s.verify(&t).unwrap();
-        assert_eq!(c.sub, "alice");
-        assert_eq!(c.role, Role::Admin);
-        assert_eq!(c.name.as_deref(), Some("Alice"));
-    }
-
-    #[test]
-    fn forged_expired_and_garbage_are_rejected() {
-        let s = TokenSigner::new(b"secret");
-        let other = TokenSigner::new(b"other");
-        assert!(s
-            .verify(&other.issue("alice", None, Role::Admin, now(), 60))
-            .is_none());
-        assert!(s
-            .verify(&s.issue("alice", None, Role::Viewer, now() - 1000, 60))
-            .is_none());
-        assert!(s.verify("not.a.token").is_none());
-        assert!(s.verify("").is_none());
-    }
-
-    #[test]
-    fn role_defaults_to_viewer() {
-        let s = TokenSigner::new(b"k");
-        let header = Header::new(Algorithm::HS256);
-        let body = serde_json::json!({"sub": "bob", "exp": now() + 60});
-        let t = jsonwebtoken::encode(&header, &body, &EncodingKey::from_secret(b"k")).unwrap();
-        assert_eq!(s.verify(&t).unwrap().role, Role::Viewer);
-    }
-}
 
 /// The bearer token of a request: `Authorization: Bearer <token>`, else the
 /// `?token=` query value (browsers cannot set headers on a WebSocket).
@@ -201,4 +161,46 @@ pub fn check_read_access(
         authenticate(signer, headers, query_token)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> i64 {
+        crate::now_ms() / 1000
+    }
+
+    #[test]
+    fn issue_and_verify() {
+        let s = TokenSigner::new(b"secret");
+        let t = s.issue("alice", Some("Alice"), Role::Admin, now(), 60);
+        let c = s.verify(&t).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.role, Role::Admin);
+        assert_eq!(c.name.as_deref(), Some("Alice"));
+    }
+
+    #[test]
+    fn forged_expired_and_garbage_are_rejected() {
+        let s = TokenSigner::new(b"secret");
+        let other = TokenSigner::new(b"other");
+        assert!(s
+            .verify(&other.issue("alice", None, Role::Admin, now(), 60))
+            .is_none());
+        assert!(s
+            .verify(&s.issue("alice", None, Role::Viewer, now() - 1000, 60))
+            .is_none());
+        assert!(s.verify("not.a.token").is_none());
+        assert!(s.verify("").is_none());
+    }
+
+    #[test]
+    fn role_defaults_to_viewer() {
+        let s = TokenSigner::new(b"k");
+        let header = Header::new(Algorithm::HS256);
+        let body = serde_json::json!({"sub": "bob", "exp": now() + 60});
+        let t = jsonwebtoken::encode(&header, &body, &EncodingKey::from_secret(b"k")).unwrap();
+        assert_eq!(s.verify(&t).unwrap().role, Role::Viewer);
+    }
 }

@@ -55,34 +55,7 @@ impl ReplayCache for MemoryReplayCache {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
 
-    #[tokio::test]
-    async fn conformance() {
-        crate::conformance::replay_cache_suite(&MemoryReplayCache::new(1 << 20)).await;
-    }
-
-    #[tokio::test]
-    async fn stays_within_its_byte_bound() {
-        let c = MemoryReplayCache::new(100_000);
-        for i in 0..100 {
-            let body = bytes::Bytes::from(vec![b'x'; 10_000]);
-            c.put(
-                &format!("k{i}"),
-                CachedBody {
-                    body: body.clone(),
-                    gzip: body,
-                    etag: "e".into(),
-                },
-                Duration::from_secs(60),
-            )
-            .await;
-        }
-        assert!(c.weighted_size().await <= 100_000);
-    }
-}
 
 /// The in-process Notifier of the embedded default: every notice goes to this
 /// process's live role (one process holds the writer and every hub).
@@ -132,5 +105,34 @@ impl crate::ports::Notifier for LocalNotifier {
 
     fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ports::NotifierEvent>> {
         self.rx.lock().expect("notifier lock").take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        crate::conformance::replay_cache_suite(&MemoryReplayCache::new(1 << 20)).await;
+    }
+
+    #[tokio::test]
+    async fn stays_within_its_byte_bound() {
+        let c = MemoryReplayCache::new(100_000);
+        for i in 0..100 {
+            let body = bytes::Bytes::from(vec![b'x'; 10_000]);
+            c.put(
+                &format!("k{i}"),
+                CachedBody {
+                    body: body.clone(),
+                    gzip: body,
+                    etag: "e".into(),
+                },
+                Duration::from_secs(60),
+            )
+            .await;
+        }
+        assert!(c.weighted_size().await <= 100_000);
     }
 }

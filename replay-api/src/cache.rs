@@ -145,22 +145,59 @@ struct HotVod {
 
 /// The segment bodies served under each VOD's current view, valid as long as
 /// the view (`replay.meta_ttl_ms` from when it was taken): a repeated segment
-/// request is one read-locked map lookup. Entries only reference bodies the
-/// ReplayCache holds (or held less than a view's lifetime ago); at most `cap`
-/// VODs are tracked.
+/// request is one read-locked map lookup. Entries share their bytes with the
+/// ReplayCache's; bounded by `cap` VODs and `max_bytes` of bodies (so bodies
+/// the ReplayCache evicted in the last view's lifetime add at most that much).
 pub struct Hot {
-    map: std::sync::RwLock<HashMap<String, HotVod>>,
+    map: std::sync::RwLock<HotMap>,
     ttl: Duration,
     cap: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct HotMap {
+    vods: HashMap<String, HotVod>,
+    bytes: usize,
+}
+
+impl HotMap {
+    fn bytes_of(v: &HotVod) -> usize {
+        v.segments
+            .values()
+            .map(|b| b.body.len() + b.gzip.len())
+            .sum()
+    }
+
+    fn remove(&mut self, vod: &str) {
+        if let Some(v) = self.vods.remove(vod) {
+            self.bytes -= Self::bytes_of(&v);
+        }
+    }
+
+    /// Makes room for `need` more bytes and one more VOD: drops expired views,
+    /// then everything if that is not enough.
+    fn make_room(&mut self, need: usize, cap: usize, max_bytes: usize, now: Instant) {
+        if self.bytes + need <= max_bytes && self.vods.len() < cap {
+            return;
+        }
+        self.vods.retain(|_, v| v.until > now);
+        self.bytes = self.vods.values().map(Self::bytes_of).sum();
+        if self.bytes + need > max_bytes || self.vods.len() >= cap {
+            self.vods.clear();
+            self.bytes = 0;
+        }
+    }
 }
 
 impl Hot {
     /// `ttl` zero disables it.
-    pub fn new(ttl: Duration, cap: usize) -> Self {
+    pub fn new(ttl: Duration, cap: usize, max_bytes: usize) -> Self {
         Self {
-            map: std::sync::RwLock::new(HashMap::new()),
+            map: std::sync::RwLock::new(HotMap::default()),
             ttl,
             cap: cap.max(1),
+            max_bytes,
         }
     }
 
@@ -170,7 +207,7 @@ impl Hot {
             return None;
         }
         let map = self.map.read().expect("hot lock");
-        let v = map.get(vod)?;
+        let v = map.vods.get(vod)?;
         if Instant::now() >= v.until {
             return None;
         }
@@ -195,36 +232,51 @@ impl Hot {
             gzip: body.gzip.clone(),
             etag,
         };
+        let size = hot.body.len() + hot.gzip.len();
+        if size > self.max_bytes {
+            return;
+        }
         let vod = &meta.session.vod;
         let mut map = self.map.write().expect("hot lock");
-        if let Some(v) = map.get_mut(vod.as_str()) {
-            if Arc::ptr_eq(&v.meta, meta) {
-                v.segments.insert(n, hot);
-                return;
-            }
+        if let Some(v) = map.vods.get(vod.as_str()) {
             if v.meta.taken > meta.taken {
                 return; // a newer view is already there
             }
-        }
-        if map.len() >= self.cap && !map.contains_key(vod.as_str()) {
-            map.retain(|_, v| v.until > now);
-            if map.len() >= self.cap {
-                map.clear();
+            if !Arc::ptr_eq(&v.meta, meta) {
+                map.remove(vod);
             }
         }
-        map.insert(
-            vod.clone(),
-            HotVod {
-                meta: meta.clone(),
-                until,
-                segments: HashMap::from([(n, hot)]),
-            },
+        // A body replaced under the same view frees its bytes first.
+        let replaced = map
+            .vods
+            .get_mut(vod.as_str())
+            .and_then(|v| v.segments.remove(&n))
+            .map_or(0, |old| old.body.len() + old.gzip.len());
+        map.bytes -= replaced;
+        let known = map.vods.contains_key(vod.as_str());
+        map.make_room(
+            size,
+            if known { usize::MAX } else { self.cap },
+            self.max_bytes,
+            now,
         );
+        map.bytes += size;
+        let v = map.vods.entry(vod.clone()).or_insert_with(|| HotVod {
+            meta: meta.clone(),
+            until,
+            segments: HashMap::new(),
+        });
+        v.segments.insert(n, hot);
     }
 
     /// Forgets everything served for `vod`.
     pub fn forget(&self, vod: &str) {
         self.map.write().expect("hot lock").remove(vod);
+    }
+
+    /// Bytes of bodies held.
+    pub fn bytes(&self) -> usize {
+        self.map.read().expect("hot lock").bytes
     }
 }
 
@@ -502,7 +554,7 @@ mod tests {
 
     #[test]
     fn hot_bodies_live_as_long_as_their_view() {
-        let hot = Hot::new(Duration::from_millis(200), 2);
+        let hot = Hot::new(Duration::from_millis(200), 2, 1 << 20);
         let old = view("v", 1);
         let new = view("v", 2);
         let body = encode_now("{}".into());
@@ -525,12 +577,37 @@ mod tests {
             hot.put(&view(vod, 0), 0, &body);
         }
         assert!(hot.get("c", 0).is_some());
-        assert!(hot.map.read().unwrap().len() <= 2);
+        assert!(hot.map.read().unwrap().vods.len() <= 2);
         std::thread::sleep(Duration::from_millis(250));
         assert!(hot.get("c", 0).is_none());
-        let off = Hot::new(Duration::ZERO, 10);
+        let off = Hot::new(Duration::ZERO, 10, 1 << 20);
         off.put(&view("v", 0), 0, &body);
         assert!(off.get("v", 0).is_none());
+    }
+
+    #[test]
+    fn hot_bodies_are_bounded_in_bytes() {
+        let body = encode_now("x".repeat(1000));
+        let each = body.body.len() + body.gzip.len();
+        let hot = Hot::new(Duration::from_secs(60), 1000, each * 3);
+        let v = view("v", 0);
+        for n in 0..3 {
+            hot.put(&v, n, &body);
+        }
+        assert_eq!(hot.bytes(), each * 3);
+        hot.put(&v, 1, &body);
+        assert_eq!(hot.bytes(), each * 3, "replacing a body does not grow");
+        hot.put(&view("w", 0), 0, &body);
+        assert!(hot.bytes() <= each * 3);
+        assert!(hot.get("w", 0).is_some());
+        hot.forget("w");
+        assert_eq!(hot.bytes(), 0);
+        let tiny = Hot::new(Duration::from_secs(60), 10, 10);
+        tiny.put(&v, 0, &body);
+        assert!(
+            tiny.get("v", 0).is_none(),
+            "bigger than the bound: not kept"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -71,7 +71,12 @@ impl Replay {
         Arc::new(Self {
             meta,
             flights: cache::SingleFlight::default(),
-            hot: cache::Hot::new(Duration::from_millis(s.meta_ttl_ms), 10_000),
+            // At most a quarter of the in-process cache's bound on top of it.
+            hot: cache::Hot::new(
+                Duration::from_millis(s.meta_ttl_ms),
+                10_000,
+                (s.cache_bytes / 4).min(usize::MAX as u64) as usize,
+            ),
             hits: metrics::counter!("danmaku_replay_cache_hits_total"),
             misses: metrics::counter!("danmaku_replay_cache_misses_total"),
             live_cache_control,

@@ -174,6 +174,22 @@ fn timeouts(settings: &RedisSettings) -> (Duration, Duration) {
     )
 }
 
+/// TCP settings of every connection: no Nagle delay (requests are small and
+/// latency matters: a notice waiting 40 ms for a delayed ACK is a late comment).
+pub(crate) fn tcp() -> ::redis::io::tcp::TcpSettings {
+    ::redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+/// Connection info of a standalone Redis URL, with [`tcp`] settings.
+pub(crate) fn single_info(url: &str) -> Result<::redis::ConnectionInfo, RedisSetupError> {
+    ::redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|info| info.set_tcp_settings(tcp()))
+        .map_err(|source| RedisSetupError::Url {
+            url: url.to_string(),
+            source,
+        })
+}
+
 /// A command connection; it connects lazily (and reconnects) in the background,
 /// so a Redis that is down at start only makes calls fail until it is back.
 pub(crate) fn command_conn(
@@ -183,11 +199,7 @@ pub(crate) fn command_conn(
     let (response, connect) = timeouts(settings);
     match target {
         Target::Single(url) => {
-            let client =
-                ::redis::Client::open(url.as_str()).map_err(|source| RedisSetupError::Url {
-                    url: url.clone(),
-                    source,
-                })?;
+            let client = ::redis::Client::open(single_info(url)?)?;
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(response))
                 .set_connection_timeout(Some(connect))
@@ -200,6 +212,7 @@ pub(crate) fn command_conn(
         }
         Target::Cluster(nodes) => {
             let client = ::redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .tcp_settings(tcp())
                 .response_timeout(response)
                 .connection_timeout(connect)
                 .retries(2)

@@ -159,11 +159,7 @@ impl RedisNotifier {
         let (response, connect) = timeouts(settings);
         let sub = match target {
             Target::Single(url) => {
-                let info = ::redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .map_err(|source| RedisSetupError::Url {
-                        url: url.clone(),
-                        source,
-                    })?;
+                let info = super::single_info(url)?;
                 let redis_info = info
                     .redis_settings()
                     .clone()
@@ -179,6 +175,7 @@ impl RedisNotifier {
             }
             Target::Cluster(nodes) => {
                 let client = ::redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .tcp_settings(super::tcp())
                     .use_protocol(::redis::ProtocolVersion::RESP3)
                     .response_timeout(response)
                     .connection_timeout(connect)

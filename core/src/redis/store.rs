@@ -665,7 +665,11 @@ impl SliceStore for RedisSliceStore {
                 inv.key(keys.k(k));
             }
             inv.arg(&keys.prefix)
-                .arg(if seen.is_some() { last.to_string() } else { "?".into() })
+                .arg(if seen.is_some() {
+                    last.to_string()
+                } else {
+                    "?".into()
+                })
                 .arg(cur.as_ref().map(slice_id).unwrap_or_default())
                 .arg(hot_retention_ms.max(0))
                 .arg(self.last_ttl_secs);

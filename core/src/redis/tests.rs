@@ -399,15 +399,28 @@ async fn ready_follows_the_server() {
 
 #[test]
 fn slices_are_assigned_in_order_and_never_backwards() {
-    let items: Vec<SliceItem> = [(1, 500), (2, 9_999), (3, 10_000), (4, 9_000), (5, 25_500), (6, 100)]
-        .iter()
-        .map(|&(s, t)| item(s, t))
-        .collect();
+    let items: Vec<SliceItem> = [
+        (1, 500),
+        (2, 9_999),
+        (3, 10_000),
+        (4, 9_000),
+        (5, 25_500),
+        (6, 100),
+    ]
+    .iter()
+    .map(|&(s, t)| item(s, t))
+    .collect();
     let refs: Vec<&SliceItem> = items.iter().collect();
     let (groups, head) = store::assign_slices("r", 0, None, 10_000, &refs);
     let layout: Vec<(i64, i64, Vec<u64>)> = groups
         .iter()
-        .map(|g| (g.slice.start_ms, g.slice.len_ms, g.items.iter().map(|i| i.seq).collect()))
+        .map(|g| {
+            (
+                g.slice.start_ms,
+                g.slice.len_ms,
+                g.items.iter().map(|i| i.seq).collect(),
+            )
+        })
         .collect();
     assert_eq!(
         layout,
@@ -425,8 +438,17 @@ fn slices_are_assigned_in_order_and_never_backwards() {
     let (groups, head2) = store::assign_slices("r", head.last, head.newest.as_ref(), 1_000, &refs);
     let layout: Vec<(i64, i64, Vec<u64>)> = groups
         .iter()
-        .map(|g| (g.slice.start_ms, g.slice.len_ms, g.items.iter().map(|i| i.seq).collect()))
+        .map(|g| {
+            (
+                g.slice.start_ms,
+                g.slice.len_ms,
+                g.items.iter().map(|i| i.seq).collect(),
+            )
+        })
         .collect();
-    assert_eq!(layout, vec![(20_000, 10_000, vec![7]), (30_000, 1_000, vec![8])]);
+    assert_eq!(
+        layout,
+        vec![(20_000, 10_000, vec![7]), (30_000, 1_000, vec![8])]
+    );
     assert_eq!(head2.last, 8, "6 was a redelivery");
 }
