@@ -38,6 +38,27 @@ enum Cmd {
     Token(TokenArgs),
     /// Print the effective configuration (secrets masked).
     Config(ConfigArgs),
+    /// Archive maintenance: ScyllaDB schema and Parquet compaction.
+    #[command(subcommand)]
+    Archive(ArchiveCmd),
+}
+
+#[derive(Subcommand)]
+enum ArchiveCmd {
+    /// Apply infra/cql/schema.cql to the configured ScyllaDB (idempotent).
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Merge one hour's Parquet files into one, atomically (safe to rerun, and
+    /// while the archiver runs).
+    Compact {
+        /// The hour, UTC: YYYY-MM-DDTHH.
+        #[arg(long)]
+        hour: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -134,7 +155,35 @@ fn main() -> anyhow::Result<()> {
             print!("{}", load_settings(args.config)?.to_toml());
             Ok(())
         }
+        Cmd::Archive(cmd) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(archive_cmd(cmd))
+        }
     }
+}
+
+async fn archive_cmd(cmd: ArchiveCmd) -> anyhow::Result<()> {
+    match cmd {
+        ArchiveCmd::Migrate { config } => {
+            let s = load_settings(config)?;
+            danmaku_core::scylla::migrate(&s.scylla).await?;
+            println!("schema applied to keyspace {}", s.scylla.keyspace);
+        }
+        ArchiveCmd::Compact { hour, config } => {
+            let s = load_settings(config)?;
+            let objects =
+                danmaku_core::ports::object_store_from_url(&s.archive.url, &s.server.data_dir)?;
+            let report = danmaku_archive::compact_hour(&*objects, &hour).await?;
+            println!(
+                "hour {}: merged {} files, {} rows, output {}",
+                report.hour,
+                report.files_merged,
+                report.rows,
+                report.output.as_deref().unwrap_or("(nothing to do)")
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone)]

@@ -16,6 +16,12 @@
 //!    embedded ArchiveStore (and the ScyllaDB adapter on the in-process CQL server,
 //!    which only shows the adapter's overhead: kassandra is a single-threaded toy).
 //!
+//! `BENCH_WORKERS=N` runs N drains at once in the end-to-end runs (N archivers in
+//! one process). `--only encode|e2e|explore|phases|breakdown` runs one part
+//! (`explore`: writer settings side by side; `phases`: where encoding time goes;
+//! `breakdown`: claims vs. processing with the embedded SliceStore); `--dump FILE`
+//! keeps the one-file Parquet of the encode section.
+//!
 //! Each figure is the median of `--runs` runs (3); the machine's busy % (all
 //! tenants, 100 = one core) is printed before each section, after waiting up to
 //! `--quiet-max-wait` seconds for it to drop below `--quiet-below`.
@@ -472,7 +478,16 @@ async fn end_to_end(n: usize, slices: Slices<'_>, archive: Archive<'_>, in_sessi
     }
     ctx.slices.expedite_all().await.unwrap();
     let t = Instant::now();
-    let rows = drain(&ctx, Duration::from_secs(3_600)).await.unwrap();
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1usize);
+    let drains = (0..workers).map(|_| drain(&ctx, Duration::from_secs(3_600)));
+    let rows: u64 = futures::future::join_all(drains)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(rows, n as u64);
     if in_sessions {

@@ -133,15 +133,19 @@ pub fn synthetic(n: usize, seed: u64, start_ms: i64, rate: u32, rooms: u32) -> V
     out
 }
 
+/// What [`prepare_batch`] returns: rows written to Parquet, rows for the
+/// ArchiveStore, and the `(object name, Parquet bytes)` files.
+pub type Prepared = (usize, usize, Vec<(String, bytes::Bytes)>);
+
 /// The archiver's pure step for one batch, as `process_batch` runs it on the
 /// blocking pool: decode each slice item, align it to its room's session, encode
-/// the hour files. Returns `(rows, ArchiveStore rows, files)`.
+/// the hour files.
 pub fn prepare_batch(
     batch_id: u64,
     items: Vec<(String, danmaku_core::ports::SliceItem)>,
     sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
     plausible_window_ms: i64,
-) -> Result<(usize, usize, Vec<(String, bytes::Bytes)>), crate::parquet_file::EncodeError> {
+) -> Result<Prepared, crate::parquet_file::EncodeError> {
     let p = crate::batch::prepare(batch_id, items, sessions, plausible_window_ms)?;
     Ok((p.rows, p.archived.len(), p.files))
 }

@@ -98,8 +98,6 @@ impl TokenSigner {
     }
 }
 
-
-
 /// The bearer token of a request: `Authorization: Bearer <token>`, else the
 /// `?token=` query value (browsers cannot set headers on a WebSocket).
 pub fn bearer<'a>(

@@ -38,7 +38,10 @@ pub enum ContextError {
     Embedded { dir: String, message: String },
     /// A distributed adapter could not be reached or set up.
     #[error("{which}: {message}")]
-    Adapter { which: &'static str, message: String },
+    Adapter {
+        which: &'static str,
+        message: String,
+    },
     #[error("auth secret: {0}")]
     Secret(String),
     #[error(transparent)]
@@ -73,16 +76,17 @@ impl Context {
 
         // SliceStore and Notifier: Redis Cluster when redis.cluster is set, else Redis
         // when redis.url is set.
-        let redis = crate::redis::connect(&settings.redis)
-            .await
-            .map_err(|e| ContextError::Adapter {
-                which: if settings.redis.cluster.is_empty() {
-                    "redis.url"
-                } else {
-                    "redis.cluster"
-                },
-                message: e.to_string(),
-            })?;
+        let redis =
+            crate::redis::connect(&settings.redis)
+                .await
+                .map_err(|e| ContextError::Adapter {
+                    which: if settings.redis.cluster.is_empty() {
+                        "redis.url"
+                    } else {
+                        "redis.cluster"
+                    },
+                    message: e.to_string(),
+                })?;
         let (slices, notifier): (Arc<dyn SliceStore>, Arc<dyn Notifier>) = match redis {
             Some((store, notifier)) => (Arc::new(store), Arc::new(notifier)),
             None => (

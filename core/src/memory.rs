@@ -55,8 +55,6 @@ impl ReplayCache for MemoryReplayCache {
     }
 }
 
-
-
 /// The in-process Notifier of the embedded default: every notice goes to this
 /// process's live role (one process holds the writer and every hub).
 pub struct LocalNotifier {

@@ -1410,7 +1410,11 @@ mod tests {
             // twice and records what the partitions hold.
             store.upsert_comments(&rows).await.unwrap();
             assert_eq!(store.count(&vod).await.unwrap(), 120, "bound {bound}");
-            assert_eq!(partition_sizes(&store, &vod, 0).await, sizes, "bound {bound}");
+            assert_eq!(
+                partition_sizes(&store, &vod, 0).await,
+                sizes,
+                "bound {bound}"
+            );
             assert_eq!(all_rows(&store, &vod).await.len(), 120);
         }
     }

@@ -14,6 +14,7 @@
 //! `RUNS` (3), `PIN` (1: redis-server on CPU 0, this process and redis-benchmark on
 //! CPU 1, as `redis_limits.sh` pins), `DANMAKU_TEST_KAFKA` (a real broker; else
 //! librdkafka's in-process mock cluster, 3 brokers).
+#![allow(clippy::field_reassign_with_default)]
 
 use danmaku_core::config::Settings;
 use danmaku_core::context::Context;

@@ -25,10 +25,12 @@ use danmaku_core::ports::{
     AppendOutcome, BusConsumer, BusRecord, RecordPosition, SliceItem, SliceStat,
 };
 use danmaku_core::slice::{MAX_SLICE_MS, MIN_SLICE_MS};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The consumer group of the writers.
@@ -80,10 +82,10 @@ async fn run_writer(
     let give_up = GiveUp::default();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut last_sweep = Instant::now();
-    // The batch being written while the next one is polled. Batches are written
-    // one after the other (a room's appends stay in seq order); only the Bus work
-    // (poll, commit) overlaps with the store work.
-    let mut inflight: Option<InFlight> = None;
+    // Batches being stored, in poll order; offsets are committed in that order.
+    let mut queue: VecDeque<InFlight> = VecDeque::new();
+    let mut chains = Chains::default();
+    let mut batch_no = 0u64;
     loop {
         if drain_deadline.is_none() && stop.is_cancelled() {
             let d = tokio::time::Instant::now() + grace;
@@ -93,10 +95,10 @@ async fn run_writer(
         if let Some(d) = drain_deadline {
             let caught_up = matches!(consumer.lag().await, Ok(0));
             if caught_up || tokio::time::Instant::now() >= d {
-                if let Some(f) = inflight.take() {
-                    if let Some(done) = f.finish().await {
-                        done.account(registry, thresholds, &mut lengths);
-                        commit(&mut *consumer, &done.upto).await;
+                while let Some(f) = queue.pop_front() {
+                    if !retire(f, &mut *consumer, registry, thresholds, &mut lengths).await {
+                        abort_all(&mut queue);
+                        break;
                     }
                 }
                 if !caught_up {
@@ -105,7 +107,15 @@ async fn run_writer(
                 return;
             }
         }
-        let t_poll = Instant::now();
+        // Bounded: at most MAX_INFLIGHT batches are being stored.
+        while queue.len() >= MAX_INFLIGHT {
+            let f = queue.pop_front().expect("non-empty");
+            if !retire(f, &mut *consumer, registry, thresholds, &mut lengths).await {
+                abort_all(&mut queue);
+                tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
+                return;
+            }
+        }
         let records = tokio::select! {
             r = consumer.poll(batch, Duration::from_millis(200)) => r,
             _ = stop.cancelled(), if drain_deadline.is_none() => continue,
@@ -123,53 +133,114 @@ async fn run_writer(
             metrics::gauge!("danmaku_writer_rooms").set(lengths.rooms() as f64);
             last_sweep = Instant::now();
         }
-        let next = if records.is_empty() {
-            None
-        } else {
-            Some(prepare(&records))
-        };
-        let polled = t_poll.elapsed();
-        let t_wait = Instant::now();
-        let nrooms = next.as_ref().map_or(0, |p| p.rooms.len());
-        // The previous batch must be stored before this one starts.
-        let done = match inflight.take() {
-            Some(f) => match f.finish().await {
-                Some(done) => Some(done),
-                None => {
-                    tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
-                    return;
-                }
-            },
-            None => None,
-        };
-        if let Some(p) = next {
+        if !records.is_empty() {
+            batch_no += 1;
+            let p = prepare(&records);
             let now = Instant::now();
-            let jobs: Vec<(String, i64, Vec<SliceItem>)> = p
+            let jobs: Vec<Job> = p
                 .rooms
                 .into_iter()
                 .map(|(room, items)| {
-                    let len = lengths.len_for(&room, now);
-                    (room, len, items)
+                    let len_ms = lengths.len_for(&room, now);
+                    let (after, done) = chains.link(&room, batch_no);
+                    Job {
+                        room,
+                        len_ms,
+                        items,
+                        after,
+                        done,
+                    }
                 })
                 .collect();
             let task = tokio::spawn(store_all(ctx.clone(), jobs, give_up.clone()));
-            inflight = Some(InFlight {
+            queue.push_back(InFlight {
                 task,
                 upto: p.upto,
                 records: p.records,
+                batch_no,
                 started: Instant::now(),
             });
         }
-        let waited = t_wait.elapsed();
-        let t_commit = Instant::now();
-        // While it is stored: account for and commit the previous one.
-        if let Some(done) = done {
-            done.account(registry, thresholds, &mut lengths);
-            commit(&mut *consumer, &done.upto).await;
+        // Retire the batches already stored, in order, without waiting.
+        while queue.front().is_some_and(|f| f.task.is_finished()) {
+            let f = queue.pop_front().expect("non-empty");
+            if !retire(f, &mut *consumer, registry, thresholds, &mut lengths).await {
+                abort_all(&mut queue);
+                tracing::warn!("writer gave up a batch at the end of the grace period; it is redelivered on restart");
+                return;
+            }
         }
-        if std::env::var_os("WRITER_PROBE").is_some() {
-            eprintln!("probe n={} rooms={nrooms} poll={polled:?} wait_prev={waited:?} commit={:?}", records.len(), t_commit.elapsed());
+        chains.prune(queue.front().map_or(batch_no + 1, |f| f.batch_no));
+    }
+}
+
+/// Batches stored concurrently at most. A room's appends still run one after
+/// the other, in seq order ([`Chains`]); only different rooms overlap.
+const MAX_INFLIGHT: usize = 4;
+
+/// Resolves when a room's previous append finished: true if it succeeded.
+type Tail = Shared<BoxFuture<'static, bool>>;
+
+/// Per room, the last append handed to a store task, so the next one of the same
+/// room starts only after it (the SliceStore drops items at or below the room's
+/// high-water mark: a later batch stored first would make the earlier one vanish).
+#[derive(Default)]
+struct Chains {
+    tails: HashMap<String, (u64, Tail)>,
+}
+
+impl Chains {
+    /// The append of `room` in batch `batch_no`: what it must wait for, and the
+    /// sender it resolves for the next one.
+    fn link(&mut self, room: &str, batch_no: u64) -> (Option<Tail>, oneshot::Sender<bool>) {
+        let (tx, rx) = oneshot::channel::<bool>();
+        let tail: Tail = rx.map(|r| r.unwrap_or(false)).boxed().shared();
+        let prev = self
+            .tails
+            .insert(room.to_string(), (batch_no, tail))
+            .map(|(_, t)| t);
+        (prev, tx)
+    }
+
+    /// Forgets links of batches before `oldest` (all stored by now).
+    fn prune(&mut self, oldest: u64) {
+        self.tails.retain(|_, (b, _)| *b >= oldest);
+    }
+}
+
+/// One room's share of a batch.
+struct Job {
+    room: String,
+    len_ms: i64,
+    items: Vec<SliceItem>,
+    /// The room's previous append, which must succeed first.
+    after: Option<Tail>,
+    /// Resolved with this append's success.
+    done: oneshot::Sender<bool>,
+}
+
+fn abort_all(queue: &mut VecDeque<InFlight>) {
+    for f in queue.drain(..) {
+        f.task.abort();
+    }
+}
+
+/// Waits for a stored batch, accounts for it and commits it. False if its store
+/// was given up.
+async fn retire(
+    f: InFlight,
+    consumer: &mut dyn BusConsumer,
+    registry: &BigKeys,
+    thresholds: Thresholds,
+    lengths: &mut SliceLengths,
+) -> bool {
+    match f.finish().await {
+        Some(done) => {
+            done.account(registry, thresholds, lengths);
+            commit(consumer, &done.upto).await;
+            true
         }
+        None => false,
     }
 }
 
@@ -201,6 +272,7 @@ struct InFlight {
     task: tokio::task::JoinHandle<Option<Vec<(String, usize, AppendOutcome)>>>,
     upto: Vec<RecordPosition>,
     records: usize,
+    batch_no: u64,
     started: Instant,
 }
 
@@ -297,26 +369,42 @@ fn prepare(records: &[BusRecord]) -> Prepared {
     }
 }
 
-/// Stores one batch: one append per room (the rooms concurrently), each retried
-/// until it succeeds and followed by the room's notice. `None` if a failing
-/// store was given up.
+/// Stores one batch: one append per room (the rooms concurrently, each after the
+/// room's previous append), each retried until it succeeds and followed by the
+/// room's notice. `None` if a store was given up (or a room's previous one was).
 async fn store_all(
     ctx: Context,
-    jobs: Vec<(String, i64, Vec<SliceItem>)>,
+    jobs: Vec<Job>,
     give_up: GiveUp,
 ) -> Option<Vec<(String, usize, AppendOutcome)>> {
     let ctx = &ctx;
     let give_up = &give_up;
     let concurrency = ctx.settings.live.writer_concurrency.max(1);
     // Owned inputs: the futures must not borrow from the closure's argument.
-    let appends = jobs.into_iter().map(|(room, len_ms, items)| async move {
-        let out = store_room(ctx, &room, len_ms, &items, give_up).await?;
-        if let Err(e) = ctx.notifier.publish(&room, &items).await {
-            // Viewers catch up from the SliceStore; nothing stored is lost.
-            metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
-            tracing::warn!(error = %e, room, "notify failed");
+    let appends = jobs.into_iter().map(|job| async move {
+        let Job {
+            room,
+            len_ms,
+            items,
+            after,
+            done,
+        } = job;
+        if let Some(prev) = after {
+            if !prev.await {
+                let _ = done.send(false);
+                return None;
+            }
         }
-        Some((room, items.len(), out))
+        let out = store_room(ctx, &room, len_ms, &items, give_up).await;
+        if out.is_some() {
+            if let Err(e) = ctx.notifier.publish(&room, &items).await {
+                // Viewers catch up from the SliceStore; nothing stored is lost.
+                metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
+                tracing::warn!(error = %e, room, "notify failed");
+            }
+        }
+        let _ = done.send(out.is_some());
+        Some((room, items.len(), out?))
     });
     stream::iter(appends)
         .buffer_unordered(concurrency)

@@ -149,7 +149,12 @@ pub(crate) async fn upgrade(
         }
         let fut = conn.run(stream, leftover, cursor);
         static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| tracing::debug!(bytes = std::mem::size_of_val(&fut), "connection future size"));
+        ONCE.call_once(|| {
+            tracing::debug!(
+                bytes = std::mem::size_of_val(&fut),
+                "connection future size"
+            )
+        });
         fut.await;
     });
     let mut resp = Response::new(Body::empty());
@@ -421,7 +426,9 @@ impl Conn {
         let Ok((hello_cursor, backlog)) = self.start(hub, cursor).await else {
             return Err(End::Close(1011, "backend unavailable"));
         };
-        let hello = json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()}).to_string();
+        let hello =
+            json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()})
+                .to_string();
         if self.send_text(stream, &hello).await.is_err() {
             return Err(End::Quiet);
         }

@@ -514,7 +514,8 @@ async fn load_shedding_keeps_gifts_and_each_senders_own_comment() {
     let gift_id = gift.to_string();
     let has = |v: &Vec<Value>, pred: &dyn Fn(&Value) -> bool| v.iter().any(pred);
     assert!(
-        has(&seen_viewer, &|i| i["id"].as_str() == Some(gift_id.as_str())),
+        has(&seen_viewer, &|i| i["id"].as_str()
+            == Some(gift_id.as_str())),
         "gifts are never dropped"
     );
     assert!(has(&seen_alice, &|i| i["id"].as_str() == Some(gift_id.as_str())));

@@ -30,6 +30,12 @@ WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNS=${WRK_CONNS:-64}
 WRK_DURATION=${WRK_DURATION:-10s}
 BENCH_COMMENTS=${BENCH_COMMENTS:-100}     # segment 0 of VOD "bench": ~20 KB of JSON
+# Targets of the cached comparison: nginx, ours (the danmaku binary), and
+# optionally router / router_ct (examples/replay_bench serve: the replay router
+# alone, multi-thread / current-thread runtime) to tell our cost from the wiring's.
+CACHED_TARGETS=${CACHED_TARGETS:-"nginx ours"}
+PORT_ROUTER=${PORT_ROUTER:-8095}
+PORT_ROUTER_CT=${PORT_ROUTER_CT:-8096}
 ZIPF_VODS=${ZIPF_VODS:-1000}
 ZIPF_COMMENTS=${ZIPF_COMMENTS:-100}
 ZIPF_S=${ZIPF_S:-1.0}
@@ -54,8 +60,8 @@ done
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install -y nginx-light)" >&2; exit 1; }
 
-SPID=; NPID=
-cleanup() { [ -n "$SPID" ] && stop_pid "$SPID"; [ -n "$NPID" ] && stop_pid "$NPID"; return 0; }
+SPID=; NPID=; RPID=; CPID=
+cleanup() { for p in "$SPID" "$NPID" "$RPID" "$CPID"; do [ -n "$p" ] && stop_pid "$p"; done; return 0; }
 trap cleanup EXIT
 log() { echo "$*" | tee -a "$LOG" >&2; }
 
@@ -127,9 +133,28 @@ EOF
   local out=$RESULTS_DIR/cached.csv
   echo "target,run,case,body_bytes,req_per_s,p99_ms" > "$out"
   for r in $(seq "$RUNS"); do
-    for target in nginx ours; do
+    for target in $CACHED_TARGETS; do
       local base
-      if [ "$target" = nginx ]; then base="http://127.0.0.1:$PORT_NGINX"; else base="$ours?b="; fi
+      # ours, router and router_ct open the same embedded data dir: one at a time.
+      case $target in
+        nginx) base="http://127.0.0.1:$PORT_NGINX" ;;
+        ours)
+          for p in "$RPID" "$CPID"; do [ -n "$p" ] && stop_pid "$p"; done; RPID=; CPID=
+          [ -n "$SPID" ] || start_ours 67108864
+          base="$ours?b=" ;;
+        router|router_ct)
+          [ -n "$SPID" ] && stop_ours
+          local port=$PORT_ROUTER flag=
+          [ "$target" = router_ct ] && { port=$PORT_ROUTER_CT; flag=--current-thread; }
+          if ! ss -ltn "sport = :$port" | grep -q LISTEN; then
+            for p in "$RPID" "$CPID"; do [ -n "$p" ] && stop_pid "$p"; done; RPID=; CPID=
+            port_free "$port" || { echo "port $port busy" >&2; exit 1; }
+            taskset -c "$SERVER_CPUS" "$EX" serve $flag --data-dir "$DATA" --listen "127.0.0.1:$port" >>"$RESULTS_DIR/router.log" 2>&1 &
+            if [ "$target" = router ]; then RPID=$!; else CPID=$!; fi
+            wait_port "$port" "$!" 30 || { echo "$target failed" >&2; exit 1; }
+          fi
+          base="http://127.0.0.1:$port/v1/vods/bench/segments/0?b=" ;;
+      esac
       RESULTS_DIR=$RESULTS_DIR/static SKIP_NGINX=1 RUNS=1 CASES="plain gzip_static" \
         TARGET_BASE="$base" PIN=1 WRK_CPUS="$WRK_CPUS" WRK_THREADS="$WRK_THREADS" \
         WRK_CONNS="$WRK_CONNS" WRK_DURATION="$WRK_DURATION" QUIET_BELOW="$QUIET_BELOW" \
@@ -137,17 +162,21 @@ EOF
         | awk -F, -v t="$target" -v r="$r" 'NR>1{print t","r","$1","$2","$3","$4}' >> "$out"
     done
   done
-  stop_pid "$NPID"; NPID=
-  stop_ours
-  log "# cached (medians of $RUNS; ratio = ours / nginx)"
-  echo "case,nginx_req_per_s,ours_req_per_s,ratio,nginx_p99_ms,ours_p99_ms"
-  for c in plain gzip_static; do
-    local nr or np op
-    nr=$(median $(awk -F, -v c=$c '$1=="nginx"&&$3==c{print $5}' "$out"))
-    or=$(median $(awk -F, -v c=$c '$1=="ours"&&$3==c{print $5}' "$out"))
-    np=$(median $(awk -F, -v c=$c '$1=="nginx"&&$3==c{print $6}' "$out"))
-    op=$(median $(awk -F, -v c=$c '$1=="ours"&&$3==c{print $6}' "$out"))
-    echo "$c,$nr,$or,$(awk -v a="$or" -v b="$nr" 'BEGIN{printf "%.2f", a/b}'),$np,$op" | tee -a "$LOG"
+  for p in "$NPID" "$RPID" "$CPID"; do [ -n "$p" ] && stop_pid "$p"; done
+  NPID=; RPID=; CPID=
+  [ -n "$SPID" ] && stop_ours
+  log "# cached (medians of $RUNS; ratio = target / nginx, same run)"
+  echo "target,case,nginx_req_per_s,req_per_s,ratio,nginx_p99_ms,p99_ms"
+  for t in $CACHED_TARGETS; do
+    [ "$t" = nginx ] && continue
+    for c in plain gzip_static; do
+      local nr or np op
+      nr=$(median $(awk -F, -v c=$c '$1=="nginx"&&$3==c{print $5}' "$out"))
+      or=$(median $(awk -F, -v c=$c -v t=$t '$1==t&&$3==c{print $5}' "$out"))
+      np=$(median $(awk -F, -v c=$c '$1=="nginx"&&$3==c{print $6}' "$out"))
+      op=$(median $(awk -F, -v c=$c -v t=$t '$1==t&&$3==c{print $6}' "$out"))
+      echo "$t,$c,$nr,$or,$(awk -v a="$or" -v b="$nr" 'BEGIN{printf "%.2f", a/b}'),$np,$op" | tee -a "$LOG"
+    done
   done
 }
 

@@ -12,6 +12,10 @@
 //!   cached. `scylla` without `--scylla-nodes` uses the in-process CQL test peer
 //!   (kassandra). Prints `store,comments,samples,run,p50_ms,p90_ms,p99_ms,max_ms`
 //!   per run and the medians.
+//! - `replay_bench serve --data-dir DIR --listen ADDR [--current-thread]`: the
+//!   replay router alone on an embedded data dir, without the binary's other
+//!   layers (request tracing, the other roles' routes), to tell the replay API's
+//!   own cost from the wiring's.
 
 use axum::body::Body;
 use axum::http::Request;
@@ -241,14 +245,42 @@ async fn cold(args: &[String]) {
     );
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some("seed") => seed(&args).await,
-        Some("cold") => cold(&args).await,
-        _ => eprintln!(
-            "usage: replay_bench seed --data-dir DIR [--bench-comments N] [--zipf-vods N] [--zipf-comments N]\n       replay_bench cold [--store embedded|scylla] [--scylla-nodes H:P] [--samples N] [--comments N] [--runs N]"
-        ),
+async fn serve(args: &[String]) {
+    let dir = arg(args, "--data-dir").expect("--data-dir DIR");
+    let listen = arg(args, "--listen").unwrap_or_else(|| "127.0.0.1:8095".into());
+    let mut s = Settings::default();
+    s.server.data_dir = dir.into();
+    if let Some(bytes) = arg(args, "--cache-bytes") {
+        s.replay.cache_bytes = bytes.parse().expect("--cache-bytes takes a number");
     }
+    let ctx = Context::build(s).await.expect("embedded stores");
+    let ingest = danmaku_ingest::Ingest::new(ctx.clone()).expect("ingest");
+    let app = danmaku_replay_api::router(danmaku_replay_api::Replay::new(ctx, ingest));
+    let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    println!("listening on http://{}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.expect("serve");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = if args.iter().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
+    rt.block_on(async {
+        match args.get(1).map(String::as_str) {
+            Some("seed") => seed(&args).await,
+            Some("cold") => cold(&args).await,
+            Some("serve") => serve(&args).await,
+            _ => eprintln!(
+            "usage: replay_bench seed --data-dir DIR [--bench-comments N] [--zipf-vods N] [--zipf-comments N]\n       replay_bench cold [--store embedded|scylla] [--scylla-nodes H:P] [--samples N] [--comments N] [--runs N]\n       replay_bench serve --data-dir DIR [--listen ADDR] [--cache-bytes N] [--current-thread]"
+        ),
+        }
+    });
 }

@@ -554,7 +554,7 @@ async fn replay_formats_hostile_text_in_every_format() {
                     v.push(format!("userhash must be a hash, got {:?}", p[6]));
                 }
                 if let Some(item) = by_id.get(&p[7]) {
-                    if p[3] != item["color"].to_string() {
+                    if p[3].parse::<u64>().ok() != item["color"].as_u64() {
                         v.push(format!("color {} for {}", p[3], item["color"]));
                     }
                 }

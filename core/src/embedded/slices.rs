@@ -3,8 +3,7 @@
 
 use super::EmbeddedDb;
 use crate::ports::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat,
-    SliceStore,
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
 };
 use crate::slice::SliceRef;
 use async_trait::async_trait;

@@ -15,6 +15,5 @@ pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError};
 pub use object_store::{object_store_from_url, ObjectStoreError};
 pub use replay_cache::{CachedBody, ReplayCache};
 pub use slice_store::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat,
-    SliceStore,
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectStoreError {
     #[error(
-        "unsupported archive.url {0:?}: use file:///path (s3:// arrives with the archive issue)"
+        "unsupported archive.url {0:?}: use file:///path or a plain path (s3:// needs object_store's `aws` feature, which this build leaves out)"
     )]
     Unsupported(String),
     #[error("cannot open {0}: {1}")]
