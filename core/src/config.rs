@@ -393,6 +393,10 @@ pub struct KafkaSettings {
     pub max_poll_interval_ms: u64,
     /// How often librdkafka reports statistics (consumer lag per partition), ms; 0 = off.
     pub statistics_interval_ms: u64,
+    /// Consumer `fetch.wait.max.ms`: how long a broker may hold a fetch with no new
+    /// records. A real broker answers as soon as records arrive; brokers that wait
+    /// the full time (librdkafka's mock cluster) add it to every comment's latency.
+    pub fetch_wait_max_ms: u64,
     /// Extra librdkafka properties for the producer (security, tuning), as strings.
     pub producer: ClientProperties,
     /// Extra librdkafka properties for the consumers.
@@ -413,6 +417,7 @@ impl Default for KafkaSettings {
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
             statistics_interval_ms: 5_000,
+            fetch_wait_max_ms: 100,
             producer: ClientProperties::default(),
             consumer: ClientProperties::default(),
         }

@@ -174,6 +174,8 @@ fn base_config(settings: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &settings.brokers)
         .set("client.id", "danmaku")
+        // Small requests (one comment, one commit) must not wait for a delayed ACK.
+        .set("socket.nagle.disable", "true")
         .set("socket.connection.setup.timeout.ms", "5000");
     if settings.statistics_interval_ms > 0 {
         c.set(
@@ -352,7 +354,10 @@ impl Bus for KafkaBus {
                 (s.session_timeout_ms / 4).max(100).to_string(),
             )
             .set("max.poll.interval.ms", s.max_poll_interval_ms.to_string())
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", s.fetch_wait_max_ms.to_string())
+            // A full prefetch queue pauses fetching for this long: 1 s by default,
+            // which a writer emptying the queue quickly sees as a stall.
+            .set("fetch.queue.backoff.ms", "10")
             .set("fetch.min.bytes", "1");
         for (k, v) in &s.consumer.0 {
             c.set(k, v);

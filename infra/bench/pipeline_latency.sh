@@ -16,6 +16,7 @@ T=${T:-10}                    # seconds of publishing
 RUNS=${RUNS:-3}
 PORT=${PORT:-8093}            # the danmaku server (ws_fanout's custom port)
 FLUSH_MS=${FLUSH_MS:-}        # live.flush_ms for the run (empty = the default)
+FETCH_WAIT_MS=${FETCH_WAIT_MS:-} # kafka.fetch_wait_max_ms (empty = the default)
 BENCH=${BENCH:-../shared/bench}
 SECRET=bench-secret-$$
 
@@ -50,9 +51,10 @@ ENV="$ENV DANMAKU_KAFKA__TOPIC=$TOPIC DANMAKU_REDIS__URL=redis://127.0.0.1:$RPOR
 ENV="$ENV DANMAKU_LIVE__DISPLAY_BUDGET_PER_SEC=1000000 DANMAKU_LIMITS__ROOM_PER_SEC=100000"
 ENV="$ENV DANMAKU_LIMITS__ROOM_BURST=100000"
 [ -n "$FLUSH_MS" ] && ENV="$ENV DANMAKU_LIVE__FLUSH_MS=$FLUSH_MS"
+[ -n "$FETCH_WAIT_MS" ] && ENV="$ENV DANMAKU_KAFKA__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS"
 TOKEN=$(env $ENV "$BIN" token --user bench --role service --data-dir "$WORK/data")
 
-echo "# pipeline_latency C=$C M=$M T=$T RUNS=$RUNS bus=$KAFKA_KIND redis=$(redis-server --version | awk '{print $3}') flush_ms=${FLUSH_MS:-default}" >&2
+echo "# pipeline_latency C=$C M=$M T=$T RUNS=$RUNS bus=$KAFKA_KIND redis=$(redis-server --version | awk '{print $3}') flush_ms=${FLUSH_MS:-default} fetch_wait_max_ms=${FETCH_WAIT_MS:-default}" >&2
 lines=()
 for r in $(seq "$RUNS"); do
   line=$(CUSTOM_CMD="env $ENV RUST_LOG=warn $BIN serve --listen 127.0.0.1:$PORT --data-dir $WORK/data" \

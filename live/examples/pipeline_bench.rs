@@ -233,6 +233,11 @@ async fn writer_run(kafka: &TestKafka, redis: &Redis, n: usize, rooms: usize) ->
 /// Waits (at most `max`) until the machine is quiet: other tenants' builds change
 /// every number here by 2x. Returns the last busy % seen.
 fn wait_quiet(below: u64, max: Duration) -> u64 {
+    let max = if env_num("QUIET", 1) == 0 {
+        Duration::ZERO
+    } else {
+        max
+    };
     let until = Instant::now() + max;
     loop {
         let b = busy_pct();

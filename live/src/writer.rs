@@ -142,13 +142,13 @@ async fn run_writer(
                 .into_iter()
                 .map(|(room, items)| {
                     let len_ms = lengths.len_for(&room, now);
-                    let (after, done) = chains.link(&room, batch_no);
+                    let (append, notice) = chains.link(&room, batch_no);
                     Job {
                         room,
                         len_ms,
                         items,
-                        after,
-                        done,
+                        append,
+                        notice,
                     }
                 })
                 .collect();
@@ -184,27 +184,44 @@ type Tail = Shared<BoxFuture<'static, bool>>;
 /// Per room, the last append handed to a store task, so the next one of the same
 /// room starts only after it (the SliceStore drops items at or below the room's
 /// high-water mark: a later batch stored first would make the earlier one vanish).
+///
+/// Notices have a chain of their own: a room's notice for batch k+1 goes out after
+/// the one for batch k (hubs drop seqs at or below the last they delivered), but
+/// the next append does not wait for a notice.
 #[derive(Default)]
 struct Chains {
-    tails: HashMap<String, (u64, Tail)>,
+    appends: HashMap<String, (u64, Tail)>,
+    notices: HashMap<String, (u64, Tail)>,
+}
+
+/// One link of a room's chain: what to wait for, and what to resolve.
+struct Link {
+    after: Option<Tail>,
+    done: oneshot::Sender<bool>,
+}
+
+fn link(tails: &mut HashMap<String, (u64, Tail)>, room: &str, batch_no: u64) -> Link {
+    let (tx, rx) = oneshot::channel::<bool>();
+    let tail: Tail = rx.map(|r| r.unwrap_or(false)).boxed().shared();
+    let after = tails
+        .insert(room.to_string(), (batch_no, tail))
+        .map(|(_, t)| t);
+    Link { after, done: tx }
 }
 
 impl Chains {
-    /// The append of `room` in batch `batch_no`: what it must wait for, and the
-    /// sender it resolves for the next one.
-    fn link(&mut self, room: &str, batch_no: u64) -> (Option<Tail>, oneshot::Sender<bool>) {
-        let (tx, rx) = oneshot::channel::<bool>();
-        let tail: Tail = rx.map(|r| r.unwrap_or(false)).boxed().shared();
-        let prev = self
-            .tails
-            .insert(room.to_string(), (batch_no, tail))
-            .map(|(_, t)| t);
-        (prev, tx)
+    /// The append and the notice of `room` in batch `batch_no`.
+    fn link(&mut self, room: &str, batch_no: u64) -> (Link, Link) {
+        (
+            link(&mut self.appends, room, batch_no),
+            link(&mut self.notices, room, batch_no),
+        )
     }
 
-    /// Forgets links of batches before `oldest` (all stored by now).
+    /// Forgets links of batches before `oldest` (all done by now).
     fn prune(&mut self, oldest: u64) {
-        self.tails.retain(|_, (b, _)| *b >= oldest);
+        self.appends.retain(|_, (b, _)| *b >= oldest);
+        self.notices.retain(|_, (b, _)| *b >= oldest);
     }
 }
 
@@ -213,10 +230,10 @@ struct Job {
     room: String,
     len_ms: i64,
     items: Vec<SliceItem>,
-    /// The room's previous append, which must succeed first.
-    after: Option<Tail>,
-    /// Resolved with this append's success.
-    done: oneshot::Sender<bool>,
+    /// After the room's previous append (which must have succeeded).
+    append: Link,
+    /// After the room's previous notice.
+    notice: Link,
 }
 
 fn abort_all(queue: &mut VecDeque<InFlight>) {
@@ -386,16 +403,23 @@ async fn store_all(
             room,
             len_ms,
             items,
-            after,
-            done,
+            append,
+            notice,
         } = job;
-        if let Some(prev) = after {
-            if !prev.await {
-                let _ = done.send(false);
-                return None;
-            }
+        let ok = match append.after {
+            Some(prev) => prev.await,
+            None => true,
+        };
+        let out = if ok {
+            store_room(ctx, &room, len_ms, &items, give_up).await
+        } else {
+            None
+        };
+        let _ = append.done.send(out.is_some());
+        // The notice waits for the room's previous notice only.
+        if let Some(prev) = notice.after {
+            prev.await;
         }
-        let out = store_room(ctx, &room, len_ms, &items, give_up).await;
         if out.is_some() {
             if let Err(e) = ctx.notifier.publish(&room, &items).await {
                 // Viewers catch up from the SliceStore; nothing stored is lost.
@@ -403,7 +427,7 @@ async fn store_all(
                 tracing::warn!(error = %e, room, "notify failed");
             }
         }
-        let _ = done.send(out.is_some());
+        let _ = notice.done.send(true);
         Some((room, items.len(), out?))
     });
     stream::iter(appends)

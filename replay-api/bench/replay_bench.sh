@@ -202,23 +202,26 @@ function request()
   return wrk.format("GET", "/v1/vods/z" .. (lo - 1) .. "/segments/0", headers)
 end
 EOF
-  echo "cache_bytes,run,req_per_s,p99_ms,hits,misses,hit_ratio,background_busy_pct"
+  # hit ratio = requests served without a store read of their own:
+  # (hits + coalesced) / (hits + coalesced + misses).
+  echo "cache_bytes,run,req_per_s,p99_ms,hits,coalesced,misses,hit_ratio,background_busy_pct"
   for cache in $ZIPF_CACHES; do
     start_ours "$cache"
     # Warm-up: fills the caches and the per-VOD views.
     taskset -c "$WRK_CPUS" wrk -t "$WRK_THREADS" -c "$WRK_CONNS" -d 5s -s "$lua" "http://127.0.0.1:$PORT_OURS" >/dev/null 2>&1 || true
     for r in $(seq "$RUNS"); do
-      local busy h0 m0 out h1 m1
+      local busy h0 m0 c0 out h1 m1 c1
       busy=$(wait_quiet "$QUIET_BELOW" "$QUIET_MAX_WAIT")
-      h0=$(metric danmaku_replay_cache_hits_total); m0=$(metric danmaku_replay_cache_misses_total)
+      h0=$(metric danmaku_replay_cache_hits_total); m0=$(metric danmaku_replay_cache_misses_total); c0=$(metric danmaku_replay_cache_coalesced_total)
       out=$(timeout 120 taskset -c "$WRK_CPUS" wrk -t "$WRK_THREADS" -c "$WRK_CONNS" -d "$WRK_DURATION" --latency -s "$lua" "http://127.0.0.1:$PORT_OURS" 2>&1 || true)
-      h1=$(metric danmaku_replay_cache_hits_total); m1=$(metric danmaku_replay_cache_misses_total)
+      h1=$(metric danmaku_replay_cache_hits_total); m1=$(metric danmaku_replay_cache_misses_total); c1=$(metric danmaku_replay_cache_coalesced_total)
       printf '%s\n' "# zipf cache=$cache run $r background_busy_pct=$busy" "$out" >> "$LOG"
       grep -q 'Non-2xx' <<<"$out" && log "# WARNING zipf run $r: non-2xx responses"
       local rps p99
       rps=$(awk '/^Requests\/sec:/{print $2}' <<<"$out")
       p99=$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; print v}' <<<"$out")
-      echo "$cache,$r,$rps,$p99,$((h1-h0)),$((m1-m0)),$(awk -v h=$((h1-h0)) -v m=$((m1-m0)) 'BEGIN{printf "%.4f", (h+m) ? h/(h+m) : 0}'),$busy" | tee -a "$LOG"
+      local h=$((h1-h0)) c=$((c1-c0)) m=$((m1-m0))
+      echo "$cache,$r,$rps,$p99,$h,$c,$m,$(awk -v h=$h -v c=$c -v m=$m 'BEGIN{printf "%.4f", (h+c+m) ? (h+c)/(h+c+m) : 0}'),$busy" | tee -a "$LOG"
     done
     stop_ours
   done

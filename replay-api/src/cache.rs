@@ -175,18 +175,24 @@ impl HotMap {
         }
     }
 
-    /// Makes room for `need` more bytes and one more VOD: drops expired views,
-    /// then everything if that is not enough.
-    fn make_room(&mut self, need: usize, cap: usize, max_bytes: usize, now: Instant) {
-        if self.bytes + need <= max_bytes && self.vods.len() < cap {
-            return;
+    /// Whether `need` more bytes (and, if `new_vod`, one more VOD) fit, after
+    /// dropping expired views if they do not. Live views are never dropped to
+    /// make room: under pressure the hot set stops growing instead of churning.
+    fn make_room(
+        &mut self,
+        need: usize,
+        new_vod: bool,
+        cap: usize,
+        max_bytes: usize,
+        now: Instant,
+    ) -> bool {
+        let fits = |m: &Self| m.bytes + need <= max_bytes && (!new_vod || m.vods.len() < cap);
+        if fits(self) {
+            return true;
         }
         self.vods.retain(|_, v| v.until > now);
         self.bytes = self.vods.values().map(Self::bytes_of).sum();
-        if self.bytes + need > max_bytes || self.vods.len() >= cap {
-            self.vods.clear();
-            self.bytes = 0;
-        }
+        fits(self)
     }
 }
 
@@ -253,13 +259,10 @@ impl Hot {
             .and_then(|v| v.segments.remove(&n))
             .map_or(0, |old| old.body.len() + old.gzip.len());
         map.bytes -= replaced;
-        let known = map.vods.contains_key(vod.as_str());
-        map.make_room(
-            size,
-            if known { usize::MAX } else { self.cap },
-            self.max_bytes,
-            now,
-        );
+        let new_vod = !map.vods.contains_key(vod.as_str());
+        if !map.make_room(size, new_vod, self.cap, self.max_bytes, now) {
+            return;
+        }
         map.bytes += size;
         let v = map.vods.entry(vod.clone()).or_insert_with(|| HotVod {
             meta: meta.clone(),
@@ -296,8 +299,11 @@ where
         r.hits.increment(1);
         return Ok(hit);
     }
-    r.flights
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    let out = r
+        .flights
         .run(&key, async {
+            ran.store(true, std::sync::atomic::Ordering::Relaxed);
             // Someone may have finished the same load between our miss and here.
             if let Some(hit) = r.ctx.cache.get(&key).await {
                 r.hits.increment(1);
@@ -308,7 +314,12 @@ where
             r.ctx.cache.put(&key, value.clone(), ttl).await;
             Ok(value)
         })
-        .await
+        .await;
+    if !ran.load(std::sync::atomic::Ordering::Relaxed) {
+        // Served by another request's load: no store read of its own.
+        r.coalesced.increment(1);
+    }
+    out
 }
 
 type Flight = Arc<tokio::sync::OnceCell<Result<CachedBody, ApiError>>>;
@@ -576,10 +587,13 @@ mod tests {
         for vod in ["a", "b", "c"] {
             hot.put(&view(vod, 0), 0, &body);
         }
-        assert!(hot.get("c", 0).is_some());
-        assert!(hot.map.read().unwrap().vods.len() <= 2);
+        assert!(hot.get("b", 0).is_some());
+        assert!(hot.get("c", 0).is_none(), "a third VOD does not fit");
+        assert_eq!(hot.map.read().unwrap().vods.len(), 2);
         std::thread::sleep(Duration::from_millis(250));
-        assert!(hot.get("c", 0).is_none());
+        assert!(hot.get("b", 0).is_none());
+        hot.put(&view("c", 0), 0, &body);
+        assert!(hot.get("c", 0).is_some(), "expired views make room");
         let off = Hot::new(Duration::ZERO, 10, 1 << 20);
         off.put(&view("v", 0), 0, &body);
         assert!(off.get("v", 0).is_none());
@@ -597,11 +611,14 @@ mod tests {
         assert_eq!(hot.bytes(), each * 3);
         hot.put(&v, 1, &body);
         assert_eq!(hot.bytes(), each * 3, "replacing a body does not grow");
+        // Full of live views: a new one is not kept (no churn), until they expire.
         hot.put(&view("w", 0), 0, &body);
-        assert!(hot.bytes() <= each * 3);
-        assert!(hot.get("w", 0).is_some());
-        hot.forget("w");
+        assert!(hot.get("w", 0).is_none());
+        assert_eq!(hot.bytes(), each * 3);
+        hot.forget("v");
         assert_eq!(hot.bytes(), 0);
+        hot.put(&view("w", 0), 0, &body);
+        assert!(hot.get("w", 0).is_some());
         let tiny = Hot::new(Duration::from_secs(60), 10, 10);
         tiny.put(&v, 0, &body);
         assert!(

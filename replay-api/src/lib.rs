@@ -44,6 +44,9 @@ pub struct Replay {
     /// does not look the metric up).
     hits: metrics::Counter,
     misses: metrics::Counter,
+    /// `danmaku_replay_cache_coalesced_total`: misses that waited for another
+    /// request's load of the same key (single flight) instead of reading the store.
+    coalesced: metrics::Counter,
     /// `Cache-Control` of a live VOD's bodies (and of a segment still settling).
     live_cache_control: HeaderValue,
     /// `Cache-Control` of an ended VOD's whole-recording documents.
@@ -79,6 +82,7 @@ impl Replay {
             ),
             hits: metrics::counter!("danmaku_replay_cache_hits_total"),
             misses: metrics::counter!("danmaku_replay_cache_misses_total"),
+            coalesced: metrics::counter!("danmaku_replay_cache_coalesced_total"),
             live_cache_control,
             document_cache_control,
             ctx,
