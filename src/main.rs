@@ -172,7 +172,7 @@ async fn archive_cmd(cmd: ArchiveCmd) -> anyhow::Result<()> {
         ArchiveCmd::Compact { hour, config } => {
             let s = load_settings(config)?;
             let objects =
-                danmaku_core::ports::object_store_from_url(&s.archive.url, &s.server.data_dir)?;
+                danmaku_core::ports::object_store_from_settings(&s.archive, &s.server.data_dir)?;
             let report = danmaku_archive::compact_hour(&*objects, &hour).await?;
             println!(
                 "hour {}: merged {} files, {} rows, output {}",
@@ -299,8 +299,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .method_not_allowed_fallback(|| async {
             let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this path does not take that method"}});
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
-        })
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        });
+    // Per-request spans cost a clock read and an allocation per request; only
+    // pay for them when someone asked to see them (RUST_LOG=tower_http=debug).
+    if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    }
 
     println!("listening on http://{addr}");
     std::io::stdout().flush()?;

@@ -12,7 +12,9 @@
 //!   files), keeping each comment id once, writes the result under a name derived
 //!   from its list (the same inputs give the same name and the same bytes), with a
 //!   single `put` (atomic: object_store writes a temporary file and renames it, S3
-//!   PUTs are atomic), and only then deletes its inputs and every covered file.
+//!   PUTs are atomic; past [`MULTIPART_PART_BYTES`] a multipart upload, which S3
+//!   makes visible only when it completes), and only then deletes its inputs and
+//!   every covered file.
 //!   A crash before the `put` leaves the inputs; a crash after it leaves covered
 //!   files that the next run deletes without merging them again.
 //! - An archiver redoing a batch after its part was compacted writes the part
@@ -310,9 +312,7 @@ pub async fn compact_hour(
         })
         .await
         .map_err(|e| CompactError::Task(e.to_string()))??;
-        objects
-            .put(&location(&output), PutPayload::from(bytes))
-            .await?;
+        put_whole(objects, &location(&output), bytes).await?;
         let doomed: Vec<ObjectPath> = inputs
             .iter()
             .filter(|n| **n != &output)
@@ -332,6 +332,61 @@ pub async fn compact_hour(
     report.covered_deleted = leftovers.len();
     delete_all(objects, leftovers).await?;
     Ok(report)
+}
+
+/// Part size of the multipart uploads of [`put_whole`]; an object up to this size
+/// goes up in one `put`. S3 wants parts of at least 5 MiB (but the last).
+pub const MULTIPART_PART_BYTES: usize = 16 << 20;
+/// Parts of one multipart upload in flight at once.
+const MULTIPART_CONCURRENCY: usize = 4;
+
+/// Writes `bytes` to `location` atomically: readers see the old object or the
+/// whole new one, never a part. Up to [`MULTIPART_PART_BYTES`] a single `put`;
+/// beyond, a multipart upload (so a large compacted hour is not one request under
+/// the S3 client's per-request timeout), aborted again if a part fails.
+pub async fn put_whole(
+    objects: &dyn ObjectStore,
+    location: &ObjectPath,
+    bytes: Bytes,
+) -> Result<(), object_store::Error> {
+    put_whole_with(objects, location, bytes, MULTIPART_PART_BYTES).await
+}
+
+/// [`put_whole`] with the part size `part_bytes` (for tests).
+pub async fn put_whole_with(
+    objects: &dyn ObjectStore,
+    location: &ObjectPath,
+    bytes: Bytes,
+    part_bytes: usize,
+) -> Result<(), object_store::Error> {
+    let part_bytes = part_bytes.max(1);
+    if bytes.len() <= part_bytes {
+        objects.put(location, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let mut upload = objects.put_multipart(location).await?;
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(part_bytes)
+        .map(|at| {
+            let end = (at + part_bytes).min(bytes.len());
+            upload.put_part(PutPayload::from(bytes.slice(at..end)))
+        })
+        .collect();
+    let uploaded: Result<(), object_store::Error> = futures::stream::iter(parts)
+        .buffer_unordered(MULTIPART_CONCURRENCY)
+        .try_collect()
+        .await;
+    let done = match uploaded {
+        Ok(()) => upload.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        // Leave no parts behind (S3 keeps and bills an unfinished upload's parts).
+        if let Err(e) = upload.abort().await {
+            tracing::warn!(location = %location, error = %e, "aborting a failed multipart upload");
+        }
+    }
+    done
 }
 
 /// Deletes `paths`; one already gone is fine.

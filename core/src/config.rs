@@ -180,9 +180,16 @@ pub struct LiveSettings {
     pub max_poll_limit: usize,
     /// Records the writer takes from the Bus per batch.
     pub writer_batch: usize,
-    /// A room's hub sends at most one frame per this many ms (the first item after
-    /// a quiet period goes out at once).
+    /// A room's hub sends at most one frame per flush interval (the first item
+    /// after a quiet interval goes out at once). The interval adapts to the room's
+    /// audience, since a frame costs one write per viewer:
+    /// `clamp(viewers × flush_per_viewer_us, flush_min_ms, flush_ms)`. This is the
+    /// longest interval (that of the biggest rooms), ms; 0 = no batching.
     pub flush_ms: u64,
+    /// The shortest flush interval (that of small rooms), ms; at most `flush_ms`.
+    pub flush_min_ms: u64,
+    /// Flush interval per viewer of the room, µs (see `flush_ms`).
+    pub flush_per_viewer_us: u64,
     /// Plain comments per second per room shown live; past it the excess is dropped
     /// from live frames (gifts, system items and each sender's own comments never
     /// are; everything stays stored and replayable).
@@ -240,6 +247,8 @@ impl Default for LiveSettings {
             max_poll_limit: 1000,
             writer_batch: 1024,
             flush_ms: 50,
+            flush_min_ms: 2,
+            flush_per_viewer_us: 5,
             display_budget_per_sec: 500,
             ping_interval_secs: 30,
             max_connections: 100_000,
@@ -276,6 +285,21 @@ pub struct ArchiveSettings {
     pub lease_ms: u64,
     /// Window within which a sender's `stream_pos_ms` is trusted over the server estimate, ms.
     pub plausible_window_ms: i64,
+    /// With an `s3://` url: the endpoint of an S3-compatible server (MinIO, Ceph,
+    /// moto...), e.g. `http://127.0.0.1:9000`; empty = `AWS_ENDPOINT_URL` /
+    /// `AWS_ENDPOINT` from the environment, else AWS S3 itself. Credentials come
+    /// only from the standard `AWS_*` environment variables (or the instance's role).
+    pub s3_endpoint: String,
+    /// With an `s3://` url: the bucket's region; empty = `AWS_REGION` /
+    /// `AWS_DEFAULT_REGION` from the environment, else `us-east-1`.
+    pub s3_region: String,
+    /// With an `s3://` url: allow a plain `http://` endpoint (false = only when
+    /// `AWS_ALLOW_HTTP=true` is set).
+    pub s3_allow_http: bool,
+    /// With an `s3://` url: virtual-hosted-style requests (`https://<bucket>.<host>/key`)
+    /// instead of path-style (`https://<host>/<bucket>/key`); with `s3_endpoint` set,
+    /// the endpoint must then already name the bucket's host.
+    pub s3_virtual_hosted: bool,
 }
 
 impl Default for ArchiveSettings {
@@ -286,6 +310,10 @@ impl Default for ArchiveSettings {
             batch_slices: 64,
             lease_ms: 30_000,
             plausible_window_ms: 30_000,
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_allow_http: false,
+            s3_virtual_hosted: false,
         }
     }
 }

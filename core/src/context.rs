@@ -7,7 +7,9 @@ use crate::config::Settings;
 use crate::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use crate::id::IdGenerator;
 use crate::memory::{LocalNotifier, MemoryReplayCache};
-use crate::ports::{object_store_from_url, ArchiveStore, Bus, Notifier, ReplayCache, SliceStore};
+use crate::ports::{
+    object_store_from_settings, ArchiveStore, Bus, Notifier, ReplayCache, SliceStore,
+};
 use object_store::ObjectStore;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,7 +133,7 @@ impl Context {
         };
 
         let secret = load_secret(&settings.auth.secret.0, &dir)?;
-        let objects = object_store_from_url(&settings.archive.url, &dir)?;
+        let objects = object_store_from_settings(&settings.archive, &dir)?;
         Ok(Self {
             bus,
             slices,

@@ -6,9 +6,10 @@
 #
 # It installs what the tests need on a fresh machine: rustfmt and clippy,
 # redis-server and redis-cli from the OS packages (the tests start their own
-# servers on free loopback ports and stop them), and pyarrow + duckdb from PyPI
-# (independent Parquet readers). Kafka runs as librdkafka's in-process mock
-# cluster and the CQL peer in-process, so they need no install.
+# servers on free loopback ports and stop them), and pyarrow + duckdb (independent
+# Parquet readers) and moto[server] (an S3 API server for the s3:// archive tests)
+# from PyPI. Kafka runs as librdkafka's in-process mock cluster and the CQL peer
+# in-process, so they need no install.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,6 +24,9 @@ need_pkg() { # need_pkg COMMAND PACKAGE...
 need_pkg redis-server redis-server
 need_pkg redis-cli redis-tools
 python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install -q pyarrow duckdb
+# moto's S3 server (archive.url = s3://...): the tests start `moto_server` (or
+# `python3 -m moto.server`) on free loopback ports; it is not real AWS.
+python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[server]'
 
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi

@@ -16,6 +16,7 @@
 mod helpers;
 
 mod archive_crash;
+mod archive_s3;
 mod crash;
 mod errors;
 mod fanout;
