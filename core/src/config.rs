@@ -245,7 +245,7 @@ impl Default for LiveSettings {
             ws_queue: 256,
             max_wait_ms: 30_000,
             max_poll_limit: 1000,
-            writer_batch: 1024,
+            writer_batch: 8192,
             flush_ms: 50,
             flush_min_ms: 2,
             flush_per_viewer_us: 5,

@@ -4,6 +4,11 @@
 //! applies the room's display budget, and broadcasts each frame, encoded once as
 //! complete WebSocket bytes (and deflated once, on first use), to every
 //! connection of the room. Long polls watch the room's last seq.
+//!
+//! The flush interval adapts to the room's audience: a frame costs one write per
+//! viewer, so a small room flushes often (low latency) and a big one less often
+//! (fewer, fuller frames): `clamp(viewers × per_viewer, min, max)`
+//! ([`HubConfig::flush_interval`]).
 
 use crate::wsproto;
 use bytes::Bytes;
@@ -120,10 +125,30 @@ pub fn encode_batch(items: &[RingItem]) -> String {
 /// Settings a hub needs.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
+    /// Most recent items kept for resume and polling.
     pub ring_size: usize,
+    /// Frames a connection may fall behind before it gets `gap`.
     pub queue: usize,
-    pub flush: Duration,
+    /// Longest flush interval (`live.flush_ms`): the interval of a big room.
+    pub flush_max: Duration,
+    /// Shortest flush interval (`live.flush_min_ms`): the interval of a small room.
+    pub flush_min: Duration,
+    /// Flush interval per viewer (`live.flush_per_viewer_us`), between the two bounds.
+    pub flush_per_viewer: Duration,
+    /// Plain comments per second shown live.
     pub budget_per_sec: u32,
+}
+
+impl HubConfig {
+    /// The flush interval of a room with `viewers` connections:
+    /// `clamp(viewers × flush_per_viewer, flush_min, flush_max)` (a `flush_min`
+    /// above `flush_max` counts as `flush_max`).
+    pub fn flush_interval(&self, viewers: usize) -> Duration {
+        let max = self.flush_max;
+        let min = self.flush_min.min(max);
+        let n = u32::try_from(viewers).unwrap_or(u32::MAX);
+        self.flush_per_viewer.saturating_mul(n).clamp(min, max)
+    }
 }
 
 struct State {
@@ -135,7 +160,8 @@ struct State {
     /// Items not yet sent in a frame.
     pending: Vec<RingItem>,
     flush_scheduled: bool,
-    last_flush: Option<Instant>,
+    /// When the last frame went out (tokio's clock, so paused-time tests drive it).
+    last_flush: Option<tokio::time::Instant>,
     /// Display budget tokens (plain comments).
     tokens: f64,
     tokens_at: Instant,
@@ -203,7 +229,7 @@ impl Hub {
 
     /// Adds items (seq order) from the writer. Items already seen are ignored. The
     /// first items after a quiet flush interval go out at once; later ones wait for
-    /// the next flush.
+    /// the next flush (the interval is the room's, from its current viewers).
     pub fn deliver(self: &Arc<Self>, items: &[(u64, Danmaku)]) {
         let mut st = self.state.lock().expect("hub lock");
         let fresh: Vec<RingItem> = items
@@ -238,8 +264,10 @@ impl Hub {
         if st.flush_scheduled {
             return;
         }
-        let due = st.last_flush.map_or(now, |t| t + self.cfg.flush);
-        if now >= due {
+        let interval = self.cfg.flush_interval(self.tx.receiver_count());
+        let tnow = tokio::time::Instant::now();
+        let due = st.last_flush.map_or(tnow, |t| t + interval);
+        if tnow >= due {
             let frame = self.take_frame(&mut st, now);
             drop(st);
             if let Some(f) = frame {
@@ -250,7 +278,7 @@ impl Hub {
             drop(st);
             let hub = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep_until(due.into()).await;
+                tokio::time::sleep_until(due).await;
                 hub.flush();
             });
         }
@@ -271,7 +299,7 @@ impl Hub {
         if st.pending.is_empty() {
             return None;
         }
-        st.last_flush = Some(now);
+        st.last_flush = Some(tokio::time::Instant::now());
         let pending = std::mem::take(&mut st.pending);
         let budget = self.cfg.budget_per_sec as f64;
         st.tokens = (st.tokens + now.duration_since(st.tokens_at).as_secs_f64() * budget)
@@ -383,7 +411,8 @@ impl Hub {
 /// Every hub of this node. Creating a hub subscribes this node to the room's
 /// notices; sweeping it unsubscribes.
 pub struct Hubs {
-    map: Mutex<HashMap<String, Arc<Hub>>>,
+    /// Keyed by the room's name, shared with the room's connections.
+    map: Mutex<HashMap<Arc<str>, Arc<Hub>>>,
     cfg: HubConfig,
     notifier: Option<Arc<dyn Notifier>>,
 }
@@ -399,12 +428,19 @@ impl Hubs {
 
     /// The hub of `room`, created on first use.
     pub fn get(&self, room: &str) -> Arc<Hub> {
+        self.get_named(room).1
+    }
+
+    /// The hub of `room`, created on first use, with the room's name as the map
+    /// keeps it (so a connection can share it instead of keeping its own copy).
+    pub fn get_named(&self, room: &str) -> (Arc<str>, Arc<Hub>) {
         let mut map = self.map.lock().expect("hubs lock");
-        if let Some(h) = map.get(room) {
-            return h.clone();
+        if let Some((name, h)) = map.get_key_value(room) {
+            return (name.clone(), h.clone());
         }
+        let name: Arc<str> = Arc::from(room);
         let h = Arc::new(Hub::new(self.cfg.clone()));
-        map.insert(room.to_string(), h.clone());
+        map.insert(name.clone(), h.clone());
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
         drop(map);
         if let Some(n) = &self.notifier {
@@ -415,7 +451,7 @@ impl Hubs {
                 }
             });
         }
-        h
+        (name, h)
     }
 
     fn all(&self) -> Vec<Arc<Hub>> {
@@ -490,9 +526,81 @@ mod tests {
         HubConfig {
             ring_size: 3,
             queue: 64,
-            flush: Duration::from_millis(flush_ms),
+            flush_max: Duration::from_millis(flush_ms),
+            flush_min: Duration::from_millis(flush_ms),
+            flush_per_viewer: Duration::ZERO,
             budget_per_sec: budget,
         }
+    }
+
+    fn adaptive(min_ms: u64, per_viewer_us: u64, max_ms: u64) -> HubConfig {
+        HubConfig {
+            ring_size: 100,
+            flush_min: Duration::from_millis(min_ms),
+            flush_per_viewer: Duration::from_micros(per_viewer_us),
+            ..cfg(max_ms, 1000)
+        }
+    }
+
+    #[test]
+    fn flush_interval_scales_with_viewers_between_the_bounds() {
+        let c = adaptive(2, 5, 50);
+        let ms = |v| c.flush_interval(v).as_secs_f64() * 1000.0;
+        assert_eq!(ms(0), 2.0, "an empty room flushes at the minimum");
+        assert_eq!(ms(100), 2.0);
+        assert_eq!(ms(1_000), 5.0);
+        assert_eq!(ms(5_000), 25.0);
+        assert_eq!(ms(10_000), 50.0);
+        assert_eq!(ms(1_000_000), 50.0, "capped at flush_ms");
+        assert_eq!(ms(usize::MAX), 50.0, "no overflow");
+        // A minimum above the maximum counts as the maximum; 0 turns batching off.
+        assert_eq!(
+            adaptive(80, 5, 50).flush_interval(1),
+            Duration::from_millis(50)
+        );
+        assert_eq!(adaptive(2, 5, 0).flush_interval(10_000), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_interval_follows_the_audience_and_quiet_rooms_send_at_once() {
+        // 1 ms per viewer between 2 and 50 ms.
+        let hub = Arc::new(Hub::new(adaptive(2, 1000, 50)));
+        let mut rxs: Vec<_> = (0..10).map(|_| hub.subscribe()).collect();
+        // 10 viewers: 10 ms.
+        hub.deliver(&[c(1)]);
+        assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 1);
+        hub.deliver(&[c(2)]);
+        tokio::time::sleep(Duration::from_millis(9)).await;
+        assert!(rxs[0].try_recv().is_err(), "waits for the 10 ms interval");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(rxs[0].try_recv().expect("flushed at 10 ms").last_seq, 2);
+        // A quiet interval later the next item goes out at once again.
+        tokio::time::sleep(Duration::from_millis(11)).await;
+        hub.deliver(&[c(3)]);
+        assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 3);
+        // 50 viewers more: 60 ms, capped at 50 ms.
+        rxs.extend((0..50).map(|_| hub.subscribe()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hub.deliver(&[c(4)]);
+        hub.deliver(&[c(5)]);
+        tokio::time::sleep(Duration::from_millis(29)).await;
+        assert!(rxs[0].try_recv().is_err(), "a bigger room waits longer");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let f = rxs[0]
+            .try_recv()
+            .expect("flushed 50 ms after the last frame");
+        assert_eq!((f.first_seq, f.last_seq), (4, 5));
+        assert_eq!(rxs[59].try_recv().unwrap().last_seq, 5);
+        // The viewers leave: back to the 2 ms minimum.
+        rxs.truncate(1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        hub.deliver(&[c(6)]);
+        assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 6);
+        hub.deliver(&[c(7)]);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(rxs[0].try_recv().is_err());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(rxs[0].try_recv().expect("flushed at 2 ms").last_seq, 7);
     }
 
     #[tokio::test]

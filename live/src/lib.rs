@@ -49,7 +49,9 @@ impl Live {
         let cfg = HubConfig {
             ring_size: l.ring_size,
             queue: l.ws_queue,
-            flush: Duration::from_millis(l.flush_ms),
+            flush_max: Duration::from_millis(l.flush_ms),
+            flush_min: Duration::from_millis(l.flush_min_ms),
+            flush_per_viewer: Duration::from_micros(l.flush_per_viewer_us),
             budget_per_sec: l.display_budget_per_sec,
         };
         let hubs = Arc::new(Hubs::new(cfg, Some(ctx.notifier.clone())));

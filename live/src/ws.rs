@@ -7,7 +7,8 @@
 //!
 //! Memory: an idle connection is one small task holding the socket, a broadcast
 //! receiver and a few words of state; buffers exist only while a message is
-//! being read or a write is blocked.
+//! being read or a write is blocked, and the handshake's state lives in a boxed
+//! future freed once the connection is live.
 
 use crate::hub::{encode_batch, Frame, FrameKind, Hub, RingItem};
 use crate::wsproto::{self, opcode, ProtocolError};
@@ -16,11 +17,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use danmaku_core::auth::{check_read_access, Claims};
 use danmaku_core::cursor::Cursor;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_ingest::{check_room, SendRequest, Target};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Deserialize)]
 pub(crate) struct WsQuery {
@@ -121,42 +122,20 @@ pub(crate) async fn upgrade(
         .any(wsproto::offers_deflate);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let over_limit = live.connections.load(Ordering::Relaxed) >= s.live.max_connections;
-    let conn = Conn::new(live.clone(), room, claims, deflate);
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        let (stream, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => {
-                tracing::error!("websocket upgrade on an unexpected transport");
-                return;
-            }
-        };
-        if over_limit {
-            metrics::counter!("danmaku_ws_refused_total").increment(1);
-            let _ = write_all(
-                &stream,
-                &wsproto::close_frame(1013, "too many connections; try again later"),
-                Duration::from_secs(1),
-            )
-            .await;
-            return;
-        }
-        let fut = conn.run(stream, leftover, cursor);
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            tracing::debug!(
-                bytes = std::mem::size_of_val(&fut),
-                "connection future size"
-            )
-        });
-        fut.await;
-    });
+    let conn = Conn {
+        live: live.clone(),
+        room: Arc::from(room),
+        claims: claims.map(Arc::new),
+        deflate,
+    };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::debug!(bytes = connection_future_size(), "connection future size"));
+    tokio::spawn(connection(Box::new(Start {
+        on_upgrade,
+        conn,
+        cursor,
+        over_limit,
+    })));
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -173,6 +152,95 @@ pub(crate) async fn upgrade(
         );
     }
     Ok(resp)
+}
+
+/// What a connection starts from (boxed: the task keeps one pointer to it until
+/// the connection is live, then nothing).
+struct Start {
+    on_upgrade: OnUpgrade,
+    conn: Conn,
+    cursor: Option<u64>,
+    over_limit: bool,
+}
+
+/// The task of one WebSocket connection. Its size is what an idle connection
+/// costs, so everything before the live loop (the upgrade, the hello and the
+/// backlog) runs in a boxed future that is gone once the connection is live.
+async fn connection(start: Box<Start>) {
+    let Some(mut session) = Box::pin(open(start)).await else {
+        return;
+    };
+    let end = session.serve().await;
+    session.end(end).await;
+}
+
+/// Waits for the upgrade, refuses a connection over the limit, subscribes to the
+/// room and sends hello and the backlog.
+async fn open(start: Box<Start>) -> Option<Session> {
+    let Start {
+        on_upgrade,
+        mut conn,
+        cursor,
+        over_limit,
+    } = *start;
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return None;
+        }
+    };
+    let (stream, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // The leftover is a view of hyper's whole read buffer: copy what it holds.
+        Ok(parts) => (parts.io.into_inner(), parts.read_buf.to_vec()),
+        Err(_) => {
+            tracing::error!("websocket upgrade on an unexpected transport");
+            return None;
+        }
+    };
+    if over_limit {
+        metrics::counter!("danmaku_ws_refused_total").increment(1);
+        let _ = write_all(
+            &stream,
+            &wsproto::close_frame(1013, "too many connections; try again later"),
+            Duration::from_secs(1),
+        )
+        .await;
+        return None;
+    }
+    let _ = stream.set_nodelay(true);
+    let sndbuf = conn.live.ctx.settings.live.ws_send_buffer_bytes;
+    if sndbuf > 0 {
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf);
+    }
+    // The room's name is shared with its hub rather than kept once per connection.
+    let (room, hub) = conn.live.hubs.get_named(&conn.room);
+    conn.room = room;
+    // Subscribe before reading any backlog, so nothing falls between the two.
+    let rx = hub.subscribe();
+    conn.live.connections.fetch_add(1, Ordering::Relaxed);
+    metrics::gauge!("danmaku_ws_connections").increment(1.0);
+    let mut session = Session {
+        conn,
+        stream,
+        rx,
+        last_sent: 0,
+        last_heard: now_secs(),
+        inbound: None,
+    };
+    if !leftover.is_empty() {
+        session.inbound().buf = leftover;
+    }
+    match session.greet(&hub, cursor).await {
+        Ok(c) => {
+            session.last_sent = c;
+            Some(session)
+        }
+        Err(end) => {
+            session.end(end).await;
+            None
+        }
+    }
 }
 
 /// Writes all of `buf`, waiting at most `timeout` whenever the socket is full.
@@ -215,164 +283,126 @@ enum End {
     Quiet,
 }
 
+/// Who is connected where: what the handshake established.
 struct Conn {
     live: Arc<Live>,
-    room: String,
-    claims: Option<Claims>,
+    /// The room's name, shared with its hub.
+    room: Arc<str>,
+    claims: Option<Arc<Claims>>,
     deflate: bool,
 }
 
-impl Conn {
-    fn new(live: Arc<Live>, room: String, claims: Option<Claims>, deflate: bool) -> Self {
-        Self {
-            live,
-            room,
-            claims,
-            deflate,
-        }
-    }
+/// A live connection: the socket, the room's frames and where the client is.
+/// This (plus the small state of [`Session::serve`]) is all an idle connection
+/// holds: no read buffer, no timer (pings come from the hub's tick as a shared
+/// frame), no write buffer (writes try the socket synchronously and box the slow
+/// path).
+struct Session {
+    conn: Conn,
+    stream: TcpStream,
+    rx: broadcast::Receiver<Arc<Frame>>,
+    /// The cursor of the last item sent.
+    last_sent: u64,
+    /// When the client was last heard from ([`now_secs`]).
+    last_heard: u32,
+    /// What the client is sending; `None` (nothing allocated) while it is silent.
+    inbound: Option<Box<Inbound>>,
+}
 
-    async fn run(self, stream: TcpStream, leftover: Bytes, cursor: Option<u64>) {
-        let _ = stream.set_nodelay(true);
-        let sndbuf = self.live.ctx.settings.live.ws_send_buffer_bytes;
-        if sndbuf > 0 {
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf);
-        }
-        self.live.connections.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("danmaku_ws_connections").increment(1.0);
-        let end = self.serve(&stream, leftover, cursor).await;
+/// The state of a client that sends: bytes read and not parsed yet, the message
+/// being reassembled, and the replies of its sends in flight.
+#[derive(Default)]
+struct Inbound {
+    buf: Vec<u8>,
+    message: Vec<u8>,
+    message_compressed: bool,
+    acks: Option<Acks>,
+    inflight: usize,
+}
+
+impl Inbound {
+    fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.message.is_empty() && self.acks.is_none()
+    }
+}
+
+/// Seconds since the first call: a coarse clock for the dead-peer check (4 bytes
+/// per connection instead of an `Instant`'s 16).
+fn now_secs() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.live.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("danmaku_ws_connections").decrement(1.0);
+    }
+}
+
+impl Session {
+    /// Sends the close frame `end` asks for.
+    async fn end(&self, end: End) {
         if let End::Close(code, reason) = end {
             let _ = write_all(
-                &stream,
+                &self.stream,
                 &wsproto::close_frame(code, reason),
                 Duration::from_secs(1),
             )
             .await;
         }
-        self.live.connections.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("danmaku_ws_connections").decrement(1.0);
     }
 
     fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.live.ctx.settings.live.write_timeout_ms.max(100))
+        Duration::from_millis(self.conn.live.ctx.settings.live.write_timeout_ms.max(100))
     }
 
-    async fn send_text(&self, stream: &TcpStream, text: &str) -> std::io::Result<()> {
-        write_all(stream, &wsproto::text_frame(text), self.write_timeout()).await
+    async fn send_text(&self, text: &str) -> std::io::Result<()> {
+        write_all(
+            &self.stream,
+            &wsproto::text_frame(text),
+            self.write_timeout(),
+        )
+        .await
     }
 
-    async fn serve(&self, stream: &TcpStream, leftover: Bytes, cursor: Option<u64>) -> End {
-        let live = &self.live;
-        let hub = live.hubs.get(&self.room);
-        // Subscribe before reading any backlog, so nothing falls between the two.
-        let mut rx = hub.subscribe();
-        // Boxed: its buffers are gone once the connection is live.
-        let mut last_sent = match Box::pin(self.greet(stream, &hub, cursor)).await {
-            Ok(c) => c,
-            Err(end) => return end,
-        };
-        drop(hub);
+    fn inbound(&mut self) -> &mut Inbound {
+        self.inbound.get_or_insert_with(Default::default)
+    }
 
-        let max_msg = live.ctx.settings.limits.max_body_bytes;
-        let ping_every = Duration::from_secs(live.ctx.settings.live.ping_interval_secs.max(1));
-        let mut inbuf: Vec<u8> = leftover.to_vec();
-        drop(leftover);
-        let mut message: Vec<u8> = Vec::new();
-        let mut message_compressed = false;
-        let mut last_heard = Instant::now();
-        let mut acks: Option<(mpsc::Sender<String>, mpsc::Receiver<String>)> = None;
-        let mut inflight = 0usize;
+    async fn serve(&mut self) -> End {
         loop {
-            // Parse whatever complete frames we have.
-            loop {
-                match wsproto::parse_client_frame(&inbuf, max_msg) {
-                    Ok(None) => break,
-                    Err(ProtocolError::TooBig) => return End::Close(1009, "message too big"),
-                    Err(ProtocolError::Invalid) => return End::Close(1002, "protocol error"),
-                    Ok(Some((frame, used))) => {
-                        inbuf.drain(..used);
-                        last_heard = Instant::now();
-                        match frame.opcode {
-                            opcode::PING => {
-                                let pong =
-                                    wsproto::encode_frame(opcode::PONG, &frame.payload, false);
-                                if write_all(stream, &pong, self.write_timeout())
-                                    .await
-                                    .is_err()
-                                {
-                                    return End::Quiet;
-                                }
-                            }
-                            opcode::PONG => {}
-                            opcode::CLOSE => return End::Close(1000, ""),
-                            opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => {
-                                if frame.opcode != opcode::CONTINUATION {
-                                    message.clear();
-                                    message_compressed = frame.rsv1 && self.deflate;
-                                } else if frame.rsv1 {
-                                    return End::Close(1002, "protocol error");
-                                }
-                                if frame.rsv1 && !self.deflate {
-                                    return End::Close(1002, "protocol error");
-                                }
-                                message.extend_from_slice(&frame.payload);
-                                if message.len() > max_msg {
-                                    return End::Close(1009, "message too big");
-                                }
-                                if frame.fin {
-                                    let raw = std::mem::take(&mut message);
-                                    let raw = if message_compressed {
-                                        match wsproto::inflate_message(&raw, max_msg) {
-                                            Some(r) => r,
-                                            None => return End::Close(1009, "message too big"),
-                                        }
-                                    } else {
-                                        raw
-                                    };
-                                    let Ok(text) = String::from_utf8(raw) else {
-                                        return End::Close(1007, "invalid utf-8");
-                                    };
-                                    let (tx, _) =
-                                        acks.get_or_insert_with(|| mpsc::channel(MAX_INFLIGHT));
-                                    inflight += 1;
-                                    let (live, room, claims, tx) = (
-                                        live.clone(),
-                                        self.room.clone(),
-                                        self.claims.clone(),
-                                        tx.clone(),
-                                    );
-                                    tokio::spawn(async move {
-                                        let reply = handle_client_message(
-                                            &live,
-                                            &room,
-                                            claims.as_ref(),
-                                            &text,
-                                        )
-                                        .await;
-                                        let _ = tx.send(reply.to_string()).await;
-                                    });
-                                }
-                            }
-                            _ => return End::Close(1002, "protocol error"),
-                        }
-                    }
+            if let Some(end) = self.parse_inbound() {
+                return end;
+            }
+            if let Some(pong) = self.take_pong() {
+                if write_all(&self.stream, &pong, self.write_timeout())
+                    .await
+                    .is_err()
+                {
+                    return End::Quiet;
                 }
+                continue;
             }
-            if inbuf.is_empty() {
-                inbuf = Vec::new(); // an idle connection holds no buffer
-            }
-
+            let (reading, acking) = match &self.inbound {
+                None => (true, false),
+                Some(i) => (i.inflight < MAX_INFLIGHT, i.acks.is_some()),
+            };
+            let stream = &self.stream;
+            let inbound = &mut self.inbound;
             tokio::select! {
-                frame = rx.recv() => match frame {
+                frame = self.rx.recv() => match frame {
                     Ok(f) => match f.kind {
                         FrameKind::Data => {
-                            if let Err(e) = self.write_data(stream, &f, &mut last_sent).await {
+                            if let Err(e) = self.write_data(&f).await {
                                 tracing::debug!(error = %e, "websocket write failed");
                                 return End::Quiet;
                             }
                         }
                         FrameKind::Ping => {
-                            if last_heard.elapsed() > ping_every * 2 {
+                            let ping_every =
+                                self.conn.live.ctx.settings.live.ping_interval_secs.max(1);
+                            if u64::from(now_secs().saturating_sub(self.last_heard)) > ping_every * 2 {
                                 metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
                                 return End::Quiet;
                             }
@@ -386,55 +416,165 @@ impl Conn {
                         }
                     },
                     Err(RecvError::Lagged(n)) => {
-                        metrics::counter!("danmaku_ws_gaps_total").increment(1);
-                        tracing::debug!(room = self.room, missed_frames = n, "slow websocket client gets gap");
-                        let gap = json!({"type": "gap", "cursor": Cursor(last_sent).encode()}).to_string();
-                        let _ = self.send_text(stream, &gap).await;
-                        return End::Close(1008, "too slow; resume from the gap cursor");
+                        return Box::pin(self.gap(n)).await;
                     }
                     Err(RecvError::Closed) => return End::Close(1001, "room closed"),
                 },
-                ready = stream.readable(), if inflight < MAX_INFLIGHT => {
+                // Polled readiness (not `readable()`): it takes over the socket's
+                // read waker slot, which still holds hyper's finished connection
+                // task after the upgrade and would keep that task's memory
+                // allocated for as long as the client stays silent.
+                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)), if reading => {
                     if ready.is_err() {
                         return End::Quiet;
                     }
                     let mut tmp = [0u8; 4096];
                     match stream.try_read(&mut tmp) {
                         Ok(0) => return End::Quiet,
-                        Ok(n) => inbuf.extend_from_slice(&tmp[..n]),
+                        Ok(n) => self.inbound().buf.extend_from_slice(&tmp[..n]),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => return End::Quiet,
                     }
                 },
-                reply = async { acks.as_mut().expect("guarded").1.recv().await }, if acks.is_some() => {
+                reply = std::future::poll_fn(|cx| {
+                    inbound.as_mut().and_then(|i| i.acks.as_mut()).expect("guarded").rx.poll_recv(cx)
+                }), if acking => {
                     if let Some(reply) = reply {
-                        inflight = inflight.saturating_sub(1);
-                        if self.send_text(stream, &reply).await.is_err() {
+                        if Box::pin(self.send_text(&reply)).await.is_err() {
                             return End::Quiet;
                         }
                     }
-                    if inflight == 0 {
-                        acks = None; // free the channel while idle
+                    let i = self.inbound();
+                    i.inflight = i.inflight.saturating_sub(1);
+                    if i.inflight == 0 {
+                        i.acks = None; // free the channel while idle
                     }
                 },
             }
         }
     }
 
+    /// Handles the complete frames read so far (sends are spawned, pongs queued
+    /// for [`Session::take_pong`]); `Some` when the connection must end. Frees the
+    /// inbound state once nothing is pending.
+    fn parse_inbound(&mut self) -> Option<End> {
+        let inb = self.inbound.as_mut()?;
+        let max_msg = self.conn.live.ctx.settings.limits.max_body_bytes;
+        let deflate = self.conn.deflate;
+        let mut heard = false;
+        let mut result = None;
+        while !inb.buf.is_empty() && result.is_none() {
+            let (frame, used) = match wsproto::parse_client_frame(&inb.buf, max_msg) {
+                Ok(None) => break,
+                Err(ProtocolError::TooBig) => return Some(End::Close(1009, "message too big")),
+                Err(ProtocolError::Invalid) => return Some(End::Close(1002, "protocol error")),
+                Ok(Some(f)) => f,
+            };
+            heard = true;
+            match frame.opcode {
+                opcode::PING => {
+                    // Leave it at the front of the buffer: `take_pong` answers it.
+                    break;
+                }
+                opcode::PONG => {}
+                opcode::CLOSE => result = Some(End::Close(1000, "")),
+                opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => {
+                    if frame.opcode != opcode::CONTINUATION {
+                        inb.message.clear();
+                        inb.message_compressed = frame.rsv1 && deflate;
+                    } else if frame.rsv1 {
+                        return Some(End::Close(1002, "protocol error"));
+                    }
+                    if frame.rsv1 && !deflate {
+                        return Some(End::Close(1002, "protocol error"));
+                    }
+                    inb.message.extend_from_slice(&frame.payload);
+                    if inb.message.len() > max_msg {
+                        return Some(End::Close(1009, "message too big"));
+                    }
+                    if frame.fin {
+                        let raw = std::mem::take(&mut inb.message);
+                        let raw = if inb.message_compressed {
+                            match wsproto::inflate_message(&raw, max_msg) {
+                                Some(r) => r,
+                                None => return Some(End::Close(1009, "message too big")),
+                            }
+                        } else {
+                            raw
+                        };
+                        let Ok(text) = String::from_utf8(raw) else {
+                            return Some(End::Close(1007, "invalid utf-8"));
+                        };
+                        let acks = inb.acks.get_or_insert_with(|| {
+                            let (tx, rx) = mpsc::channel(MAX_INFLIGHT);
+                            Acks { tx, rx }
+                        });
+                        inb.inflight += 1;
+                        let (live, room, claims, tx) = (
+                            self.conn.live.clone(),
+                            self.conn.room.clone(),
+                            self.conn.claims.clone(),
+                            acks.tx.clone(),
+                        );
+                        tokio::spawn(async move {
+                            let reply =
+                                handle_client_message(&live, &room, claims.as_deref(), &text).await;
+                            let _ = tx.send(reply.to_string()).await;
+                        });
+                    }
+                }
+                _ => return Some(End::Close(1002, "protocol error")),
+            }
+            inb.buf.drain(..used);
+        }
+        if heard {
+            self.last_heard = now_secs();
+        }
+        if result.is_none() && inb.is_idle() {
+            self.inbound = None; // an idle connection holds no buffer
+        }
+        result
+    }
+
+    /// The pong for a ping at the front of the inbound buffer, if there is one.
+    fn take_pong(&mut self) -> Option<bytes::Bytes> {
+        let max_msg = self.conn.live.ctx.settings.limits.max_body_bytes;
+        let inb = self.inbound.as_mut()?;
+        match wsproto::parse_client_frame(&inb.buf, max_msg) {
+            Ok(Some((frame, used))) if frame.opcode == opcode::PING => {
+                inb.buf.drain(..used);
+                Some(wsproto::encode_frame(opcode::PONG, &frame.payload, false))
+            }
+            _ => None,
+        }
+    }
+
+    /// A client too slow for the room's queue: `gap` with its cursor, then close.
+    async fn gap(&self, missed_frames: u64) -> End {
+        metrics::counter!("danmaku_ws_gaps_total").increment(1);
+        tracing::debug!(
+            room = &*self.conn.room,
+            missed_frames,
+            "slow websocket client gets gap"
+        );
+        let gap = json!({"type": "gap", "cursor": Cursor(self.last_sent).encode()}).to_string();
+        let _ = self.send_text(&gap).await;
+        End::Close(1008, "too slow; resume from the gap cursor")
+    }
+
     /// Sends hello and the backlog; returns the cursor the live frames continue from.
-    async fn greet(&self, stream: &TcpStream, hub: &Hub, cursor: Option<u64>) -> Result<u64, End> {
+    async fn greet(&self, hub: &Hub, cursor: Option<u64>) -> Result<u64, End> {
         let Ok((hello_cursor, backlog)) = self.start(hub, cursor).await else {
             return Err(End::Close(1011, "backend unavailable"));
         };
-        let hello =
-            json!({"type": "hello", "room": self.room, "cursor": Cursor(hello_cursor).encode()})
-                .to_string();
-        if self.send_text(stream, &hello).await.is_err() {
+        let hello = json!({"type": "hello", "room": &*self.conn.room, "cursor": Cursor(hello_cursor).encode()})
+            .to_string();
+        if self.send_text(&hello).await.is_err() {
             return Err(End::Quiet);
         }
         let mut last_sent = hello_cursor;
         for chunk in backlog.chunks(BACKLOG_CHUNK) {
-            if self.send_text(stream, &encode_batch(chunk)).await.is_err() {
+            if self.send_text(&encode_batch(chunk)).await.is_err() {
                 return Err(End::Quiet);
             }
             last_sent = last_sent.max(chunk.last().map_or(0, |i| i.seq));
@@ -448,13 +588,14 @@ impl Conn {
         hub: &Hub,
         cursor: Option<u64>,
     ) -> Result<(u64, Vec<RingItem>), ApiError> {
-        let live = &self.live;
+        let live = &self.conn.live;
+        let room = &*self.conn.room;
         match cursor {
             Some(c) => {
                 let mut all = Vec::new();
                 let mut at = c;
                 loop {
-                    let page = live.items_after(hub, &self.room, at, BACKLOG_CHUNK).await?;
+                    let page = live.items_after(hub, room, at, BACKLOG_CHUNK).await?;
                     let Some(last) = page.last() else { break };
                     at = last.seq;
                     let full = page.len() == BACKLOG_CHUNK;
@@ -467,7 +608,7 @@ impl Conn {
             }
             None => {
                 let head = live
-                    .head(hub, &self.room)
+                    .head(hub, room)
                     .await
                     .unwrap_or_else(|_| hub.last_seq());
                 let recent = hub.recent(
@@ -481,33 +622,50 @@ impl Conn {
         }
     }
 
-    /// Writes a data frame: the shared bytes when the client has none of it yet,
-    /// a re-encoded remainder when it already has part of it (right after a
-    /// resume), plus its own comments the display budget held back.
-    async fn write_data(
-        &self,
-        stream: &TcpStream,
-        f: &Frame,
-        last_sent: &mut u64,
-    ) -> std::io::Result<()> {
-        let timeout = self.write_timeout();
-        if f.last_seq > *last_sent {
-            if f.first_seq > *last_sent {
-                let bytes = if self.deflate { f.deflated() } else { &f.wire };
-                write_all(stream, bytes, timeout).await?;
+    /// Writes a data frame: the shared bytes when the client has none of it yet
+    /// (the common case, without any state of its own), else the boxed slow path.
+    async fn write_data(&mut self, f: &Frame) -> std::io::Result<()> {
+        let own = self.conn.claims.is_some() && !f.withheld.is_empty();
+        if f.last_seq <= self.last_sent && !own {
+            return Ok(());
+        }
+        if f.first_seq > self.last_sent && !own {
+            let bytes = if self.conn.deflate {
+                f.deflated()
+            } else {
+                &f.wire
+            };
+            write_all(&self.stream, bytes, self.write_timeout()).await?;
+            self.last_sent = f.last_seq;
+            return Ok(());
+        }
+        Box::pin(self.write_data_slow(f)).await
+    }
+
+    /// A re-encoded remainder when the client already has part of the frame (right
+    /// after a resume), plus its own comments the display budget held back.
+    async fn write_data_slow(&mut self, f: &Frame) -> std::io::Result<()> {
+        if f.last_seq > self.last_sent {
+            if f.first_seq > self.last_sent {
+                let bytes = if self.conn.deflate {
+                    f.deflated()
+                } else {
+                    &f.wire
+                };
+                write_all(&self.stream, bytes, self.write_timeout()).await?;
             } else {
                 let rest: Vec<RingItem> = f
                     .items
                     .iter()
-                    .filter(|i| i.seq > *last_sent)
+                    .filter(|i| i.seq > self.last_sent)
                     .cloned()
                     .collect();
                 let text = crate::hub::encode_batch_with(&rest, f.last_seq, 0);
-                self.send_text(stream, &text).await?;
+                self.send_text(&text).await?;
             }
-            *last_sent = f.last_seq;
+            self.last_sent = f.last_seq;
         }
-        if let Some(me) = &self.claims {
+        if let Some(me) = &self.conn.claims {
             let mine: Vec<RingItem> = f
                 .withheld
                 .iter()
@@ -515,12 +673,18 @@ impl Conn {
                 .cloned()
                 .collect();
             if !mine.is_empty() {
-                self.send_text(stream, &crate::hub::encode_batch_with(&mine, f.last_seq, 0))
+                self.send_text(&crate::hub::encode_batch_with(&mine, f.last_seq, 0))
                     .await?;
             }
         }
         Ok(())
     }
+}
+
+/// Replies of a connection's sends in flight (allocated only while some are).
+struct Acks {
+    tx: mpsc::Sender<String>,
+    rx: mpsc::Receiver<String>,
 }
 
 #[derive(Deserialize)]
@@ -592,4 +756,34 @@ async fn handle_client_message(
 fn error_reply(reference: Option<serde_json::Value>, e: ApiError) -> serde_json::Value {
     metrics::counter!("danmaku_api_errors_total", "code" => e.code.as_str()).increment(1);
     json!({"type": "error", "ref": reference, "error": {"code": e.code.as_str(), "message": e.message}})
+}
+
+/// Size of the future returned by `f` (without calling it).
+fn future_size<A, F: std::future::Future>(_f: fn(A) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+/// Bytes of one connection's task future: with tokio's task header, and the
+/// socket's registration, what an idle connection costs.
+pub(crate) fn connection_future_size() -> usize {
+    future_size(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_future_stays_small() {
+        let n = connection_future_size();
+        let session = std::mem::size_of::<Session>();
+        let serve = {
+            fn size<'a, F: std::future::Future + 'a>(_f: fn(&'a mut Session) -> F) -> usize {
+                std::mem::size_of::<F>()
+            }
+            size(Session::serve)
+        };
+        println!("connection future {n} B, session {session} B, serve {serve} B");
+        assert!(n <= 640, "connection future is {n} bytes");
+    }
 }

@@ -245,6 +245,18 @@ impl RawClient {
         offer_deflate: bool,
         rcvbuf: Option<u32>,
     ) -> Self {
+        Self::connect_with(addr, path, offer_deflate, rcvbuf, &[]).await
+    }
+
+    /// Connects, writing `pipelined` (client frames) right behind the handshake
+    /// request, in the same write.
+    async fn connect_with(
+        addr: SocketAddr,
+        path: &str,
+        offer_deflate: bool,
+        rcvbuf: Option<u32>,
+        pipelined: &[u8],
+    ) -> Self {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(n) = rcvbuf {
             socket.set_recv_buffer_size(n).unwrap();
@@ -258,7 +270,9 @@ impl RawClient {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
         );
-        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut out = req.into_bytes();
+        out.extend_from_slice(pipelined);
+        stream.write_all(&out).await.unwrap();
         let mut buf = Vec::new();
         let head_end = loop {
             let mut tmp = [0u8; 1024];
@@ -336,6 +350,69 @@ impl RawClient {
             }
         }
     }
+}
+
+/// A masked client frame.
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    assert!(payload.len() < 126);
+    f.push(0x80 | payload.len() as u8);
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_sends_pipelined_behind_the_handshake_are_answered() {
+    let srv = start(|_| {}).await;
+    let send = json!({"type": "send", "ref": 1, "text": "pipelined hello"}).to_string();
+    let (a, b) = send.as_bytes().split_at(10);
+    let mut frames = client_frame(0x9, true, b"p1");
+    frames.extend(client_frame(0x1, false, a));
+    frames.extend(client_frame(0x9, true, b"p2")); // a control frame between fragments
+    frames.extend(client_frame(0x0, true, b));
+    let path = format!("/v1/rooms/pp/ws?token={}", srv.token("pat"));
+    let mut c = RawClient::connect_with(srv.addr, &path, false, None, &frames).await;
+    let mut pongs = Vec::new();
+    let mut acked = false;
+    let mut shown = false;
+    let mut hello = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(pongs.len() == 2 && acked && shown) && Instant::now() < deadline {
+        let (op, p) = c.next().await.expect("open");
+        match op {
+            0xA => {
+                assert!(hello, "hello comes first");
+                pongs.push(String::from_utf8(p).unwrap());
+            }
+            0x1 => {
+                let v: Value = serde_json::from_slice(&p).unwrap();
+                match v["type"].as_str().unwrap() {
+                    "hello" => hello = true,
+                    "ack" => acked = v["ref"] == 1,
+                    "batch" => {
+                        shown |= v["items"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|i| i["text"] == "pipelined hello")
+                    }
+                    other => panic!("unexpected {other}: {v}"),
+                }
+            }
+            op => panic!("unexpected opcode {op}"),
+        }
+    }
+    assert_eq!(pongs, vec!["p1", "p2"], "every ping answered, in order");
+    assert!(acked && shown, "the fragmented send was acked and shown");
+    // Later pings too, after the connection went idle.
+    c.stream
+        .write_all(&client_frame(0x9, true, b"p3"))
+        .await
+        .unwrap();
+    let (op, p) = c.next().await.expect("pong");
+    assert_eq!((op, p.as_slice()), (0xA, &b"p3"[..]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,6 +536,7 @@ async fn load_shedding_keeps_gifts_and_each_senders_own_comment() {
     let srv = start(|s| {
         s.live.display_budget_per_sec = 1;
         s.live.flush_ms = 300;
+        s.live.flush_min_ms = 300;
     })
     .await;
     let (mut viewer, _) = connect(&srv.url("shed", "")).await;
