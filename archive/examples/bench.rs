@@ -4,6 +4,8 @@
 //! cargo build --release -p danmaku-archive --example bench
 //! taskset -c 0 target/release/examples/bench [--rows N] [--e2e-rows N] [--scylla-rows N]
 //!     [--runs R] [--quiet-below PCT] [--quiet-max-wait SECS] [--no-python]
+//!     [--only encode|e2e|explore|explore-small|phases|breakdown|append] [--paths SUBSTRING]
+//!     [--dump FILE]
 //! ```
 //!
 //! 1. Encoding on one core (this thread only): synthetic comments
@@ -17,9 +19,12 @@
 //!    which only shows the adapter's overhead: kassandra is a single-threaded toy).
 //!
 //! `BENCH_WORKERS=N` runs N drains at once in the end-to-end runs (N archivers in
-//! one process). `--only encode|e2e|explore|phases|breakdown` runs one part
-//! (`explore`: writer settings side by side; `phases`: where encoding time goes;
-//! `breakdown`: claims vs. processing with the embedded SliceStore); `--dump FILE`
+//! one process). `--only encode|e2e|explore|explore-small|phases|breakdown|append` runs one part
+//! (`explore`: writer settings side by side; `explore-small`: the same on files of
+//! 10,000 rows, with where their bytes go; `phases`: where encoding time goes;
+//! `breakdown`: each step of the archiver timed, embedded SliceStore and ArchiveStore;
+//! `append`: latency of one-comment appends to the embedded SliceStore, fsynced and
+//! not; `--paths` keeps the end-to-end paths whose name contains it); `--dump FILE`
 //! keeps the one-file Parquet of the encode section.
 //!
 //! Each figure is the median of `--runs` runs (3); the machine's busy % (all
@@ -59,6 +64,8 @@ struct Args {
     python: bool,
     only: Option<String>,
     dump: Option<String>,
+    /// End-to-end paths whose name contains this (all when unset).
+    paths: Option<String>,
 }
 
 fn args() -> Args {
@@ -72,6 +79,7 @@ fn args() -> Args {
         python: true,
         only: None,
         dump: None,
+        paths: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -90,6 +98,7 @@ fn args() -> Args {
             "--quiet-max-wait" => a.quiet_max_wait = value(),
             "--only" => a.only = argv.get(i + 1).cloned(),
             "--dump" => a.dump = argv.get(i + 1).cloned(),
+            "--paths" => a.paths = argv.get(i + 1).cloned(),
             "--no-python" => {
                 a.python = false;
                 i -= 1;
@@ -229,10 +238,19 @@ fn encode_section(args: &Args) -> (Vec<Danmaku>, Bytes) {
             archived_rows(&c)
         })
         .collect();
+    // As the archiver writes them: `encode_batch` (per-batch bloom filter rate; a
+    // chunk crossing an hour makes two files).
     let (t_chunks, chunk_bytes) = time(args.runs, || {
         batches
             .iter()
-            .map(|c| parquet_file::encode(c).unwrap().len())
+            .enumerate()
+            .map(|(b, c)| {
+                parquet_file::encode_batch(b as u64, c.iter().collect::<Vec<&ParquetRow>>())
+                    .unwrap()
+                    .iter()
+                    .map(|(_, f)| f.len())
+                    .sum::<usize>()
+            })
             .sum::<usize>()
     });
     println!(
@@ -504,7 +522,8 @@ async fn end_to_end(n: usize, slices: Slices<'_>, archive: Archive<'_>, in_sessi
     secs
 }
 
-/// `--only breakdown`: where the end-to-end time goes (claims vs. processing).
+/// `--only breakdown`: where the end-to-end time goes, step by step (the steps of
+/// `process_batch`, run one after the other here), embedded stores.
 async fn breakdown(args: &Args) {
     quiet(args, "End to end, by step");
     let dir = tempfile::tempdir().unwrap();
@@ -532,9 +551,24 @@ async fn breakdown(args: &Args) {
     }
     println!("load (untimed in e2e): {:.3} s", t.elapsed().as_secs_f64());
     ctx.slices.expedite_all().await.unwrap();
-    let (mut claim, mut process, mut batches) = (0.0, 0.0, 0);
+    let steps = [
+        "claim + read",
+        "sessions",
+        "decode + align",
+        "ArchiveStore upsert",
+        "Parquet encode",
+        "put files",
+        "complete",
+    ];
+    let mut secs = [0.0f64; 7];
+    let (mut batches, mut rows) = (0, 0);
+    let total = Instant::now();
     loop {
-        let t = Instant::now();
+        let mut t = Instant::now();
+        let mut lap = |i: usize, secs: &mut [f64; 7]| {
+            secs[i] += t.elapsed().as_secs_f64();
+            t = Instant::now();
+        };
         let Some(batch) = ctx
             .slices
             .claim_batch(danmaku_core::now_ms(), 64, Duration::from_secs(600))
@@ -543,13 +577,93 @@ async fn breakdown(args: &Args) {
         else {
             break;
         };
-        claim += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        danmaku_archive::process_batch(&ctx, batch).await.unwrap();
-        process += t.elapsed().as_secs_f64();
+        lap(0, &mut secs);
+        let mut sessions = HashMap::new();
+        for (room, _) in &batch.items {
+            if !sessions.contains_key(room) {
+                let s = ctx.archive.sessions_by_room(room, 1000).await.unwrap();
+                sessions.insert(room.clone(), s);
+            }
+        }
+        lap(1, &mut secs);
+        let aligned = danmaku_archive::bench::align_batch(batch.id, batch.items, &sessions, 30_000);
+        lap(2, &mut secs);
+        ctx.archive
+            .upsert_comments(aligned.archived())
+            .await
+            .unwrap();
+        lap(3, &mut secs);
+        let files = danmaku_archive::bench::encode_aligned(batch.id, &aligned).unwrap();
+        lap(4, &mut secs);
+        for (name, bytes) in files {
+            ctx.objects
+                .put(&name.as_str().into(), bytes.into())
+                .await
+                .unwrap();
+        }
+        lap(5, &mut secs);
+        ctx.slices.complete_batch(batch.id).await.unwrap();
+        lap(6, &mut secs);
         batches += 1;
+        rows += aligned.rows();
     }
-    println!("{batches} batches: claim {claim:.3} s, process (upsert + parquet + complete) {process:.3} s");
+    let all = total.elapsed().as_secs_f64();
+    println!(
+        "{batches} batches, {rows} rows in {all:.3} s ({}), one step after the other:",
+        rate(rows, all)
+    );
+    for (name, s) in steps.iter().zip(secs) {
+        println!(
+            "  {name:<20} {s:>7.3} s  {:>5.2} us/row",
+            s * 1e6 / rows.max(1) as f64
+        );
+    }
+}
+
+/// `--only append`: latency of one live-path append (one comment) to the embedded
+/// SliceStore, fsynced and with `Durability::None` (what the embedded pipeline
+/// uses: the writer's durable Bus offset commit persists it).
+async fn append_latency(args: &Args) {
+    quiet(
+        args,
+        "Embedded SliceStore append latency, one comment per append",
+    );
+    let n = 300usize;
+    println!("| append commit | appends | median ms | p90 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, unsynced) in [
+        ("fsynced (Durability::Immediate)", false),
+        ("Durability::None", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let store = if unsynced {
+            store.with_unsynced_appends()
+        } else {
+            store
+        };
+        let mut ms = Vec::with_capacity(n);
+        for i in 0..n {
+            let item = SliceItem {
+                seq: i as u64 + 1,
+                ts_ms: T + i as i64,
+                data: Bytes::from_static(b"a comment of about a hundred bytes, as protobuf, with its user, room and text"),
+            };
+            let t = Instant::now();
+            danmaku_core::ports::SliceStore::append(&store, "r", 10_000, 60_000, &[item])
+                .await
+                .unwrap();
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let at = |q: f64| ms[((n as f64 * q) as usize).min(n - 1)];
+        println!(
+            "| {name} | {n} | {:.3} | {:.3} | {:.3} |",
+            at(0.5),
+            at(0.9),
+            at(0.99)
+        );
+    }
 }
 
 async fn e2e_section(args: &Args) {
@@ -597,7 +711,7 @@ async fn e2e_section(args: &Args) {
     println!("| path | comments | seconds (median) | rows/s |");
     println!("|---|---:|---:|---:|");
     for (name, n, slices, archive, in_sessions) in variants {
-        if n == 0 {
+        if n == 0 || args.paths.as_deref().is_some_and(|p| !name.contains(p)) {
             continue;
         }
         let mut secs = Vec::new();
@@ -672,6 +786,20 @@ fn explore(args: &Args) {
                 .build(),
         ),
         (
+            "delta ints, text DELTA_LENGTH_BYTE_ARRAY",
+            delta(base())
+                .set_column_dictionary_enabled(ColumnPath::from("text"), false)
+                .set_column_encoding(ColumnPath::from("text"), Encoding::DELTA_LENGTH_BYTE_ARRAY)
+                .build(),
+        ),
+        (
+            "delta ints, name DELTA_BYTE_ARRAY",
+            delta(base())
+                .set_column_dictionary_enabled(ColumnPath::from("name"), false)
+                .set_column_encoding(ColumnPath::from("name"), Encoding::DELTA_BYTE_ARRAY)
+                .build(),
+        ),
+        (
             "delta ints, text plain",
             delta(base())
                 .set_column_dictionary_enabled(ColumnPath::from("text"), false)
@@ -730,6 +858,186 @@ fn explore(args: &Args) {
     }
 }
 
+/// `--only explore-small`: writer settings side by side on batch-sized files (10,000
+/// rows, archiver order), with where each file's bytes go: column pages, bloom
+/// filters, and the rest (footer, page index).
+fn explore_small(args: &Args) {
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::{EnabledStatistics, WriterPropertiesBuilder};
+    use parquet::schema::types::ColumnPath;
+    quiet(args, "Writer settings explored on files of 10,000 rows");
+    let (comments, _) = comments(args.rows);
+    let chunk = 10_000;
+    let chunks: Vec<Vec<ParquetRow>> = comments
+        .chunks(chunk)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort_by(|a, b| (a.room.as_str(), a.ts_ms).cmp(&(b.room.as_str(), b.ts_ms)));
+            archived_rows(&c)
+        })
+        .collect();
+    let n: usize = chunks.iter().map(Vec::len).sum();
+    let jl_zstd: usize = comments
+        .chunks(chunk)
+        .map(|c| zstd::encode_all(&json_lines(c)[..], 3).unwrap().len())
+        .sum();
+    println!(
+        "peer: zstd-3 JSON lines, each chunk on its own: {:.2} B/row",
+        jl_zstd as f64 / n as f64
+    );
+    // Each chunk as the archiver encodes it: its record batch and its shape.
+    let prepared: Vec<(arrow::record_batch::RecordBatch, parquet_file::FileShape)> = chunks
+        .iter()
+        .map(|rows| {
+            let (order, _) = parquet_file::file_order(rows);
+            (
+                parquet_file::to_record_batch_in(rows, &order).unwrap(),
+                parquet_file::FileShape::of(rows, parquet_file::BATCH_BLOOM_FPP),
+            )
+        })
+        .collect();
+    type Tweak = Box<dyn Fn(WriterPropertiesBuilder) -> WriterPropertiesBuilder>;
+    let encoding = |cols: &'static [&'static str], e: Encoding| -> Tweak {
+        Box::new(move |mut b| {
+            for c in cols {
+                b = b
+                    .set_column_dictionary_enabled(ColumnPath::from(*c), false)
+                    .set_column_encoding(ColumnPath::from(*c), e);
+            }
+            b
+        })
+    };
+    let dictionary = |cols: &'static [&'static str]| -> Tweak {
+        Box::new(move |mut b| {
+            for c in cols {
+                b = b
+                    .set_column_dictionary_enabled(ColumnPath::from(*c), true)
+                    .set_column_encoding(ColumnPath::from(*c), Encoding::PLAIN);
+            }
+            b
+        })
+    };
+    let bloom_fpp = |fpp: f64| -> Tweak {
+        Box::new(move |mut b| {
+            for c in ["user", "room"] {
+                b = b.set_column_bloom_filter_fpp(ColumnPath::from(c), fpp);
+            }
+            b
+        })
+    };
+    // Tweaks of the archiver's per-batch settings (`encode_batch`).
+    let variants: Vec<(&str, Tweak)> = vec![
+        ("archiver's per-batch settings", Box::new(|b| b)),
+        (
+            "before: all strings dictionary, fpp 0.01",
+            Box::new(move |b| bloom_fpp(0.01)(dictionary(&["name", "text"])(b))),
+        ),
+        ("bloom fpp 0.01", bloom_fpp(0.01)),
+        (
+            "no user bloom filter",
+            Box::new(|b| b.set_column_bloom_filter_enabled(ColumnPath::from("user"), false)),
+        ),
+        (
+            "no bloom filters",
+            Box::new(|mut b| {
+                for c in ["user", "room"] {
+                    b = b.set_column_bloom_filter_enabled(ColumnPath::from(c), false);
+                }
+                b
+            }),
+        ),
+        ("text dictionary", dictionary(&["text"])),
+        (
+            "text DELTA_BYTE_ARRAY",
+            encoding(&["text"], Encoding::DELTA_BYTE_ARRAY),
+        ),
+        ("text PLAIN", encoding(&["text"], Encoding::PLAIN)),
+        ("name dictionary", dictionary(&["name"])),
+        ("name PLAIN", encoding(&["name"], Encoding::PLAIN)),
+        (
+            "name DELTA_LENGTH_BYTE_ARRAY",
+            encoding(&["name"], Encoding::DELTA_LENGTH_BYTE_ARRAY),
+        ),
+        (
+            "user PLAIN (no dictionary)",
+            encoding(&["user"], Encoding::PLAIN),
+        ),
+        (
+            "user DELTA_BYTE_ARRAY (no dictionary)",
+            encoding(&["user"], Encoding::DELTA_BYTE_ARRAY),
+        ),
+        ("id PLAIN", encoding(&["id"], Encoding::PLAIN)),
+        (
+            "id BYTE_STREAM_SPLIT",
+            encoding(&["id"], Encoding::BYTE_STREAM_SPLIT),
+        ),
+        (
+            "zstd 6",
+            Box::new(|b| b.set_compression(Compression::ZSTD(ZstdLevel::try_new(6).unwrap()))),
+        ),
+        (
+            "zstd 9",
+            Box::new(|b| b.set_compression(Compression::ZSTD(ZstdLevel::try_new(9).unwrap()))),
+        ),
+        (
+            "statistics truncated to 16 B",
+            Box::new(|b| {
+                b.set_statistics_truncate_length(Some(16))
+                    .set_column_index_truncate_length(Some(16))
+            }),
+        ),
+        (
+            "chunk statistics (no page index)",
+            Box::new(|b| b.set_statistics_enabled(EnabledStatistics::Chunk)),
+        ),
+    ];
+    for (name, tweak) in variants {
+        let t = Instant::now();
+        let mut total = 0usize;
+        let mut cols: BTreeMap<String, i64> = BTreeMap::new();
+        let mut blooms = 0i64;
+        for (batch, shape) in &prepared {
+            let props = tweak(
+                parquet_file::writer_properties_for(shape, Vec::new())
+                    .unwrap()
+                    .into_builder(),
+            )
+            .build();
+            let mut out = Vec::with_capacity(chunk * 24);
+            let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
+            w.write(batch).unwrap();
+            w.close().unwrap();
+            total += out.len();
+            let reader =
+                parquet::file::serialized_reader::SerializedFileReader::new(Bytes::from(out))
+                    .unwrap();
+            let meta = parquet::file::reader::FileReader::metadata(&reader);
+            for rg in meta.row_groups() {
+                for c in rg.columns() {
+                    *cols.entry(c.column_path().string()).or_default() += c.compressed_size();
+                    blooms += c.bloom_filter_length().unwrap_or(0) as i64;
+                }
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let pages: i64 = cols.values().sum();
+        let per: Vec<String> = cols
+            .iter()
+            .map(|(c, b)| format!("{c} {:.2}", *b as f64 / n as f64))
+            .collect();
+        println!(
+            "{name:<34} {:.2} B/row = {:.3}x zstd JSON  (pages {:.2}, bloom {:.2}, footer+index {:.2})  {secs:.2} s  [{}]",
+            total as f64 / n as f64,
+            total as f64 / jl_zstd as f64,
+            pages as f64 / n as f64,
+            blooms as f64 / n as f64,
+            (total as i64 - pages - blooms) as f64 / n as f64,
+            per.join(", ")
+        );
+    }
+}
+
 fn main() {
     let args = args();
     println!(
@@ -744,13 +1052,16 @@ fn main() {
             let (order, _) = parquet_file::file_order(&rows);
             let t_order = t.elapsed().as_secs_f64();
             let t = Instant::now();
+            let shape = parquet_file::FileShape::of(&rows, parquet_file::BLOOM_FPP);
+            let t_shape = t.elapsed().as_secs_f64();
+            let t = Instant::now();
             let batch = parquet_file::to_record_batch_in(&rows, &order).unwrap();
             let t_batch = t.elapsed().as_secs_f64();
             let t = Instant::now();
             let bytes = parquet_file::encode(&rows).unwrap();
             let t_all = t.elapsed().as_secs_f64();
             println!(
-                "file_order {t_order:.3} s, to_record_batch_in {t_batch:.3} s, encode {t_all:.3} s ({} rows, {} bytes)",
+                "file_order {t_order:.3} s, FileShape::of {t_shape:.3} s ({shape:?}), to_record_batch_in {t_batch:.3} s, encode {t_all:.3} s ({} rows, {} bytes)",
                 batch.num_rows(),
                 bytes.len()
             );
@@ -759,6 +1070,10 @@ fn main() {
     }
     if args.only.as_deref() == Some("explore") {
         explore(&args);
+        return;
+    }
+    if args.only.as_deref() == Some("explore-small") {
+        explore_small(&args);
         return;
     }
     let run = |s: &str| args.only.as_deref().is_none_or(|o| o == s);
@@ -770,6 +1085,14 @@ fn main() {
         if args.python {
             pyarrow_section(&args, &one_file);
         }
+    }
+    if args.only.as_deref() == Some("append") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(append_latency(&args));
+        return;
     }
     if args.only.as_deref() == Some("breakdown") {
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,90 +2,128 @@
 //! aligning it to its VOD session, and encoding the Parquet files. Pure (no I/O),
 //! so it runs on the blocking pool and is unit-tested here.
 
-use crate::parquet_file::{self, EncodeError, ParquetRow};
+use crate::parquet_file::{self, EncodeError};
 use bytes::Bytes;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{ArchivedComment, SliceItem};
 use danmaku_core::vod::{session_for, Session};
 use std::collections::HashMap;
 
-/// Everything one batch writes.
+/// A batch's comments, decoded and aligned: each is one Parquet row as it stands
+/// (its `room`, `vod` and `offset_ms` set to what the file gets).
 #[derive(Debug, Default)]
-pub(crate) struct Prepared {
-    /// Comments that belong to a VOD, for the ArchiveStore.
+pub(crate) struct Aligned {
+    /// Comments that belong to a VOD (for the ArchiveStore and Parquet).
     pub archived: Vec<ArchivedComment>,
-    /// `(object name, Parquet bytes)`, one per hour partition.
-    pub files: Vec<(String, Bytes)>,
-    /// Comments written to Parquet (every one that decoded).
-    pub rows: usize,
+    /// Comments outside any VOD (Parquet only).
+    pub others: Vec<Danmaku>,
     /// Records that did not decode and were skipped.
     pub decode_errors: usize,
 }
 
+impl Aligned {
+    /// Comments written to Parquet.
+    pub fn rows(&self) -> usize {
+        self.archived.len() + self.others.len()
+    }
+}
+
 /// Decodes and aligns `items` (batch `batch_id`) against the sessions of each room
-/// (`sessions`, keyed by room; a room missing here has none), then encodes the
-/// batch's Parquet files.
+/// (`sessions`, keyed by room; a room missing here has none).
 ///
 /// - A comment that already carries a VOD and an offset (posted on a recording)
 ///   keeps both.
 /// - Otherwise it belongs to the session of its room covering its `ts_ms`, at the
-///   offset [`Session::align`] gives; or to none, and then goes to Parquet only.
+///   offset [`Session::align`] gives; or to none, and then goes to Parquet only
+///   (without an offset).
+/// - A comment without a room gets the SliceStore's room.
 /// - A record that does not decode is logged and skipped.
-pub(crate) fn prepare(
+pub(crate) fn align(
     batch_id: u64,
     items: Vec<(String, SliceItem)>,
     sessions: &HashMap<String, Vec<Session>>,
     plausible_window_ms: i64,
-) -> Result<Prepared, EncodeError> {
-    let mut prepared = Prepared::default();
-    let mut rows = Vec::with_capacity(items.len());
-    for (room, item) in items {
+) -> Aligned {
+    let mut out = Aligned {
+        archived: Vec::with_capacity(items.len()),
+        ..Aligned::default()
+    };
+    // A batch comes grouped by room: look each room's sessions up once.
+    let mut room_sessions: (&str, &[Session]) = ("", &[]);
+    for (room, item) in &items {
         let mut comment = match Danmaku::decode_bytes(&item.data) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(batch_id, room = %room, seq = item.seq, error = %e, "skipping a slice record that does not decode");
-                prepared.decode_errors += 1;
+                out.decode_errors += 1;
                 continue;
             }
         };
+        if comment.room.is_empty() {
+            comment.room.clone_from(room);
+        }
         let placement = match (&comment.vod, comment.offset_ms) {
-            (Some(vod), Some(offset_ms)) => Some((vod.clone(), offset_ms)),
+            (Some(_), Some(_)) => None,
             (Some(vod), None) => {
                 // Malformed: a recording comment must carry its offset. Parquet keeps it.
                 tracing::warn!(batch_id, room = %room, id = comment.id, vod = %vod, "recording comment without an offset; Parquet only");
-                None
+                out.others.push(comment);
+                continue;
             }
             (None, _) => {
-                let room_sessions = sessions.get(&room).map(Vec::as_slice).unwrap_or_default();
-                session_for(room_sessions, comment.ts_ms).map(|s| {
-                    (
+                if room_sessions.0 != room.as_str() {
+                    room_sessions = (
+                        room.as_str(),
+                        sessions.get(room).map(Vec::as_slice).unwrap_or_default(),
+                    );
+                }
+                match session_for(room_sessions.1, comment.ts_ms) {
+                    Some(s) => Some((
                         s.vod.clone(),
                         s.align(comment.ts_ms, comment.stream_pos_ms, plausible_window_ms),
-                    )
-                })
+                    )),
+                    None => {
+                        comment.offset_ms = None;
+                        out.others.push(comment);
+                        continue;
+                    }
+                }
             }
         };
-        let row = match placement {
+        let (vod, offset_ms) = match placement {
             Some((vod, offset_ms)) => {
                 comment.vod = Some(vod.clone());
                 comment.offset_ms = Some(offset_ms);
-                prepared.archived.push(ArchivedComment {
-                    vod: vod.clone(),
-                    offset_ms,
-                    item: comment.clone(),
-                });
-                ParquetRow::from_danmaku(comment, &room, Some(vod), Some(offset_ms))
+                (vod, offset_ms)
             }
-            None => {
-                let vod = comment.vod.take();
-                ParquetRow::from_danmaku(comment, &room, vod, None)
-            }
+            // Posted on a recording: both set already.
+            None => (
+                comment.vod.clone().unwrap_or_default(),
+                comment.offset_ms.unwrap_or_default(),
+            ),
         };
-        rows.push(row);
+        out.archived.push(ArchivedComment {
+            vod,
+            offset_ms,
+            item: comment,
+        });
     }
-    prepared.rows = rows.len();
-    prepared.files = parquet_file::encode_batch(batch_id, rows)?;
-    Ok(prepared)
+    out
+}
+
+/// The Parquet files of an aligned batch: `(object name, bytes)`, one per hour.
+/// The rows are read in place, not copied.
+pub(crate) fn encode(
+    batch_id: u64,
+    aligned: &Aligned,
+) -> Result<Vec<(String, Bytes)>, EncodeError> {
+    let rows: Vec<&Danmaku> = aligned
+        .archived
+        .iter()
+        .map(|a| &a.item)
+        .chain(aligned.others.iter())
+        .collect();
+    parquet_file::encode_batch(batch_id, rows)
 }
 
 #[cfg(test)]
@@ -164,8 +202,9 @@ mod tests {
             ("r1".to_string(), item(5, &with_pos)),
             ("r2".to_string(), item(1, &other_room)),
         ];
-        let p = prepare(7, items, &sessions, 30_000).unwrap();
-        assert_eq!((p.rows, p.decode_errors), (5, 1));
+        let p = align(7, items, &sessions, 30_000);
+        assert_eq!((p.rows(), p.decode_errors), (5, 1));
+        let files = encode(7, &p).unwrap();
         let got: Vec<(u64, &str, i64)> = p
             .archived
             .iter()
@@ -181,16 +220,16 @@ mod tests {
                 (Some(a.vod.as_str()), Some(a.offset_ms))
             );
         }
-        assert_eq!(p.files.len(), 2, "hours 15 and 16");
-        assert!(p
-            .files
+        assert_eq!(files.len(), 2, "hours 15 and 16");
+        assert!(files
             .iter()
             .all(|(name, _)| name.ends_with("part-00000000000000000007.parquet")));
     }
 
     #[test]
     fn empty_batch_writes_nothing() {
-        let p = prepare(1, Vec::new(), &HashMap::new(), 0).unwrap();
-        assert!(p.files.is_empty() && p.archived.is_empty() && p.rows == 0);
+        let p = align(1, Vec::new(), &HashMap::new(), 0);
+        assert!(p.archived.is_empty() && p.rows() == 0);
+        assert!(encode(1, &p).unwrap().is_empty());
     }
 }

@@ -146,8 +146,48 @@ pub fn prepare_batch(
     sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
     plausible_window_ms: i64,
 ) -> Result<Prepared, crate::parquet_file::EncodeError> {
-    let p = crate::batch::prepare(batch_id, items, sessions, plausible_window_ms)?;
-    Ok((p.rows, p.archived.len(), p.files))
+    let aligned = crate::batch::align(batch_id, items, sessions, plausible_window_ms);
+    let files = crate::batch::encode(batch_id, &aligned)?;
+    Ok((aligned.rows(), aligned.archived.len(), files))
+}
+
+/// A batch decoded and aligned to its sessions ([`align_batch`]): the archiver's
+/// first pure step, kept apart so the benchmark can time each step.
+#[derive(Debug)]
+pub struct AlignedBatch(crate::batch::Aligned);
+
+impl AlignedBatch {
+    /// The comments that belong to a VOD, as the ArchiveStore gets them.
+    pub fn archived(&self) -> &[danmaku_core::ports::ArchivedComment] {
+        &self.0.archived
+    }
+    /// Comments that go to Parquet.
+    pub fn rows(&self) -> usize {
+        self.0.rows()
+    }
+}
+
+/// Decodes a batch's slice items and aligns each to its room's session.
+pub fn align_batch(
+    batch_id: u64,
+    items: Vec<(String, danmaku_core::ports::SliceItem)>,
+    sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
+    plausible_window_ms: i64,
+) -> AlignedBatch {
+    AlignedBatch(crate::batch::align(
+        batch_id,
+        items,
+        sessions,
+        plausible_window_ms,
+    ))
+}
+
+/// The hour files of an aligned batch.
+pub fn encode_aligned(
+    batch_id: u64,
+    batch: &AlignedBatch,
+) -> Result<Vec<(String, bytes::Bytes)>, crate::parquet_file::EncodeError> {
+    crate::batch::encode(batch_id, &batch.0)
 }
 
 /// The Parquet rows of `comments` (no VOD).

@@ -203,24 +203,35 @@ pub async fn process_batch(
     let sessions = load_sessions(ctx, &batch).await?;
     let window = ctx.settings.archive.plausible_window_ms;
     let items = batch.items;
-    let prepared =
-        tokio::task::spawn_blocking(move || batch::prepare(batch_id, items, &sessions, window))
-            .await
-            .map_err(|e| ArchiveRoleError::Task(e.to_string()))??;
-    if prepared.decode_errors > 0 {
-        metrics::counter!(metric::DECODE_ERRORS_TOTAL).increment(prepared.decode_errors as u64);
+    let task = |e: tokio::task::JoinError| ArchiveRoleError::Task(e.to_string());
+    let aligned = tokio::task::spawn_blocking(move || {
+        std::sync::Arc::new(batch::align(batch_id, items, &sessions, window))
+    })
+    .await
+    .map_err(task)?;
+    if aligned.decode_errors > 0 {
+        metrics::counter!(metric::DECODE_ERRORS_TOTAL).increment(aligned.decode_errors as u64);
     }
 
-    let crashable = prepared.rows > 0;
+    let crashable = aligned.rows() > 0;
     if crashable {
         crash_point("after_claim");
     }
-    ctx.archive.upsert_comments(&prepared.archived).await?;
+    // The files are encoded on the blocking pool while the rows are upserted; both
+    // happen before any file is written, as before.
+    let encoding = {
+        let aligned = aligned.clone();
+        tokio::task::spawn_blocking(move || batch::encode(batch_id, &aligned))
+    };
+    let (upserted, encoded) =
+        tokio::join!(ctx.archive.upsert_comments(&aligned.archived), encoding);
+    upserted?;
+    let encoded_files = encoded.map_err(task)??;
     if crashable {
         crash_point("after_upsert");
     }
-    let mut files = Vec::with_capacity(prepared.files.len());
-    for (name, bytes) in prepared.files {
+    let mut files = Vec::with_capacity(encoded_files.len());
+    for (name, bytes) in encoded_files {
         let path = ObjectPath::from(name.as_str());
         ctx.objects.put(&path, PutPayload::from(bytes)).await?;
         if compact::superseded(&*ctx.objects, &name).await? {
@@ -245,13 +256,13 @@ pub async fn process_batch(
         crash_point("after_complete");
     }
 
-    metrics::counter!(metric::ROWS_TOTAL).increment(prepared.rows as u64);
+    metrics::counter!(metric::ROWS_TOTAL).increment(aligned.rows() as u64);
     metrics::counter!(metric::BATCHES_TOTAL).increment(1);
     metrics::histogram!(metric::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(BatchReport {
         batch_id,
-        rows: prepared.rows,
-        vod_rows: prepared.archived.len(),
+        rows: aligned.rows(),
+        vod_rows: aligned.archived.len(),
         files,
     })
 }

@@ -1,7 +1,9 @@
-//! The archive's Parquet files: the row type, the Arrow schema, the writer
-//! settings (ZSTD, page statistics and page index, dictionaries, bloom filters on
-//! `user` and `room`, the schema version in the file metadata), the Hive-style
-//! object names and the grouping of a batch's rows by hour partition.
+//! The archive's Parquet files: the row type (and [`RowView`], so decoded comments
+//! are encoded in place), the Arrow schema, the writer settings (ZSTD, page
+//! statistics and page index, dictionaries on the repetitive string columns, delta
+//! encodings for the rest, bloom filters on `user` and `room`, the schema version
+//! in the file metadata), the Hive-style object names and the grouping of a batch's
+//! rows by hour partition.
 //!
 //! Everything here is a pure function of its input: encoding the same rows twice
 //! gives the same bytes, and an object name depends only on the hour and the batch
@@ -31,8 +33,21 @@ pub const SCHEMA_VERSION_KEY: &str = "danmaku.schema_version";
 pub const SCHEMA_VERSION: &str = "1";
 /// ZSTD level of every column.
 pub const ZSTD_LEVEL: i32 = 3;
-/// False-positive rate of the bloom filters.
+/// False-positive rate of the bloom filters of compacted files (and of [`encode`]).
 pub const BLOOM_FPP: f64 = 0.01;
+/// False-positive rate of the bloom filters of the archiver's per-batch files
+/// ([`encode_batch`]). Filters come in powers of two: for the ~9,000 distinct users
+/// of a 10,000-row batch this is 8 KiB (a measured 3.9 % false positives) instead of
+/// 16 KiB, 0.8 bytes per comment (`docs/benchmarks/archive.md`). Compaction
+/// rewrites an hour's batch files with [`BLOOM_FPP`].
+pub const BATCH_BLOOM_FPP: f64 = 0.05;
+/// `name` is dictionary-encoded when a file has at most one distinct user per this
+/// many rows (a display name belongs to its user, so the users bound the names);
+/// otherwise most names are unique in the file, a dictionary would repeat them
+/// plus an index per row, and `name` is written with `DELTA_BYTE_ARRAY` (its
+/// values share prefixes). Measured on 10,000-row batches: 0.97 bytes per comment
+/// less; on a million rows the dictionary stays (0.58 less than the delta).
+pub const DICTIONARY_MIN_REPEATS: usize = 4;
 /// Length of one hour partition.
 pub const HOUR_MS: i64 = 3_600_000;
 
@@ -110,6 +125,145 @@ impl ParquetRow {
     }
 }
 
+/// Read access to the columns of one archive row, so files can be encoded from
+/// [`ParquetRow`]s or straight from decoded comments (the archiver's batches) without
+/// copying them into rows first.
+pub trait RowView {
+    /// The `id` column.
+    fn id(&self) -> u64;
+    /// The `room` column.
+    fn room(&self) -> &str;
+    /// The `vod` column.
+    fn vod(&self) -> Option<&str>;
+    /// The `offset_ms` column.
+    fn offset_ms(&self) -> Option<i64>;
+    /// The `ts` column, ms since the epoch.
+    fn ts_ms(&self) -> i64;
+    /// The `user` column.
+    fn user(&self) -> &str;
+    /// The `name` column.
+    fn name(&self) -> Option<&str>;
+    /// The `kind` column.
+    fn kind(&self) -> &'static str;
+    /// The `mode` column.
+    fn mode(&self) -> &'static str;
+    /// The `color` column.
+    fn color(&self) -> u32;
+    /// The `text` column.
+    fn text(&self) -> &str;
+}
+
+impl RowView for ParquetRow {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn room(&self) -> &str {
+        &self.room
+    }
+    fn vod(&self) -> Option<&str> {
+        self.vod.as_deref()
+    }
+    fn offset_ms(&self) -> Option<i64> {
+        self.offset_ms
+    }
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn user(&self) -> &str {
+        &self.user
+    }
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn mode(&self) -> &'static str {
+        self.mode
+    }
+    fn color(&self) -> u32 {
+        self.color
+    }
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// A decoded comment as the row [`ParquetRow::from_danmaku`] would make of it with
+/// its own `vod` and `offset_ms` (so callers set those, and a non-empty `room`,
+/// first).
+impl RowView for Danmaku {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn room(&self) -> &str {
+        &self.room
+    }
+    fn vod(&self) -> Option<&str> {
+        self.vod.as_deref()
+    }
+    fn offset_ms(&self) -> Option<i64> {
+        self.offset_ms
+    }
+    fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+    fn user(&self) -> &str {
+        &self.user
+    }
+    fn name(&self) -> Option<&str> {
+        (!self.name.is_empty()).then_some(self.name.as_str())
+    }
+    fn kind(&self) -> &'static str {
+        Danmaku::kind(self).as_str()
+    }
+    fn mode(&self) -> &'static str {
+        Danmaku::mode(self).as_str()
+    }
+    fn color(&self) -> u32 {
+        self.color
+    }
+    fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T: RowView + ?Sized> RowView for &T {
+    fn id(&self) -> u64 {
+        (**self).id()
+    }
+    fn room(&self) -> &str {
+        (**self).room()
+    }
+    fn vod(&self) -> Option<&str> {
+        (**self).vod()
+    }
+    fn offset_ms(&self) -> Option<i64> {
+        (**self).offset_ms()
+    }
+    fn ts_ms(&self) -> i64 {
+        (**self).ts_ms()
+    }
+    fn user(&self) -> &str {
+        (**self).user()
+    }
+    fn name(&self) -> Option<&str> {
+        (**self).name()
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn mode(&self) -> &'static str {
+        (**self).mode()
+    }
+    fn color(&self) -> u32 {
+        (**self).color()
+    }
+    fn text(&self) -> &str {
+        (**self).text()
+    }
+}
+
 /// The Arrow schema of an archive file, column order included.
 pub fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -131,11 +285,49 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
+/// String columns stored with `DELTA_LENGTH_BYTE_ARRAY` instead of a dictionary:
+/// `text` is mostly distinct; with the lengths apart, ZSTD sees the texts back to
+/// back (measured: 0.44 bytes per comment less on 10,000-row batches, 0.29 on a
+/// million rows, where a dictionary outgrows its 1 MiB page anyway).
+pub const DELTA_LENGTH_COLUMNS: [&str; 1] = ["text"];
+
 /// Integer columns stored with `DELTA_BINARY_PACKED` instead of dictionaries: in
 /// file order (room, ts) they grow slowly, so deltas pack into a few bits; a
 /// dictionary of mostly distinct values only costs time (measured in
 /// `docs/benchmarks/archive.md`: a third smaller files, half the encoding time).
 pub const DELTA_COLUMNS: [&str; 3] = ["id", "offset_ms", "ts"];
+
+/// What the writer settings of one file depend on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FileShape {
+    /// Distinct users (sizes the `user` bloom filter).
+    pub users: u64,
+    /// Distinct rooms (sizes the `room` bloom filter).
+    pub rooms: u64,
+    /// Whether `name` is dictionary-encoded (else `DELTA_BYTE_ARRAY`).
+    pub name_dictionary: bool,
+    /// False-positive rate of the bloom filters.
+    pub bloom_fpp: f64,
+}
+
+impl FileShape {
+    /// The shape of a file holding `rows`, with bloom filters at `bloom_fpp`.
+    pub fn of<R: RowView>(rows: &[R], bloom_fpp: f64) -> Self {
+        let rooms = distinct(rows.iter().map(|r| r.room()));
+        Self::with_rooms(rows, rooms, bloom_fpp)
+    }
+
+    /// [`FileShape::of`] with the distinct rooms already counted.
+    fn with_rooms<R: RowView>(rows: &[R], rooms: usize, bloom_fpp: f64) -> Self {
+        let users = distinct(rows.iter().map(|r| r.user()));
+        Self {
+            users: users as u64,
+            rooms: rooms as u64,
+            name_dictionary: users.saturating_mul(DICTIONARY_MIN_REPEATS) <= rows.len(),
+            bloom_fpp,
+        }
+    }
+}
 
 /// Writer settings for a file of `rows` rows. The bloom filters are sized for
 /// `rows` distinct values (an upper bound), not parquet's default of a million,
@@ -145,11 +337,29 @@ pub fn writer_properties(rows: usize) -> Result<WriterProperties, EncodeError> {
 }
 
 /// Writer settings for a file with `users` distinct users and `rooms` distinct
-/// rooms (the bloom filters are sized for them), with `extra` key-value metadata
-/// after the schema version.
+/// rooms (the bloom filters are sized for them, at [`BLOOM_FPP`]), `name`
+/// dictionary-encoded, with `extra` key-value metadata after the schema version.
 pub fn writer_properties_with(
     users: u64,
     rooms: u64,
+    extra: Vec<KeyValue>,
+) -> Result<WriterProperties, EncodeError> {
+    let shape = FileShape {
+        users,
+        rooms,
+        name_dictionary: true,
+        bloom_fpp: BLOOM_FPP,
+    };
+    writer_properties_for(&shape, extra)
+}
+
+/// Writer settings for a file of the given shape, with `extra` key-value metadata
+/// after the schema version: ZSTD, page statistics and page index, the integer
+/// columns delta-encoded, bloom filters on `user` and `room`, every string column
+/// dictionary-encoded except `text` ([`DELTA_LENGTH_COLUMNS`]) and, when its values
+/// hardly repeat, `name` ([`DICTIONARY_MIN_REPEATS`]).
+pub fn writer_properties_for(
+    shape: &FileShape,
     extra: Vec<KeyValue>,
 ) -> Result<WriterProperties, EncodeError> {
     let mut metadata = vec![KeyValue::new(
@@ -168,11 +378,23 @@ pub fn writer_properties_with(
             .set_column_dictionary_enabled(path.clone(), false)
             .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
     }
-    for (column, ndv) in [("user", users), ("room", rooms)] {
+    for column in DELTA_LENGTH_COLUMNS {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_LENGTH_BYTE_ARRAY);
+    }
+    if !shape.name_dictionary {
+        let path = ColumnPath::from("name");
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_BYTE_ARRAY);
+    }
+    for (column, ndv) in [("user", shape.users), ("room", shape.rooms)] {
         let path = ColumnPath::from(column);
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
-            .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP)
+            .set_column_bloom_filter_fpp(path.clone(), shape.bloom_fpp)
             .set_column_bloom_filter_ndv(path, ndv.max(1));
     }
     Ok(builder.build())
@@ -227,10 +449,10 @@ fn distinct<'a>(values: impl Iterator<Item = &'a str>) -> usize {
 
 /// The file order of `rows` (by room, ts, id) as indices into it, and the number
 /// of distinct rooms. Sorts integer keys (rooms ranked first), not the rows.
-pub fn file_order(rows: &[ParquetRow]) -> (Vec<usize>, usize) {
+pub fn file_order<R: RowView>(rows: &[R]) -> (Vec<usize>, usize) {
     let mut rooms: Vec<&str> = rows
         .iter()
-        .map(|r| r.room.as_str())
+        .map(|r| r.room())
         .collect::<HashSet<&str, FxBuild>>()
         .into_iter()
         .collect();
@@ -243,7 +465,7 @@ pub fn file_order(rows: &[ParquetRow]) -> (Vec<usize>, usize) {
     let mut keys: Vec<(u32, i64, u64, u32)> = rows
         .iter()
         .enumerate()
-        .map(|(i, r)| (rank[r.room.as_str()], r.ts_ms, r.id, i as u32))
+        .map(|(i, r)| (rank[r.room()], r.ts_ms(), r.id(), i as u32))
         .collect();
     keys.sort_unstable();
     (
@@ -253,7 +475,7 @@ pub fn file_order(rows: &[ParquetRow]) -> (Vec<usize>, usize) {
 }
 
 /// `rows` as one Arrow record batch, in the given order.
-pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> {
+pub fn to_record_batch<R: RowView>(rows: &[R]) -> Result<RecordBatch, EncodeError> {
     let order: Vec<usize> = (0..rows.len()).collect();
     to_record_batch_in(rows, &order)
 }
@@ -261,21 +483,21 @@ pub fn to_record_batch(rows: &[ParquetRow]) -> Result<RecordBatch, EncodeError> 
 /// `rows[order[0]], rows[order[1]], ...` as one Arrow record batch. One pass over
 /// the rows in that order fills every column (the rows are visited in a random
 /// order, so visiting each once matters more than anything else here).
-pub fn to_record_batch_in(
-    rows: &[ParquetRow],
+pub fn to_record_batch_in<R: RowView>(
+    rows: &[R],
     order: &[usize],
 ) -> Result<RecordBatch, EncodeError> {
     let n = order.len();
     // Exact string sizes, from a sequential pass.
     let mut sizes = [0usize; 7];
     for r in rows {
-        sizes[0] += r.room.len();
-        sizes[1] += r.vod.as_deref().map_or(0, str::len);
-        sizes[2] += r.user.len();
-        sizes[3] += r.name.as_deref().map_or(0, str::len);
-        sizes[4] += r.kind.len();
-        sizes[5] += r.mode.len();
-        sizes[6] += r.text.len();
+        sizes[0] += r.room().len();
+        sizes[1] += r.vod().map_or(0, str::len);
+        sizes[2] += r.user().len();
+        sizes[3] += r.name().map_or(0, str::len);
+        sizes[4] += r.kind().len();
+        sizes[5] += r.mode().len();
+        sizes[6] += r.text().len();
     }
     let mut id = Vec::with_capacity(n);
     let mut offset = Int64Builder::with_capacity(n);
@@ -287,17 +509,17 @@ pub fn to_record_batch_in(
         .collect();
     for &i in order {
         let r = &rows[i];
-        id.push(r.id);
-        offset.append_option(r.offset_ms);
-        ts.push(r.ts_ms);
-        color.push(r.color);
-        strings[0].append_value(&r.room);
-        strings[1].append_option(r.vod.as_deref());
-        strings[2].append_value(&r.user);
-        strings[3].append_option(r.name.as_deref());
-        strings[4].append_value(r.kind);
-        strings[5].append_value(r.mode);
-        strings[6].append_value(&r.text);
+        id.push(r.id());
+        offset.append_option(r.offset_ms());
+        ts.push(r.ts_ms());
+        color.push(r.color());
+        strings[0].append_value(r.room());
+        strings[1].append_option(r.vod());
+        strings[2].append_value(r.user());
+        strings[3].append_option(r.name());
+        strings[4].append_value(r.kind());
+        strings[5].append_value(r.mode());
+        strings[6].append_value(r.text());
     }
     let mut s = strings
         .into_iter()
@@ -323,38 +545,39 @@ pub fn to_record_batch_in(
 
 /// One complete Parquet file holding `rows`, sorted by (room, ts, id) whatever
 /// their order here. Deterministic: the same rows give the same bytes.
-pub fn encode(rows: &[ParquetRow]) -> Result<Bytes, EncodeError> {
+pub fn encode<R: RowView>(rows: &[R]) -> Result<Bytes, EncodeError> {
     encode_with(rows, Vec::new())
 }
 
 /// [`encode`] with `extra` key-value metadata after the schema version.
-pub fn encode_with(rows: &[ParquetRow], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
+pub fn encode_with<R: RowView>(rows: &[R], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
     let (order, rooms) = file_order(rows);
-    encode_in(rows, &order, rooms, extra)
+    encode_in(rows, &order, rooms, BLOOM_FPP, extra)
 }
 
 /// One complete Parquet file holding `rows` in the given order (callers sort
 /// them with [`sort_rows`]), with `extra` key-value metadata after the schema
 /// version.
-pub fn encode_sorted(rows: &[ParquetRow], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
+pub fn encode_sorted<R: RowView>(rows: &[R], extra: Vec<KeyValue>) -> Result<Bytes, EncodeError> {
     let order: Vec<usize> = (0..rows.len()).collect();
-    let rooms = distinct(rows.iter().map(|r| r.room.as_str()));
-    encode_in(rows, &order, rooms, extra)
+    let rooms = distinct(rows.iter().map(|r| r.room()));
+    encode_in(rows, &order, rooms, BLOOM_FPP, extra)
 }
 
-fn encode_in(
-    rows: &[ParquetRow],
+fn encode_in<R: RowView>(
+    rows: &[R],
     order: &[usize],
     rooms: usize,
+    bloom_fpp: f64,
     extra: Vec<KeyValue>,
 ) -> Result<Bytes, EncodeError> {
-    let users = distinct(rows.iter().map(|r| r.user.as_str()));
+    let shape = FileShape::with_rooms(rows, rooms, bloom_fpp);
     let batch = to_record_batch_in(rows, order)?;
     let mut out = Vec::with_capacity(rows.len() * 24 + 4096);
     let mut writer = ArrowWriter::try_new(
         &mut out,
         schema(),
-        Some(writer_properties_with(users as u64, rooms as u64, extra)?),
+        Some(writer_properties_for(&shape, extra)?),
     )?;
     writer.write(&batch)?;
     writer.close()?;
@@ -462,23 +685,28 @@ pub fn object_path(ts_ms: i64, batch_id: u64) -> String {
 
 /// Splits `rows` by hour partition: `(start of the hour, its rows)`, oldest hour
 /// first, each hour's rows in their original order.
-pub fn group_by_hour(rows: Vec<ParquetRow>) -> Vec<(i64, Vec<ParquetRow>)> {
-    let mut hours: BTreeMap<i64, Vec<ParquetRow>> = BTreeMap::new();
+pub fn group_by_hour<R: RowView>(rows: Vec<R>) -> Vec<(i64, Vec<R>)> {
+    let mut hours: BTreeMap<i64, Vec<R>> = BTreeMap::new();
     for row in rows {
-        hours.entry(hour_start(row.ts_ms)).or_default().push(row);
+        hours.entry(hour_start(row.ts_ms())).or_default().push(row);
     }
     hours.into_iter().collect()
 }
 
 /// Every file of batch `batch_id`: `(object name, Parquet bytes)`, one per hour
-/// the rows span, oldest first. No rows, no files.
-pub fn encode_batch(
+/// the rows span, oldest first, each like [`encode`]'s but with bloom filters at
+/// [`BATCH_BLOOM_FPP`]. No rows, no files.
+pub fn encode_batch<R: RowView>(
     batch_id: u64,
-    rows: Vec<ParquetRow>,
+    rows: Vec<R>,
 ) -> Result<Vec<(String, Bytes)>, EncodeError> {
     group_by_hour(rows)
         .into_iter()
-        .map(|(hour, rows)| Ok((object_path(hour, batch_id), encode(&rows)?)))
+        .map(|(hour, rows)| {
+            let (order, rooms) = file_order(&rows);
+            let file = encode_in(&rows, &order, rooms, BATCH_BLOOM_FPP, Vec::new())?;
+            Ok((object_path(hour, batch_id), file))
+        })
         .collect()
 }
 
@@ -684,11 +912,121 @@ mod tests {
         assert_eq!(back, rows);
     }
 
+    /// Column chunk encodings and bloom filter bytes by column name.
+    fn layout(bytes: &Bytes) -> HashMap<String, (Vec<Encoding>, i32)> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        rg.columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.column_path().string(),
+                    (c.encodings().to_vec(), c.bloom_filter_length().unwrap_or(0)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn texts_and_names_of_mostly_distinct_users_are_delta_encoded() {
+        // Every comment from another user, with a name of its own.
+        let unique: Vec<_> = (0..1_000)
+            .map(|i| ParquetRow {
+                user: format!("user{i}"),
+                name: (i % 3 != 0).then(|| format!("viewer{i}")),
+                ..row(i, "r", T + i as i64, &format!("text number {i}"))
+            })
+            .collect();
+        let bytes = encode(&unique).unwrap();
+        let l = layout(&bytes);
+        assert!(
+            l["name"].0.contains(&Encoding::DELTA_BYTE_ARRAY),
+            "{:?}",
+            l["name"]
+        );
+        assert!(
+            l["text"].0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            "{:?}",
+            l["text"]
+        );
+        for c in ["room", "user", "kind", "mode", "vod"] {
+            assert!(
+                l[c].0.contains(&Encoding::RLE_DICTIONARY),
+                "{c}: {:?}",
+                l[c]
+            );
+        }
+        assert_eq!(decode(bytes).unwrap().0, unique, "read back");
+
+        // A few users writing often: their names take a dictionary.
+        let regulars: Vec<_> = (0..1_000)
+            .map(|i| ParquetRow {
+                user: format!("user{}", i % 10),
+                name: Some(format!("viewer{}", i % 10)),
+                ..row(
+                    i,
+                    "r",
+                    T + i as i64,
+                    ["好耶", "awsl", "666"][i as usize % 3],
+                )
+            })
+            .collect();
+        let bytes = encode(&regulars).unwrap();
+        let l = layout(&bytes);
+        assert!(
+            l["name"].0.contains(&Encoding::RLE_DICTIONARY),
+            "{:?}",
+            l["name"]
+        );
+        assert!(
+            l["text"].0.contains(&Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            "{:?}",
+            l["text"]
+        );
+        assert_eq!(decode(bytes).unwrap().0, regulars, "read back");
+    }
+
+    #[test]
+    fn batch_files_have_smaller_bloom_filters_than_compacted_ones() {
+        let rows: Vec<_> = (0..9_000)
+            .map(|i| ParquetRow {
+                user: format!("user{i}"),
+                ..row(i, "r", T + i as i64, "t")
+            })
+            .collect();
+        let whole = layout(&encode(&rows).unwrap())["user"].1;
+        let files = encode_batch(1, rows.clone()).unwrap();
+        assert_eq!(files.len(), 1);
+        let batch = layout(&files[0].1)["user"].1;
+        assert!(
+            batch > 0 && batch < whole,
+            "batch {batch} B, whole {whole} B"
+        );
+        // Still a working filter: every user it holds is found.
+        let reader = ParquetRecordBatchReaderBuilder::try_new(files[0].1.clone()).unwrap();
+        let user_idx = reader
+            .metadata()
+            .row_group(0)
+            .columns()
+            .iter()
+            .position(|c| c.column_path().string() == "user")
+            .unwrap();
+        let mut reader = reader;
+        let bloom = reader
+            .get_row_group_column_bloom_filter(0, user_idx)
+            .unwrap()
+            .unwrap();
+        assert!(rows.iter().all(|r| bloom.check(&r.user.as_str())));
+    }
+
     #[test]
     fn empty_input_is_a_valid_empty_file() {
-        let (back, _) = read_back(encode(&[]).unwrap());
+        let (back, _) = read_back(encode::<ParquetRow>(&[]).unwrap());
         assert!(back.is_empty());
-        assert!(encode_batch(1, Vec::new()).unwrap().is_empty());
+        assert!(encode_batch(1, Vec::<ParquetRow>::new())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -91,10 +91,17 @@ impl Context {
                 })?;
         let (slices, notifier): (Arc<dyn SliceStore>, Arc<dyn Notifier>) = match redis {
             Some((store, notifier)) => (Arc::new(store), Arc::new(notifier)),
-            None => (
-                Arc::new(EmbeddedSliceStore::new(db.clone())),
-                Arc::new(LocalNotifier::new(1024)),
-            ),
+            None => {
+                let store = EmbeddedSliceStore::new(db.clone());
+                // With the embedded Bus in the same database, the writer's durable
+                // offset commit persists each append: appends need no fsync of their own.
+                let store = if settings.kafka.brokers.is_empty() {
+                    store.with_unsynced_appends()
+                } else {
+                    store
+                };
+                (Arc::new(store), Arc::new(LocalNotifier::new(1024)))
+            }
         };
 
         // ArchiveStore: ScyllaDB when scylla.nodes is set.

@@ -28,6 +28,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -391,34 +392,10 @@ impl Session {
             let stream = &self.stream;
             let inbound = &mut self.inbound;
             tokio::select! {
-                frame = self.rx.recv() => match frame {
-                    Ok(f) => match f.kind {
-                        FrameKind::Data => {
-                            if let Err(e) = self.write_data(&f).await {
-                                tracing::debug!(error = %e, "websocket write failed");
-                                return End::Quiet;
-                            }
-                        }
-                        FrameKind::Ping => {
-                            let ping_every =
-                                self.conn.live.ctx.settings.live.ping_interval_secs.max(1);
-                            if u64::from(now_secs().saturating_sub(self.last_heard)) > ping_every * 2 {
-                                metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
-                                return End::Quiet;
-                            }
-                            if write_all(stream, &f.wire, self.write_timeout()).await.is_err() {
-                                return End::Quiet;
-                            }
-                        }
-                        FrameKind::Close => {
-                            let _ = write_all(stream, &f.wire, Duration::from_secs(1)).await;
-                            return End::Quiet;
-                        }
-                    },
-                    Err(RecvError::Lagged(n)) => {
-                        return Box::pin(self.gap(n)).await;
+                frame = self.rx.recv() => {
+                    if let Some(end) = self.on_frame(frame).await {
+                        return end;
                     }
-                    Err(RecvError::Closed) => return End::Close(1001, "room closed"),
                 },
                 // Polled readiness (not `readable()`): it takes over the socket's
                 // read waker slot, which still holds hyper's finished connection
@@ -619,6 +596,118 @@ impl Session {
                 let start = recent.first().map_or(head, |i| i.seq - 1);
                 Ok((start, recent))
             }
+        }
+    }
+
+    /// Handles one frame (or lag) from the room; `Some` when the connection ends.
+    async fn on_frame(&mut self, frame: Result<Arc<Frame>, RecvError>) -> Option<End> {
+        match frame {
+            Ok(f) => match f.kind {
+                FrameKind::Data => {
+                    if self.takes_shared(&f) {
+                        return Box::pin(self.write_coalesced(f)).await;
+                    }
+                    if let Err(e) = self.write_data(&f).await {
+                        tracing::debug!(error = %e, "websocket write failed");
+                        return Some(End::Quiet);
+                    }
+                    None
+                }
+                FrameKind::Ping => {
+                    let ping_every = self.conn.live.ctx.settings.live.ping_interval_secs.max(1);
+                    if u64::from(now_secs().saturating_sub(self.last_heard)) > ping_every * 2 {
+                        metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
+                        return Some(End::Quiet);
+                    }
+                    if write_all(&self.stream, &f.wire, self.write_timeout())
+                        .await
+                        .is_err()
+                    {
+                        return Some(End::Quiet);
+                    }
+                    None
+                }
+                FrameKind::Close => {
+                    let _ = write_all(&self.stream, &f.wire, Duration::from_secs(1)).await;
+                    Some(End::Quiet)
+                }
+            },
+            Err(RecvError::Lagged(n)) => Some(Box::pin(self.gap(n)).await),
+            Err(RecvError::Closed) => Some(End::Close(1001, "room closed")),
+        }
+    }
+
+    /// Whether `f` goes out as the room's shared bytes (the client has none of
+    /// its items yet and none of them is its own withheld comment).
+    fn takes_shared(&self, f: &Frame) -> bool {
+        let own = self.conn.claims.is_some() && !f.withheld.is_empty();
+        !own && f.first_seq > self.last_sent
+    }
+
+    /// Writes `first` and every further frame already waiting in the room's queue
+    /// that also goes out as shared bytes, in one write: when the server falls
+    /// behind, a connection finds several frames queued, and one write (one
+    /// packet) instead of one per frame lets it catch up instead of falling
+    /// further behind. A frame taken from the queue that cannot join is handled
+    /// after the write.
+    async fn write_coalesced(&mut self, first: Arc<Frame>) -> Option<End> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let deflate = self.conn.deflate;
+        let bytes_of = |f: &Frame| -> Bytes {
+            if deflate {
+                f.deflated().clone()
+            } else {
+                f.wire.clone()
+            }
+        };
+        let mut parts: Vec<Bytes> = vec![bytes_of(&first)];
+        let mut last = first.last_seq;
+        let mut rest: Option<Result<Arc<Frame>, RecvError>> = None;
+        // Bounded: at most a queue's worth of frames and 256 KiB per write.
+        let mut size = parts[0].len();
+        while size < 256 * 1024 {
+            match self.rx.try_recv() {
+                Ok(g) if g.kind == FrameKind::Data && g.last_seq <= last => {}
+                Ok(g) if g.kind == FrameKind::Data && {
+                    let own = self.conn.claims.is_some() && !g.withheld.is_empty();
+                    !own && g.first_seq > last
+                } =>
+                {
+                    let b = bytes_of(&g);
+                    size += b.len();
+                    parts.push(b);
+                    last = g.last_seq;
+                }
+                Ok(g) => {
+                    rest = Some(Ok(g));
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Lagged(n)) => {
+                    rest = Some(Err(RecvError::Lagged(n)));
+                    break;
+                }
+                Err(TryRecvError::Closed) => {
+                    rest = Some(Err(RecvError::Closed));
+                    break;
+                }
+            }
+        }
+        let written = if parts.len() == 1 {
+            write_all(&self.stream, &parts[0], self.write_timeout()).await
+        } else {
+            let joined: Vec<u8> = parts.concat();
+            write_all(&self.stream, &joined, self.write_timeout()).await
+        };
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "websocket write failed");
+            return Some(End::Quiet);
+        }
+        self.last_sent = last;
+        drop(parts);
+        match rest {
+            Some(r) => Box::pin(self.on_frame(r)).await,
+            None => None,
         }
     }
 

@@ -1,30 +1,57 @@
-//! The embedded ArchiveStore: sessions and comments by (vod, segment, offset, id) in redb.
+//! The embedded ArchiveStore: sessions, and comments by (vod, segment) in redb.
+//!
+//! Layout (every redb insert costs microseconds, so nothing is done per comment):
+//! - Comments are stored in chunks: `(vod, segment, chunk no)` → the packed rows of
+//!   one upsert for that segment (offset, id, protobuf), sorted by (offset, id). A
+//!   segment read merges its chunks; a segment that has gathered
+//!   [`MAX_SEGMENT_CHUNKS`] chunks is rewritten as one on the next upsert.
+//! - Idempotence by (vod, id): `(vod, id block)` → the sorted ids of the vod stored
+//!   so far in that block (ids are time-ordered; a block is [`ID_BLOCK_SHIFT`] bits
+//!   of id, about 4 s of comments). An upsert reads and rewrites each block it
+//!   touches once and skips the ids already there, wherever their segment.
+//! - `count` is kept per vod and updated once per vod and upsert.
 
 use super::EmbeddedDb;
 use crate::model::Danmaku;
 use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment};
 use crate::vod::{segment_of, Session};
 use async_trait::async_trait;
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition, TableHandle};
+use std::collections::HashMap;
 
 /// vod -> session JSON
 const VODS: TableDefinition<&str, &[u8]> = TableDefinition::new("ar_vods");
 /// (room, started_at, vod) -> ()
 const BY_ROOM: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("ar_vods_by_room");
-/// (vod, segment, offset, id) -> comment protobuf
-const COMMENTS: TableDefinition<(&str, u32, i64, u64), &[u8]> = TableDefinition::new("ar_comments");
-/// (vod, id) -> ()
-const IDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("ar_ids");
+/// (vod, segment, chunk no) -> packed rows sorted by (offset, id) (see [`pack_row`])
+const CHUNKS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("ar_comment_chunks");
+/// (vod, id >> ID_BLOCK_SHIFT) -> the block's stored ids, sorted, u64 LE each
+const ID_BLOCKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ar_id_blocks");
 /// vod -> comments archived
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("ar_counts");
+
+/// Ids per dedup block: `id >> ID_BLOCK_SHIFT`. Comment ids carry their millisecond
+/// above bit 22, so a block holds about 4 s of a VOD's comments.
+pub const ID_BLOCK_SHIFT: u32 = 34;
+/// A segment with this many chunks is rewritten as one chunk on its next upsert.
+pub const MAX_SEGMENT_CHUNKS: usize = 16;
+
+/// The tables of the first layout (a row per comment and per id); [`migrate_v1`]
+/// converts a database that still has them.
+mod v1 {
+    use redb::TableDefinition;
+    pub const COMMENTS: TableDefinition<(&str, u32, i64, u64), &[u8]> =
+        TableDefinition::new("ar_comments");
+    pub const IDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("ar_ids");
+}
 
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(VODS)?;
     txn.open_table(BY_ROOM)?;
-    txn.open_table(COMMENTS)?;
-    txn.open_table(IDS)?;
+    txn.open_table(CHUNKS)?;
+    txn.open_table(ID_BLOCKS)?;
     txn.open_table(COUNTS)?;
-    Ok(())
+    migrate_v1(txn)
 }
 
 /// The embedded ArchiveStore.
@@ -50,6 +77,316 @@ fn err(e: redb::Error) -> ArchiveError {
 
 fn decode_session(b: &[u8]) -> Result<Session, redb::Error> {
     serde_json::from_slice(b).map_err(|e| redb::Error::Corrupted(format!("session: {e}")))
+}
+
+fn corrupted(what: &str) -> redb::Error {
+    redb::Error::Corrupted(format!("archive store: {what}"))
+}
+
+/// Bytes of one packed row besides its protobuf: offset, id and length.
+const ROW_HEADER: usize = 8 + 8 + 4;
+
+/// Appends one packed row: offset (i64 LE), id (u64 LE), length (u32 LE), protobuf.
+fn pack_row(out: &mut Vec<u8>, offset_ms: i64, id: u64, data: &[u8]) {
+    out.extend_from_slice(&offset_ms.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Calls `f(offset, id, protobuf)` for every row of a packed chunk, in order.
+fn unpack_rows<'a>(
+    chunk: &'a [u8],
+    mut f: impl FnMut(i64, u64, &'a [u8]) -> Result<(), redb::Error>,
+) -> Result<(), redb::Error> {
+    let mut at = 0;
+    while at < chunk.len() {
+        let header = chunk
+            .get(at..at + ROW_HEADER)
+            .ok_or_else(|| corrupted("truncated row header"))?;
+        let offset_ms = i64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+        let id = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+        let start = at + ROW_HEADER;
+        let data = chunk
+            .get(start..start + len)
+            .ok_or_else(|| corrupted("truncated row"))?;
+        f(offset_ms, id, data)?;
+        at = start + len;
+    }
+    Ok(())
+}
+
+/// The ids of a packed id block.
+fn unpack_ids(block: &[u8]) -> Result<Vec<u64>, redb::Error> {
+    if !block.len().is_multiple_of(8) {
+        return Err(corrupted("id block length"));
+    }
+    Ok(block
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect())
+}
+
+fn pack_ids(ids: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 8);
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// The rows of one upsert, encoded once: vods interned, protobufs in one buffer.
+struct Encoded {
+    vods: Vec<String>,
+    /// (vod index, segment, offset, id, protobuf range in `buf`), in input order.
+    rows: Vec<(u32, u32, i64, u64, std::ops::Range<usize>)>,
+    buf: Vec<u8>,
+}
+
+impl Encoded {
+    fn new(rows: &[ArchivedComment]) -> Self {
+        let mut vods: Vec<String> = Vec::new();
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        let mut buf = Vec::with_capacity(rows.len() * 96);
+        let mut last: Option<(&str, u32)> = None;
+        for r in rows {
+            let v = match last {
+                Some((name, i)) if name == r.vod => i,
+                _ => {
+                    let i = *index.entry(r.vod.as_str()).or_insert_with(|| {
+                        vods.push(r.vod.clone());
+                        (vods.len() - 1) as u32
+                    });
+                    last = Some((r.vod.as_str(), i));
+                    i
+                }
+            };
+            let start = buf.len();
+            // Stored with its vod and offset set; the archiver hands them over set.
+            if r.item.vod.as_deref() == Some(r.vod.as_str())
+                && r.item.offset_ms == Some(r.offset_ms)
+            {
+                prost::Message::encode(&r.item, &mut buf).expect("a Vec grows");
+            } else {
+                let mut item = r.item.clone();
+                item.vod = Some(r.vod.clone());
+                item.offset_ms = Some(r.offset_ms);
+                prost::Message::encode(&item, &mut buf).expect("a Vec grows");
+            }
+            out.push((
+                v,
+                segment_of(r.offset_ms),
+                r.offset_ms,
+                r.item.id,
+                start..buf.len(),
+            ));
+        }
+        Self {
+            vods,
+            rows: out,
+            buf,
+        }
+    }
+}
+
+/// Stores `enc` in one write transaction: skips (vod, id) pairs stored before or
+/// earlier in `enc`, writes one chunk per (vod, segment), updates each vod's count.
+fn store(txn: &redb::WriteTransaction, enc: &Encoded) -> Result<(), redb::Error> {
+    // Rows by (vod, id), first occurrence first: dedup against the id blocks.
+    let mut by_id: Vec<u32> = (0..enc.rows.len() as u32).collect();
+    by_id.sort_by_key(|&i| {
+        let r = &enc.rows[i as usize];
+        (r.0, r.3, i)
+    });
+    let mut keep = vec![false; enc.rows.len()];
+    {
+        let mut blocks = txn.open_table(ID_BLOCKS)?;
+        let mut i = 0;
+        while i < by_id.len() {
+            let (vod, id0) = {
+                let r = &enc.rows[by_id[i] as usize];
+                (r.0, r.3)
+            };
+            let block = id0 >> ID_BLOCK_SHIFT;
+            let name = enc.vods[vod as usize].as_str();
+            let stored = match blocks.get((name, block))? {
+                Some(v) => unpack_ids(v.value())?,
+                None => Vec::new(),
+            };
+            let mut merged = Vec::with_capacity(stored.len() + 16);
+            let mut s = 0;
+            let mut added = 0;
+            let mut prev: Option<u64> = None;
+            while i < by_id.len() {
+                let row = by_id[i] as usize;
+                let r = &enc.rows[row];
+                if r.0 != vod || r.3 >> ID_BLOCK_SHIFT != block {
+                    break;
+                }
+                i += 1;
+                if prev == Some(r.3) {
+                    continue; // the same (vod, id) twice in this upsert
+                }
+                prev = Some(r.3);
+                while s < stored.len() && stored[s] < r.3 {
+                    merged.push(stored[s]);
+                    s += 1;
+                }
+                if s < stored.len() && stored[s] == r.3 {
+                    continue; // stored before
+                }
+                merged.push(r.3);
+                keep[row] = true;
+                added += 1;
+            }
+            if added > 0 {
+                merged.extend_from_slice(&stored[s..]);
+                blocks.insert((name, block), pack_ids(&merged).as_slice())?;
+            }
+        }
+    }
+    // New rows by (vod, segment), each segment's sorted by (offset, id).
+    let mut fresh: Vec<u32> = (0..enc.rows.len() as u32)
+        .filter(|&i| keep[i as usize])
+        .collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    fresh.sort_unstable_by_key(|&i| {
+        let r = &enc.rows[i as usize];
+        (r.0, r.1, r.2, r.3)
+    });
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let mut counts = txn.open_table(COUNTS)?;
+    let mut i = 0;
+    let mut per_vod: Vec<u64> = vec![0; enc.vods.len()];
+    while i < fresh.len() {
+        let (vod, seg) = {
+            let r = &enc.rows[fresh[i] as usize];
+            (r.0, r.1)
+        };
+        let name = enc.vods[vod as usize].as_str();
+        let mut j = i;
+        while j < fresh.len() && {
+            let r = &enc.rows[fresh[j] as usize];
+            (r.0, r.1) == (vod, seg)
+        } {
+            j += 1;
+        }
+        let group = &fresh[i..j];
+        per_vod[vod as usize] += group.len() as u64;
+        let existing: Vec<u64> = chunks
+            .range((name, seg, 0)..=(name, seg, u64::MAX))?
+            .map(|e| e.map(|(k, _)| k.value().2))
+            .collect::<Result<_, _>>()?;
+        let next = existing.last().map_or(0, |n| n + 1);
+        let bytes: usize = group
+            .iter()
+            .map(|&g| enc.rows[g as usize].4.len() + ROW_HEADER)
+            .sum();
+        let mut packed = Vec::with_capacity(bytes);
+        if existing.len() + 1 >= MAX_SEGMENT_CHUNKS {
+            // Too many chunks: this one takes the segment's rows so far.
+            let mut rows: Vec<(i64, u64, Vec<u8>)> = Vec::new();
+            for n in &existing {
+                if let Some(v) = chunks.remove((name, seg, *n))? {
+                    unpack_rows(v.value(), |off, id, data| {
+                        rows.push((off, id, data.to_vec()));
+                        Ok(())
+                    })?;
+                }
+            }
+            for &g in group {
+                let r = &enc.rows[g as usize];
+                rows.push((r.2, r.3, enc.buf[r.4.clone()].to_vec()));
+            }
+            rows.sort_unstable_by_key(|r| (r.0, r.1));
+            for (off, id, data) in &rows {
+                pack_row(&mut packed, *off, *id, data);
+            }
+        } else {
+            for &g in group {
+                let r = &enc.rows[g as usize];
+                pack_row(&mut packed, r.2, r.3, &enc.buf[r.4.clone()]);
+            }
+        }
+        chunks.insert((name, seg, next), packed.as_slice())?;
+        i = j;
+    }
+    for (vod, added) in per_vod.into_iter().enumerate() {
+        if added > 0 {
+            let name = enc.vods[vod].as_str();
+            let c = counts.get(name)?.map(|v| v.value()).unwrap_or(0);
+            counts.insert(name, c + added)?;
+        }
+    }
+    Ok(())
+}
+
+/// Converts the first layout (a row per comment, a row per id) into chunks and id
+/// blocks, in the transaction that opens the database. Counts keep their table.
+fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
+    if !names.iter().any(|n| n == v1::COMMENTS.name()) {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(v1::COMMENTS)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        let mut current: Option<(String, u32)> = None;
+        let mut packed = Vec::new();
+        // Keys come in (vod, segment, offset, id) order: one chunk per segment.
+        for e in old.iter()? {
+            let (k, v) = e?;
+            let (vod, seg, off, id) = k.value();
+            if current
+                .as_ref()
+                .is_some_and(|(cv, cs)| (cv.as_str(), *cs) != (vod, seg))
+            {
+                let (cv, cs) = current.take().expect("checked");
+                chunks.insert((cv.as_str(), cs, 0), packed.as_slice())?;
+                packed.clear();
+            }
+            if current.is_none() {
+                current = Some((vod.to_string(), seg));
+            }
+            pack_row(&mut packed, off, id, v.value());
+        }
+        if let Some((cv, cs)) = current {
+            chunks.insert((cv.as_str(), cs, 0), packed.as_slice())?;
+        }
+    }
+    {
+        let old = txn.open_table(v1::IDS)?;
+        let mut blocks = txn.open_table(ID_BLOCKS)?;
+        let mut current: Option<(String, u64)> = None;
+        let mut ids = Vec::new();
+        for e in old.iter()? {
+            let (k, _) = e?;
+            let (vod, id) = k.value();
+            let block = id >> ID_BLOCK_SHIFT;
+            if current
+                .as_ref()
+                .is_some_and(|(cv, cb)| (cv.as_str(), *cb) != (vod, block))
+            {
+                let (cv, cb) = current.take().expect("checked");
+                blocks.insert((cv.as_str(), cb), pack_ids(&ids).as_slice())?;
+                ids.clear();
+            }
+            if current.is_none() {
+                current = Some((vod.to_string(), block));
+            }
+            ids.push(id);
+        }
+        if let Some((cv, cb)) = current {
+            blocks.insert((cv.as_str(), cb), pack_ids(&ids).as_slice())?;
+        }
+    }
+    txn.delete_table(v1::COMMENTS)?;
+    txn.delete_table(v1::IDS)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -162,37 +499,13 @@ impl ArchiveStore for EmbeddedArchiveStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, u32, i64, u64, Vec<u8>)> = rows
-            .iter()
-            .map(|r| {
-                let mut item = r.item.clone();
-                item.vod = Some(r.vod.clone());
-                item.offset_ms = Some(r.offset_ms);
-                (
-                    r.vod.clone(),
-                    segment_of(r.offset_ms),
-                    r.offset_ms,
-                    item.id,
-                    prost::Message::encode_to_vec(&item),
-                )
-            })
-            .collect();
+        // Encoded here (it copies what the closure needs anyway), stored on the
+        // blocking pool.
+        let enc = Encoded::new(rows);
         self.db
             .run(move |db| {
                 let txn = db.begin_write()?;
-                {
-                    let mut ids = txn.open_table(IDS)?;
-                    let mut comments = txn.open_table(COMMENTS)?;
-                    let mut counts = txn.open_table(COUNTS)?;
-                    for (vod, seg, off, id, data) in &rows {
-                        if ids.insert((vod.as_str(), *id), ())?.is_some() {
-                            continue;
-                        }
-                        comments.insert((vod.as_str(), *seg, *off, *id), data.as_slice())?;
-                        let c = counts.get(vod.as_str())?.map(|v| v.value()).unwrap_or(0);
-                        counts.insert(vod.as_str(), c + 1)?;
-                    }
-                }
+                store(&txn, &enc)?;
                 txn.commit()?;
                 Ok(())
             })
@@ -209,20 +522,25 @@ impl ArchiveStore for EmbeddedArchiveStore {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                let t = r.open_table(COMMENTS)?;
+                let t = r.open_table(CHUNKS)?;
                 let mut out = Vec::new();
-                for e in t.range(
-                    (vod.as_str(), segment, i64::MIN, 0)
-                        ..=(vod.as_str(), segment, i64::MAX, u64::MAX),
-                )? {
-                    let (k, v) = e?;
-                    let item = Danmaku::decode_bytes(v.value())
-                        .map_err(|e| redb::Error::Corrupted(format!("comment: {e}")))?;
-                    out.push(ArchivedComment {
-                        vod: vod.clone(),
-                        offset_ms: k.value().2,
-                        item,
-                    });
+                let mut chunks = 0;
+                for e in t.range((vod.as_str(), segment, 0)..=(vod.as_str(), segment, u64::MAX))? {
+                    let (_, v) = e?;
+                    chunks += 1;
+                    unpack_rows(v.value(), |offset_ms, _, data| {
+                        let item = Danmaku::decode_bytes(data)
+                            .map_err(|e| corrupted(&format!("comment: {e}")))?;
+                        out.push(ArchivedComment {
+                            vod: vod.clone(),
+                            offset_ms,
+                            item,
+                        });
+                        Ok(())
+                    })?;
+                }
+                if chunks > 1 {
+                    out.sort_by_key(|c| (c.offset_ms, c.item.id));
                 }
                 Ok(out)
             })
@@ -249,12 +567,9 @@ impl ArchiveStore for EmbeddedArchiveStore {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                let t = r.open_table(COMMENTS)?;
+                let t = r.open_table(CHUNKS)?;
                 let last = t
-                    .range(
-                        (vod.as_str(), 0, i64::MIN, 0)
-                            ..=(vod.as_str(), u32::MAX, i64::MAX, u64::MAX),
-                    )?
+                    .range((vod.as_str(), 0, 0)..=(vod.as_str(), u32::MAX, u64::MAX))?
                     .next_back();
                 Ok(last.transpose()?.map(|(k, _)| k.value().1))
             })
@@ -270,11 +585,177 @@ impl ArchiveStore for EmbeddedArchiveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vod::SEGMENT_MS;
 
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
         crate::conformance::archive_store_suite(&store).await;
+    }
+
+    fn row(vod: &str, id: u64, offset_ms: i64) -> ArchivedComment {
+        ArchivedComment {
+            vod: vod.into(),
+            offset_ms,
+            item: Danmaku {
+                id,
+                room: "r".into(),
+                user: "u".into(),
+                text: format!("c{id}"),
+                vod: Some(vod.into()),
+                offset_ms: Some(offset_ms),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn keys(rows: &[ArchivedComment]) -> Vec<(i64, u64)> {
+        rows.iter().map(|c| (c.offset_ms, c.item.id)).collect()
+    }
+
+    /// Many small upserts into one segment (more than a segment keeps chunks), in
+    /// random order and with repeats: the segment reads back sorted, each row once,
+    /// and `count` stays exact.
+    #[tokio::test]
+    async fn many_upserts_merge_and_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let mut want = Vec::new();
+        let mut x = 7u64;
+        for round in 0..(3 * MAX_SEGMENT_CHUNKS as u64) {
+            let mut rows = Vec::new();
+            for k in 0..3 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let id = (round * 3 + k) << 30 | (x >> 50);
+                let off = (x >> 20) as i64 % SEGMENT_MS;
+                rows.push(row("v", id, off));
+                want.push((off, id));
+            }
+            store.upsert_comments(&rows).await.unwrap();
+            // A redo of the previous round and of this one adds nothing.
+            store.upsert_comments(&rows).await.unwrap();
+        }
+        want.sort();
+        let got = store.read_segment("v", 0).await.unwrap();
+        assert_eq!(keys(&got), want);
+        assert_eq!(store.count("v").await.unwrap(), want.len() as u64);
+        let r = store.db.db.begin_read().unwrap();
+        let chunks = r
+            .open_table(CHUNKS)
+            .unwrap()
+            .range(("v", 0, 0)..=("v", 0, u64::MAX))
+            .unwrap()
+            .count();
+        assert!(chunks < MAX_SEGMENT_CHUNKS, "{chunks} chunks");
+    }
+
+    /// Idempotence is by (vod, id), whatever the segment a redo computes, and holds
+    /// within one call; the same id under another vod is another row.
+    #[tokio::test]
+    async fn dedup_by_vod_and_id_across_segments_and_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let far = 5u64 << ID_BLOCK_SHIFT;
+        store
+            .upsert_comments(&[row("v", 1, 10), row("v", 1, 20), row("v", far, 30)])
+            .await
+            .unwrap();
+        assert_eq!(store.count("v").await.unwrap(), 2);
+        // Seen again at another offset (another segment): not stored twice.
+        store
+            .upsert_comments(&[row("v", 1, SEGMENT_MS + 5), row("w", 1, 0)])
+            .await
+            .unwrap();
+        assert_eq!(store.count("v").await.unwrap(), 2);
+        assert_eq!(store.count("w").await.unwrap(), 1);
+        assert_eq!(
+            keys(&store.read_segment("v", 0).await.unwrap()),
+            vec![(10, 1), (30, far)]
+        );
+        assert!(store.read_segment("v", 1).await.unwrap().is_empty());
+        assert_eq!(store.last_segment("v").await.unwrap(), Some(0));
+        // A row handed over without its vod and offset set is stored with them.
+        let mut bare = row("v", 2, 40);
+        bare.item.vod = None;
+        bare.item.offset_ms = None;
+        store.upsert_comments(&[bare]).await.unwrap();
+        let seg = store.read_segment("v", 0).await.unwrap();
+        let two = seg.iter().find(|c| c.item.id == 2).unwrap();
+        assert_eq!(two.item.vod.as_deref(), Some("v"));
+        assert_eq!(two.item.offset_ms, Some(40));
+    }
+
+    #[test]
+    fn rows_and_ids_pack_and_unpack() {
+        let mut packed = Vec::new();
+        pack_row(&mut packed, -3, u64::MAX, b"abc");
+        pack_row(&mut packed, 7, 1, b"");
+        let mut back = Vec::new();
+        unpack_rows(&packed, |o, i, d| {
+            back.push((o, i, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            back,
+            vec![(-3, u64::MAX, b"abc".to_vec()), (7, 1, Vec::new())]
+        );
+        assert!(unpack_rows(&packed[..packed.len() - 1], |_, _, _| Ok(())).is_err());
+        assert_eq!(
+            unpack_ids(&pack_ids(&[1, 5, u64::MAX])).unwrap(),
+            vec![1, 5, u64::MAX]
+        );
+        assert!(unpack_ids(&[0; 9]).is_err());
+    }
+
+    /// A database written by the first layout (a row per comment and per id) opens
+    /// with its comments, counts and dedup intact.
+    #[tokio::test]
+    async fn migrates_the_first_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = redb::Database::create(dir.path().join("danmaku.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut comments = txn.open_table(v1::COMMENTS).unwrap();
+                let mut ids = txn.open_table(v1::IDS).unwrap();
+                let mut counts = txn.open_table(COUNTS).unwrap();
+                for (vod, id, off) in [("v", 1u64, 5i64), ("v", 2, SEGMENT_MS), ("w", 3, 0)] {
+                    let r = row(vod, id, off);
+                    comments
+                        .insert(
+                            (vod, segment_of(off), off, id),
+                            r.item.encode_bytes().as_ref(),
+                        )
+                        .unwrap();
+                    ids.insert((vod, id), ()).unwrap();
+                }
+                counts.insert("v", 2).unwrap();
+                counts.insert("w", 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        assert_eq!(
+            keys(&store.read_segment("v", 0).await.unwrap()),
+            vec![(5, 1)]
+        );
+        assert_eq!(
+            keys(&store.read_segment("v", 1).await.unwrap()),
+            vec![(SEGMENT_MS, 2)]
+        );
+        assert_eq!(store.last_segment("v").await.unwrap(), Some(1));
+        store
+            .upsert_comments(&[row("v", 1, 5), row("v", 4, 6)])
+            .await
+            .unwrap();
+        assert_eq!(store.count("v").await.unwrap(), 3);
+        assert_eq!(store.read_segment("w", 0).await.unwrap()[0].item.text, "c3");
+        drop(store);
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        assert_eq!(store.count("v").await.unwrap(), 3);
     }
 }

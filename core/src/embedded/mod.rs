@@ -1,8 +1,28 @@
 //! The embedded adapters: Bus, SliceStore and ArchiveStore in one redb database
-//! under the data dir. Every write is one fsynced transaction, so whatever a call
-//! acknowledged survives kill -9. redb is blocking, so every call runs on the
-//! blocking pool (the Bus batches concurrent publishes into one transaction on a
-//! thread of its own: group commit).
+//! under the data dir. redb is blocking, so every call runs on the blocking pool
+//! (the Bus batches concurrent publishes into one transaction on a thread of its
+//! own: group commit).
+//!
+//! Durability: every write is one transaction, and every transaction is fsynced
+//! (`redb::Durability::Immediate`) before the call returns, so whatever a call
+//! acknowledged survives kill -9, with one exception: a SliceStore built with
+//! [`EmbeddedSliceStore::with_unsynced_appends`] (what [`crate::context::Context`]
+//! builds when the Bus is the embedded one) commits `append` with
+//! `Durability::None`. Such a commit is visible to readers at once but reaches the
+//! disk only with the next durable commit of this database (redb: "will not be
+//! persisted to disk unless followed by a commit with a higher durability level"),
+//! and redb commits form one history, so that durable commit persists every earlier
+//! one. Why no acknowledged comment is lost: the live writer commits the Bus
+//! offsets of a batch in a durable transaction of this database right after the
+//! batch's appends succeeded (`live/src/writer.rs`). A crash before that commit
+//! loses the appends together with the offsets and the rooms' high-water marks;
+//! the Bus then redelivers the records, which are stored again under the same seqs
+//! (seqs come from Bus offsets), so the SliceStore ends up as if nothing happened.
+//! Anything else that commits durably meanwhile (a publish, a claim, an archive
+//! upsert) only persists the appends earlier. This saves one of the two fsyncs per
+//! batch on the live path (the Bus's group commit on publish, then the append).
+//! With a Bus outside this database (Kafka), appends stay fsynced: its offsets
+//! would be committed elsewhere while the items were not yet on disk.
 
 // redb's error type is large; these functions run on the blocking pool, once per
 // transaction, so boxing it would buy nothing.

@@ -1,5 +1,23 @@
 //! The embedded SliceStore: slices, expiry queue and leased archive batches in redb,
 //! each call one transaction.
+//!
+//! Layout (chosen for the archiver's throughput; every redb insert or remove costs
+//! microseconds, so nothing here is done once per comment):
+//! - Items are stored in chunks, one per append and slice: `(room, slice start,
+//!   first seq)` → the packed items (seq, ts, data) of that append in seq order.
+//! - Each live slice has a meta row with its length, due time, size and `floor`: the
+//!   room's high-water mark when the slice was created. Chunks of the slice's name
+//!   whose first seq is at or below the floor belong to an earlier, already claimed
+//!   slice of the same name (seqs of a room only grow, so the two never mix).
+//! - Claiming a batch moves no item: it removes the slices' meta and expiry rows and
+//!   writes one lease record listing each slice with its seq range `(floor, top]`
+//!   (`top`: the room's high-water mark at the claim). The batch's items are read
+//!   straight from the chunks in those ranges, on the claim and on every redo, so a
+//!   redo returns the same contents; completing deletes those chunks and the lease.
+//!
+//! Appends commit with `Durability::None` when the store was built with
+//! [`EmbeddedSliceStore::with_unsynced_appends`] (the embedded pipeline, see
+//! `super`'s module doc for why that is safe there); every other write is fsynced.
 
 use super::EmbeddedDb;
 use crate::ports::{
@@ -8,55 +26,173 @@ use crate::ports::{
 use crate::slice::SliceRef;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
-use std::collections::BTreeMap;
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// (room, slice start, seq) -> (ts, data)
-const ITEMS: TableDefinition<(&str, i64, u64), (i64, &[u8])> = TableDefinition::new("sl_items");
-/// (room, slice start) -> (len, due, members, bytes)
-const SLICES: TableDefinition<(&str, i64), (i64, i64, u64, u64)> =
-    TableDefinition::new("sl_slices");
+/// (room, slice start, first seq) -> packed items of one append (see [`pack_items`])
+const CHUNKS: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("sl_chunks");
+/// A live slice's (len, due, members, bytes, floor).
+type SliceMeta = (i64, i64, u64, u64, u64);
+/// (room, slice start) -> [`SliceMeta`]
+const SLICES: TableDefinition<(&str, i64), SliceMeta> = TableDefinition::new("sl_slice_meta");
 /// (due, room, slice start) -> ()
 const EXPIRY: TableDefinition<(i64, &str, i64), ()> = TableDefinition::new("sl_expiry");
 /// room -> slices starting at or before this are due at once
 const MARKS: TableDefinition<&str, i64> = TableDefinition::new("sl_marks");
 /// room -> highest seq appended
 const LAST: TableDefinition<&str, u64> = TableDefinition::new("sl_last");
-/// batch id -> (lease until, slices as JSON)
-const BATCHES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_batches");
-/// (batch id, room, seq) -> (ts, data)
-const BATCH_ITEMS: TableDefinition<(u64, &str, u64), (i64, &[u8])> =
-    TableDefinition::new("sl_batch_items");
+/// batch id -> (lease until, leased slices as JSON: [`Leased`])
+const LEASES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_leases");
 /// name -> counter
 const META: TableDefinition<&str, u64> = TableDefinition::new("sl_meta");
 
+/// The tables of the first layout (an item per row, moved into a batch table when
+/// claimed); [`migrate_v1`] converts a database that still has them.
+mod v1 {
+    use redb::TableDefinition;
+    pub const ITEMS: TableDefinition<(&str, i64, u64), (i64, &[u8])> =
+        TableDefinition::new("sl_items");
+    pub const SLICES: TableDefinition<(&str, i64), (i64, i64, u64, u64)> =
+        TableDefinition::new("sl_slices");
+    pub const BATCHES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_batches");
+    pub const BATCH_ITEMS: TableDefinition<(u64, &str, u64), (i64, &[u8])> =
+        TableDefinition::new("sl_batch_items");
+}
+
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    txn.open_table(ITEMS)?;
+    txn.open_table(CHUNKS)?;
     txn.open_table(SLICES)?;
     txn.open_table(EXPIRY)?;
     txn.open_table(MARKS)?;
     txn.open_table(LAST)?;
-    txn.open_table(BATCHES)?;
-    txn.open_table(BATCH_ITEMS)?;
+    txn.open_table(LEASES)?;
     txn.open_table(META)?;
-    Ok(())
+    migrate_v1(txn)
+}
+
+/// One slice of a leased batch: its items are the chunks of `(room, start_ms)` whose
+/// first seq lies in `(floor, top]`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Leased {
+    room: String,
+    start_ms: i64,
+    len_ms: i64,
+    floor: u64,
+    top: u64,
 }
 
 /// The embedded SliceStore.
 #[derive(Clone, Debug)]
 pub struct EmbeddedSliceStore {
     db: EmbeddedDb,
+    /// Appends commit with `Durability::None` (see [`Self::with_unsynced_appends`]).
+    unsynced_appends: bool,
 }
 
 impl EmbeddedSliceStore {
+    /// A store whose every write, appends included, is one fsynced transaction.
     pub fn new(db: EmbeddedDb) -> Self {
-        Self { db }
+        Self {
+            db,
+            unsynced_appends: false,
+        }
+    }
+
+    /// Appends commit with `redb::Durability::None`: visible to readers at once, on
+    /// disk with the next durable commit of the same database. Only for the
+    /// embedded pipeline, where the live writer reads the embedded Bus of the same
+    /// [`EmbeddedDb`] and commits its offsets in a durable transaction right after
+    /// the append: that commit persists the append too, and a crash before it loses
+    /// the append together with the offsets (and the room's high-water mark), so the
+    /// Bus redelivers the records and they are stored again under the same seqs.
+    /// Never with a Bus outside this database (Kafka): its offsets would be
+    /// committed while the items are not yet on disk.
+    pub fn with_unsynced_appends(mut self) -> Self {
+        self.unsynced_appends = true;
+        self
     }
 }
 
 fn err(e: redb::Error) -> SliceError {
     SliceError::Other(e.to_string())
+}
+
+fn corrupted(what: &str) -> redb::Error {
+    redb::Error::Corrupted(format!("slice store: {what}"))
+}
+
+/// Bytes of one packed item besides its data: seq, ts and data length.
+const ITEM_HEADER: usize = 8 + 8 + 4;
+
+/// Packs items: for each, seq (u64 LE), ts (i64 LE), data length (u32 LE), data.
+fn pack_items<'a>(items: impl Iterator<Item = &'a SliceItem>, bytes: usize, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + n * ITEM_HEADER);
+    for it in items {
+        out.extend_from_slice(&it.seq.to_le_bytes());
+        out.extend_from_slice(&it.ts_ms.to_le_bytes());
+        out.extend_from_slice(&(it.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&it.data);
+    }
+    out
+}
+
+/// Calls `f(seq, ts, data range)` for every item of a packed chunk, in order.
+fn walk_items(
+    chunk: &[u8],
+    mut f: impl FnMut(u64, i64, std::ops::Range<usize>),
+) -> Result<(), redb::Error> {
+    let mut at = 0;
+    while at < chunk.len() {
+        let header = chunk
+            .get(at..at + ITEM_HEADER)
+            .ok_or_else(|| corrupted("truncated item header"))?;
+        let seq = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+        let ts_ms = i64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+        let start = at + ITEM_HEADER;
+        if chunk.len() - start < len {
+            return Err(corrupted("truncated item"));
+        }
+        f(seq, ts_ms, start..start + len);
+        at = start + len;
+    }
+    Ok(())
+}
+
+/// Calls `f` with every item of a packed chunk, in order. The items' data share
+/// `chunk`'s allocation.
+fn unpack_items(chunk: &Bytes, mut f: impl FnMut(SliceItem)) -> Result<(), redb::Error> {
+    walk_items(chunk, |seq, ts_ms, data| {
+        f(SliceItem {
+            seq,
+            ts_ms,
+            data: chunk.slice(data),
+        })
+    })
+}
+
+/// Every item of the chunks of `(room, start)` with a first seq in `first_seqs`, in
+/// seq order, each passed to `f`.
+fn read_chunks<T>(
+    chunks: &T,
+    room: &str,
+    start: i64,
+    first_seqs: std::ops::RangeInclusive<u64>,
+    mut f: impl FnMut(SliceItem),
+) -> Result<(), redb::Error>
+where
+    T: ReadableTable<(&'static str, i64, u64), &'static [u8]>,
+{
+    if first_seqs.is_empty() {
+        return Ok(());
+    }
+    let (lo, hi) = first_seqs.into_inner();
+    for e in chunks.range((room, start, lo)..=(room, start, hi))? {
+        let (_, v) = e?;
+        unpack_items(&Bytes::copy_from_slice(v.value()), &mut f)?;
+    }
+    Ok(())
 }
 
 fn due_now(
@@ -74,41 +210,177 @@ fn due_now(
     for e in range {
         let (k, v) = e?;
         let (room, start) = k.value();
-        let (len, due, members, bytes) = v.value();
-        if start <= up_to && due != 0 {
-            changes.push((room.to_string(), start, len, due, members, bytes));
+        let meta = v.value();
+        if start <= up_to && meta.1 != 0 {
+            changes.push((room.to_string(), start, meta));
         }
     }
-    for (room, start, len, due, members, bytes) in changes {
+    for (room, start, (len, due, members, bytes, floor)) in changes {
         expiry.remove((due, room.as_str(), start))?;
         expiry.insert((0, room.as_str(), start), ())?;
-        slices.insert((room.as_str(), start), (len, 0, members, bytes))?;
+        slices.insert((room.as_str(), start), (len, 0, members, bytes, floor))?;
     }
     Ok(())
 }
 
+/// The batch `id` leasing `leased`: its slices and every item of them, in (room, seq)
+/// order.
 fn read_batch(
     txn: &redb::WriteTransaction,
     id: u64,
-    slices_json: &[u8],
+    leased: &[Leased],
 ) -> Result<ArchiveBatch, redb::Error> {
-    let slices: Vec<SliceRef> = serde_json::from_slice(slices_json).unwrap_or_default();
-    let t = txn.open_table(BATCH_ITEMS)?;
-    let mut items = Vec::new();
-    for e in t.range((id, "", 0)..(id + 1, "", 0))? {
-        let (k, v) = e?;
-        let (_, room, seq) = k.value();
-        let (ts, data) = v.value();
-        items.push((
-            room.to_string(),
-            SliceItem {
-                seq,
-                ts_ms: ts,
-                data: Bytes::copy_from_slice(data),
-            },
-        ));
+    let chunks = txn.open_table(CHUNKS)?;
+    // Read room by room (then by slice start), so items come grouped by room.
+    let mut order: Vec<&Leased> = leased.iter().collect();
+    order.sort_by(|a, b| (a.room.as_str(), a.start_ms).cmp(&(b.room.as_str(), b.start_ms)));
+    let mut items: Vec<(String, SliceItem)> = Vec::new();
+    let mut i = 0;
+    while i < order.len() {
+        let room = order[i].room.as_str();
+        let mut room_items = Vec::new();
+        while i < order.len() && order[i].room == room {
+            let l = order[i];
+            read_chunks(
+                &chunks,
+                room,
+                l.start_ms,
+                l.floor.saturating_add(1)..=l.top,
+                |it| room_items.push(it),
+            )?;
+            i += 1;
+        }
+        // Slices of a room hold disjoint seqs, usually already in order.
+        if !room_items.is_sorted_by_key(|it| it.seq) {
+            room_items.sort_by_key(|it| it.seq);
+        }
+        items.reserve(room_items.len());
+        let owned = room.to_string();
+        items.extend(room_items.into_iter().map(|it| (owned.clone(), it)));
     }
-    Ok(ArchiveBatch { id, slices, items })
+    Ok(ArchiveBatch {
+        id,
+        slices: leased
+            .iter()
+            .map(|l| SliceRef {
+                room: l.room.clone(),
+                start_ms: l.start_ms,
+                len_ms: l.len_ms,
+            })
+            .collect(),
+        items,
+    })
+}
+
+fn decode_leased(json: &[u8]) -> Result<Vec<Leased>, redb::Error> {
+    serde_json::from_slice(json).map_err(|e| corrupted(&format!("lease record: {e}")))
+}
+
+/// Converts the first layout (an item per row; claimed items moved into a batch
+/// table) into chunks and lease records, in the transaction that opens the database.
+fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let old: Vec<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
+    if !old.iter().any(|n| n == v1::SLICES.name()) {
+        return Ok(());
+    }
+    let mut chunks = txn.open_table(CHUNKS)?;
+    // Leased batches: each item goes to the batch's slice of its room covering its
+    // time (the first one of the room if none does), one chunk per slice.
+    let old_batches: Vec<(u64, i64, Vec<SliceRef>)> = {
+        let t = txn.open_table(v1::BATCHES)?;
+        let mut v = Vec::new();
+        for e in t.iter()? {
+            let (k, val) = e?;
+            let (until, json) = val.value();
+            let refs: Vec<SliceRef> = serde_json::from_slice(json).unwrap_or_default();
+            v.push((k.value(), until, refs));
+        }
+        v
+    };
+    {
+        let batch_items = txn.open_table(v1::BATCH_ITEMS)?;
+        let mut leases = txn.open_table(LEASES)?;
+        for (id, until, refs) in old_batches {
+            let mut per_slice: Vec<Vec<SliceItem>> = vec![Vec::new(); refs.len()];
+            for e in batch_items.range((id, "", 0)..(id + 1, "", 0))? {
+                let (k, v) = e?;
+                let (_, room, seq) = k.value();
+                let (ts_ms, data) = v.value();
+                let of_room = |r: &&SliceRef| r.room == room;
+                let slot = refs
+                    .iter()
+                    .position(|r| of_room(&r) && r.start_ms <= ts_ms && ts_ms < r.end_ms())
+                    .or_else(|| refs.iter().position(|r| of_room(&r)));
+                if let Some(slot) = slot {
+                    per_slice[slot].push(SliceItem {
+                        seq,
+                        ts_ms,
+                        data: Bytes::copy_from_slice(data),
+                    });
+                }
+            }
+            let mut leased = Vec::with_capacity(refs.len());
+            for (r, items) in refs.iter().zip(per_slice) {
+                let (floor, top) = match (items.first(), items.last()) {
+                    (Some(first), Some(last)) => (first.seq - 1, last.seq),
+                    _ => (0, 0),
+                };
+                if let Some(first) = items.first() {
+                    let bytes = items.iter().map(|i| i.data.len()).sum();
+                    let packed = pack_items(items.iter(), bytes, items.len());
+                    chunks.insert((r.room.as_str(), r.start_ms, first.seq), packed.as_slice())?;
+                }
+                leased.push(Leased {
+                    room: r.room.clone(),
+                    start_ms: r.start_ms,
+                    len_ms: r.len_ms,
+                    floor,
+                    top,
+                });
+            }
+            let json = serde_json::to_vec(&leased).expect("lease record serializes");
+            leases.insert(id, (until, json.as_slice()))?;
+        }
+    }
+    // Live slices: one chunk each; the floor sits just below their first item (older
+    // seqs of the same name belong to the leased batches above).
+    {
+        let old_slices = txn.open_table(v1::SLICES)?;
+        let old_items = txn.open_table(v1::ITEMS)?;
+        let last = txn.open_table(LAST)?;
+        let mut slices = txn.open_table(SLICES)?;
+        for e in old_slices.iter()? {
+            let (k, v) = e?;
+            let (room, start) = k.value();
+            let (len, due, members, bytes) = v.value();
+            let mut items = Vec::new();
+            for e in old_items.range((room, start, 0)..=(room, start, u64::MAX))? {
+                let (k, v) = e?;
+                let (ts_ms, data) = v.value();
+                items.push(SliceItem {
+                    seq: k.value().2,
+                    ts_ms,
+                    data: Bytes::copy_from_slice(data),
+                });
+            }
+            let floor = match items.first() {
+                Some(first) => first.seq - 1,
+                None => last.get(room)?.map(|v| v.value()).unwrap_or(0),
+            };
+            if let Some(first) = items.first() {
+                let total = items.iter().map(|i| i.data.len()).sum();
+                let packed = pack_items(items.iter(), total, items.len());
+                chunks.insert((room, start, first.seq), packed.as_slice())?;
+            }
+            slices.insert((room, start), (len, due, members, bytes, floor))?;
+        }
+    }
+    drop(chunks);
+    txn.delete_table(v1::ITEMS)?;
+    txn.delete_table(v1::SLICES)?;
+    txn.delete_table(v1::BATCHES)?;
+    txn.delete_table(v1::BATCH_ITEMS)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -123,64 +395,72 @@ impl SliceStore for EmbeddedSliceStore {
         let room = room.to_string();
         let mut items = items.to_vec();
         items.sort_by_key(|i| i.seq);
+        let unsynced = self.unsynced_appends;
         self.db
             .run(move |db| {
-                let txn = db.begin_write()?;
+                let mut txn = db.begin_write()?;
+                if unsynced {
+                    txn.set_durability(redb::Durability::None);
+                }
                 let mut outcome = AppendOutcome::default();
                 {
                     let mut last_t = txn.open_table(LAST)?;
+                    let before = last_t.get(room.as_str())?.map(|v| v.value()).unwrap_or(0);
+                    // Seqs of a room only grow on the Bus: anything at or below the
+                    // high-water mark was stored before (a redelivery); a seq twice in
+                    // one call is stored once.
+                    let mut last = before;
+                    let mut by_slice: BTreeMap<i64, Vec<&SliceItem>> = BTreeMap::new();
+                    for it in &items {
+                        if it.seq <= last {
+                            continue;
+                        }
+                        last = it.seq;
+                        let start = SliceRef::containing(&room, it.ts_ms, slice_len_ms).start_ms;
+                        by_slice.entry(start).or_default().push(it);
+                    }
+                    if by_slice.is_empty() {
+                        drop(last_t);
+                        txn.abort()?;
+                        return Ok(outcome);
+                    }
                     let mark = txn
                         .open_table(MARKS)?
                         .get(room.as_str())?
                         .map(|v| v.value());
                     let mut slices = txn.open_table(SLICES)?;
                     let mut expiry = txn.open_table(EXPIRY)?;
-                    let mut store = txn.open_table(ITEMS)?;
-                    let mut last = last_t.get(room.as_str())?.map(|v| v.value()).unwrap_or(0);
-                    let mut touched: BTreeMap<i64, SliceStat> = BTreeMap::new();
-                    for it in &items {
-                        // Seqs of a room only grow on the Bus: anything at or below the
-                        // high-water mark was stored before (a redelivery).
-                        if it.seq <= last {
-                            continue;
-                        }
-                        let mut slice = SliceRef::containing(&room, it.ts_ms, slice_len_ms);
-                        let meta = slices
-                            .get((room.as_str(), slice.start_ms))?
-                            .map(|v| v.value());
-                        let (len, due, members, bytes) = match meta {
+                    let mut chunks = txn.open_table(CHUNKS)?;
+                    for (start, its) in by_slice {
+                        let mut slice = SliceRef::containing(&room, its[0].ts_ms, slice_len_ms);
+                        let meta = slices.get((room.as_str(), start))?.map(|v| v.value());
+                        let (len, due, members, bytes, floor) = match meta {
                             Some(m) => m,
                             None => {
-                                let due = if mark.is_some_and(|m| slice.start_ms <= m) {
+                                let due = if mark.is_some_and(|m| start <= m) {
                                     0
                                 } else {
                                     slice.due_ms(hot_retention_ms)
                                 };
-                                expiry.insert((due, room.as_str(), slice.start_ms), ())?;
-                                (slice.len_ms, due, 0, 0)
+                                expiry.insert((due, room.as_str(), start), ())?;
+                                (slice.len_ms, due, 0, 0, before)
                             }
                         };
                         slice.len_ms = len;
-                        store.insert(
-                            (room.as_str(), slice.start_ms, it.seq),
-                            (it.ts_ms, it.data.as_ref()),
-                        )?;
-                        let (members, bytes) = (members + 1, bytes + it.data.len() as u64);
-                        slices
-                            .insert((room.as_str(), slice.start_ms), (len, due, members, bytes))?;
-                        touched.insert(
-                            slice.start_ms,
-                            SliceStat {
-                                slice,
-                                members,
-                                bytes,
-                            },
-                        );
-                        last = it.seq;
-                        outcome.added += 1;
+                        let added_bytes: usize = its.iter().map(|i| i.data.len()).sum();
+                        let packed = pack_items(its.iter().copied(), added_bytes, its.len());
+                        chunks.insert((room.as_str(), start, its[0].seq), packed.as_slice())?;
+                        let members = members + its.len() as u64;
+                        let bytes = bytes + added_bytes as u64;
+                        slices.insert((room.as_str(), start), (len, due, members, bytes, floor))?;
+                        outcome.added += its.len();
+                        outcome.slices.push(SliceStat {
+                            slice,
+                            members,
+                            bytes,
+                        });
                     }
                     last_t.insert(room.as_str(), last)?;
-                    outcome.slices = touched.into_values().collect();
                 }
                 txn.commit()?;
                 Ok(outcome)
@@ -200,22 +480,46 @@ impl SliceStore for EmbeddedSliceStore {
             .run(move |db| {
                 let r = db.begin_read()?;
                 let slices = r.open_table(SLICES)?;
-                let items = r.open_table(ITEMS)?;
+                let chunks = r.open_table(CHUNKS)?;
                 let mut out = Vec::new();
                 for e in slices.range((room.as_str(), i64::MIN)..=(room.as_str(), i64::MAX))? {
-                    let start = e?.0.value().1;
-                    let from = after.saturating_add(1);
-                    for it in items
+                    let (k, v) = e?;
+                    let start = k.value().1;
+                    let floor = v.value().4;
+                    // Chunks first-seq'd at or below the floor are claimed already. The
+                    // chunk starting at or before `after` may still hold later items.
+                    let mut from = floor.saturating_add(1);
+                    if after >= from {
+                        let holder = chunks
+                            .range((room.as_str(), start, from)..=(room.as_str(), start, after))?
+                            .next_back()
+                            .transpose()?;
+                        from = match holder {
+                            Some((k, _)) => k.value().2,
+                            None => after.saturating_add(1),
+                        };
+                    }
+                    let mut taken = 0;
+                    for c in chunks
                         .range((room.as_str(), start, from)..=(room.as_str(), start, u64::MAX))?
-                        .take(limit)
                     {
-                        let (k, v) = it?;
-                        let (ts, data) = v.value();
-                        out.push(SliceItem {
-                            seq: k.value().2,
-                            ts_ms: ts,
-                            data: Bytes::copy_from_slice(data),
-                        });
+                        let (_, v) = c?;
+                        // Copies only the items returned (a chunk may hold a
+                        // large append).
+                        let chunk = v.value();
+                        walk_items(chunk, |seq, ts_ms, data| {
+                            if seq > after && taken < limit {
+                                taken += 1;
+                                out.push(SliceItem {
+                                    seq,
+                                    ts_ms,
+                                    data: Bytes::copy_from_slice(&chunk[data]),
+                                });
+                            }
+                        })?;
+                        if taken >= limit {
+                            break;
+                        }
                     }
                 }
                 out.sort_by_key(|i| i.seq);
@@ -283,9 +587,9 @@ impl SliceStore for EmbeddedSliceStore {
                 let txn = db.begin_write()?;
                 // A batch whose archiver died: hand it out again, unchanged.
                 let expired = {
-                    let batches = txn.open_table(BATCHES)?;
+                    let leases = txn.open_table(LEASES)?;
                     let mut found = None;
-                    for e in batches.iter()? {
+                    for e in leases.iter()? {
                         let (k, v) = e?;
                         let (until, json) = v.value();
                         if until <= now_ms {
@@ -296,9 +600,9 @@ impl SliceStore for EmbeddedSliceStore {
                     found
                 };
                 if let Some((id, json)) = expired {
-                    txn.open_table(BATCHES)?
-                        .insert(id, (now_ms + lease_ms, json.as_slice()))?;
-                    let batch = read_batch(&txn, id, &json)?;
+                    txn.open_table(LEASES)?
+                        .insert(id, (now_ms.saturating_add(lease_ms), json.as_slice()))?;
+                    let batch = read_batch(&txn, id, &decode_leased(&json)?)?;
                     txn.commit()?;
                     return Ok(Some(batch));
                 }
@@ -324,38 +628,44 @@ impl SliceStore for EmbeddedSliceStore {
                     meta.insert("next_batch", id + 1)?;
                     id
                 };
-                let mut refs = Vec::with_capacity(due.len());
+                let mut leased = Vec::with_capacity(due.len());
                 {
                     let mut expiry = txn.open_table(EXPIRY)?;
                     let mut slices = txn.open_table(SLICES)?;
-                    let mut items = txn.open_table(ITEMS)?;
-                    let mut bitems = txn.open_table(BATCH_ITEMS)?;
+                    let last = txn.open_table(LAST)?;
+                    let mut tops: HashMap<&str, u64> = HashMap::new();
                     for (d, room, start) in &due {
                         expiry.remove((*d, room.as_str(), *start))?;
-                        let len = slices
+                        let (len, floor) = slices
                             .remove((room.as_str(), *start))?
-                            .map(|v| v.value().0)
-                            .unwrap_or(0);
-                        refs.push(SliceRef {
+                            .map(|v| {
+                                let m = v.value();
+                                (m.0, m.4)
+                            })
+                            .unwrap_or((0, u64::MAX));
+                        // Every item of the slice is at or below the room's high-water
+                        // mark; later appends to its name start a new slice above it.
+                        let top = match tops.get(room.as_str()) {
+                            Some(t) => *t,
+                            None => {
+                                let t = last.get(room.as_str())?.map(|v| v.value()).unwrap_or(0);
+                                tops.insert(room.as_str(), t);
+                                t
+                            }
+                        };
+                        leased.push(Leased {
                             room: room.clone(),
                             start_ms: *start,
                             len_ms: len,
+                            floor: floor.min(top),
+                            top,
                         });
-                        let moved = items.extract_from_if(
-                            (room.as_str(), *start, 0)..=(room.as_str(), *start, u64::MAX),
-                            |_, _| true,
-                        )?;
-                        for e in moved {
-                            let (k, v) = e?;
-                            let (ts, data) = v.value();
-                            bitems.insert((id, room.as_str(), k.value().2), (ts, data))?;
-                        }
                     }
                 }
-                let json = serde_json::to_vec(&refs).unwrap_or_default();
-                txn.open_table(BATCHES)?
-                    .insert(id, (now_ms + lease_ms, json.as_slice()))?;
-                let batch = read_batch(&txn, id, &json)?;
+                let json = serde_json::to_vec(&leased).expect("lease record serializes");
+                txn.open_table(LEASES)?
+                    .insert(id, (now_ms.saturating_add(lease_ms), json.as_slice()))?;
+                let batch = read_batch(&txn, id, &leased)?;
                 txn.commit()?;
                 Ok(Some(batch))
             })
@@ -368,9 +678,32 @@ impl SliceStore for EmbeddedSliceStore {
             .run(move |db| {
                 let txn = db.begin_write()?;
                 {
-                    let mut bitems = txn.open_table(BATCH_ITEMS)?;
-                    bitems.retain_in((batch_id, "", 0)..(batch_id + 1, "", 0), |_, _| false)?;
-                    txn.open_table(BATCHES)?.remove(batch_id)?;
+                    let mut leases = txn.open_table(LEASES)?;
+                    let Some(leased) = leases
+                        .remove(batch_id)?
+                        .map(|v| decode_leased(v.value().1))
+                        .transpose()?
+                    else {
+                        // Completed already.
+                        drop(leases);
+                        txn.abort()?;
+                        return Ok(());
+                    };
+                    let mut chunks = txn.open_table(CHUNKS)?;
+                    for l in &leased {
+                        if l.floor >= l.top {
+                            continue;
+                        }
+                        let range = (l.room.as_str(), l.start_ms, l.floor + 1)
+                            ..=(l.room.as_str(), l.start_ms, l.top);
+                        let firsts: Vec<u64> = chunks
+                            .range(range)?
+                            .map(|e| e.map(|(k, _)| k.value().2))
+                            .collect::<Result<_, _>>()?;
+                        for first in firsts {
+                            chunks.remove((l.room.as_str(), l.start_ms, first))?;
+                        }
+                    }
                 }
                 txn.commit()?;
                 Ok(())
@@ -383,7 +716,7 @@ impl SliceStore for EmbeddedSliceStore {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                Ok(r.open_table(SLICES)?.len()? + r.open_table(BATCHES)?.len()?)
+                Ok(r.open_table(SLICES)?.len()? + r.open_table(LEASES)?.len()?)
             })
             .await
             .map_err(err)
@@ -397,7 +730,7 @@ impl SliceStore for EmbeddedSliceStore {
                 for e in r.open_table(SLICES)?.iter()? {
                     let (k, m) = e?;
                     let (room, start) = k.value();
-                    let (len, _, members, bytes) = m.value();
+                    let (len, _, members, bytes, _) = m.value();
                     v.push(SliceStat {
                         slice: SliceRef {
                             room: room.to_string(),
@@ -452,7 +785,7 @@ impl SliceStore for EmbeddedSliceStore {
                     if keys.len() == count {
                         break;
                     }
-                    let (len, _, members, bytes) = m.value();
+                    let (len, _, members, bytes, _) = m.value();
                     let slice = SliceRef {
                         room: room.to_string(),
                         start_ms: start,
@@ -481,11 +814,49 @@ impl SliceStore for EmbeddedSliceStore {
 mod tests {
     use super::*;
 
+    fn item(seq: u64, ts_ms: i64) -> SliceItem {
+        SliceItem {
+            seq,
+            ts_ms,
+            data: Bytes::from(format!("item-{seq}")),
+        }
+    }
+
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
         crate::conformance::slice_store_suite(&store).await;
+    }
+
+    #[tokio::test]
+    async fn conformance_with_unsynced_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap()).with_unsynced_appends();
+        crate::conformance::slice_store_suite(&store).await;
+    }
+
+    #[test]
+    fn items_pack_and_unpack() {
+        let items = vec![
+            item(1, -5),
+            SliceItem {
+                seq: u64::MAX,
+                ts_ms: i64::MAX,
+                data: Bytes::new(),
+            },
+            item(7, 1_764_000_000_000),
+        ];
+        let bytes = items.iter().map(|i| i.data.len()).sum();
+        let packed = Bytes::from(pack_items(items.iter(), bytes, items.len()));
+        let mut back = Vec::new();
+        unpack_items(&packed, |it| back.push(it)).unwrap();
+        assert_eq!(back, items);
+        let cut = packed.slice(..packed.len() - 1);
+        assert!(unpack_items(&cut, |_| {}).is_err());
+        let cut = packed.slice(..5);
+        assert!(unpack_items(&cut, |_| {}).is_err());
     }
 
     #[tokio::test]
@@ -505,5 +876,175 @@ mod tests {
         let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
         assert_eq!(store.read_after("r", 2, 10).await.unwrap().len(), 3);
         assert_eq!(store.last_seq("r").await.unwrap(), 5);
+    }
+
+    /// Many appends to one slice, reads from every cursor, then a claim while the
+    /// slice keeps growing under the same name: the batch holds exactly what was there
+    /// at the claim, the new slice exactly the rest, and a redo returns the same batch.
+    #[tokio::test]
+    async fn chunks_claims_and_namesakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let base = 1_700_000_000_000i64;
+        let all: Vec<_> = (1..=40).map(|s| item(s, base + s as i64)).collect();
+        for chunk in all[..30].chunks(7) {
+            store.append("r", 10_000, 0, chunk).await.unwrap();
+        }
+        for after in 0..=31 {
+            for limit in [1, 3, 100] {
+                let got = store.read_after("r", after, limit).await.unwrap();
+                let want: Vec<_> = all[..30]
+                    .iter()
+                    .filter(|i| i.seq > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, want, "after {after}, limit {limit}");
+            }
+        }
+        store.expedite_all().await.unwrap();
+        let lease = Duration::from_secs(30);
+        let b = store.claim_batch(base, 10, lease).await.unwrap().unwrap();
+        assert_eq!(
+            b.items.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            all[..30]
+        );
+        // The same slice name grows again: a new slice, above the claimed one.
+        for chunk in all[30..].chunks(4) {
+            store.append("r", 10_000, 0, chunk).await.unwrap();
+        }
+        assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all[30..]);
+        assert_eq!(store.read_after("r", 33, 2).await.unwrap(), all[33..35]);
+        assert_eq!(store.pending().await.unwrap(), 2);
+        let redo = store
+            .claim_batch(base + 31_000, 10, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(redo, b, "an expired lease comes back unchanged");
+        store.complete_batch(b.id).await.unwrap();
+        store.complete_batch(b.id).await.unwrap();
+        assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all[30..]);
+        store.expedite_all().await.unwrap();
+        let b2 = store
+            .claim_batch(base + 31_000, 10, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(b2.id, b.id);
+        assert_eq!(
+            b2.items.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            all[30..]
+        );
+        store.complete_batch(b2.id).await.unwrap();
+        assert_eq!(store.pending().await.unwrap(), 0);
+        assert!(store.read_after("r", 0, 100).await.unwrap().is_empty());
+        let r = store.db.db.begin_read().unwrap();
+        assert_eq!(r.open_table(CHUNKS).unwrap().len().unwrap(), 0);
+    }
+
+    /// A batch holds several rooms: items come grouped by room, in seq order, even
+    /// when a room's slices were claimed out of seq order.
+    #[tokio::test]
+    async fn batch_items_in_room_then_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let base = 1_700_000_000_000i64;
+        // Room b: seq 1 lands in a later slice than seq 2.
+        store
+            .append("b", 1_000, 0, &[item(1, base + 5_000), item(2, base)])
+            .await
+            .unwrap();
+        store.append("a", 1_000, 0, &[item(9, base)]).await.unwrap();
+        store.expedite_all().await.unwrap();
+        let b = store
+            .claim_batch(base, 100, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let got: Vec<(&str, u64)> = b.items.iter().map(|(r, i)| (r.as_str(), i.seq)).collect();
+        assert_eq!(got, vec![("a", 9), ("b", 1), ("b", 2)]);
+        assert_eq!(b.slices.len(), 3);
+    }
+
+    /// A database written by the first layout (an item per row, claimed items in a
+    /// batch table) opens with its live slices and leased batches intact.
+    #[tokio::test]
+    async fn migrates_the_first_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 1_700_000_000_000i64;
+        let refs = vec![SliceRef {
+            room: "r".into(),
+            start_ms: base,
+            len_ms: 10_000,
+        }];
+        {
+            let db = redb::Database::create(dir.path().join("danmaku.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                // Seqs 1-2 leased in batch 7; 3-4 live in the slice of the same name.
+                let mut items = txn.open_table(v1::ITEMS).unwrap();
+                let mut slices = txn.open_table(v1::SLICES).unwrap();
+                let mut batches = txn.open_table(v1::BATCHES).unwrap();
+                let mut bitems = txn.open_table(v1::BATCH_ITEMS).unwrap();
+                let mut expiry = txn.open_table(EXPIRY).unwrap();
+                let mut last = txn.open_table(LAST).unwrap();
+                for s in 1..=2u64 {
+                    let it = item(s, base + s as i64);
+                    bitems
+                        .insert((7, "r", s), (it.ts_ms, it.data.as_ref()))
+                        .unwrap();
+                }
+                let json = serde_json::to_vec(&refs).unwrap();
+                batches.insert(7, (0, json.as_slice())).unwrap();
+                for s in 3..=4u64 {
+                    let it = item(s, base + s as i64);
+                    items
+                        .insert(("r", base, s), (it.ts_ms, it.data.as_ref()))
+                        .unwrap();
+                }
+                slices
+                    .insert(("r", base), (10_000, base + 20_000, 2, 12))
+                    .unwrap();
+                expiry.insert((base + 20_000, "r", base), ()).unwrap();
+                last.insert("r", 4).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let live: Vec<u64> = store
+            .read_after("r", 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.seq)
+            .collect();
+        assert_eq!(live, vec![3, 4]);
+        assert_eq!(store.pending().await.unwrap(), 2);
+        let lease = Duration::from_secs(30);
+        let b = store.claim_batch(base, 1, lease).await.unwrap().unwrap();
+        assert_eq!(b.id, 7);
+        assert_eq!(b.slices, refs);
+        assert_eq!(
+            b.items.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
+            vec![item(1, base + 1), item(2, base + 2)]
+        );
+        store.complete_batch(7).await.unwrap();
+        let b = store
+            .claim_batch(base + 20_000, 1, lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.items.len(), 2);
+        assert_eq!(b.items[0].1, item(3, base + 3));
+        store.complete_batch(b.id).await.unwrap();
+        assert_eq!(store.pending().await.unwrap(), 0);
+        let r = store.db.db.begin_read().unwrap();
+        let names: Vec<String> = r
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "sl_items" || n == "sl_batches"));
     }
 }

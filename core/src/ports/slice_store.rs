@@ -74,7 +74,11 @@ pub enum SliceError {
 /// Guarantees:
 /// - `append` is idempotent: an item whose seq the room's slice already holds is
 ///   not stored again, so a Bus redelivery changes nothing. It returns only once
-///   the items are durable in the store.
+///   the items are stored and visible to readers. They are durable then too, except
+///   in an adapter set up to let a later durable commit persist them (the embedded
+///   store next to the embedded Bus, see `crate::embedded`): there a crash can lose
+///   the latest appends, but only together with the Bus offsets committed after
+///   them, so the Bus redelivers those records and they come back under the same seqs.
 /// - Reads by cursor return items in seq order, each once.
 /// - A slice enters the expiry queue when first written, due at its end plus the
 ///   hot retention (or at once if its room was expedited up to its start).
