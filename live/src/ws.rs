@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use danmaku_core::auth::{check_read_access, Claims};
 use danmaku_core::cursor::Cursor;
 use danmaku_core::error::{ApiError, ErrorCode};
@@ -28,7 +29,6 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
@@ -668,10 +668,11 @@ impl Session {
         while size < 256 * 1024 {
             match self.rx.try_recv() {
                 Ok(g) if g.kind == FrameKind::Data && g.last_seq <= last => {}
-                Ok(g) if g.kind == FrameKind::Data && {
-                    let own = self.conn.claims.is_some() && !g.withheld.is_empty();
-                    !own && g.first_seq > last
-                } =>
+                Ok(g)
+                    if g.kind == FrameKind::Data && {
+                        let own = self.conn.claims.is_some() && !g.withheld.is_empty();
+                        !own && g.first_seq > last
+                    } =>
                 {
                     let b = bytes_of(&g);
                     size += b.len();
