@@ -6,18 +6,13 @@
 
 mod common;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use common::*;
 use danmaku_archive::compact::{self, COMPACTED_FROM_KEY, COMPACTED_PREFIX};
 use danmaku_archive::{archive_once, compact_hour, drain, run, CompactError};
 use danmaku_core::model::Danmaku;
-use futures::stream::BoxStream;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::ObjectStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,77 +116,6 @@ async fn compaction_merges_an_hour_into_one_file_and_reruns_change_nothing() {
         compact::list_hours(&*ctx.objects).await.unwrap(),
         vec!["date=2025-11-24/hour=15".to_string(), DIR_16.to_string()]
     );
-}
-
-/// The local store whose deletes fail while `fail_deletes` is set: a compaction
-/// that "crashes" after writing its output and before removing its inputs.
-#[derive(Debug)]
-struct FailingDeletes {
-    inner: Arc<dyn ObjectStore>,
-    fail_deletes: AtomicBool,
-}
-
-impl std::fmt::Display for FailingDeletes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailingDeletes({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FailingDeletes {
-    async fn put_opts(
-        &self,
-        location: &ObjectPath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjectPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &ObjectPath,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
-        if self.fail_deletes.load(Ordering::SeqCst) {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "simulated crash before the deletes".into(),
-            });
-        }
-        self.inner.delete(location).await
-    }
-    fn list(
-        &self,
-        prefix: Option<&ObjectPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjectPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
-        self.inner.copy(from, to).await
-    }
-    async fn copy_if_not_exists(
-        &self,
-        from: &ObjectPath,
-        to: &ObjectPath,
-    ) -> object_store::Result<()> {
-        self.inner.copy_if_not_exists(from, to).await
-    }
 }
 
 #[tokio::test]

@@ -18,7 +18,6 @@
 
 mod common;
 
-use async_trait::async_trait;
 use common::*;
 use danmaku_archive::compact::{self, COMPACTED_PREFIX};
 use danmaku_archive::{archive_once, compact_hour, drain, run, CompactError, Context};
@@ -26,13 +25,9 @@ use danmaku_core::config::Settings;
 use danmaku_core::embedded::EmbeddedDb;
 use danmaku_core::model::Danmaku;
 use danmaku_core::testkit::S3Server;
-use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::ObjectStore;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,92 +236,6 @@ async fn a_batch_redone_on_s3_overwrites_its_object_with_the_same_rows() {
     assert_eq!(bytes(ctx.objects.clone(), first[0].clone()).await, before);
     assert_eq!(ctx.slices.pending().await.unwrap(), 0);
     assert_s3_exactly(&*ctx.objects, &c).await;
-}
-
-/// The S3 store whose deletes fail while `fail_deletes` is set: a compaction that
-/// "crashes" after writing its output and before removing its inputs.
-#[derive(Debug)]
-struct FailingDeletes {
-    inner: Arc<dyn ObjectStore>,
-    fail_deletes: AtomicBool,
-}
-
-impl std::fmt::Display for FailingDeletes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailingDeletes({})", self.inner)
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FailingDeletes {
-    async fn put_opts(
-        &self,
-        location: &ObjectPath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &ObjectPath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &ObjectPath,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-    async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
-        if self.fail_deletes.load(Ordering::SeqCst) {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "simulated crash before the deletes".into(),
-            });
-        }
-        self.inner.delete(location).await
-    }
-    fn delete_stream<'a>(
-        &'a self,
-        locations: BoxStream<'a, object_store::Result<ObjectPath>>,
-    ) -> BoxStream<'a, object_store::Result<ObjectPath>> {
-        if self.fail_deletes.load(Ordering::SeqCst) {
-            return Box::pin(locations.and_then(|_| async {
-                Err::<ObjectPath, _>(object_store::Error::Generic {
-                    store: "test",
-                    source: "simulated crash before the deletes".into(),
-                })
-            }));
-        }
-        // The S3 store's own bulk delete (one request per 1,000 keys).
-        self.inner.delete_stream(locations)
-    }
-    fn list(
-        &self,
-        prefix: Option<&ObjectPath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&ObjectPath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
-        self.inner.copy(from, to).await
-    }
-    async fn copy_if_not_exists(
-        &self,
-        from: &ObjectPath,
-        to: &ObjectPath,
-    ) -> object_store::Result<()> {
-        self.inner.copy_if_not_exists(from, to).await
-    }
 }
 
 #[tokio::test]

@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod failing;
+#[allow(unused_imports)]
+pub use failing::FailingDeletes;
+
 use async_trait::async_trait;
 use danmaku_archive::parquet_file::{self, ParquetRow};
 use danmaku_archive::Context;
