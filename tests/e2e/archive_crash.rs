@@ -74,20 +74,7 @@ print(json.dumps({"n": n, "d": d, "ids": ids}))
 /// Parquet holds exactly `sent` (id -> text), each once.
 #[track_caller]
 fn assert_parquet_once(app: &TestApp, sent: &HashMap<String, String>, what: &str) {
-    let rows = read_parquet(&app.data_dir);
-    let mut seen = HashSet::new();
-    for r in &rows {
-        assert!(
-            seen.insert(r.id.to_string()),
-            "{what}: id {} twice in Parquet",
-            r.id
-        );
-        let text = sent
-            .get(&r.id.to_string())
-            .unwrap_or_else(|| panic!("{what}: unexpected id {} in Parquet", r.id));
-        assert_eq!(&r.text, text, "{what}: text of {}", r.id);
-    }
-    assert_eq!(rows.len(), sent.len(), "{what}: Parquet row count");
+    assert_rows_once(&read_parquet(&app.data_dir), sent, what);
     let (n, distinct, ids) = duckdb_ids(&app.data_dir);
     assert_eq!(
         (n, distinct),

@@ -80,25 +80,6 @@ async fn mirror(store: &dyn ObjectStore, dir: &Path) -> Vec<String> {
     names
 }
 
-/// The rows in S3 (read through a local mirror in `dir`), each id checked to
-/// appear once and to carry the text sent.
-#[track_caller]
-fn assert_once(rows: &[ParquetRow], sent: &HashMap<String, String>, what: &str) {
-    let mut seen = HashSet::new();
-    for r in rows {
-        assert!(
-            seen.insert(r.id.to_string()),
-            "{what}: id {} twice in S3",
-            r.id
-        );
-        let text = sent
-            .get(&r.id.to_string())
-            .unwrap_or_else(|| panic!("{what}: unexpected id {} in S3", r.id));
-        assert_eq!(&r.text, text, "{what}: text of {}", r.id);
-    }
-    assert_eq!(rows.len(), sent.len(), "{what}: rows in S3");
-}
-
 /// Runs `danmaku archive compact --hour <hour>` with the server's environment.
 async fn compact_cli(app: &TestApp, hour: &str) -> String {
     let mut cmd = tokio::process::Command::new(BIN);
@@ -173,7 +154,7 @@ async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {
         if rows.iter().filter(|r| r.room == room).count() >= in_session.len() {
             let session_rows: Vec<ParquetRow> =
                 rows.into_iter().filter(|r| r.room == room).collect();
-            assert_once(&session_rows, &in_session, "while running");
+            assert_rows_once(&session_rows, &in_session, "while running");
             assert!(session_rows
                 .iter()
                 .all(|r| r.vod.as_deref() == Some(vod.as_str())));
@@ -192,7 +173,7 @@ async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {
     app.stop().await;
     let names = mirror(&*store, local.path()).await;
     let rows = read_parquet(local.path());
-    assert_once(&rows, &sent, "after SIGTERM");
+    assert_rows_once(&rows, &sent, "after SIGTERM");
     let files = parquet_files(local.path());
     let problems = crate::shutdown::schema_problems(&files);
     assert!(problems.is_empty(), "Parquet schema: {problems:#?}");
@@ -236,13 +217,13 @@ async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {
             .all(|n| n.rsplit('/').next().unwrap().starts_with("compacted-")),
         "{compacted:?}"
     );
-    assert_once(&read_parquet(local.path()), &sent, "after compaction");
+    assert_rows_once(&read_parquet(local.path()), &sent, "after compaction");
     for hour in &hours {
         let out = compact_cli(&app, hour).await;
         assert!(out.contains("(nothing to do)"), "second run: {out}");
     }
     assert_eq!(mirror(&*store, local.path()).await, compacted);
-    assert_once(&read_parquet(local.path()), &sent, "after compacting again");
+    assert_rows_once(&read_parquet(local.path()), &sent, "after compacting again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,8 +289,8 @@ async fn kill_9_after_the_first_object_went_up_to_s3_archives_each_comment_once(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_once(&read_parquet(local.path()), &sent, "after the restart");
+    assert_rows_once(&read_parquet(local.path()), &sent, "after the restart");
     app.stop().await;
     mirror(&*store, local.path()).await;
-    assert_once(&read_parquet(local.path()), &sent, "after SIGTERM");
+    assert_rows_once(&read_parquet(local.path()), &sent, "after SIGTERM");
 }

@@ -1030,6 +1030,24 @@ pub fn parquet_schema(file: &Path) -> SchemaRef {
         .clone()
 }
 
+/// `rows` (read back from the archive) are exactly `sent` (id -> text), each once.
+#[track_caller]
+pub fn assert_rows_once(rows: &[ParquetRow], sent: &HashMap<String, String>, what: &str) {
+    let mut seen = HashSet::new();
+    for r in rows {
+        assert!(
+            seen.insert(r.id.to_string()),
+            "{what}: id {} twice in the archive",
+            r.id
+        );
+        let text = sent
+            .get(&r.id.to_string())
+            .unwrap_or_else(|| panic!("{what}: unexpected id {} in the archive", r.id));
+        assert_eq!(&r.text, text, "{what}: text of {}", r.id);
+    }
+    assert_eq!(rows.len(), sent.len(), "{what}: rows in the archive");
+}
+
 /// Every row of every Parquet file under `<data_dir>/archive`.
 pub fn read_parquet(data_dir: &Path) -> Vec<ParquetRow> {
     let mut rows = Vec::new();
