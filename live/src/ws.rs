@@ -640,8 +640,13 @@ impl Session {
     /// Whether `f` goes out as the room's shared bytes (the client has none of
     /// its items yet and none of them is its own withheld comment).
     fn takes_shared(&self, f: &Frame) -> bool {
-        let own = self.conn.claims.is_some() && !f.withheld.is_empty();
-        !own && f.first_seq > self.last_sent
+        !self.may_hold_own(f) && f.first_seq > self.last_sent
+    }
+
+    /// Whether `f` may hold this (signed-in) client's own comments that the
+    /// display budget withheld from the shared bytes.
+    fn may_hold_own(&self, f: &Frame) -> bool {
+        self.conn.claims.is_some() && !f.withheld.is_empty()
     }
 
     /// Writes `first` and every further frame already waiting in the room's queue
@@ -667,12 +672,14 @@ impl Session {
         let mut size = parts[0].len();
         while size < 256 * 1024 {
             match self.rx.try_recv() {
-                Ok(g) if g.kind == FrameKind::Data && g.last_seq <= last => {}
                 Ok(g)
-                    if g.kind == FrameKind::Data && {
-                        let own = self.conn.claims.is_some() && !g.withheld.is_empty();
-                        !own && g.first_seq > last
-                    } =>
+                    if g.kind == FrameKind::Data
+                        && !self.may_hold_own(&g)
+                        && g.last_seq <= last => {}
+                Ok(g)
+                    if g.kind == FrameKind::Data
+                        && !self.may_hold_own(&g)
+                        && g.first_seq > last =>
                 {
                     let b = bytes_of(&g);
                     size += b.len();
@@ -715,7 +722,7 @@ impl Session {
     /// Writes a data frame: the shared bytes when the client has none of it yet
     /// (the common case, without any state of its own), else the boxed slow path.
     async fn write_data(&mut self, f: &Frame) -> std::io::Result<()> {
-        let own = self.conn.claims.is_some() && !f.withheld.is_empty();
+        let own = self.may_hold_own(f);
         if f.last_seq <= self.last_sent && !own {
             return Ok(());
         }
