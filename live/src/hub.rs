@@ -5,20 +5,25 @@
 //! complete WebSocket bytes (and deflated once, on first use), to every
 //! connection of the room. Long polls watch the room's last seq.
 //!
+//! Frames go into the room's frame ring (the last `queue` frames); the room's
+//! write loop ([`crate::fanout`]) writes them to the connections.
+//!
 //! The flush interval adapts to the room's audience: a frame costs one write per
 //! viewer, so a small room flushes often (low latency) and a big one less often
 //! (fewer, fuller frames): `clamp(viewers × per_viewer, min, max)`
 //! ([`HubConfig::flush_interval`]).
 
+use crate::fanout::{self, Subscriber};
 use crate::wsproto;
 use bytes::Bytes;
 use danmaku_core::cursor::Cursor;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{watch, Notify};
 
 /// One item as the hub keeps it: seq, server time, sender, kind and client JSON.
 #[derive(Clone, Debug)]
@@ -42,21 +47,9 @@ impl RingItem {
     }
 }
 
-/// What a frame is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    /// A batch of items.
-    Data,
-    /// Time for a server ping (and dead-peer check).
-    Ping,
-    /// The server is shutting down.
-    Close,
-}
-
-/// One broadcast frame, shared by every connection of the room.
+/// One batch frame, shared by every connection of the room.
 #[derive(Debug)]
 pub struct Frame {
-    pub kind: FrameKind,
     /// Seqs covered (shown, withheld and likes): the batch cursor is `last_seq`.
     pub first_seq: u64,
     pub last_seq: u64,
@@ -74,20 +67,6 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn control(kind: FrameKind, wire: Bytes) -> Self {
-        Self {
-            kind,
-            first_seq: 0,
-            last_seq: 0,
-            items: Vec::new(),
-            likes: 0,
-            withheld: Vec::new(),
-            json: Bytes::new(),
-            wire,
-            deflated: OnceLock::new(),
-        }
-    }
-
     /// The frame compressed with permessage-deflate, computed once per frame.
     pub fn deflated(&self) -> &Bytes {
         self.deflated
@@ -137,6 +116,8 @@ pub struct HubConfig {
     pub flush_per_viewer: Duration,
     /// Plain comments per second shown live.
     pub budget_per_sec: u32,
+    /// Ping interval, seconds: a connection silent for two is dead.
+    pub ping_every_secs: u64,
 }
 
 impl HubConfig {
@@ -171,12 +152,31 @@ struct State {
     last_active: Instant,
 }
 
+/// The room's last frames: frame index `base` is `ring[0]`.
+struct FrameRing {
+    base: u64,
+    ring: VecDeque<Arc<Frame>>,
+}
+
+/// The room's connections, and whether its write loop is running.
+struct Subs {
+    list: Vec<Arc<Subscriber>>,
+    loop_running: bool,
+}
+
 /// One room's hub.
 pub struct Hub {
     state: Mutex<State>,
-    tx: broadcast::Sender<Arc<Frame>>,
+    frames: Mutex<FrameRing>,
+    subs: Mutex<Subs>,
+    /// Wakes the room's write loop: a new frame, or a ping is due.
+    pub(crate) fanout_wake: Notify,
+    ping_due: AtomicBool,
+    closing: AtomicBool,
     seq: watch::Sender<u64>,
     cfg: HubConfig,
+    #[cfg(test)]
+    extra_viewers: std::sync::atomic::AtomicUsize,
 }
 
 /// What the ring can answer for "items after cursor c".
@@ -189,7 +189,6 @@ pub enum RingRead {
 
 impl Hub {
     pub fn new(cfg: HubConfig) -> Self {
-        let (tx, _) = broadcast::channel(cfg.queue.max(2));
         let (seq, _) = watch::channel(0);
         let now = Instant::now();
         Self {
@@ -206,20 +205,137 @@ impl Hub {
                 rate_at: now,
                 last_active: now,
             }),
-            tx,
+            frames: Mutex::new(FrameRing {
+                base: 1,
+                ring: VecDeque::new(),
+            }),
+            subs: Mutex::new(Subs {
+                list: Vec::new(),
+                loop_running: false,
+            }),
+            fanout_wake: Notify::new(),
+            ping_due: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             seq,
             cfg,
+            #[cfg(test)]
+            extra_viewers: Default::default(),
         }
     }
 
-    /// Subscribes to frames (call before reading any backlog).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Frame>> {
-        self.tx.subscribe()
+    fn subs(&self) -> std::sync::MutexGuard<'_, Subs> {
+        self.subs.lock().expect("hub subs lock")
+    }
+
+    fn frames(&self) -> std::sync::MutexGuard<'_, FrameRing> {
+        self.frames.lock().expect("hub frames lock")
+    }
+
+    /// Adds a connection (call before reading any backlog: it gets every frame
+    /// from the next one on) and starts the room's write loop if it is not running.
+    pub fn subscribe(self: &Arc<Self>, sub: Arc<Subscriber>) {
+        let mut subs = self.subs();
+        sub.slot.store(subs.list.len(), Ordering::Relaxed);
+        subs.list.push(sub);
+        if !subs.loop_running {
+            subs.loop_running = true;
+            tokio::spawn(fanout::run(self.clone()));
+        }
+    }
+
+    /// Removes a connection.
+    pub fn unsubscribe(&self, sub: &Arc<Subscriber>) {
+        let mut subs = self.subs();
+        let at = sub.slot.load(Ordering::Relaxed);
+        if at < subs.list.len() && Arc::ptr_eq(&subs.list[at], sub) {
+            subs.list.swap_remove(at);
+            if let Some(moved) = subs.list.get(at) {
+                moved.slot.store(at, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The room's connections now.
+    pub(crate) fn subscribers(&self) -> Vec<Arc<Subscriber>> {
+        self.subs().list.clone()
+    }
+
+    /// Called by the write loop when it found no connection: stops it unless one
+    /// arrived meanwhile.
+    pub(crate) fn stop_fanout_if_empty(&self) -> bool {
+        let mut subs = self.subs();
+        if subs.list.is_empty() {
+            subs.loop_running = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Index of the next frame to be published (a new connection starts there).
+    pub fn next_frame_index(&self) -> u64 {
+        let f = self.frames();
+        f.base + f.ring.len() as u64
+    }
+
+    /// The last (at most) `max` frames and the index of the first of them.
+    pub(crate) fn recent_frames(&self, max: usize) -> (u64, Vec<Arc<Frame>>) {
+        let f = self.frames();
+        let skip = f.ring.len().saturating_sub(max);
+        (
+            f.base + skip as u64,
+            f.ring.iter().skip(skip).cloned().collect(),
+        )
+    }
+
+    /// The frames from index `next` on; `None` if the ring no longer holds
+    /// `next` (the connection fell a whole queue behind: `gap`).
+    pub fn frames_from(&self, next: u64) -> Option<Vec<Arc<Frame>>> {
+        let f = self.frames();
+        if next < f.base {
+            return None;
+        }
+        Some(
+            f.ring
+                .iter()
+                .skip((next - f.base) as usize)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn publish(&self, frame: Arc<Frame>) {
+        {
+            let mut f = self.frames();
+            if f.ring.len() >= self.cfg.queue.max(2) {
+                f.ring.pop_front();
+                f.base += 1;
+            }
+            f.ring.push_back(frame);
+        }
+        self.fanout_wake.notify_one();
     }
 
     /// Connections watching this room.
     pub fn viewers(&self) -> usize {
-        self.tx.receiver_count()
+        #[cfg(test)]
+        let extra = self.extra_viewers.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        let extra = 0;
+        self.subs().list.len() + extra
+    }
+
+    /// Whether the server is shutting down (connections close with 1001).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn take_ping_due(&self) -> bool {
+        self.ping_due.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn ping_every_secs(&self) -> u64 {
+        self.cfg.ping_every_secs.max(1)
     }
 
     /// Watches the room's last seq (for long polls).
@@ -264,14 +380,14 @@ impl Hub {
         if st.flush_scheduled {
             return;
         }
-        let interval = self.cfg.flush_interval(self.tx.receiver_count());
+        let interval = self.cfg.flush_interval(self.viewers());
         let tnow = tokio::time::Instant::now();
         let due = st.last_flush.map_or(tnow, |t| t + interval);
         if tnow >= due {
             let frame = self.take_frame(&mut st, now);
             drop(st);
             if let Some(f) = frame {
-                let _ = self.tx.send(f);
+                self.publish(f);
             }
         } else {
             st.flush_scheduled = true;
@@ -291,7 +407,7 @@ impl Hub {
         let frame = self.take_frame(&mut st, Instant::now());
         drop(st);
         if let Some(f) = frame {
-            let _ = self.tx.send(f);
+            self.publish(f);
         }
     }
 
@@ -331,7 +447,6 @@ impl Hub {
         let wire = wsproto::encode_frame(wsproto::opcode::TEXT, &json, false);
         metrics::counter!("danmaku_live_frames_total").increment(1);
         Some(Arc::new(Frame {
-            kind: FrameKind::Data,
             first_seq,
             last_seq,
             items,
@@ -343,22 +458,20 @@ impl Hub {
         }))
     }
 
-    /// Broadcasts a ping tick (connections ping their peer and drop dead ones).
+    /// A ping tick: the write loop pings every connection and drops dead ones.
     pub fn ping(&self) {
-        if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(Frame::control(
-                FrameKind::Ping,
-                wsproto::encode_frame(wsproto::opcode::PING, b"", false),
-            )));
+        if !self.subs().list.is_empty() {
+            self.ping_due.store(true, Ordering::Relaxed);
+            self.fanout_wake.notify_one();
         }
     }
 
     /// Tells every connection to close (server shutdown).
     pub fn close(&self) {
-        let _ = self.tx.send(Arc::new(Frame::control(
-            FrameKind::Close,
-            wsproto::close_frame(1001, "server shutting down"),
-        )));
+        self.closing.store(true, Ordering::Relaxed);
+        for s in self.subscribers() {
+            s.wake.notify_one();
+        }
     }
 
     /// Items after `cursor`, if the ring covers it.
@@ -482,8 +595,7 @@ impl Hubs {
         let mut map = self.map.lock().expect("hubs lock");
         let mut gone = Vec::new();
         map.retain(|room, h| {
-            let keep =
-                h.tx.receiver_count() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
+            let keep = h.viewers() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
             if !keep {
                 gone.push(room.clone());
             }
@@ -518,6 +630,32 @@ mod tests {
         }
     }
 
+    /// Reads the room's frames the way a connection does.
+    struct Tap {
+        hub: Arc<Hub>,
+        next: u64,
+    }
+
+    impl Tap {
+        fn try_recv(&mut self) -> Result<Arc<Frame>, ()> {
+            let f = self.hub.frames_from(self.next).expect("in the ring");
+            let f = f.first().cloned().ok_or(())?;
+            self.next += 1;
+            Ok(f)
+        }
+    }
+
+    fn tap(hub: &Arc<Hub>) -> Tap {
+        Tap {
+            hub: hub.clone(),
+            next: hub.next_frame_index(),
+        }
+    }
+
+    fn set_viewers(hub: &Hub, n: usize) {
+        hub.extra_viewers.store(n, Ordering::Relaxed);
+    }
+
     fn c(id: u64) -> (u64, Danmaku) {
         (id, d(id, Kind::Comment, "u"))
     }
@@ -530,6 +668,7 @@ mod tests {
             flush_min: Duration::from_millis(flush_ms),
             flush_per_viewer: Duration::ZERO,
             budget_per_sec: budget,
+            ping_every_secs: 30,
         }
     }
 
@@ -565,7 +704,8 @@ mod tests {
     async fn the_interval_follows_the_audience_and_quiet_rooms_send_at_once() {
         // 1 ms per viewer between 2 and 50 ms.
         let hub = Arc::new(Hub::new(adaptive(2, 1000, 50)));
-        let mut rxs: Vec<_> = (0..10).map(|_| hub.subscribe()).collect();
+        let mut rxs: Vec<_> = (0..10).map(|_| tap(&hub)).collect();
+        set_viewers(&hub, 10);
         // 10 viewers: 10 ms.
         hub.deliver(&[c(1)]);
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 1);
@@ -579,7 +719,8 @@ mod tests {
         hub.deliver(&[c(3)]);
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 3);
         // 50 viewers more: 60 ms, capped at 50 ms.
-        rxs.extend((0..50).map(|_| hub.subscribe()));
+        rxs.extend((0..50).map(|_| tap(&hub)));
+        set_viewers(&hub, 60);
         tokio::time::sleep(Duration::from_millis(20)).await;
         hub.deliver(&[c(4)]);
         hub.deliver(&[c(5)]);
@@ -593,6 +734,7 @@ mod tests {
         assert_eq!(rxs[59].try_recv().unwrap().last_seq, 5);
         // The viewers leave: back to the 2 ms minimum.
         rxs.truncate(1);
+        set_viewers(&hub, 1);
         tokio::time::sleep(Duration::from_millis(60)).await;
         hub.deliver(&[c(6)]);
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 6);
@@ -625,7 +767,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn first_item_goes_at_once_then_one_frame_per_interval() {
         let hub = Arc::new(Hub::new(cfg(50, 1000)));
-        let mut rx = hub.subscribe();
+        let mut rx = tap(&hub);
         hub.deliver(&[c(1)]);
         let f = rx.try_recv().expect("first item is not delayed");
         assert_eq!((f.first_seq, f.last_seq), (1, 1));
@@ -648,7 +790,7 @@ mod tests {
             ring_size: 100,
             ..cfg(0, 2)
         }));
-        let mut rx = hub.subscribe();
+        let mut rx = tap(&hub);
         let mut batch = vec![];
         for i in 1..=5 {
             batch.push((i, d(i, Kind::Comment, &format!("u{i}"))));
@@ -684,7 +826,7 @@ mod tests {
     #[tokio::test]
     async fn frames_are_complete_websocket_bytes_and_deflate_once() {
         let hub = Arc::new(Hub::new(cfg(0, 1000)));
-        let mut rx = hub.subscribe();
+        let mut rx = tap(&hub);
         hub.deliver(&[c(1)]);
         let f = rx.try_recv().unwrap();
         assert_eq!(f.wire[0], 0x81);

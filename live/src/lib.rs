@@ -3,12 +3,15 @@
 //! - [`writer`]: Bus consumer group → SliceStore → room hubs (offsets committed
 //!   after the store write).
 //! - [`hub`]: per-room hubs: ring of recent items, one encoded frame per batch
-//!   shared by every connection, long-poll wake-ups.
+//!   shared by every connection, the room's frame ring, long-poll wake-ups.
+//! - [`fanout`]: the room's write loop: each frame written straight to every
+//!   caught-up connection, the connection's task taking over only when needed.
 //! - `ws`: `GET /v1/rooms/{room}/ws` (hello / batch / gap, `?cursor=` resume,
 //!   `send` through [`danmaku_ingest::Ingest`]).
 //! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll, next_poll_ms).
 
 pub mod bigkeys;
+pub mod fanout;
 pub mod hub;
 mod poll;
 pub mod writer;
@@ -53,6 +56,7 @@ impl Live {
             flush_min: Duration::from_millis(l.flush_min_ms),
             flush_per_viewer: Duration::from_micros(l.flush_per_viewer_us),
             budget_per_sec: l.display_budget_per_sec,
+            ping_every_secs: l.ping_interval_secs,
         };
         let hubs = Arc::new(Hubs::new(cfg, Some(ctx.notifier.clone())));
         Arc::new(Self {

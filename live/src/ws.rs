@@ -5,12 +5,18 @@
 //! slow for the room's queue; pings on the hub's tick with dead-peer detection;
 //! `send` through the ingest checks, several in flight at once.
 //!
-//! Memory: an idle connection is one small task holding the socket, a broadcast
-//! receiver and a few words of state; buffers exist only while a message is
+//! The room's frames are written by the room's write loop ([`crate::fanout`]),
+//! not by the connection's task: the task sleeps until the loop hands the socket
+//! over (a full socket, a frame it must re-encode, `gap`), the client sends
+//! something, or the server shuts down.
+//!
+//! Memory: an idle connection is one small task and its [`Subscriber`] (the
+//! socket and a few words of state); buffers exist only while a message is
 //! being read or a write is blocked, and the handshake's state lives in a boxed
 //! future freed once the connection is live.
 
-use crate::hub::{encode_batch, Frame, FrameKind, Hub, RingItem};
+use crate::fanout::Subscriber;
+use crate::hub::{encode_batch, Frame, Hub, RingItem};
 use crate::wsproto::{self, opcode, ProtocolError};
 use crate::{parse_cursor, Live};
 use axum::body::Body;
@@ -30,8 +36,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 #[derive(Deserialize)]
 pub(crate) struct WsQuery {
@@ -180,7 +185,7 @@ async fn connection(start: Box<Start>) {
 async fn open(start: Box<Start>) -> Option<Session> {
     let Start {
         on_upgrade,
-        mut conn,
+        conn,
         cursor,
         over_limit,
     } = *start;
@@ -216,32 +221,40 @@ async fn open(start: Box<Start>) -> Option<Session> {
     }
     // The room's name is shared with its hub rather than kept once per connection.
     let (room, hub) = conn.live.hubs.get_named(&conn.room);
-    conn.room = room;
-    // Subscribe before reading any backlog, so nothing falls between the two.
-    let rx = hub.subscribe();
+    // Subscribe before reading any backlog, so nothing falls between the two;
+    // the task owns the socket until hello and the backlog are out.
+    let sub = Arc::new(Subscriber::new(
+        stream,
+        conn.deflate,
+        conn.claims,
+        hub.next_frame_index(),
+        now_secs(),
+    ));
+    hub.subscribe(sub.clone());
     conn.live.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("danmaku_ws_connections").increment(1.0);
     let mut session = Session {
-        conn,
-        stream,
-        rx,
-        last_sent: 0,
-        last_heard: now_secs(),
+        live: conn.live,
+        room,
+        hub,
+        sub,
         inbound: None,
     };
     if !leftover.is_empty() {
         session.inbound().buf = leftover;
     }
-    match session.greet(&hub, cursor).await {
+    let end = match session.greet(cursor).await {
         Ok(c) => {
-            session.last_sent = c;
-            Some(session)
+            session.sub.state().last_sent = c;
+            match session.catch_up().await {
+                None => return Some(session),
+                Some(end) => end,
+            }
         }
-        Err(end) => {
-            session.end(end).await;
-            None
-        }
-    }
+        Err(end) => end,
+    };
+    session.end(end).await;
+    None
 }
 
 /// Writes all of `buf`, waiting at most `timeout` whenever the socket is full.
@@ -293,19 +306,17 @@ struct Conn {
     deflate: bool,
 }
 
-/// A live connection: the socket, the room's frames and where the client is.
-/// This (plus the small state of [`Session::serve`]) is all an idle connection
-/// holds: no read buffer, no timer (pings come from the hub's tick as a shared
-/// frame), no write buffer (writes try the socket synchronously and box the slow
-/// path).
+/// A live connection: its [`Subscriber`] (the socket and where the client is in
+/// the room's frames), the room, and what the client is sending. This (plus the
+/// small state of [`Session::serve`]) is all an idle connection holds: no read
+/// buffer, no timer (the room loop pings), no write buffer (the room loop writes
+/// the shared frames; the task's own writes box their slow path).
 struct Session {
-    conn: Conn,
-    stream: TcpStream,
-    rx: broadcast::Receiver<Arc<Frame>>,
-    /// The cursor of the last item sent.
-    last_sent: u64,
-    /// When the client was last heard from ([`now_secs`]).
-    last_heard: u32,
+    live: Arc<Live>,
+    /// The room's name, shared with its hub.
+    room: Arc<str>,
+    hub: Arc<Hub>,
+    sub: Arc<Subscriber>,
     /// What the client is sending; `None` (nothing allocated) while it is silent.
     inbound: Option<Box<Inbound>>,
 }
@@ -329,42 +340,171 @@ impl Inbound {
 
 /// Seconds since the first call: a coarse clock for the dead-peer check (4 bytes
 /// per connection instead of an `Instant`'s 16).
-fn now_secs() -> u32 {
+pub(crate) fn now_secs() -> u32 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.conn.live.connections.fetch_sub(1, Ordering::Relaxed);
+        self.hub.unsubscribe(&self.sub);
+        self.live.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("danmaku_ws_connections").decrement(1.0);
     }
 }
 
 impl Session {
-    /// Sends the close frame `end` asks for.
+    /// Takes the socket from the room loop for good and sends the close frame
+    /// `end` asks for.
     async fn end(&self, end: End) {
+        self.sub.dead.store(true, Ordering::Relaxed);
         if let End::Close(code, reason) = end {
-            let _ = write_all(
-                &self.stream,
-                &wsproto::close_frame(code, reason),
-                Duration::from_secs(1),
-            )
-            .await;
+            if self.take_socket(Duration::from_secs(1)).await.is_ok() {
+                let _ = write_all(
+                    &self.sub.stream,
+                    &wsproto::close_frame(code, reason),
+                    Duration::from_secs(1),
+                )
+                .await;
+            }
         }
     }
 
     fn write_timeout(&self) -> Duration {
-        Duration::from_millis(self.conn.live.ctx.settings.live.write_timeout_ms.max(100))
+        Duration::from_millis(self.live.ctx.settings.live.write_timeout_ms.max(100))
     }
 
+    /// Writes a text message (the task must own the socket).
     async fn send_text(&self, text: &str) -> std::io::Result<()> {
         write_all(
-            &self.stream,
+            &self.sub.stream,
             &wsproto::text_frame(text),
             self.write_timeout(),
         )
         .await
+    }
+
+    /// Takes the socket from the room loop: from here on only this task writes,
+    /// starting with whatever the loop could not finish.
+    async fn take_socket(&self, timeout: Duration) -> std::io::Result<()> {
+        let pending = {
+            let mut st = self.sub.state();
+            st.task_owns = true;
+            st.pending.take()
+        };
+        match pending {
+            Some(p) => write_all(&self.sub.stream, &p, timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes a message of the task's own (a pong, a send's reply) between the
+    /// room's frames, then gives the socket back.
+    async fn write_own(&mut self, bytes: &[u8]) -> Option<End> {
+        let t = self.write_timeout();
+        if self.take_socket(t).await.is_err()
+            || write_all(&self.sub.stream, bytes, t).await.is_err()
+        {
+            return Some(End::Quiet);
+        }
+        self.catch_up().await
+    }
+
+    /// The room loop woke this task: shutdown, a dead peer, or the socket is ours.
+    async fn on_wake(&mut self) -> Option<End> {
+        if self.hub.is_closing() {
+            return Some(End::Close(1001, "server shutting down"));
+        }
+        if self.sub.dead.load(Ordering::Relaxed) {
+            return Some(End::Quiet);
+        }
+        self.catch_up().await
+    }
+
+    /// While the task owns the socket: writes what the room loop left, then every
+    /// frame of the ring this connection has not had (re-encoded where it
+    /// already has some items, with its own withheld comments), and gives the
+    /// socket back once it is level with the ring. `gap` if the ring moved past it.
+    async fn catch_up(&mut self) -> Option<End> {
+        let t = self.write_timeout();
+        loop {
+            let (pending, next, mut last_sent) = {
+                let mut st = self.sub.state();
+                if !st.task_owns {
+                    return None;
+                }
+                (st.pending.take(), st.next, st.last_sent)
+            };
+            if let Some(p) = pending {
+                if write_all(&self.sub.stream, &p, t).await.is_err() {
+                    return Some(End::Quiet);
+                }
+            }
+            let Some(frames) = self.hub.frames_from(next) else {
+                return Some(Box::pin(self.gap(last_sent)).await);
+            };
+            if frames.is_empty() {
+                let mut st = self.sub.state();
+                // Under the lock: a frame published after this check is the room
+                // loop's to write (it sees `task_owns` false when it gets here).
+                if st.pending.is_none() && self.hub.next_frame_index() <= st.next {
+                    st.task_owns = false;
+                    return None;
+                }
+                continue;
+            }
+            if let Err(e) = self.write_frames(&frames, &mut last_sent).await {
+                tracing::debug!(error = %e, "websocket write failed");
+                return Some(End::Quiet);
+            }
+            let mut st = self.sub.state();
+            st.next = next + frames.len() as u64;
+            st.last_sent = last_sent;
+        }
+    }
+
+    /// Writes `frames` after `last_sent`: runs of frames the client takes as the
+    /// room's shared bytes in one write (≤ 256 KiB: a client that fell behind
+    /// catches up instead of falling further behind), the others re-encoded.
+    async fn write_frames(
+        &self,
+        frames: &[Arc<Frame>],
+        last_sent: &mut u64,
+    ) -> std::io::Result<()> {
+        let t = self.write_timeout();
+        let mut i = 0;
+        while i < frames.len() {
+            let mut parts: Vec<Bytes> = Vec::new();
+            let mut size = 0;
+            while i < frames.len() && size < 256 * 1024 {
+                let f = &frames[i];
+                let own = self.sub.may_hold_own(f);
+                if f.last_seq <= *last_sent && !own {
+                    i += 1;
+                } else if f.first_seq > *last_sent && !own {
+                    let b = self.sub.bytes_of(f).clone();
+                    size += b.len();
+                    parts.push(b);
+                    *last_sent = f.last_seq;
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            match parts.len() {
+                0 => {}
+                1 => write_all(&self.sub.stream, &parts[0], t).await?,
+                _ => write_all(&self.sub.stream, &parts.concat(), t).await?,
+            }
+            if let Some(f) = frames.get(i) {
+                let own = self.sub.may_hold_own(f);
+                if !(f.last_seq <= *last_sent && !own) && !(f.first_seq > *last_sent && !own) {
+                    Box::pin(self.write_data_slow(f, last_sent)).await?;
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn inbound(&mut self) -> &mut Inbound {
@@ -377,11 +517,8 @@ impl Session {
                 return end;
             }
             if let Some(pong) = self.take_pong() {
-                if write_all(&self.stream, &pong, self.write_timeout())
-                    .await
-                    .is_err()
-                {
-                    return End::Quiet;
+                if let Some(end) = Box::pin(self.write_own(&pong)).await {
+                    return end;
                 }
                 continue;
             }
@@ -389,11 +526,11 @@ impl Session {
                 None => (true, false),
                 Some(i) => (i.inflight < MAX_INFLIGHT, i.acks.is_some()),
             };
-            let stream = &self.stream;
+            let stream = &self.sub.stream;
             let inbound = &mut self.inbound;
             tokio::select! {
-                frame = self.rx.recv() => {
-                    if let Some(end) = self.on_frame(frame).await {
+                _ = self.sub.wake.notified() => {
+                    if let Some(end) = Box::pin(self.on_wake()).await {
                         return end;
                     }
                 },
@@ -417,8 +554,8 @@ impl Session {
                     inbound.as_mut().and_then(|i| i.acks.as_mut()).expect("guarded").rx.poll_recv(cx)
                 }), if acking => {
                     if let Some(reply) = reply {
-                        if Box::pin(self.send_text(&reply)).await.is_err() {
-                            return End::Quiet;
+                        if let Some(end) = Box::pin(self.write_own(&wsproto::text_frame(&reply))).await {
+                            return end;
                         }
                     }
                     let i = self.inbound();
@@ -436,8 +573,8 @@ impl Session {
     /// inbound state once nothing is pending.
     fn parse_inbound(&mut self) -> Option<End> {
         let inb = self.inbound.as_mut()?;
-        let max_msg = self.conn.live.ctx.settings.limits.max_body_bytes;
-        let deflate = self.conn.deflate;
+        let max_msg = self.live.ctx.settings.limits.max_body_bytes;
+        let deflate = self.sub.deflate;
         let mut heard = false;
         let mut result = None;
         while !inb.buf.is_empty() && result.is_none() {
@@ -488,9 +625,9 @@ impl Session {
                         });
                         inb.inflight += 1;
                         let (live, room, claims, tx) = (
-                            self.conn.live.clone(),
-                            self.conn.room.clone(),
-                            self.conn.claims.clone(),
+                            self.live.clone(),
+                            self.room.clone(),
+                            self.sub.claims.clone(),
                             acks.tx.clone(),
                         );
                         tokio::spawn(async move {
@@ -505,7 +642,7 @@ impl Session {
             inb.buf.drain(..used);
         }
         if heard {
-            self.last_heard = now_secs();
+            self.sub.last_heard.store(now_secs(), Ordering::Relaxed);
         }
         if result.is_none() && inb.is_idle() {
             self.inbound = None; // an idle connection holds no buffer
@@ -515,7 +652,7 @@ impl Session {
 
     /// The pong for a ping at the front of the inbound buffer, if there is one.
     fn take_pong(&mut self) -> Option<bytes::Bytes> {
-        let max_msg = self.conn.live.ctx.settings.limits.max_body_bytes;
+        let max_msg = self.live.ctx.settings.limits.max_body_bytes;
         let inb = self.inbound.as_mut()?;
         match wsproto::parse_client_frame(&inb.buf, max_msg) {
             Ok(Some((frame, used))) if frame.opcode == opcode::PING => {
@@ -526,26 +663,24 @@ impl Session {
         }
     }
 
-    /// A client too slow for the room's queue: `gap` with its cursor, then close.
-    async fn gap(&self, missed_frames: u64) -> End {
+    /// A client too slow for the room's queue: `gap` with its cursor (the last
+    /// item it was sent), then close.
+    async fn gap(&self, last_sent: u64) -> End {
         metrics::counter!("danmaku_ws_gaps_total").increment(1);
-        tracing::debug!(
-            room = &*self.conn.room,
-            missed_frames,
-            "slow websocket client gets gap"
-        );
-        let gap = json!({"type": "gap", "cursor": Cursor(self.last_sent).encode()}).to_string();
+        tracing::debug!(room = &*self.room, "slow websocket client gets gap");
+        let gap = json!({"type": "gap", "cursor": Cursor(last_sent).encode()}).to_string();
         let _ = self.send_text(&gap).await;
         End::Close(1008, "too slow; resume from the gap cursor")
     }
 
     /// Sends hello and the backlog; returns the cursor the live frames continue from.
-    async fn greet(&self, hub: &Hub, cursor: Option<u64>) -> Result<u64, End> {
-        let Ok((hello_cursor, backlog)) = self.start(hub, cursor).await else {
+    async fn greet(&self, cursor: Option<u64>) -> Result<u64, End> {
+        let Ok((hello_cursor, backlog)) = self.start(&self.hub, cursor).await else {
             return Err(End::Close(1011, "backend unavailable"));
         };
-        let hello = json!({"type": "hello", "room": &*self.conn.room, "cursor": Cursor(hello_cursor).encode()})
-            .to_string();
+        let hello =
+            json!({"type": "hello", "room": &*self.room, "cursor": Cursor(hello_cursor).encode()})
+                .to_string();
         if self.send_text(&hello).await.is_err() {
             return Err(End::Quiet);
         }
@@ -565,8 +700,8 @@ impl Session {
         hub: &Hub,
         cursor: Option<u64>,
     ) -> Result<(u64, Vec<RingItem>), ApiError> {
-        let live = &self.conn.live;
-        let room = &*self.conn.room;
+        let live = &self.live;
+        let room = &*self.room;
         match cursor {
             Some(c) => {
                 let mut all = Vec::new();
@@ -599,170 +734,26 @@ impl Session {
         }
     }
 
-    /// Handles one frame (or lag) from the room; `Some` when the connection ends.
-    async fn on_frame(&mut self, frame: Result<Arc<Frame>, RecvError>) -> Option<End> {
-        match frame {
-            Ok(f) => match f.kind {
-                FrameKind::Data => {
-                    if self.takes_shared(&f) {
-                        return Box::pin(self.write_coalesced(f)).await;
-                    }
-                    if let Err(e) = self.write_data(&f).await {
-                        tracing::debug!(error = %e, "websocket write failed");
-                        return Some(End::Quiet);
-                    }
-                    None
-                }
-                FrameKind::Ping => {
-                    let ping_every = self.conn.live.ctx.settings.live.ping_interval_secs.max(1);
-                    if u64::from(now_secs().saturating_sub(self.last_heard)) > ping_every * 2 {
-                        metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
-                        return Some(End::Quiet);
-                    }
-                    if write_all(&self.stream, &f.wire, self.write_timeout())
-                        .await
-                        .is_err()
-                    {
-                        return Some(End::Quiet);
-                    }
-                    None
-                }
-                FrameKind::Close => {
-                    let _ = write_all(&self.stream, &f.wire, Duration::from_secs(1)).await;
-                    Some(End::Quiet)
-                }
-            },
-            Err(RecvError::Lagged(n)) => Some(Box::pin(self.gap(n)).await),
-            Err(RecvError::Closed) => Some(End::Close(1001, "room closed")),
-        }
-    }
-
-    /// Whether `f` goes out as the room's shared bytes (the client has none of
-    /// its items yet and none of them is its own withheld comment).
-    fn takes_shared(&self, f: &Frame) -> bool {
-        !self.may_hold_own(f) && f.first_seq > self.last_sent
-    }
-
-    /// Whether `f` may hold this (signed-in) client's own comments that the
-    /// display budget withheld from the shared bytes.
-    fn may_hold_own(&self, f: &Frame) -> bool {
-        self.conn.claims.is_some() && !f.withheld.is_empty()
-    }
-
-    /// Writes `first` and every further frame already waiting in the room's queue
-    /// that also goes out as shared bytes, in one write: when the server falls
-    /// behind, a connection finds several frames queued, and one write (one
-    /// packet) instead of one per frame lets it catch up instead of falling
-    /// further behind. A frame taken from the queue that cannot join is handled
-    /// after the write.
-    async fn write_coalesced(&mut self, first: Arc<Frame>) -> Option<End> {
-        use tokio::sync::broadcast::error::TryRecvError;
-        let deflate = self.conn.deflate;
-        let bytes_of = |f: &Frame| -> Bytes {
-            if deflate {
-                f.deflated().clone()
-            } else {
-                f.wire.clone()
-            }
-        };
-        let mut parts: Vec<Bytes> = vec![bytes_of(&first)];
-        let mut last = first.last_seq;
-        let mut rest: Option<Result<Arc<Frame>, RecvError>> = None;
-        // Bounded: at most a queue's worth of frames and 256 KiB per write.
-        let mut size = parts[0].len();
-        while size < 256 * 1024 {
-            match self.rx.try_recv() {
-                Ok(g)
-                    if g.kind == FrameKind::Data
-                        && !self.may_hold_own(&g)
-                        && g.last_seq <= last => {}
-                Ok(g)
-                    if g.kind == FrameKind::Data
-                        && !self.may_hold_own(&g)
-                        && g.first_seq > last =>
-                {
-                    let b = bytes_of(&g);
-                    size += b.len();
-                    parts.push(b);
-                    last = g.last_seq;
-                }
-                Ok(g) => {
-                    rest = Some(Ok(g));
-                    break;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(n)) => {
-                    rest = Some(Err(RecvError::Lagged(n)));
-                    break;
-                }
-                Err(TryRecvError::Closed) => {
-                    rest = Some(Err(RecvError::Closed));
-                    break;
-                }
-            }
-        }
-        let written = if parts.len() == 1 {
-            write_all(&self.stream, &parts[0], self.write_timeout()).await
-        } else {
-            let joined: Vec<u8> = parts.concat();
-            write_all(&self.stream, &joined, self.write_timeout()).await
-        };
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "websocket write failed");
-            return Some(End::Quiet);
-        }
-        self.last_sent = last;
-        drop(parts);
-        match rest {
-            Some(r) => Box::pin(self.on_frame(r)).await,
-            None => None,
-        }
-    }
-
-    /// Writes a data frame: the shared bytes when the client has none of it yet
-    /// (the common case, without any state of its own), else the boxed slow path.
-    async fn write_data(&mut self, f: &Frame) -> std::io::Result<()> {
-        let own = self.may_hold_own(f);
-        if f.last_seq <= self.last_sent && !own {
-            return Ok(());
-        }
-        if f.first_seq > self.last_sent && !own {
-            let bytes = if self.conn.deflate {
-                f.deflated()
-            } else {
-                &f.wire
-            };
-            write_all(&self.stream, bytes, self.write_timeout()).await?;
-            self.last_sent = f.last_seq;
-            return Ok(());
-        }
-        Box::pin(self.write_data_slow(f)).await
-    }
-
     /// A re-encoded remainder when the client already has part of the frame (right
     /// after a resume), plus its own comments the display budget held back.
-    async fn write_data_slow(&mut self, f: &Frame) -> std::io::Result<()> {
-        if f.last_seq > self.last_sent {
-            if f.first_seq > self.last_sent {
-                let bytes = if self.conn.deflate {
-                    f.deflated()
-                } else {
-                    &f.wire
-                };
-                write_all(&self.stream, bytes, self.write_timeout()).await?;
+    async fn write_data_slow(&self, f: &Frame, last_sent: &mut u64) -> std::io::Result<()> {
+        if f.last_seq > *last_sent {
+            if f.first_seq > *last_sent {
+                let bytes = self.sub.bytes_of(f);
+                write_all(&self.sub.stream, bytes, self.write_timeout()).await?;
             } else {
                 let rest: Vec<RingItem> = f
                     .items
                     .iter()
-                    .filter(|i| i.seq > self.last_sent)
+                    .filter(|i| i.seq > *last_sent)
                     .cloned()
                     .collect();
                 let text = crate::hub::encode_batch_with(&rest, f.last_seq, 0);
                 self.send_text(&text).await?;
             }
-            self.last_sent = f.last_seq;
+            *last_sent = f.last_seq;
         }
-        if let Some(me) = &self.conn.claims {
+        if let Some(me) = &self.sub.claims {
             let mine: Vec<RingItem> = f
                 .withheld
                 .iter()

@@ -266,7 +266,12 @@ impl BusConsumer for EmbeddedConsumer {
         let upto = upto.to_vec();
         self.db
             .run(move |db| {
-                let txn = db.begin_write()?;
+                let mut txn = db.begin_write()?;
+                // Offsets are not acknowledged data: a commit lost to a crash only
+                // redelivers records, which every SliceStore stores idempotently
+                // by seq. It reaches the disk with the next durable commit of
+                // this database (the next publish's group commit).
+                txn.set_durability(redb::Durability::None);
                 {
                     let mut c = txn.open_table(COMMITS)?;
                     let mut log = txn.open_table(LOG)?;

@@ -15,6 +15,7 @@
 //! one. Why no acknowledged comment is lost: the live writer commits the Bus
 //! offsets of a batch in a durable transaction of this database right after the
 //! batch's appends succeeded (`live/src/writer.rs`). A crash before that commit
+//! (or, since that commit is not fsynced either, before the next durable commit)
 //! loses the appends together with the offsets and the rooms' high-water marks;
 //! the Bus then redelivers the records, which are stored again under the same seqs
 //! (seqs come from Bus offsets), so the SliceStore ends up as if nothing happened.
@@ -23,6 +24,14 @@
 //! batch on the live path (the Bus's group commit on publish, then the append).
 //! With a Bus outside this database (Kafka), appends stay fsynced: its offsets
 //! would be committed elsewhere while the items were not yet on disk.
+//!
+//! The embedded Bus's consumer offsets also commit with `Durability::None`: an
+//! offset is not acknowledged data, and a commit lost to a crash rolls back
+//! together with everything the writer did after the last durable commit (the
+//! appends, the high-water marks), so the Bus redelivers those records and they
+//! are stored again under the same seqs. Every publish is a durable group commit,
+//! so offsets reach the disk within one publish. Together: one fsync per group of
+//! publishes on the live path, none per writer batch.
 
 // redb's error type is large; these functions run on the blocking pool, once per
 // transaction, so boxing it would buy nothing.

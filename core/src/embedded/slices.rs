@@ -102,10 +102,11 @@ impl EmbeddedSliceStore {
     /// Appends commit with `redb::Durability::None`: visible to readers at once, on
     /// disk with the next durable commit of the same database. Only for the
     /// embedded pipeline, where the live writer reads the embedded Bus of the same
-    /// [`EmbeddedDb`] and commits its offsets in a durable transaction right after
-    /// the append: that commit persists the append too, and a crash before it loses
-    /// the append together with the offsets (and the room's high-water mark), so the
-    /// Bus redelivers the records and they are stored again under the same seqs.
+    /// [`EmbeddedDb`] and commits its offsets in the same database right after
+    /// the append; the next durable commit (a publish) persists both, and a crash
+    /// before it loses the append together with the offsets (and the room's
+    /// high-water mark), so the Bus redelivers the records and they are stored
+    /// again under the same seqs.
     /// Never with a Bus outside this database (Kafka): its offsets would be
     /// committed while the items are not yet on disk.
     pub fn with_unsynced_appends(mut self) -> Self {

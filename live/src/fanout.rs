@@ -1,0 +1,303 @@
+//! The room's write loop: one task per room with viewers writes each new frame
+//! straight to every caught-up connection's socket, a bounded number of writes
+//! between yields, instead of waking one task per connection per frame.
+//!
+//! Why: a frame to 5,000 viewers is 5,000 `send(2)` calls. With one task per
+//! connection, every frame put 5,000 tasks on the runtime's queue, and every
+//! other task (the publisher's socket, ingest, the Bus, the writer, the notifier:
+//! the path of the *next* comments) waited behind all of them, once per hop.
+//! Here the run queue stays short: the room's loop yields every
+//! [`WRITES_PER_YIELD`] writes, so the pipeline runs between slices of the
+//! round, and a connection's own task only wakes when it has to (a socket that
+//! is full, a frame it must see re-encoded, a ping it must answer, shutdown).
+//!
+//! Who writes: each connection's [`WriteState`] says whether its task owns the
+//! socket (`task_owns`). The room loop writes only to connections whose task
+//! does not; it never waits. A write that would block (or only partly goes
+//! through) hands the socket to the connection's task with what is left
+//! (`pending`), and the task writes it with the write timeout, catches up from
+//! the room's frame ring (or sends `gap` if the ring moved past it), then gives
+//! the socket back. Both sides change `task_owns` only under the state's lock,
+//! and the task gives the socket back only when the ring holds no frame it has
+//! not written, so no frame is written twice, skipped, or interleaved.
+
+use crate::hub::{Frame, Hub};
+use bytes::Bytes;
+use danmaku_core::auth::Claims;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Socket writes of the room loop between two yields to the runtime.
+pub const WRITES_PER_YIELD: usize = 64;
+/// Frames one write of the room loop may carry (a connection further behind is
+/// caught up by its own task).
+const MAX_FRAMES_PER_WRITE: usize = 16;
+
+/// Where a connection is in the room's frames, and who may write to its socket.
+#[derive(Debug, Default)]
+pub struct WriteState {
+    /// Index of the next frame of the room this connection needs.
+    pub next: u64,
+    /// Seq of the last item this connection was sent (its cursor).
+    pub last_sent: u64,
+    /// The connection's task owns the socket: the room loop leaves it alone.
+    pub task_owns: bool,
+    /// Bytes the room loop could not write; the task writes them first.
+    pub pending: Option<Bytes>,
+}
+
+/// One connection as the room loop sees it.
+pub struct Subscriber {
+    /// The connection's socket (the task reads from it; both sides write).
+    pub stream: TcpStream,
+    /// permessage-deflate was negotiated: write the deflated frames.
+    pub deflate: bool,
+    /// The signed-in client's claims (its own withheld comments go to it).
+    pub claims: Option<Arc<Claims>>,
+    state: Mutex<WriteState>,
+    /// The room loop asks the connection's task to take over (or to end).
+    pub wake: Notify,
+    /// When the client was last heard from ([`crate::ws`]'s coarse seconds).
+    pub last_heard: AtomicU32,
+    /// Found dead by the ping check: the task ends the connection.
+    pub dead: AtomicBool,
+    /// Position in the room's subscriber list (for O(1) removal).
+    pub(crate) slot: AtomicUsize,
+}
+
+impl Subscriber {
+    /// A connection that starts at frame `next`, its task owning the socket
+    /// (it sends hello and the backlog first).
+    pub fn new(
+        stream: TcpStream,
+        deflate: bool,
+        claims: Option<Arc<Claims>>,
+        next: u64,
+        now: u32,
+    ) -> Self {
+        Self {
+            stream,
+            deflate,
+            claims,
+            state: Mutex::new(WriteState {
+                next,
+                last_sent: 0,
+                task_owns: true,
+                pending: None,
+            }),
+            wake: Notify::new(),
+            last_heard: AtomicU32::new(now),
+            dead: AtomicBool::new(false),
+            slot: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// The write state (short critical sections only; never held across an await).
+    pub fn state(&self) -> MutexGuard<'_, WriteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `f` may hold this (signed-in) client's own comments that the
+    /// display budget withheld from the shared bytes.
+    pub fn may_hold_own(&self, f: &Frame) -> bool {
+        self.claims.is_some() && !f.withheld.is_empty()
+    }
+
+    /// The bytes of `f` this connection takes.
+    pub fn bytes_of<'a>(&self, f: &'a Frame) -> &'a Bytes {
+        if self.deflate {
+            f.deflated()
+        } else {
+            &f.wire
+        }
+    }
+
+    /// Gives the socket to the task and wakes it.
+    fn hand_off(&self, mut st: MutexGuard<'_, WriteState>) {
+        st.task_owns = true;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The room loop's write of `frames` (the ring from index `base`, newest
+    /// last) to this connection, if its task does not own the socket. Returns
+    /// whether a write was attempted.
+    fn serve(&self, base: u64, frames: &[Arc<Frame>]) -> bool {
+        let mut st = self.state();
+        let newest = base + frames.len() as u64; // one past the newest
+        if st.task_owns || st.next >= newest || self.dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        if st.next < base {
+            // Behind the snapshot: the task catches up (or sends gap).
+            self.hand_off(st);
+            return false;
+        }
+        let todo = &frames[(st.next - base) as usize..];
+        if todo.len() > MAX_FRAMES_PER_WRITE {
+            self.hand_off(st);
+            return false;
+        }
+        let mut slices: [IoSlice<'_>; MAX_FRAMES_PER_WRITE] =
+            [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+        let mut n = 0;
+        let mut total = 0;
+        let mut last = st.last_sent;
+        for f in todo {
+            if f.last_seq <= last && !self.may_hold_own(f) {
+                continue; // already sent (right after a resume)
+            }
+            if f.first_seq <= last || self.may_hold_own(f) {
+                // Needs its own bytes: the task re-encodes.
+                self.hand_off(st);
+                return false;
+            }
+            let b = self.bytes_of(f);
+            slices[n] = IoSlice::new(b);
+            n += 1;
+            total += b.len();
+            last = f.last_seq;
+        }
+        if n == 0 {
+            st.next = newest;
+            return false;
+        }
+        let written = match self.stream.try_write_vectored(&slices[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                // The task finds the socket broken on its next write or read.
+                self.dead.store(true, Ordering::Relaxed);
+                self.hand_off(st);
+                return true;
+            }
+        };
+        if written == 0 {
+            // Nothing went: the task writes these frames itself once it can.
+            self.hand_off(st);
+            return true;
+        }
+        st.next = newest;
+        st.last_sent = last;
+        if written < total {
+            st.pending = Some(rest_of(&slices[..n], written));
+            self.hand_off(st);
+        }
+        true
+    }
+
+    /// Writes a ping frame if the room loop owns the socket; hands a partial
+    /// write over like a frame's.
+    fn ping(&self, ping: &Bytes) -> bool {
+        let mut st = self.state();
+        if st.task_owns {
+            return false;
+        }
+        match self.stream.try_write(ping) {
+            Ok(w) if w == ping.len() => {}
+            Ok(w) => {
+                st.pending = Some(ping.slice(w..));
+                self.hand_off(st);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                self.dead.store(true, Ordering::Relaxed);
+                self.hand_off(st);
+            }
+        }
+        true
+    }
+}
+
+/// The bytes of `slices` after the first `written`.
+fn rest_of(slices: &[IoSlice<'_>], mut written: usize) -> Bytes {
+    let mut out = Vec::new();
+    for s in slices {
+        if written >= s.len() {
+            written -= s.len();
+            continue;
+        }
+        out.extend_from_slice(&s[written..]);
+        written = 0;
+    }
+    Bytes::from(out)
+}
+
+/// The room loop: runs while the room has viewers. Each round writes every frame
+/// published since the last round to every connection the loop owns.
+pub async fn run(hub: Arc<Hub>) {
+    loop {
+        // Registered before looking, so a frame published during the round
+        // starts another one.
+        let work = hub.fanout_wake.notified();
+        tokio::pin!(work);
+        work.as_mut().enable();
+        let subs = hub.subscribers();
+        if subs.is_empty() && hub.stop_fanout_if_empty() {
+            return;
+        }
+        if hub.take_ping_due() {
+            ping_round(&hub, &subs).await;
+        }
+        let (base, frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
+        let end = base + frames.len() as u64;
+        if !frames.is_empty() {
+            let mut writes = 0usize;
+            for s in &subs {
+                if s.serve(base, &frames) {
+                    writes += 1;
+                    if writes % WRITES_PER_YIELD == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        }
+        drop(frames);
+        drop(subs);
+        if hub.next_frame_index() == end {
+            work.await;
+        }
+    }
+}
+
+/// Dead-peer check and pings for every connection of the room.
+async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
+    let every = hub.ping_every_secs();
+    let now = crate::ws::now_secs();
+    let ping = crate::wsproto::encode_frame(crate::wsproto::opcode::PING, b"", false);
+    let mut writes = 0usize;
+    for s in subs {
+        if u64::from(now.saturating_sub(s.last_heard.load(Ordering::Relaxed))) > every * 2 {
+            if !s.dead.swap(true, Ordering::Relaxed) {
+                metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
+                s.wake.notify_one();
+            }
+            continue;
+        }
+        if s.ping(&ping) {
+            writes += 1;
+            if writes % WRITES_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_of_skips_what_was_written_across_slices() {
+        let (a, b, c) = (b"abc".to_vec(), b"de".to_vec(), b"fgh".to_vec());
+        let s = [IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)];
+        assert_eq!(&rest_of(&s, 0)[..], b"abcdefgh");
+        assert_eq!(&rest_of(&s, 2)[..], b"cdefgh");
+        assert_eq!(&rest_of(&s, 3)[..], b"defgh");
+        assert_eq!(&rest_of(&s, 4)[..], b"efgh");
+        assert_eq!(&rest_of(&s, 7)[..], b"h");
+    }
+}
