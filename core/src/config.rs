@@ -383,11 +383,20 @@ impl Default for ReplaySettings {
 pub struct BusSettings {
     /// Partitions of the embedded log (a room always maps to one).
     pub partitions: u32,
+    /// Shortest time between two group commits of the embedded Bus, ms: a publish
+    /// that arrives sooner waits for the rest of it and shares the next commit's
+    /// fsync (one fsync per publish costs a core dearly at 1,000 sends/s). A
+    /// publish after a quiet interval commits at once. 0 = commit whatever is
+    /// queued as soon as the previous commit is done.
+    pub group_commit_ms: u64,
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
-        Self { partitions: 4 }
+        Self {
+            partitions: 4,
+            group_commit_ms: 5,
+        }
     }
 }
 

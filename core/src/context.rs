@@ -73,7 +73,14 @@ impl Context {
                     })?,
             )
         } else {
-            Arc::new(EmbeddedBus::open(db.clone(), settings.bus.partitions).map_err(embedded_err)?)
+            Arc::new(
+                EmbeddedBus::open_with(
+                    db.clone(),
+                    settings.bus.partitions,
+                    std::time::Duration::from_millis(settings.bus.group_commit_ms),
+                )
+                .map_err(embedded_err)?,
+            )
         };
 
         // SliceStore and Notifier: Redis Cluster when redis.cluster is set, else Redis
