@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # pipeline_latency.sh -- send -> viewer latency through Kafka and Redis.
-# Starts a redis-server and a librdkafka mock cluster (3 brokers, in a process of
-# its own; DANMAKU_TEST_KAFKA=host:port uses a real broker instead, whose topic
-# must exist), then runs ../shared/bench/ws_fanout.sh against
-# `danmaku serve` configured with kafka.brokers and redis.url: C viewers of one
-# room, one publisher sending M comments/s over its WebSocket for T s, RUNS runs,
-# fresh server each run. Prints ws_fanout's line per run and the medians.
+# Per run: starts a fresh redis-server and a fresh librdkafka mock cluster (3
+# brokers, in a process of its own; DANMAKU_TEST_KAFKA=host:port uses a real
+# broker instead, whose topic must exist) and a fresh data dir, then runs
+# ../shared/bench/ws_fanout.sh against `danmaku serve` configured with
+# kafka.brokers and redis.url: C viewers of one room, one publisher sending M
+# comments/s over its WebSocket for T s. Prints ws_fanout's line per run and the
+# medians. Fresh Kafka per run: a server stopped by ws_fanout (SIGTERM, SIGKILL
+# after 5 s) may leave its consumer in the group `live-writer`, and the next
+# run's writer would then stall in a rebalance when that member expires.
+#
+# Placement: the server is pinned to CPU 0 and wsload to CPU 1 by ws_fanout.sh;
+# REDIS_CPUS (default 1) and KAFKA_CPUS (default 1) place Redis and the mock
+# brokers, which stand for other machines in production (0 puts them on the
+# server's core, as the run of 2026-11-24 did).
 # Run from the project root:  bash infra/bench/pipeline_latency.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +25,8 @@ RUNS=${RUNS:-3}
 PORT=${PORT:-8093}            # the danmaku server (ws_fanout's custom port)
 FLUSH_MS=${FLUSH_MS:-}        # live.flush_ms for the run (empty = the default)
 FETCH_WAIT_MS=${FETCH_WAIT_MS:-} # kafka.fetch_wait_max_ms (empty = the default)
+REDIS_CPUS=${REDIS_CPUS:-1}
+KAFKA_CPUS=${KAFKA_CPUS:-1}
 BENCH=${BENCH:-../shared/bench}
 SECRET=bench-secret-$$
 
@@ -27,37 +37,41 @@ WORK=$(mktemp -d)
 . "$BENCH/lib.sh"
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do stop_pid "$p"; done; rm -rf "$WORK"; }
+stop_all() { for p in "${pids[@]}"; do stop_pid "$p"; done; pids=(); }
+cleanup() { stop_all; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-taskset -c 0 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$WORK" >"$WORK/redis.log" 2>&1 &
-pids+=($!)
-TOPIC=danmaku.bench.$$
-if [ -n "${DANMAKU_TEST_KAFKA:-}" ]; then
-  BROKERS=$DANMAKU_TEST_KAFKA; KAFKA_KIND="external broker $BROKERS"
-else
-  target/release/examples/mock_kafka "$TOPIC" 12 >"$WORK/kafka.out" 2>"$WORK/kafka.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q bootstrap= "$WORK/kafka.out" 2>/dev/null && break; sleep 0.1; done
-  BROKERS=$(sed -n 's/^bootstrap=//p' "$WORK/kafka.out")
-  KAFKA_KIND="librdkafka mock cluster (3 brokers, own process)"
-fi
-wait_port "$RPORT" "${pids[0]}" 10
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-ENV="DANMAKU_AUTH__SECRET=$SECRET DANMAKU_SERVER__DEMO=false DANMAKU_KAFKA__BROKERS=$BROKERS"
-ENV="$ENV DANMAKU_KAFKA__TOPIC=$TOPIC DANMAKU_REDIS__URL=redis://127.0.0.1:$RPORT/"
-ENV="$ENV DANMAKU_LIVE__DISPLAY_BUDGET_PER_SEC=1000000 DANMAKU_LIMITS__ROOM_PER_SEC=100000"
-ENV="$ENV DANMAKU_LIMITS__ROOM_BURST=100000"
-[ -n "$FLUSH_MS" ] && ENV="$ENV DANMAKU_LIVE__FLUSH_MS=$FLUSH_MS"
-[ -n "$FETCH_WAIT_MS" ] && ENV="$ENV DANMAKU_KAFKA__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS"
-TOKEN=$(env $ENV "$BIN" token --user bench --role service --data-dir "$WORK/data")
-
-echo "# pipeline_latency C=$C M=$M T=$T RUNS=$RUNS bus=$KAFKA_KIND redis=$(redis-server --version | awk '{print $3}') flush_ms=${FLUSH_MS:-default} fetch_wait_max_ms=${FETCH_WAIT_MS:-default}" >&2
+echo "# pipeline_latency C=$C M=$M T=$T RUNS=$RUNS redis=$(redis-server --version | awk '{print $3}') redis_cpus=$REDIS_CPUS kafka_cpus=$KAFKA_CPUS flush_ms=${FLUSH_MS:-default} fetch_wait_max_ms=${FETCH_WAIT_MS:-default}" >&2
 lines=()
 for r in $(seq "$RUNS"); do
-  line=$(CUSTOM_CMD="env $ENV RUST_LOG=warn $BIN serve --listen 127.0.0.1:$PORT --data-dir $WORK/data" \
+  RUN=$WORK/run$r
+  mkdir -p "$RUN"
+  RPORT=$(free_port)
+  taskset -c "$REDIS_CPUS" redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$RUN" >"$RUN/redis.log" 2>&1 &
+  pids+=($!)
+  TOPIC=danmaku.bench.$$.$r
+  if [ -n "${DANMAKU_TEST_KAFKA:-}" ]; then
+    BROKERS=$DANMAKU_TEST_KAFKA; KAFKA_KIND="external broker $BROKERS"
+  else
+    taskset -c "$KAFKA_CPUS" target/release/examples/mock_kafka "$TOPIC" 12 >"$RUN/kafka.out" 2>"$RUN/kafka.log" &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q bootstrap= "$RUN/kafka.out" 2>/dev/null && break; sleep 0.1; done
+    BROKERS=$(sed -n 's/^bootstrap=//p' "$RUN/kafka.out")
+    KAFKA_KIND="librdkafka mock cluster (3 brokers, own process)"
+  fi
+  wait_port "$RPORT" "${pids[0]}" 10
+  ENV="DANMAKU_AUTH__SECRET=$SECRET DANMAKU_SERVER__DEMO=false DANMAKU_KAFKA__BROKERS=$BROKERS"
+  ENV="$ENV DANMAKU_KAFKA__TOPIC=$TOPIC DANMAKU_REDIS__URL=redis://127.0.0.1:$RPORT/"
+  ENV="$ENV DANMAKU_LIVE__DISPLAY_BUDGET_PER_SEC=1000000 DANMAKU_LIMITS__ROOM_PER_SEC=100000"
+  ENV="$ENV DANMAKU_LIMITS__ROOM_BURST=100000"
+  [ -n "$FLUSH_MS" ] && ENV="$ENV DANMAKU_LIVE__FLUSH_MS=$FLUSH_MS"
+  [ -n "$FETCH_WAIT_MS" ] && ENV="$ENV DANMAKU_KAFKA__FETCH_WAIT_MAX_MS=$FETCH_WAIT_MS"
+  TOKEN=$(env $ENV "$BIN" token --user bench --role service --data-dir "$RUN/data")
+  [ "$r" = 1 ] && echo "# bus=$KAFKA_KIND" >&2
+  line=$(CUSTOM_CMD="env $ENV RUST_LOG=warn $BIN serve --listen 127.0.0.1:$PORT --data-dir $RUN/data" \
     CUSTOM_PORT=$PORT \
     CUSTOM_SUB_URL="ws://127.0.0.1:$PORT/v1/rooms/r1/ws" \
     CUSTOM_PUB_URL="ws://127.0.0.1:$PORT/v1/rooms/r1/ws?token=$TOKEN" \
@@ -66,6 +80,7 @@ for r in $(seq "$RUNS"); do
     bash "$BENCH/ws_fanout.sh" custom "$C" "$M" "$T")
   echo "run $r: $line"
   lines+=("$line")
+  stop_all
 done
 p50=(); p99=(); pct=()
 for l in "${lines[@]}"; do

@@ -372,6 +372,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn publishes_soon_after_a_commit_wait_and_share_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        let bus = EmbeddedBus::open_with(db, 2, Duration::from_millis(400)).unwrap();
+        bus.publish("r", Bytes::from_static(b"a")).await.unwrap();
+        let t = Instant::now();
+        let (b, c) = tokio::join!(
+            bus.publish("r", Bytes::from_static(b"b")),
+            bus.publish("r", Bytes::from_static(b"c"))
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "a publish right after a commit waits for the interval"
+        );
+        let mut offsets = vec![b.unwrap().offset, c.unwrap().offset];
+        offsets.sort();
+        assert_eq!(offsets, vec![1, 2]);
+        let mut c = bus.consumer("g").await.unwrap();
+        let recs = c.poll(10, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(recs.len(), 3, "nothing lost by waiting");
+    }
+
+    #[tokio::test]
     async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
