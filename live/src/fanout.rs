@@ -251,8 +251,8 @@ pub async fn run(hub: Arc<Hub>) {
         if hub.take_ping_due() {
             ping_round(&hub, &subs).await;
         }
-        let (base, frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
-        let end = base + frames.len() as u64;
+        let (mut base, mut frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
+        let mut end = base + frames.len() as u64;
         if !frames.is_empty() {
             let mut writes = 0usize;
             for s in &subs {
@@ -260,6 +260,13 @@ pub async fn run(hub: Arc<Hub>) {
                     writes += 1;
                     if writes % WRITES_PER_YIELD == 0 {
                         tokio::task::yield_now().await;
+                        // Frames published meanwhile go to the rest of this round
+                        // too: a connection late in a long round gets them now,
+                        // not a whole round later.
+                        if hub.next_frame_index() != end {
+                            (base, frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
+                            end = base + frames.len() as u64;
+                        }
                     }
                 }
             }
