@@ -49,6 +49,18 @@ pub struct WriteState {
     pub pending: Option<Bytes>,
 }
 
+/// How a connection takes a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// It has every item of the frame already (right after a resume).
+    Skip,
+    /// The room's shared bytes.
+    Shared,
+    /// Bytes of its own: the part it does not have yet, re-encoded, and its own
+    /// comments the display budget withheld (the connection's task writes them).
+    Own,
+}
+
 /// One connection as the room loop sees it.
 pub struct Subscriber {
     /// The connection's socket (the task reads from it; both sides write).
@@ -106,6 +118,19 @@ impl Subscriber {
         self.claims.is_some() && !f.withheld.is_empty()
     }
 
+    /// How this connection, having been sent everything up to `last_sent`, takes `f`.
+    pub fn take(&self, f: &Frame, last_sent: u64) -> Take {
+        if self.may_hold_own(f) {
+            Take::Own
+        } else if f.last_seq <= last_sent {
+            Take::Skip
+        } else if f.first_seq > last_sent {
+            Take::Shared
+        } else {
+            Take::Own
+        }
+    }
+
     /// The bytes of `f` this connection takes.
     pub fn bytes_of<'a>(&self, f: &'a Frame) -> &'a Bytes {
         if self.deflate {
@@ -147,13 +172,14 @@ impl Subscriber {
         let mut total = 0;
         let mut last = st.last_sent;
         for f in todo {
-            if f.last_seq <= last && !self.may_hold_own(f) {
-                continue; // already sent (right after a resume)
-            }
-            if f.first_seq <= last || self.may_hold_own(f) {
-                // Needs its own bytes: the task re-encodes.
-                self.hand_off(st);
-                return false;
+            match self.take(f, last) {
+                Take::Skip => continue,
+                Take::Shared => {}
+                Take::Own => {
+                    // Needs bytes of its own: the task writes them.
+                    self.hand_off(st);
+                    return false;
+                }
             }
             let b = self.bytes_of(f);
             slices[n] = IoSlice::new(b);
@@ -258,7 +284,7 @@ pub async fn run(hub: Arc<Hub>) {
             for s in &subs {
                 if s.serve(base, &frames) {
                     writes += 1;
-                    if writes % WRITES_PER_YIELD == 0 {
+                    if writes.is_multiple_of(WRITES_PER_YIELD) {
                         tokio::task::yield_now().await;
                         // Frames published meanwhile go to the rest of this round
                         // too: a connection late in a long round gets them now,
@@ -295,7 +321,7 @@ async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
         }
         if s.ping(&ping) {
             writes += 1;
-            if writes % WRITES_PER_YIELD == 0 {
+            if writes.is_multiple_of(WRITES_PER_YIELD) {
                 tokio::task::yield_now().await;
             }
         }

@@ -15,7 +15,7 @@
 //! being read or a write is blocked, and the handshake's state lives in a boxed
 //! future freed once the connection is live.
 
-use crate::fanout::Subscriber;
+use crate::fanout::{Subscriber, Take};
 use crate::hub::{encode_batch, Frame, Hub, RingItem};
 use crate::wsproto::{self, opcode, ProtocolError};
 use crate::{parse_cursor, Live};
@@ -478,18 +478,17 @@ impl Session {
             let mut size = 0;
             while i < frames.len() && size < 256 * 1024 {
                 let f = &frames[i];
-                let own = self.sub.may_hold_own(f);
-                if f.last_seq <= *last_sent && !own {
-                    i += 1;
-                } else if f.first_seq > *last_sent && !own {
-                    let b = self.sub.bytes_of(f).clone();
-                    size += b.len();
-                    parts.push(b);
-                    *last_sent = f.last_seq;
-                    i += 1;
-                } else {
-                    break;
+                match self.sub.take(f, *last_sent) {
+                    Take::Skip => {}
+                    Take::Shared => {
+                        let b = self.sub.bytes_of(f).clone();
+                        size += b.len();
+                        parts.push(b);
+                        *last_sent = f.last_seq;
+                    }
+                    Take::Own => break,
                 }
+                i += 1;
             }
             match parts.len() {
                 0 => {}
@@ -497,8 +496,7 @@ impl Session {
                 _ => write_all(&self.sub.stream, &parts.concat(), t).await?,
             }
             if let Some(f) = frames.get(i) {
-                let own = self.sub.may_hold_own(f);
-                if !(f.last_seq <= *last_sent && !own) && !(f.first_seq > *last_sent && !own) {
+                if self.sub.take(f, *last_sent) == Take::Own {
                     Box::pin(self.write_data_slow(f, last_sent)).await?;
                     i += 1;
                 }
