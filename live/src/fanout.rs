@@ -11,6 +11,12 @@
 //! round, and a connection's own task only wakes when it has to (a socket that
 //! is full, a frame it must see re-encoded, a ping it must answer, shutdown).
 //!
+//! A round takes the frames published since the last one and writes, to each
+//! connection in turn, all those it has not had, as one `send(2)`/`sendmsg(2)`
+//! (the socket calls, not `writev(2)`: they skip the VFS layer). At every
+//! yield the round picks up frames published meanwhile, so a connection late in
+//! a long round (5,000 viewers) gets them in this round, not the next.
+//!
 //! Who writes: each connection's [`WriteState`] says whether its task owns the
 //! socket (`task_owns`). The room loop writes only to connections whose task
 //! does not; it never waits. A write that would block (or only partly goes
