@@ -248,7 +248,7 @@ impl Default for LiveSettings {
             writer_batch: 8192,
             flush_ms: 50,
             flush_min_ms: 2,
-            flush_per_viewer_us: 5,
+            flush_per_viewer_us: 4,
             display_budget_per_sec: 500,
             ping_interval_secs: 30,
             max_connections: 100_000,
