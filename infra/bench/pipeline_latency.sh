@@ -11,9 +11,9 @@
 # run's writer would then stall in a rebalance when that member expires.
 #
 # Placement: the server is pinned to CPU 0 and wsload to CPU 1 by ws_fanout.sh;
-# REDIS_CPUS (default 1) and KAFKA_CPUS (default 1) place Redis and the mock
-# brokers, which stand for other machines in production (0 puts them on the
-# server's core, as the run of 2026-11-24 did).
+# REDIS_CPUS (default 0: Redis shares the server's core) and KAFKA_CPUS (default
+# 0-1: the mock brokers float) place Redis and the mock brokers, as the run of
+# 2026-11-24 did. REDIS_CPUS=1 KAFKA_CPUS=1 puts them beside the load tool.
 # Run from the project root:  bash infra/bench/pipeline_latency.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,8 +25,8 @@ RUNS=${RUNS:-3}
 PORT=${PORT:-8093}            # the danmaku server (ws_fanout's custom port)
 FLUSH_MS=${FLUSH_MS:-}        # live.flush_ms for the run (empty = the default)
 FETCH_WAIT_MS=${FETCH_WAIT_MS:-} # kafka.fetch_wait_max_ms (empty = the default)
-REDIS_CPUS=${REDIS_CPUS:-1}
-KAFKA_CPUS=${KAFKA_CPUS:-1}
+REDIS_CPUS=${REDIS_CPUS:-0}
+KAFKA_CPUS=${KAFKA_CPUS:-0-1}
 BENCH=${BENCH:-../shared/bench}
 SECRET=bench-secret-$$
 
