@@ -1,12 +1,13 @@
 //! Per-room hubs. A hub keeps a ring of recent items (for resume and polling),
 //! turns incoming items into frames (the first item after a quiet period at
 //! once, then at most one frame per flush interval carrying everything pending),
-//! applies the room's display budget, and broadcasts each frame, encoded once as
-//! complete WebSocket bytes (and deflated once, on first use), to every
-//! connection of the room. Long polls watch the room's last seq.
+//! applies the room's display budget, and encodes each frame once as complete
+//! WebSocket bytes (and deflated once, on first use), shared by every connection
+//! of the room. Long polls watch the room's last seq.
 //!
 //! Frames go into the room's frame ring (the last `queue` frames); the room's
-//! write loop ([`crate::fanout`]) writes them to the connections.
+//! write loop ([`crate::fanout`]) writes them to the connections, and a
+//! connection that fell behind catches up from the ring (or gets `gap`).
 //!
 //! The flush interval adapts to the room's audience: a frame costs one write per
 //! viewer, so a small room flushes often (low latency) and a big one less often
