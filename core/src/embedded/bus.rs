@@ -215,6 +215,7 @@ impl Bus for EmbeddedBus {
             group,
             positions,
             appended: self.appended.clone(),
+            last_durable: Instant::now(),
         }))
     }
 
@@ -228,7 +229,14 @@ struct EmbeddedConsumer {
     group: String,
     positions: Vec<u64>,
     appended: watch::Receiver<u64>,
+    /// When this consumer last committed durably (see [`DURABLE_COMMIT_EVERY`]).
+    last_durable: Instant,
 }
+
+/// The consumer's offset commits skip the fsync, except one at least this
+/// often: redb frees pages only in durable commits, so a long drain of a backlog
+/// with no publish meanwhile would otherwise grow the file until the next one.
+const DURABLE_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 impl EmbeddedConsumer {
     async fn read(&self, max: usize) -> Result<Vec<BusRecord>, BusError> {
@@ -291,14 +299,21 @@ impl BusConsumer for EmbeddedConsumer {
         }
         let group = self.group.clone();
         let upto = upto.to_vec();
+        let durable = self.last_durable.elapsed() >= DURABLE_COMMIT_EVERY;
+        if durable {
+            self.last_durable = Instant::now();
+        }
         self.db
             .run(move |db| {
                 let mut txn = db.begin_write()?;
                 // Offsets are not acknowledged data: a commit lost to a crash only
                 // redelivers records, which every SliceStore stores idempotently
                 // by seq. It reaches the disk with the next durable commit of
-                // this database (the next publish's group commit).
-                txn.set_durability(redb::Durability::None);
+                // this database (the next publish's group commit, or this
+                // consumer's own once a second).
+                if !durable {
+                    txn.set_durability(redb::Durability::None);
+                }
                 {
                     let mut c = txn.open_table(COMMITS)?;
                     let mut log = txn.open_table(LOG)?;

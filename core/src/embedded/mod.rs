@@ -30,7 +30,9 @@
 //! together with everything the writer did after the last durable commit (the
 //! appends, the high-water marks), so the Bus redelivers those records and they
 //! are stored again under the same seqs. Every publish is a durable group commit,
-//! so offsets reach the disk within one publish. Together: one fsync per group of
+//! so offsets reach the disk within one publish, and the consumer commits durably
+//! itself at least once a second (redb frees pages only in durable commits, so
+//! a backlog drained while nobody publishes does not grow the file). Together: one fsync per group of
 //! publishes on the live path, none per writer batch.
 
 // redb's error type is large; these functions run on the blocking pool, once per
