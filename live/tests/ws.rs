@@ -149,13 +149,7 @@ async fn collect(ws: &mut Ws, want: usize) -> (Vec<String>, String) {
         let Some(m) = next_json(ws).await else { break };
         if m["type"] == "batch" {
             cursor = m["cursor"].as_str().unwrap().to_string();
-            ids.extend(
-                m["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i["id"].as_str().unwrap().to_string()),
-            );
+            ids.extend(item_ids(&m));
         }
     }
     (ids, cursor)
@@ -163,6 +157,42 @@ async fn collect(ws: &mut Ws, want: usize) -> (Vec<String>, String) {
 
 fn strs(ids: &[u64]) -> Vec<String> {
     ids.iter().map(u64::to_string).collect()
+}
+
+/// The ids of a batch's items.
+fn item_ids(batch: &Value) -> Vec<String> {
+    batch["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A server whose sockets to clients hold little (4 KiB send buffers), frames
+/// flushed at once, writes allowed to block for 20 s, and a room queue of `queue`
+/// frames: what a client that stops reading runs into.
+async fn start_small_buffers(queue: usize) -> Server {
+    start(|s| {
+        s.live.ws_queue = queue;
+        s.live.flush_ms = 0;
+        s.live.ws_send_buffer_bytes = 4096;
+        s.live.write_timeout_ms = 20_000;
+    })
+    .await
+}
+
+impl Server {
+    /// `bursts` bursts of 10 comments of 90 characters into `room`, one after the
+    /// other (many separate frames), then 300 ms for them to go out.
+    async fn send_bursts(&self, room: &str, bursts: usize) -> Vec<u64> {
+        let mut sent = Vec::new();
+        for _ in 0..bursts {
+            sent.extend(self.send_many(room, 10, 90).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sent
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,35 +471,19 @@ async fn deflate_and_plain_clients_decode_the_same_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_gets_gap_and_the_server_stays_bounded() {
-    let srv = start(|s| {
-        s.live.ws_queue = 4;
-        s.live.flush_ms = 0;
-        s.live.ws_send_buffer_bytes = 4096;
-        s.live.write_timeout_ms = 20_000;
-    })
-    .await;
+    let srv = start_small_buffers(4).await;
     let mut slow = RawClient::connect(srv.addr, "/v1/rooms/st/ws", false, Some(4096)).await;
     let hello = slow.next_json().await.unwrap();
     assert_eq!(hello["type"], "hello");
     // The client stops reading while far more than its buffers hold is sent.
     // Many separate frames: small bursts, one after another.
-    let mut sent = Vec::new();
-    for _ in 0..60 {
-        sent.extend(srv.send_many("st", 10, 90).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = srv.send_bursts("st", 60).await;
     // Resume reading: a prefix of the items in order, then gap, then close.
     let mut ids = Vec::new();
     let mut gap = None;
     while let Some(m) = slow.next_json().await {
         match m["type"].as_str() {
-            Some("batch") => ids.extend(
-                m["items"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|i| i["id"].as_str().unwrap().to_string()),
-            ),
+            Some("batch") => ids.extend(item_ids(&m)),
             Some("gap") => {
                 gap = Some(m);
                 break;
@@ -536,22 +550,12 @@ async fn a_client_that_pauses_within_the_queue_catches_up_in_order_without_gap()
     // Small socket buffers on both sides: the room loop's writes to the paused
     // client go through in part or not at all, and its task takes over with the
     // remainder, then catches up from the room's frame ring.
-    let srv = start(|s| {
-        s.live.ws_queue = 4096;
-        s.live.flush_ms = 0;
-        s.live.ws_send_buffer_bytes = 4096;
-        s.live.write_timeout_ms = 20_000;
-    })
-    .await;
+    let srv = start_small_buffers(4096).await;
     let mut paused = RawClient::connect(srv.addr, "/v1/rooms/pz/ws", false, Some(4096)).await;
     let (mut steady, _) = connect(&srv.url("pz", "")).await;
     assert_eq!(paused.next_json().await.unwrap()["type"], "hello");
     // Many separate frames while the client does not read.
-    let mut sent = Vec::new();
-    for _ in 0..40 {
-        sent.extend(srv.send_many("pz", 10, 90).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = srv.send_bursts("pz", 40).await;
     // A client that keeps reading got everything meanwhile.
     let (steady_ids, _) = collect(&mut steady, sent.len()).await;
     assert_eq!(steady_ids, strs(&sent), "the other viewer is not held up");
@@ -560,13 +564,7 @@ async fn a_client_that_pauses_within_the_queue_catches_up_in_order_without_gap()
     while ids.len() < sent.len() {
         let m = paused.next_json().await.expect("more batches");
         assert_eq!(m["type"], "batch", "no gap within the queue: {m}");
-        ids.extend(
-            m["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(item_ids(&m));
     }
     assert_eq!(ids, strs(&sent));
     // And it is live again: the next comment arrives through the room loop.
