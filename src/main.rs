@@ -10,9 +10,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use clap::{Parser, Subcommand};
+use danmaku::engines::EngineSelection;
+use danmaku_core::auth::load_secret;
 use danmaku_core::auth::Role;
 use danmaku_core::config::Settings;
-use danmaku_core::context::{load_secret, Context};
+use danmaku_core::context::Context;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -139,7 +141,8 @@ fn main() -> anyhow::Result<()> {
             let role = Role::parse(&args.role).with_context(|| {
                 format!("unknown role {:?}: viewer, service or admin", args.role)
             })?;
-            let secret = load_secret(&settings.auth.secret.0, &settings.server.data_dir)?;
+            let secret = load_secret(&settings.auth.secret.0, &settings.server.data_dir)
+                .map_err(|e| anyhow::anyhow!("auth secret: {e}"))?;
             let signer = danmaku_core::auth::TokenSigner::new(secret.as_bytes());
             let token = signer.issue(
                 &args.user,
@@ -166,7 +169,7 @@ async fn archive_cmd(cmd: ArchiveCmd) -> anyhow::Result<()> {
     match cmd {
         ArchiveCmd::Migrate { config } => {
             let s = load_settings(config)?;
-            danmaku_core::scylla::migrate(&s.scylla).await?;
+            danmaku_scylla::migrate(&s.scylla).await?;
             println!("schema applied to keyspace {}", s.scylla.keyspace);
         }
         ArchiveCmd::Compact { hour, config } => {
@@ -226,7 +229,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let ctx = Context::build(settings)
+    let ctx = EngineSelection::build(settings)
         .await
         .context("opening the stores")?;
     let s = ctx.settings.clone();

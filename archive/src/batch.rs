@@ -12,7 +12,7 @@ use std::collections::HashMap;
 /// A batch's comments, decoded and aligned: each is one Parquet row as it stands
 /// (its `room`, `vod` and `offset_ms` set to what the file gets).
 #[derive(Debug, Default)]
-pub(crate) struct Aligned {
+pub struct Aligned {
     /// Comments that belong to a VOD (for the ArchiveStore and Parquet).
     pub archived: Vec<ArchivedComment>,
     /// Comments outside any VOD (Parquet only).
@@ -38,7 +38,7 @@ impl Aligned {
 ///   (without an offset).
 /// - A comment without a room gets the SliceStore's room.
 /// - A record that does not decode is logged and skipped.
-pub(crate) fn align(
+pub fn align(
     batch_id: u64,
     items: Vec<(String, SliceItem)>,
     sessions: &HashMap<String, Vec<Session>>,
@@ -113,10 +113,7 @@ pub(crate) fn align(
 
 /// The Parquet files of an aligned batch: `(object name, bytes)`, one per hour.
 /// The rows are read in place, not copied.
-pub(crate) fn encode(
-    batch_id: u64,
-    aligned: &Aligned,
-) -> Result<Vec<(String, Bytes)>, EncodeError> {
+pub fn encode(batch_id: u64, aligned: &Aligned) -> Result<Vec<(String, Bytes)>, EncodeError> {
     let rows: Vec<&Danmaku> = aligned
         .archived
         .iter()

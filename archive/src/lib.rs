@@ -12,8 +12,6 @@
 //! - [`compact`]: compaction of one hour's files into one ([`compact_hour`], for
 //!   `danmaku archive compact --hour YYYY-MM-DDTHH`), safe to rerun and to run
 //!   while archivers write.
-//! - [`bench`]: synthetic comments and the measurements behind
-//!   `docs/benchmarks/archive.md` (`cargo run --release -p danmaku-archive --example bench`).
 //!
 //! Exactly once: a batch is claimed with a lease, then written in the order
 //! ArchiveStore upsert (idempotent by vod and id) → Parquet `put` (one object per
@@ -35,8 +33,7 @@
 
 #![warn(missing_docs)]
 
-mod batch;
-pub mod bench;
+pub mod batch;
 pub mod compact;
 pub mod parquet_file;
 

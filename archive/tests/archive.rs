@@ -7,7 +7,6 @@ use bytes::Bytes;
 use danmaku_archive::{archive_once, drain, process_batch, run, ArchiveRoleError, Context};
 use danmaku_core::auth::TokenSigner;
 use danmaku_core::config::Settings;
-use danmaku_core::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Danmaku, Kind, Mode};
@@ -16,6 +15,7 @@ use danmaku_core::ports::{
     SliceStore,
 };
 use danmaku_core::vod::{segment_of, Session};
+use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

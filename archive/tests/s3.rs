@@ -1,6 +1,6 @@
 //! The archiver and the compactor on `archive.url = s3://bucket/prefix`, against a
 //! real S3 API server on loopback: moto's `moto_server` started by
-//! `danmaku_core::testkit::S3Server` (or the server named by `DANMAKU_TEST_S3`).
+//! `danmaku_redis::testkit::S3Server` (or the server named by `DANMAKU_TEST_S3`).
 //! Without moto installed these tests fail, saying how to install it. moto is
 //! not AWS: it implements the S3 API (path-style requests, bulk deletes, ranged
 //! reads, listings with a delimiter) closely enough for object_store's client,
@@ -22,9 +22,9 @@ use common::*;
 use danmaku_archive::compact::{self, COMPACTED_PREFIX};
 use danmaku_archive::{archive_once, compact_hour, drain, run, CompactError, Context};
 use danmaku_core::config::Settings;
-use danmaku_core::embedded::EmbeddedDb;
 use danmaku_core::model::Danmaku;
-use danmaku_core::testkit::S3Server;
+use danmaku_embedded::EmbeddedDb;
+use danmaku_redis::testkit::S3Server;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;

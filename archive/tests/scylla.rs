@@ -1,5 +1,5 @@
 //! The archiver with the ScyllaDB ArchiveStore, against the in-process CQL server
-//! (kassandra; see `danmaku_core::scylla::testserver` for what it cannot
+//! (kassandra; see `danmaku_scylla::testserver` for what it cannot
 //! exercise): every in-session comment lands in the store at its offset and every
 //! comment in Parquet, exactly once, after a redo and with two archivers at once.
 
@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use danmaku_archive::{archive_once, drain, run, ArchiveRoleError};
 use danmaku_core::model::Danmaku;
-use danmaku_core::scylla::testserver::CqlTestServer;
+use danmaku_scylla::testserver::CqlTestServer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -161,6 +161,33 @@ pub fn check_read_access(
     Ok(())
 }
 
+/// The configured secret, or the one generated once and kept in `<data dir>/secret`.
+pub fn load_secret(configured: &str, data_dir: &std::path::Path) -> Result<String, String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_string());
+    }
+    let path = data_dir.join("secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let tmp = data_dir.join("secret.tmp");
+    std::fs::write(&tmp, &secret).map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -682,7 +682,7 @@ impl Settings {
         if self.limits.user_per_sec == 0 || self.limits.room_per_sec == 0 {
             return Err("rate limits must be positive".into());
         }
-        crate::scylla::check_settings(&self.scylla)?;
+        self.scylla.check()?;
         Ok(())
     }
 
@@ -714,6 +714,66 @@ fn env_value(raw: &str) -> toml::Value {
         }
     }
     toml::Value::String(raw.to_string())
+}
+
+impl ScyllaSettings {
+    /// Checks the `scylla.*` settings (called when the configuration loads).
+    pub fn check(&self) -> Result<(), String> {
+        let s = self;
+        let ks = &s.keyspace;
+        let ident_ok = !ks.is_empty()
+            && ks.len() <= 48
+            && ks.starts_with(|c: char| c.is_ascii_alphabetic())
+            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident_ok {
+            return Err(format!(
+                "scylla.keyspace {ks:?}: letters, digits and _ only, starting with a letter, at most 48"
+            ));
+        }
+        let r = s.replication.trim();
+        if !(r.starts_with('{') && r.ends_with('}')) || r.contains(';') {
+            return Err(format!(
+                "scylla.replication {r:?} must be a CQL map such as {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+            ));
+        }
+        check_consistency(&s.write_consistency)
+            .map_err(|e| format!("scylla.write_consistency: {e}"))?;
+        check_consistency(&s.read_consistency)
+            .map_err(|e| format!("scylla.read_consistency: {e}"))?;
+        if s.partition_rows == 0 || s.partition_rows > i32::MAX as u32 {
+            return Err("scylla.partition_rows must be positive".into());
+        }
+        if !(1..=1024).contains(&s.max_shards) {
+            return Err("scylla.max_shards must be within 1..=1024".into());
+        }
+        if s.batch_rows == 0 || s.write_concurrency == 0 || s.page_size == 0 {
+            return Err(
+                "scylla.batch_rows, write_concurrency and page_size must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The CQL consistency level names `scylla.*_consistency` accepts.
+pub const CONSISTENCY_LEVELS: [&str; 9] = [
+    "any",
+    "one",
+    "two",
+    "three",
+    "quorum",
+    "all",
+    "local_quorum",
+    "each_quorum",
+    "local_one",
+];
+
+fn check_consistency(name: &str) -> Result<(), String> {
+    if CONSISTENCY_LEVELS.contains(&name.to_ascii_lowercase().as_str()) {
+        Ok(())
+    } else {
+        Err(format!("unknown consistency level {name:?}"))
+    }
 }
 
 #[cfg(test)]

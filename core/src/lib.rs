@@ -24,22 +24,17 @@
 
 pub mod auth;
 pub mod config;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod context;
 pub mod cursor;
-pub mod embedded;
 pub mod error;
 pub mod id;
-pub mod kafka;
 pub mod memory;
 pub mod model;
 pub mod ports;
-pub mod redis;
-pub mod redis_cache;
-pub mod scylla;
 pub mod serve;
 pub mod slice;
-pub mod testkit;
 pub mod vod;
 
 /// Milliseconds since the Unix epoch by the server clock.

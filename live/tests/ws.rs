@@ -5,7 +5,6 @@ use axum::body::Body;
 use axum::http::Request;
 use danmaku_core::auth::{Claims, Role};
 use danmaku_core::config::{Secret, Settings};
-use danmaku_core::context::Context;
 use danmaku_ingest::{Ingest, SendRequest, Target};
 use danmaku_live::{wsproto, Live};
 use futures::{SinkExt, StreamExt};
@@ -46,7 +45,7 @@ async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
     s.live.flush_ms = 5;
     s.live.display_budget_per_sec = 1_000_000;
     tweak(&mut s);
-    let ctx = Context::build(s).await.unwrap();
+    let ctx = danmaku_embedded::testkit::context(s);
     let ingest = Ingest::new(ctx.clone()).unwrap();
     let stop = CancellationToken::new();
     let live = Live::new(ctx.clone(), ingest.clone(), stop.clone());

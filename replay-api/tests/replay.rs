@@ -14,9 +14,9 @@ use danmaku_core::context::Context;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Danmaku, Kind, Mode};
 use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment, ReplayCache, SliceItem};
-use danmaku_core::redis_cache::{RedisReplayCache, TieredReplayCache};
-use danmaku_core::testkit::RedisServer;
 use danmaku_core::vod::Session;
+use danmaku_redis::testkit::RedisServer;
+use danmaku_redis::{RedisReplayCache, TieredReplayCache};
 use danmaku_replay_api::{router, Replay};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -133,7 +133,7 @@ async fn node_with(
             let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
             let mut s = settings(dir.path());
             tune(&mut s);
-            (Context::build(s).await.expect("context"), Some(dir))
+            (danmaku_embedded::testkit::context(s), Some(dir))
         }
     };
     let mut ctx = ctx;

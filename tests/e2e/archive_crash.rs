@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use danmaku_core::scylla::testserver::CqlTestServer;
+use danmaku_scylla::testserver::CqlTestServer;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -100,9 +100,7 @@ async fn crash_and_recover(step: &str, scylla: Option<&CqlTestServer>) {
     ];
     if let Some(server) = scylla {
         let settings = server.settings(&keyspace);
-        danmaku_core::scylla::migrate(&settings)
-            .await
-            .expect("migrate");
+        danmaku_scylla::migrate(&settings).await.expect("migrate");
         overrides.push(("DANMAKU_SCYLLA__NODES".into(), server.node()));
         overrides.push(("DANMAKU_SCYLLA__KEYSPACE".into(), keyspace.clone()));
         overrides.push(("DANMAKU_SCYLLA__SCHEMA_AGREEMENT".into(), "false".into()));

@@ -1,5 +1,5 @@
 //! The binary with `archive.url = s3://bucket/prefix` against moto's S3 server on
-//! loopback (`danmaku_core::testkit::S3Server`; or the server of
+//! loopback (`danmaku_redis::testkit::S3Server`; or the server of
 //! `DANMAKU_TEST_S3`): the endpoint from `DANMAKU_ARCHIVE__S3_ENDPOINT`, dummy
 //! credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
 //!
@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danmaku_core::testkit::S3Server;
+use danmaku_redis::testkit::S3Server;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;

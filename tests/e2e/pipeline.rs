@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danmaku_core::kafka::{unique_topic, TestKafka};
-use danmaku_core::testkit::{RedisCluster, RedisServer};
+use danmaku_kafka::{unique_topic, TestKafka};
+use danmaku_redis::testkit::{RedisCluster, RedisServer};
 use futures::StreamExt;
 use serde_json::{json, Value};
 

@@ -590,7 +590,7 @@ async fn replay_formats_hostile_text_in_every_format() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
-    let redis = danmaku_core::testkit::RedisServer::start();
+    let redis = danmaku_redis::testkit::RedisServer::start();
     let app = spawn_app(&[("DANMAKU_REPLAY__REDIS_URL", &redis.url())]).await;
     let room = "ended-post";
     let svc = app.token("ep-svc", "service").await;
@@ -616,13 +616,10 @@ async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
         Some("public, max-age=31536000, immutable")
     );
     // The segment is in the replay Redis (the second tier), under the VOD's count.
-    let remote = danmaku_core::redis_cache::RedisReplayCache::connect(
-        &redis.url(),
-        "dmr:",
-        Duration::from_secs(1),
-    )
-    .await
-    .expect("replay redis");
+    let remote =
+        danmaku_redis::RedisReplayCache::connect(&redis.url(), "dmr:", Duration::from_secs(1))
+            .await
+            .expect("replay redis");
     use danmaku_core::ports::ReplayCache;
     let key = format!("seg:v1:{vod}:0:1:E:6000");
     assert!(

@@ -13,7 +13,6 @@ use danmaku_archive::parquet_file::{self, ParquetRow};
 use danmaku_archive::Context;
 use danmaku_core::auth::TokenSigner;
 use danmaku_core::config::Settings;
-use danmaku_core::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Danmaku, Kind, Mode};
@@ -21,9 +20,10 @@ use danmaku_core::ports::{
     object_store_from_url, AppendOutcome, ArchiveBatch, ArchiveStore, SliceError, SliceItem,
     SliceStat, SliceStore,
 };
-use danmaku_core::scylla::testserver::CqlTestServer;
-use danmaku_core::scylla::{migrate, ScyllaArchiveStore};
 use danmaku_core::vod::{segment_of, Session};
+use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
+use danmaku_scylla::testserver::CqlTestServer;
+use danmaku_scylla::{migrate, ScyllaArchiveStore};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,9 +2,9 @@
 //! on free loopback ports (or `DANMAKU_TEST_REDIS` / `DANMAKU_TEST_REDIS_CLUSTER`).
 
 use super::*;
-use crate::ports::{Notifier, NotifierEvent, SliceError, SliceItem, SliceStore};
 use crate::testkit::{RedisCluster, RedisServer};
 use bytes::Bytes;
+use danmaku_core::ports::{Notifier, NotifierEvent, SliceError, SliceItem, SliceStore};
 use std::time::{Duration, Instant};
 
 fn settings_single(url: &str) -> RedisSettings {
@@ -58,14 +58,14 @@ fn members_roundtrip() {
 async fn conformance_on_redis() {
     let server = RedisServer::start();
     let (store, _) = open(&settings_single(&server.url())).await;
-    crate::conformance::slice_store_suite(&store).await;
+    danmaku_core::conformance::slice_store_suite(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_redis_cluster() {
     let cluster = RedisCluster::start(3);
     let (store, _) = open(&settings_cluster(&cluster.urls())).await;
-    crate::conformance::slice_store_suite(&store).await;
+    danmaku_core::conformance::slice_store_suite(&store).await;
 }
 
 /// Slice lengths change between appends and clocks go backwards: every item is
@@ -193,7 +193,7 @@ async fn a_durable_redis_restart_loses_nothing() {
     }
     let (store, _) = open(&settings_single(&server.url())).await;
     let room = format!("dur{}", rand::random::<u32>());
-    let base = crate::now_ms();
+    let base = danmaku_core::now_ms();
     let mut stored = Vec::new();
     for s in 1..=50u64 {
         if s == 25 {
@@ -237,7 +237,7 @@ async fn a_restart_without_persistence_takes_redeliveries_again() {
     }
     let (store, _) = open(&settings_single(&server.url())).await;
     let room = format!("eph{}", rand::random::<u32>());
-    let base = crate::now_ms();
+    let base = danmaku_core::now_ms();
     let items: Vec<_> = (1..=10).map(|s| item(s, base + s as i64)).collect();
     store.append(&room, 10_000, 600_000, &items).await.unwrap();
     server.restart();

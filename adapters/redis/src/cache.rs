@@ -12,10 +12,10 @@
 //! and answered as a miss (the caller recomputes from the ArchiveStore) or a
 //! skipped write.
 
-use crate::memory::MemoryReplayCache;
-use crate::ports::{CachedBody, ReplayCache};
 use async_trait::async_trait;
 use bytes::Bytes;
+use danmaku_core::memory::MemoryReplayCache;
+use danmaku_core::ports::{CachedBody, ReplayCache};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -67,7 +67,7 @@ const LOG_EVERY_MS: i64 = 5_000;
 
 fn redis_failed(op: &'static str, error: &dyn std::fmt::Display) {
     metrics::counter!("danmaku_replay_redis_errors_total", "op" => op).increment(1);
-    let now = crate::now_ms();
+    let now = danmaku_core::now_ms();
     let last = LAST_LOGGED.load(Ordering::Relaxed);
     if now - last >= LOG_EVERY_MS
         && LAST_LOGGED
@@ -280,14 +280,14 @@ mod tests {
     #[tokio::test]
     async fn redis_conformance() {
         let server = RedisServer::start();
-        crate::conformance::replay_cache_suite(&redis(&server).await).await;
+        danmaku_core::conformance::replay_cache_suite(&redis(&server).await).await;
     }
 
     #[tokio::test]
     async fn tiered_conformance() {
         let server = RedisServer::start();
         let tiered = TieredReplayCache::new(MemoryReplayCache::new(1 << 20), redis(&server).await);
-        crate::conformance::replay_cache_suite(&tiered).await;
+        danmaku_core::conformance::replay_cache_suite(&tiered).await;
     }
 
     #[tokio::test]

@@ -15,13 +15,13 @@
 //! data.
 
 use super::{channel, count_error, room_of_channel, timeouts, Conn, RedisSetupError, Target};
-use crate::config::RedisSettings;
-use crate::ports::{Notice, Notifier, NotifierEvent, NotifyError, SliceItem};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{PushInfo, PushKind, Value};
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use danmaku_core::config::RedisSettings;
+use danmaku_core::ports::{Notice, Notifier, NotifierEvent, NotifyError, SliceItem};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

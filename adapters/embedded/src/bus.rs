@@ -3,9 +3,9 @@
 //! one fsynced transaction and only then acknowledges each.
 
 use super::EmbeddedDb;
-use crate::ports::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 use async_trait::async_trait;
 use bytes::Bytes;
+use danmaku_core::ports::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 use redb::{ReadableTable, TableDefinition};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -383,7 +383,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let bus = EmbeddedBus::open(db, 3).unwrap();
-        crate::conformance::bus_suite(&bus).await;
+        danmaku_core::conformance::bus_suite(&bus).await;
     }
 
     #[tokio::test]

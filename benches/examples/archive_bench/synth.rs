@@ -4,7 +4,7 @@
 //! short texts drawn from a vocabulary of common danmaku (CJK, Latin, emoji), mostly
 //! white scrolling comments with some gifts and colors.
 
-use crate::parquet_file::ParquetRow;
+use danmaku_archive::parquet_file::ParquetRow;
 use danmaku_core::model::{Danmaku, Kind, Mode};
 
 /// A small deterministic generator (splitmix64), so the benchmark needs no RNG crate
@@ -145,16 +145,16 @@ pub fn prepare_batch(
     items: Vec<(String, danmaku_core::ports::SliceItem)>,
     sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
     plausible_window_ms: i64,
-) -> Result<Prepared, crate::parquet_file::EncodeError> {
-    let aligned = crate::batch::align(batch_id, items, sessions, plausible_window_ms);
-    let files = crate::batch::encode(batch_id, &aligned)?;
+) -> Result<Prepared, danmaku_archive::parquet_file::EncodeError> {
+    let aligned = danmaku_archive::batch::align(batch_id, items, sessions, plausible_window_ms);
+    let files = danmaku_archive::batch::encode(batch_id, &aligned)?;
     Ok((aligned.rows(), aligned.archived.len(), files))
 }
 
 /// A batch decoded and aligned to its sessions ([`align_batch`]): the archiver's
 /// first pure step, kept apart so the benchmark can time each step.
 #[derive(Debug)]
-pub struct AlignedBatch(crate::batch::Aligned);
+pub struct AlignedBatch(danmaku_archive::batch::Aligned);
 
 impl AlignedBatch {
     /// The comments that belong to a VOD, as the ArchiveStore gets them.
@@ -174,7 +174,7 @@ pub fn align_batch(
     sessions: &std::collections::HashMap<String, Vec<danmaku_core::vod::Session>>,
     plausible_window_ms: i64,
 ) -> AlignedBatch {
-    AlignedBatch(crate::batch::align(
+    AlignedBatch(danmaku_archive::batch::align(
         batch_id,
         items,
         sessions,
@@ -186,8 +186,8 @@ pub fn align_batch(
 pub fn encode_aligned(
     batch_id: u64,
     batch: &AlignedBatch,
-) -> Result<Vec<(String, bytes::Bytes)>, crate::parquet_file::EncodeError> {
-    crate::batch::encode(batch_id, &batch.0)
+) -> Result<Vec<(String, bytes::Bytes)>, danmaku_archive::parquet_file::EncodeError> {
+    danmaku_archive::batch::encode(batch_id, &batch.0)
 }
 
 /// The Parquet rows of `comments` (no VOD).

@@ -143,7 +143,9 @@ async fn seed(args: &[String]) {
     let dir = arg(args, "--data-dir").expect("--data-dir DIR");
     let mut s = Settings::default();
     s.server.data_dir = dir.into();
-    let ctx = Context::build(s).await.expect("embedded stores");
+    let ctx = danmaku::engines::EngineSelection::build(s)
+        .await
+        .expect("embedded stores");
     ended_vod(&ctx, "bench", 1, num(args, "--bench-comments", 110)).await;
     let zipf = num(args, "--zipf-vods", 1000);
     let per = num(args, "--zipf-comments", 110);
@@ -180,17 +182,19 @@ async fn cold(args: &[String]) {
                 ..Default::default()
             },
             None => {
-                let peer = danmaku_core::scylla::testserver::CqlTestServer::start();
+                let peer = danmaku_scylla::testserver::CqlTestServer::start();
                 let settings = peer.settings(&format!("bench{}", std::process::id()));
                 _peer = Some(peer);
                 settings
             }
         };
-        danmaku_core::scylla::migrate(&s.scylla)
+        danmaku_scylla::migrate(&s.scylla)
             .await
             .expect("schema on the CQL peer");
     }
-    let ctx = Context::build(s).await.expect("stores");
+    let ctx = danmaku::engines::EngineSelection::build(s)
+        .await
+        .expect("stores");
     let ingest = danmaku_ingest::Ingest::new(ctx.clone()).expect("ingest");
     let app = danmaku_replay_api::router(danmaku_replay_api::Replay::new(ctx.clone(), ingest));
     println!("store,comments,samples,run,p50_ms,p90_ms,p99_ms,max_ms");
@@ -253,7 +257,9 @@ async fn serve(args: &[String]) {
     if let Some(bytes) = arg(args, "--cache-bytes") {
         s.replay.cache_bytes = bytes.parse().expect("--cache-bytes takes a number");
     }
-    let ctx = Context::build(s).await.expect("embedded stores");
+    let ctx = danmaku::engines::EngineSelection::build(s)
+        .await
+        .expect("embedded stores");
     let ingest = danmaku_ingest::Ingest::new(ctx.clone()).expect("ingest");
     let app = danmaku_replay_api::router(danmaku_replay_api::Replay::new(ctx, ingest));
     let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");

@@ -18,10 +18,10 @@
 
 use danmaku_core::config::Settings;
 use danmaku_core::context::Context;
-use danmaku_core::kafka::{unique_topic, KafkaBus, TestKafka};
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{Bus, RecordPosition};
-use danmaku_core::testkit::free_port;
+use danmaku_kafka::{unique_topic, KafkaBus, TestKafka};
+use danmaku_redis::testkit::free_port;
 use futures::StreamExt;
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
@@ -178,7 +178,9 @@ async fn writer_run(kafka: &TestKafka, redis: &Redis, n: usize, rooms: usize) ->
     let data = tempfile::tempdir().unwrap();
     settings.server.data_dir = data.path().to_path_buf();
     settings.auth.secret.0 = "bench".into();
-    let ctx = Context::build(settings).await.expect("context");
+    let ctx = danmaku::engines::EngineSelection::build(settings)
+        .await
+        .expect("context");
     let stop = CancellationToken::new();
     let writer = tokio::spawn(danmaku_live::writer::run(
         ctx.clone(),

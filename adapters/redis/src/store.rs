@@ -2,15 +2,15 @@
 //! claim protocol).
 
 use super::{count_error, room_prefix, scripts, stable_hash, Conn};
-use crate::config::RedisSettings;
-use crate::ports::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
-};
-use crate::slice::{SliceRef, MAX_SLICE_MS, MIN_SLICE_MS};
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{RedisError, Script, Value};
 use async_trait::async_trait;
 use bytes::Bytes;
+use danmaku_core::config::RedisSettings;
+use danmaku_core::ports::{
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
+};
+use danmaku_core::slice::{SliceRef, MAX_SLICE_MS, MIN_SLICE_MS};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};

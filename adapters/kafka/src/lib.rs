@@ -21,10 +21,10 @@
 //! (gauge, from librdkafka statistics), `danmaku_kafka_commit_errors_total`,
 //! `danmaku_kafka_rebalances_total{kind}`, `danmaku_kafka_client_errors_total`.
 
-use crate::config::KafkaSettings;
-use crate::ports::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 use async_trait::async_trait;
 use bytes::Bytes;
+use danmaku_core::config::KafkaSettings;
+use danmaku_core::ports::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -704,7 +704,7 @@ pub fn unique_topic(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::Bus;
+    use danmaku_core::ports::Bus;
 
     async fn bus_on(kafka: &TestKafka, partitions: i32) -> (KafkaBus, String) {
         let topic = unique_topic("conf");
@@ -717,7 +717,7 @@ mod tests {
     async fn conformance_on_a_three_broker_cluster() {
         let kafka = TestKafka::start();
         let (bus, _) = bus_on(&kafka, 4).await;
-        crate::conformance::bus_suite(&bus).await;
+        danmaku_core::conformance::bus_suite(&bus).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

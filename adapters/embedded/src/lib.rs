@@ -6,7 +6,7 @@
 //! Durability: every write is one transaction, and every transaction is fsynced
 //! (`redb::Durability::Immediate`) before the call returns, so whatever a call
 //! acknowledged survives kill -9, with one exception: a SliceStore built with
-//! [`EmbeddedSliceStore::with_unsynced_appends`] (what [`crate::context::Context`]
+//! [`EmbeddedSliceStore::with_unsynced_appends`] (what [`danmaku_core::context::Context`]
 //! builds when the Bus is the embedded one) commits `append` with
 //! `Durability::None`. Such a commit is visible to readers at once but reaches the
 //! disk only with the next durable commit of this database (redb: "will not be
@@ -87,6 +87,44 @@ impl EmbeddedDb {
             Err(e) => Err(redb::Error::Io(std::io::Error::other(format!(
                 "blocking task failed: {e}"
             )))),
+        }
+    }
+}
+
+/// Fixtures for other crates' tests (feature `testkit`).
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit {
+    use super::*;
+    use danmaku_core::auth::{load_secret, TokenSigner};
+    use danmaku_core::config::Settings;
+    use danmaku_core::context::Context;
+    use danmaku_core::id::IdGenerator;
+    use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
+    use danmaku_core::ports::object_store_from_settings;
+
+    /// A [`Context`] of embedded adapters only, under `settings.server.data_dir`, as
+    /// `danmaku::engines` builds it when no distributed key is set. For role tests,
+    /// which cannot depend on the root crate.
+    pub fn context(settings: Settings) -> Context {
+        let dir = settings.server.data_dir.clone();
+        let db = EmbeddedDb::open(&dir).expect("embedded database");
+        let bus = EmbeddedBus::open_with(
+            db.clone(),
+            settings.bus.partitions,
+            std::time::Duration::from_millis(settings.bus.group_commit_ms),
+        )
+        .expect("embedded bus");
+        let secret = load_secret(&settings.auth.secret.0, &dir).expect("secret");
+        Context {
+            bus: Arc::new(bus),
+            slices: Arc::new(EmbeddedSliceStore::new(db.clone()).with_unsynced_appends()),
+            notifier: Arc::new(LocalNotifier::new(1024)),
+            archive: Arc::new(EmbeddedArchiveStore::new(db)),
+            objects: object_store_from_settings(&settings.archive, &dir).expect("object store"),
+            cache: Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes)),
+            signer: TokenSigner::new(secret.as_bytes()),
+            ids: Arc::new(IdGenerator::new(settings.server.node_id)),
+            settings: Arc::new(settings),
         }
     }
 }

@@ -475,8 +475,8 @@ impl S3Server {
     }
 
     /// Archive settings pointing at `prefix` of the bucket on this server.
-    pub fn settings(&self, prefix: &str) -> crate::config::ArchiveSettings {
-        crate::config::ArchiveSettings {
+    pub fn settings(&self, prefix: &str) -> danmaku_core::config::ArchiveSettings {
+        danmaku_core::config::ArchiveSettings {
             url: self.url(prefix),
             s3_endpoint: self.endpoint.clone(),
             s3_allow_http: self.endpoint.starts_with("http://"),
@@ -503,7 +503,7 @@ impl S3Server {
     /// The object store of `prefix` (the whole bucket when empty), opened through
     /// `archive.url` like the server opens it.
     pub fn store(&self, prefix: &str) -> std::sync::Arc<dyn object_store::ObjectStore> {
-        crate::ports::object_store_with_env(
+        danmaku_core::ports::object_store_with_env(
             &self.settings(prefix),
             std::path::Path::new("."),
             self.aws_env(),

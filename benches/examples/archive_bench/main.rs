@@ -32,22 +32,24 @@
 //! `--quiet-max-wait` seconds for it to drop below `--quiet-below`.
 
 use bytes::Bytes;
-use danmaku_archive::bench::{json_lines, prepare_batch, rows, synthetic};
+mod synth;
+
 use danmaku_archive::parquet_file::{self, ParquetRow};
 use danmaku_archive::{drain, Context};
 use danmaku_core::auth::TokenSigner;
 use danmaku_core::config::Settings;
-use danmaku_core::embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{object_store_from_url, ArchiveStore, SliceItem};
-use danmaku_core::scylla::testserver::CqlTestServer;
-use danmaku_core::scylla::{migrate, ScyllaArchiveStore};
 use danmaku_core::vod::Session;
+use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
+use danmaku_scylla::testserver::CqlTestServer;
+use danmaku_scylla::{migrate, ScyllaArchiveStore};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use synth::{json_lines, prepare_batch, rows, synthetic};
 
 /// 2025-11-24T16:00:00Z.
 const T: i64 = 1_764_000_000_000;
@@ -436,7 +438,7 @@ async fn context(dir: &std::path::Path, slices: Slices<'_>, archive: Archive<'_>
         Slices::Redis(url) => {
             settings.redis.url = url.to_string();
             settings.redis.namespace = format!("bench{}", danmaku_core::now_ms());
-            let (store, _) = danmaku_core::redis::connect(&settings.redis)
+            let (store, _) = danmaku_redis::connect(&settings.redis)
                 .await
                 .unwrap()
                 .unwrap();
@@ -586,14 +588,14 @@ async fn breakdown(args: &Args) {
             }
         }
         lap(1, &mut secs);
-        let aligned = danmaku_archive::bench::align_batch(batch.id, batch.items, &sessions, 30_000);
+        let aligned = synth::align_batch(batch.id, batch.items, &sessions, 30_000);
         lap(2, &mut secs);
         ctx.archive
             .upsert_comments(aligned.archived())
             .await
             .unwrap();
         lap(3, &mut secs);
-        let files = danmaku_archive::bench::encode_aligned(batch.id, &aligned).unwrap();
+        let files = synth::encode_aligned(batch.id, &aligned).unwrap();
         lap(4, &mut secs);
         for (name, bytes) in files {
             ctx.objects
@@ -668,7 +670,7 @@ async fn append_latency(args: &Args) {
 
 async fn e2e_section(args: &Args) {
     quiet(args, "End to end: SliceStore -> Parquet (+ ArchiveStore)");
-    let redis = danmaku_core::testkit::RedisServer::start();
+    let redis = danmaku_redis::testkit::RedisServer::start();
     let url = redis.url();
     let server = CqlTestServer::start();
     let variants: Vec<(&str, usize, Slices, Archive, bool)> = vec![

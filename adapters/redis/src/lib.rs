@@ -77,17 +77,23 @@
 //! live Redis with `appendonly yes` (`appendfsync everysec` loses at most a second)
 //! to survive restarts; see the README.
 
+pub mod cache;
 mod notifier;
 mod scripts;
 mod store;
 
+pub use cache::{RedisReplayCache, TieredReplayCache};
 pub use notifier::RedisNotifier;
 pub use store::RedisSliceStore;
 
-use crate::config::RedisSettings;
+/// redis-server and a 3-node Redis Cluster on free loopback ports, for tests.
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+use danmaku_core::config::RedisSettings;
 use std::time::Duration;
 
 /// Why the Redis adapters could not be set up.

@@ -12,10 +12,10 @@
 //! - `count` is kept per vod and updated once per vod and upsert.
 
 use super::EmbeddedDb;
-use crate::model::Danmaku;
-use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment};
-use crate::vod::{segment_of, Session};
 use async_trait::async_trait;
+use danmaku_core::model::Danmaku;
+use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use danmaku_core::vod::{segment_of, Session};
 use redb::{ReadableTable, TableDefinition, TableHandle};
 use std::collections::HashMap;
 
@@ -585,13 +585,13 @@ impl ArchiveStore for EmbeddedArchiveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vod::SEGMENT_MS;
+    use danmaku_core::vod::SEGMENT_MS;
 
     #[tokio::test]
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
-        crate::conformance::archive_store_suite(&store).await;
+        danmaku_core::conformance::archive_store_suite(&store).await;
     }
 
     fn row(vod: &str, id: u64, offset_ms: i64) -> ArchivedComment {

@@ -20,12 +20,12 @@
 //! `super`'s module doc for why that is safe there); every other write is fsynced.
 
 use super::EmbeddedDb;
-use crate::ports::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
-};
-use crate::slice::SliceRef;
 use async_trait::async_trait;
 use bytes::Bytes;
+use danmaku_core::ports::{
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
+};
+use danmaku_core::slice::SliceRef;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -827,7 +827,7 @@ mod tests {
     async fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
-        crate::conformance::slice_store_suite(&store).await;
+        danmaku_core::conformance::slice_store_suite(&store).await;
     }
 
     #[tokio::test]
@@ -835,7 +835,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap()).with_unsynced_appends();
-        crate::conformance::slice_store_suite(&store).await;
+        danmaku_core::conformance::slice_store_suite(&store).await;
     }
 
     #[test]

@@ -72,11 +72,11 @@
 //!   two attempts and the offset clamped) is stored at both offsets; reads return it
 //!   once.
 
-use crate::config::ScyllaSettings;
-use crate::model::Danmaku;
-use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment};
-use crate::vod::{segment_of, Session};
 use async_trait::async_trait;
+use danmaku_core::config::ScyllaSettings;
+use danmaku_core::model::Danmaku;
+use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use danmaku_core::vod::{segment_of, Session};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session as CqlSession;
 use scylla::client::session_builder::SessionBuilder;
@@ -90,7 +90,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The CQL schema, as shipped in `infra/cql/schema.cql`.
-pub const SCHEMA_CQL: &str = include_str!("../../infra/cql/schema.cql");
+pub const SCHEMA_CQL: &str = include_str!("../../../infra/cql/schema.cql");
 
 /// `vod_segments.entry` of a shard generation.
 const ENTRY_GENERATION: i32 = 0;
@@ -130,37 +130,11 @@ pub fn parse_consistency(name: &str) -> Result<Consistency, String> {
     })
 }
 
-/// Checks the `scylla.*` settings (called when the configuration loads).
+/// Checks the `scylla.*` settings: the pure checks of
+/// [`ScyllaSettings::check`](danmaku_core::config::ScyllaSettings::check), run again
+/// when the adapter connects.
 pub fn check_settings(s: &ScyllaSettings) -> Result<(), String> {
-    let ks = &s.keyspace;
-    let ident_ok = !ks.is_empty()
-        && ks.len() <= 48
-        && ks.starts_with(|c: char| c.is_ascii_alphabetic())
-        && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !ident_ok {
-        return Err(format!(
-            "scylla.keyspace {ks:?}: letters, digits and _ only, starting with a letter, at most 48"
-        ));
-    }
-    let r = s.replication.trim();
-    if !(r.starts_with('{') && r.ends_with('}')) || r.contains(';') {
-        return Err(format!(
-            "scylla.replication {r:?} must be a CQL map such as {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
-        ));
-    }
-    parse_consistency(&s.write_consistency)
-        .map_err(|e| format!("scylla.write_consistency: {e}"))?;
-    parse_consistency(&s.read_consistency).map_err(|e| format!("scylla.read_consistency: {e}"))?;
-    if s.partition_rows == 0 || s.partition_rows > i32::MAX as u32 {
-        return Err("scylla.partition_rows must be positive".into());
-    }
-    if !(1..=1024).contains(&s.max_shards) {
-        return Err("scylla.max_shards must be within 1..=1024".into());
-    }
-    if s.batch_rows == 0 || s.write_concurrency == 0 || s.page_size == 0 {
-        return Err("scylla.batch_rows, write_concurrency and page_size must be positive".into());
-    }
-    Ok(())
+    s.check()
 }
 
 /// The schema statements of [`SCHEMA_CQL`] for `keyspace` and `replication`, in
@@ -1041,8 +1015,8 @@ pub mod testserver {
         }
 
         /// Settings that select this server (schema agreement off; keyspace as given).
-        pub fn settings(&self, keyspace: &str) -> crate::config::ScyllaSettings {
-            crate::config::ScyllaSettings {
+        pub fn settings(&self, keyspace: &str) -> danmaku_core::config::ScyllaSettings {
+            danmaku_core::config::ScyllaSettings {
                 nodes: self.node(),
                 keyspace: keyspace.to_string(),
                 schema_agreement: false,
@@ -1277,7 +1251,7 @@ mod tests {
     async fn conformance_on_kassandra() {
         let server = CqlTestServer::start();
         let store = store_on(&server, |_| {}).await;
-        crate::conformance::archive_store_suite(&store).await;
+        danmaku_core::conformance::archive_store_suite(&store).await;
     }
 
     fn row(vod: &str, id: u64, offset_ms: i64) -> ArchivedComment {
@@ -1518,6 +1492,6 @@ mod tests {
         let store = ScyllaArchiveStore::connect(&settings)
             .await
             .expect("connect");
-        crate::conformance::archive_store_suite(&store).await;
+        danmaku_core::conformance::archive_store_suite(&store).await;
     }
 }
