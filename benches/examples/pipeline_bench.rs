@@ -17,7 +17,6 @@
 #![allow(clippy::field_reassign_with_default)]
 
 use danmaku_core::config::Settings;
-use danmaku_core::context::Context;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{Bus, RecordPosition};
 use danmaku_kafka::{unique_topic, KafkaBus, TestKafka};

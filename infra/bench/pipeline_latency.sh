@@ -31,7 +31,7 @@ BENCH=${BENCH:-../shared/bench}
 SECRET=bench-secret-$$
 
 cargo build --release -q --bin danmaku -p danmaku
-cargo build --release -q -p danmaku-core --example mock_kafka
+cargo build --release -q -p danmaku-benches --example mock_kafka
 BIN=$PWD/target/release/danmaku
 WORK=$(mktemp -d)
 . "$BENCH/lib.sh"
