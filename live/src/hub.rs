@@ -15,9 +15,9 @@
 //! ([`HubConfig::flush_interval`]).
 
 use crate::fanout::{self, Subscriber};
+use crate::messages::{self, RingItem};
 use crate::wsproto;
 use bytes::Bytes;
-use danmaku_core::cursor::Cursor;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
@@ -25,28 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
-
-/// One item as the hub keeps it: seq, server time, sender, kind and client JSON.
-#[derive(Clone, Debug)]
-pub struct RingItem {
-    pub seq: u64,
-    pub ts_ms: i64,
-    pub user: Arc<str>,
-    pub kind: Kind,
-    pub json: Arc<str>,
-}
-
-impl RingItem {
-    pub fn from_danmaku(seq: u64, d: &Danmaku) -> Self {
-        Self {
-            seq,
-            ts_ms: d.ts_ms,
-            user: Arc::from(d.user.as_str()),
-            kind: d.kind(),
-            json: Arc::from(d.to_json()),
-        }
-    }
-}
 
 /// One batch frame, shared by every connection of the room.
 #[derive(Debug)]
@@ -73,33 +51,6 @@ impl Frame {
         self.deflated
             .get_or_init(|| wsproto::deflate_text_frame(&self.json))
     }
-}
-
-/// `{"type":"batch","cursor":...,"items":[...]}` from pre-encoded items, with
-/// `"likes": n` when likes were aggregated.
-pub fn encode_batch_with(items: &[RingItem], cursor: u64, likes: u64) -> String {
-    let mut s = String::with_capacity(80 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
-    s.push_str("{\"type\":\"batch\",\"cursor\":\"");
-    s.push_str(&Cursor(cursor).encode());
-    s.push_str("\",\"items\":[");
-    for (n, i) in items.iter().enumerate() {
-        if n > 0 {
-            s.push(',');
-        }
-        s.push_str(&i.json);
-    }
-    s.push(']');
-    if likes > 0 {
-        s.push_str(",\"likes\":");
-        s.push_str(&likes.to_string());
-    }
-    s.push('}');
-    s
-}
-
-/// A batch of `items` whose cursor is the last item's seq.
-pub fn encode_batch(items: &[RingItem]) -> String {
-    encode_batch_with(items, items.last().map_or(0, |i| i.seq), 0)
 }
 
 /// Settings a hub needs.
@@ -444,7 +395,7 @@ impl Hub {
         if !withheld.is_empty() {
             metrics::counter!("danmaku_live_dropped_total").increment(withheld.len() as u64);
         }
-        let json = Bytes::from(encode_batch_with(&items, last_seq, likes));
+        let json = Bytes::from(messages::batch(&items, last_seq, likes));
         let wire = wsproto::encode_frame(wsproto::opcode::TEXT, &json, false);
         metrics::counter!("danmaku_live_frames_total").increment(1);
         Some(Arc::new(Frame {

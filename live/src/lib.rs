@@ -13,6 +13,7 @@
 pub mod bigkeys;
 pub mod fanout;
 pub mod hub;
+pub mod messages;
 mod poll;
 pub mod writer;
 mod ws;
@@ -26,7 +27,8 @@ use danmaku_core::error::ApiError;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::NotifierEvent;
 use danmaku_ingest::Ingest;
-use hub::{Hub, HubConfig, Hubs, RingItem, RingRead};
+use hub::{Hub, HubConfig, Hubs, RingRead};
+use messages::RingItem;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

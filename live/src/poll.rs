@@ -1,11 +1,11 @@
 //! `GET /v1/rooms/{room}/danmaku`: short and long polling.
 
+use crate::messages;
 use crate::{parse_cursor, Live};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use danmaku_core::auth::check_read_access;
-use danmaku_core::cursor::Cursor;
 use danmaku_core::error::ApiError;
 use danmaku_ingest::check_room;
 use serde::Deserialize;
@@ -98,20 +98,7 @@ pub(crate) async fn poll(
     } else {
         (next_poll_ms(hub.rate()) as f64 * load).min(60_000.0) as u64
     };
-    let mut body =
-        String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
-    body.push_str("{\"items\":[");
-    for (n, i) in items.iter().enumerate() {
-        if n > 0 {
-            body.push(',');
-        }
-        body.push_str(&i.json);
-    }
-    body.push_str("],\"cursor\":\"");
-    body.push_str(&Cursor(next_cursor).encode());
-    body.push_str("\",\"next_poll_ms\":");
-    body.push_str(&next_poll.to_string());
-    body.push('}');
+    let body = messages::poll_page(&items, next_cursor, next_poll);
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

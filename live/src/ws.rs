@@ -16,7 +16,8 @@
 //! future freed once the connection is live.
 
 use crate::fanout::{Subscriber, Take};
-use crate::hub::{encode_batch, Frame, Hub, RingItem};
+use crate::hub::{Frame, Hub};
+use crate::messages::{self, RingItem};
 use crate::wsproto::{self, opcode, ProtocolError};
 use crate::{parse_cursor, Live};
 use axum::body::Body;
@@ -25,13 +26,11 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use danmaku_core::auth::{check_read_access, Claims};
-use danmaku_core::cursor::Cursor;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_ingest::{check_room, SendRequest, Target};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,11 +111,10 @@ pub(crate) async fn upgrade(
         header_has(&req, header::CONNECTION, "upgrade"),
         header_has(&req, header::UPGRADE, "websocket"),
     ) else {
-        let body = json!({"error": {"code": "invalid_json", "message": "this endpoint speaks WebSocket (version 13)"}});
         return Ok((
             StatusCode::UPGRADE_REQUIRED,
             [(header::UPGRADE, "websocket")],
-            axum::Json(body),
+            axum::Json(messages::upgrade_required()),
         )
             .into_response());
     };
@@ -666,8 +664,7 @@ impl Session {
     async fn gap(&self, last_sent: u64) -> End {
         metrics::counter!("danmaku_ws_gaps_total").increment(1);
         tracing::debug!(room = &*self.room, "slow websocket client gets gap");
-        let gap = json!({"type": "gap", "cursor": Cursor(last_sent).encode()}).to_string();
-        let _ = self.send_text(&gap).await;
+        let _ = self.send_text(&messages::gap(last_sent)).await;
         End::Close(1008, "too slow; resume from the gap cursor")
     }
 
@@ -676,15 +673,13 @@ impl Session {
         let Ok((hello_cursor, backlog)) = self.start(&self.hub, cursor).await else {
             return Err(End::Close(1011, "backend unavailable"));
         };
-        let hello =
-            json!({"type": "hello", "room": &*self.room, "cursor": Cursor(hello_cursor).encode()})
-                .to_string();
+        let hello = messages::hello(&self.room, hello_cursor);
         if self.send_text(&hello).await.is_err() {
             return Err(End::Quiet);
         }
         let mut last_sent = hello_cursor;
         for chunk in backlog.chunks(BACKLOG_CHUNK) {
-            if self.send_text(&encode_batch(chunk)).await.is_err() {
+            if self.send_text(&messages::batch_of(chunk)).await.is_err() {
                 return Err(End::Quiet);
             }
             last_sent = last_sent.max(chunk.last().map_or(0, |i| i.seq));
@@ -746,7 +741,7 @@ impl Session {
                     .filter(|i| i.seq > *last_sent)
                     .cloned()
                     .collect();
-                let text = crate::hub::encode_batch_with(&rest, f.last_seq, 0);
+                let text = messages::batch(&rest, f.last_seq, 0);
                 self.send_text(&text).await?;
             }
             *last_sent = f.last_seq;
@@ -759,7 +754,7 @@ impl Session {
                 .cloned()
                 .collect();
             if !mine.is_empty() {
-                self.send_text(&crate::hub::encode_batch_with(&mine, f.last_seq, 0))
+                self.send_text(&messages::batch(&mine, f.last_seq, 0))
                     .await?;
             }
         }
@@ -834,14 +829,14 @@ async fn handle_client_message(
         )
         .await
     {
-        Ok(id) => json!({"type": "ack", "ref": reference, "id": id.to_string()}),
+        Ok(id) => messages::ack(reference, id),
         Err(e) => error_reply(reference, e),
     }
 }
 
 fn error_reply(reference: Option<serde_json::Value>, e: ApiError) -> serde_json::Value {
     metrics::counter!("danmaku_api_errors_total", "code" => e.code.as_str()).increment(1);
-    json!({"type": "error", "ref": reference, "error": {"code": e.code.as_str(), "message": e.message}})
+    messages::error(reference, &e)
 }
 
 /// Size of the future returned by `f` (without calling it).

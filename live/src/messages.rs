@@ -1,0 +1,189 @@
+//! The JSON the live role writes to its clients, and nothing else: every
+//! message a WebSocket client receives (`hello`, `batch`, `gap`, `ack`,
+//! `error`), the long-poll page, the refusal of a plain HTTP request to the
+//! WebSocket endpoint, and [`RingItem`], an item with its client JSON encoded
+//! once. The shapes are the contract of docs/API.md; a new message type (such
+//! as `delete` or `online`) gets its builder here, beside its peers, and the
+//! module that sends it calls that builder.
+//!
+//! Ping, pong and close are WebSocket control frames, not JSON: they live in
+//! [`crate::frames`].
+//!
+//! May import: `danmaku_core` only (no other module of this crate).
+//!
+//! The `json!` builders keep serde_json's key order (sorted, no
+//! `preserve_order`); the hand-written ones (`batch`, the poll page) are the
+//! hot ones and keep their fixed key order. Either way the bytes are what
+//! clients have always received.
+
+use danmaku_core::cursor::Cursor;
+use danmaku_core::error::ApiError;
+use danmaku_core::model::{Danmaku, Kind};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// One item as the room keeps it: seq, server time, sender, kind and its client
+/// JSON, encoded once and shared by every message that carries it.
+#[derive(Clone, Debug)]
+pub struct RingItem {
+    /// The item's seq in its room (what cursors count).
+    pub seq: u64,
+    /// Server time, ms since the epoch.
+    pub ts_ms: i64,
+    /// The sender (its own comments withheld by the display budget go to it).
+    pub user: Arc<str>,
+    /// Comment, gift, like or system: what the display budget looks at.
+    pub kind: Kind,
+    /// The item as clients see it (one element of a batch's `items`).
+    pub json: Arc<str>,
+}
+
+impl RingItem {
+    /// The item of `d`, stored under `seq`.
+    pub fn from_danmaku(seq: u64, d: &Danmaku) -> Self {
+        Self {
+            seq,
+            ts_ms: d.ts_ms,
+            user: Arc::from(d.user.as_str()),
+            kind: d.kind(),
+            json: Arc::from(d.to_json()),
+        }
+    }
+}
+
+// ---- WebSocket: what the server sends on its own ----
+
+/// `{"type":"hello","room":...,"cursor":...}`: the first message of a
+/// connection; its cursor is where the backlog and live frames continue from.
+pub fn hello(room: &str, cursor: u64) -> String {
+    json!({"type": "hello", "room": room, "cursor": Cursor(cursor).encode()}).to_string()
+}
+
+/// `{"type":"batch","cursor":...,"items":[...]}` from pre-encoded items, with
+/// `"likes": n` when likes were aggregated.
+pub fn batch(items: &[RingItem], cursor: u64, likes: u64) -> String {
+    let mut s = String::with_capacity(80 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
+    s.push_str("{\"type\":\"batch\",\"cursor\":\"");
+    s.push_str(&Cursor(cursor).encode());
+    s.push_str("\",\"items\":[");
+    for (n, i) in items.iter().enumerate() {
+        if n > 0 {
+            s.push(',');
+        }
+        s.push_str(&i.json);
+    }
+    s.push(']');
+    if likes > 0 {
+        s.push_str(",\"likes\":");
+        s.push_str(&likes.to_string());
+    }
+    s.push('}');
+    s
+}
+
+/// A batch of `items` whose cursor is the last item's seq (the backlog).
+pub fn batch_of(items: &[RingItem]) -> String {
+    batch(items, items.last().map_or(0, |i| i.seq), 0)
+}
+
+/// `{"type":"gap","cursor":...}`: the client fell too far behind; it resumes
+/// from this cursor (the last item it was sent).
+pub fn gap(cursor: u64) -> String {
+    json!({"type": "gap", "cursor": Cursor(cursor).encode()}).to_string()
+}
+
+// ---- WebSocket: replies to a client's `send` ----
+
+/// `{"type":"ack","ref":...,"id":...}`: the send was accepted as item `id`.
+pub fn ack(reference: Option<Value>, id: u64) -> Value {
+    json!({"type": "ack", "ref": reference, "id": id.to_string()})
+}
+
+/// `{"type":"error","ref":...,"error":{"code","message"}}`: the send (or the
+/// message) was refused.
+pub fn error(reference: Option<Value>, e: &ApiError) -> Value {
+    json!({"type": "error", "ref": reference, "error": {"code": e.code.as_str(), "message": e.message}})
+}
+
+// Messages to come (`delete`, `online`, ...) go here.
+
+// ---- HTTP ----
+
+/// The body of the 426 answer to a request to the WebSocket endpoint that is
+/// not a WebSocket (version 13) handshake.
+pub fn upgrade_required() -> Value {
+    json!({"error": {"code": "invalid_json", "message": "this endpoint speaks WebSocket (version 13)"}})
+}
+
+/// `{"items":[...],"cursor":...,"next_poll_ms":n}`: one long-poll page.
+pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64) -> String {
+    let mut body =
+        String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
+    body.push_str("{\"items\":[");
+    for (n, i) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&i.json);
+    }
+    body.push_str("],\"cursor\":\"");
+    body.push_str(&Cursor(cursor).encode());
+    body.push_str("\",\"next_poll_ms\":");
+    body.push_str(&next_poll_ms.to_string());
+    body.push('}');
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64, json: &str) -> RingItem {
+        RingItem {
+            seq,
+            ts_ms: 0,
+            user: Arc::from("u"),
+            kind: Kind::Comment,
+            json: Arc::from(json),
+        }
+    }
+
+    #[test]
+    fn the_shapes_clients_parse() {
+        let c = |n| Cursor(n).encode();
+        assert_eq!(
+            hello("r1", 7),
+            format!(r#"{{"cursor":"{}","room":"r1","type":"hello"}}"#, c(7))
+        );
+        let items = [item(3, r#"{"a":1}"#), item(5, r#"{"b":2}"#)];
+        assert_eq!(
+            batch(&items, 9, 2),
+            format!(
+                r#"{{"type":"batch","cursor":"{}","items":[{{"a":1}},{{"b":2}}],"likes":2}}"#,
+                c(9)
+            )
+        );
+        assert_eq!(batch_of(&items), batch(&items, 5, 0));
+        assert_eq!(batch_of(&[]), batch(&[], 0, 0));
+        assert_eq!(gap(4), format!(r#"{{"cursor":"{}","type":"gap"}}"#, c(4)));
+        assert_eq!(
+            ack(Some(json!(1)), 42).to_string(),
+            r#"{"id":"42","ref":1,"type":"ack"}"#
+        );
+        assert_eq!(
+            poll_page(&items, 5, 500),
+            format!(
+                r#"{{"items":[{{"a":1}},{{"b":2}}],"cursor":"{}","next_poll_ms":500}}"#,
+                c(5)
+            )
+        );
+        for s in [
+            hello("r", 1),
+            batch(&items, 1, 0),
+            gap(1),
+            poll_page(&[], 1, 0),
+        ] {
+            serde_json::from_str::<Value>(&s).expect("valid JSON");
+        }
+    }
+}
