@@ -27,7 +27,8 @@
 //! and the task gives the socket back only when the ring holds no frame it has
 //! not written, so no frame is written twice, skipped, or interleaved.
 
-use crate::hub::{Frame, Hub};
+use crate::frames::Frame;
+use crate::hub::Hub;
 use bytes::Bytes;
 use danmaku_core::auth::Claims;
 use std::io::IoSlice;
@@ -315,7 +316,7 @@ pub async fn run(hub: Arc<Hub>) {
 async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
     let every = hub.ping_every_secs();
     let now = crate::ws::now_secs();
-    let ping = crate::wsproto::encode_frame(crate::wsproto::opcode::PING, b"", false);
+    let ping = crate::frames::encode_frame(crate::frames::opcode::PING, b"", false);
     let mut writes = 0usize;
     for s in subs {
         if u64::from(now.saturating_sub(s.last_heard.load(Ordering::Relaxed))) > every * 2 {

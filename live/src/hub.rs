@@ -15,43 +15,16 @@
 //! ([`HubConfig::flush_interval`]).
 
 use crate::fanout::{self, Subscriber};
+use crate::frames::Frame;
 use crate::messages::{self, RingItem};
-use crate::wsproto;
 use bytes::Bytes;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
-
-/// One batch frame, shared by every connection of the room.
-#[derive(Debug)]
-pub struct Frame {
-    /// Seqs covered (shown, withheld and likes): the batch cursor is `last_seq`.
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// Items shown, for re-encoding when a resuming client already has some.
-    pub items: Vec<RingItem>,
-    /// Likes aggregated into this frame.
-    pub likes: u64,
-    /// Comments held back by the display budget; each goes to its own sender only.
-    pub withheld: Vec<RingItem>,
-    /// The JSON message.
-    pub json: Bytes,
-    /// The complete WebSocket frame.
-    pub wire: Bytes,
-    deflated: OnceLock<Bytes>,
-}
-
-impl Frame {
-    /// The frame compressed with permessage-deflate, computed once per frame.
-    pub fn deflated(&self) -> &Bytes {
-        self.deflated
-            .get_or_init(|| wsproto::deflate_text_frame(&self.json))
-    }
-}
 
 /// Settings a hub needs.
 #[derive(Clone, Debug)]
@@ -396,18 +369,9 @@ impl Hub {
             metrics::counter!("danmaku_live_dropped_total").increment(withheld.len() as u64);
         }
         let json = Bytes::from(messages::batch(&items, last_seq, likes));
-        let wire = wsproto::encode_frame(wsproto::opcode::TEXT, &json, false);
+        let frame = Frame::new(first_seq, last_seq, items, withheld, json);
         metrics::counter!("danmaku_live_frames_total").increment(1);
-        Some(Arc::new(Frame {
-            first_seq,
-            last_seq,
-            items,
-            likes,
-            withheld,
-            json,
-            wire,
-            deflated: OnceLock::new(),
-        }))
+        Some(Arc::new(frame))
     }
 
     /// A ping tick: the write loop pings every connection and drops dead ones.
@@ -762,7 +726,6 @@ mod tests {
             f.withheld.iter().map(|i| i.seq).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
-        assert_eq!(f.likes, 2);
         assert_eq!(f.last_seq, 8);
         let v: serde_json::Value = serde_json::from_slice(&f.json).unwrap();
         assert_eq!(v["likes"], 2);

@@ -12,12 +12,12 @@
 
 pub mod bigkeys;
 pub mod fanout;
+pub mod frames;
 pub mod hub;
 pub mod messages;
 mod poll;
 pub mod writer;
 mod ws;
-pub mod wsproto;
 
 use axum::routing::get;
 use axum::Router;

@@ -16,9 +16,10 @@
 //! future freed once the connection is live.
 
 use crate::fanout::{Subscriber, Take};
-use crate::hub::{Frame, Hub};
+use crate::frames::Frame;
+use crate::frames::{self, opcode, ProtocolError};
+use crate::hub::Hub;
 use crate::messages::{self, RingItem};
-use crate::wsproto::{self, opcode, ProtocolError};
 use crate::{parse_cursor, Live};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -123,7 +124,7 @@ pub(crate) async fn upgrade(
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(wsproto::offers_deflate);
+        .any(frames::offers_deflate);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let over_limit = live.connections.load(Ordering::Relaxed) >= s.live.max_connections;
     let conn = Conn {
@@ -147,12 +148,12 @@ pub(crate) async fn upgrade(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(
         "sec-websocket-accept",
-        HeaderValue::from_str(&wsproto::accept_key(&key)).expect("base64 is ascii"),
+        HeaderValue::from_str(&frames::accept_key(&key)).expect("base64 is ascii"),
     );
     if deflate {
         h.insert(
             header::SEC_WEBSOCKET_EXTENSIONS,
-            HeaderValue::from_static(wsproto::DEFLATE_RESPONSE),
+            HeaderValue::from_static(frames::DEFLATE_RESPONSE),
         );
     }
     Ok(resp)
@@ -206,7 +207,7 @@ async fn open(start: Box<Start>) -> Option<Session> {
         metrics::counter!("danmaku_ws_refused_total").increment(1);
         let _ = write_all(
             &stream,
-            &wsproto::close_frame(1013, "too many connections; try again later"),
+            &frames::close_frame(1013, "too many connections; try again later"),
             Duration::from_secs(1),
         )
         .await;
@@ -360,7 +361,7 @@ impl Session {
             if self.take_socket(Duration::from_secs(1)).await.is_ok() {
                 let _ = write_all(
                     &self.sub.stream,
-                    &wsproto::close_frame(code, reason),
+                    &frames::close_frame(code, reason),
                     Duration::from_secs(1),
                 )
                 .await;
@@ -376,7 +377,7 @@ impl Session {
     async fn send_text(&self, text: &str) -> std::io::Result<()> {
         write_all(
             &self.sub.stream,
-            &wsproto::text_frame(text),
+            &frames::text_frame(text),
             self.write_timeout(),
         )
         .await
@@ -550,7 +551,7 @@ impl Session {
                     inbound.as_mut().and_then(|i| i.acks.as_mut()).expect("guarded").rx.poll_recv(cx)
                 }), if acking => {
                     if let Some(reply) = reply {
-                        if let Some(end) = Box::pin(self.write_own(&wsproto::text_frame(&reply))).await {
+                        if let Some(end) = Box::pin(self.write_own(&frames::text_frame(&reply))).await {
                             return end;
                         }
                     }
@@ -574,7 +575,7 @@ impl Session {
         let mut heard = false;
         let mut result = None;
         while !inb.buf.is_empty() && result.is_none() {
-            let (frame, used) = match wsproto::parse_client_frame(&inb.buf, max_msg) {
+            let (frame, used) = match frames::parse_client_frame(&inb.buf, max_msg) {
                 Ok(None) => break,
                 Err(ProtocolError::TooBig) => return Some(End::Close(1009, "message too big")),
                 Err(ProtocolError::Invalid) => return Some(End::Close(1002, "protocol error")),
@@ -605,7 +606,7 @@ impl Session {
                     if frame.fin {
                         let raw = std::mem::take(&mut inb.message);
                         let raw = if inb.message_compressed {
-                            match wsproto::inflate_message(&raw, max_msg) {
+                            match frames::inflate_message(&raw, max_msg) {
                                 Some(r) => r,
                                 None => return Some(End::Close(1009, "message too big")),
                             }
@@ -650,10 +651,10 @@ impl Session {
     fn take_pong(&mut self) -> Option<bytes::Bytes> {
         let max_msg = self.live.ctx.settings.limits.max_body_bytes;
         let inb = self.inbound.as_mut()?;
-        match wsproto::parse_client_frame(&inb.buf, max_msg) {
+        match frames::parse_client_frame(&inb.buf, max_msg) {
             Ok(Some((frame, used))) if frame.opcode == opcode::PING => {
                 inb.buf.drain(..used);
-                Some(wsproto::encode_frame(opcode::PONG, &frame.payload, false))
+                Some(frames::encode_frame(opcode::PONG, &frame.payload, false))
             }
             _ => None,
         }

@@ -6,7 +6,7 @@ use axum::http::Request;
 use danmaku_core::auth::{Claims, Role};
 use danmaku_core::config::{Secret, Settings};
 use danmaku_ingest::{Ingest, SendRequest, Target};
-use danmaku_live::{wsproto, Live};
+use danmaku_live::{frames, Live};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -350,7 +350,7 @@ impl RawClient {
                     self.buf.drain(..hdr + len);
                     let payload = if b0 & 0x40 != 0 {
                         assert!(self.deflate, "compressed frame without deflate");
-                        wsproto::inflate_message(&payload, 1 << 24).unwrap()
+                        frames::inflate_message(&payload, 1 << 24).unwrap()
                     } else {
                         payload
                     };

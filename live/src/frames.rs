@@ -2,11 +2,18 @@
 //! pure functions: the handshake accept key and extension negotiation, server
 //! frames encoded once as complete bytes (server frames are unmasked, so one
 //! encoding serves every connection), and a parser for masked client frames.
+//! Also [`Frame`]: one batch of a room, encoded once (and deflated once, on
+//! first use) and shared by every connection of the room.
+//!
+//! May import: [`crate::messages`] (the items a frame carries); nothing that
+//! knows about sockets, rooms or connections.
 
+use crate::messages::RingItem;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use sha1::{Digest, Sha1};
+use std::sync::OnceLock;
 
 /// Frame opcodes.
 pub mod opcode {
@@ -140,6 +147,52 @@ pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// One batch frame of a room, shared by every connection of the room.
+#[derive(Debug)]
+pub struct Frame {
+    /// First seq covered (shown, withheld and likes).
+    pub first_seq: u64,
+    /// Last seq covered: the batch's cursor.
+    pub last_seq: u64,
+    /// Items shown, for re-encoding when a resuming client already has some.
+    pub items: Vec<RingItem>,
+    /// Comments held back by the display budget; each goes to its own sender only.
+    pub withheld: Vec<RingItem>,
+    /// The JSON message.
+    pub json: Bytes,
+    /// The complete WebSocket frame.
+    pub wire: Bytes,
+    deflated: OnceLock<Bytes>,
+}
+
+impl Frame {
+    /// The frame of the batch message `json` covering `first_seq..=last_seq`:
+    /// its WebSocket bytes are encoded here, once; the deflated ones on first use.
+    pub fn new(
+        first_seq: u64,
+        last_seq: u64,
+        items: Vec<RingItem>,
+        withheld: Vec<RingItem>,
+        json: Bytes,
+    ) -> Self {
+        let wire = encode_frame(opcode::TEXT, &json, false);
+        Self {
+            first_seq,
+            last_seq,
+            items,
+            withheld,
+            json,
+            wire,
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// The frame compressed with permessage-deflate, computed once per frame.
+    pub fn deflated(&self) -> &Bytes {
+        self.deflated.get_or_init(|| deflate_text_frame(&self.json))
+    }
 }
 
 /// One parsed client frame.
