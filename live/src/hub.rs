@@ -6,7 +6,7 @@
 //! of the room. Long polls watch the room's last seq.
 //!
 //! Frames go into the room's frame ring (the last `queue` frames); the room's
-//! write loop ([`crate::fanout`]) writes them to the connections, and a
+//! write loop (below) writes them to the connections, and a
 //! connection that fell behind catches up from the ring (or gets `gap`).
 //!
 //! The flush interval adapts to the room's audience: a frame costs one write per
@@ -14,9 +14,9 @@
 //! (fewer, fuller frames): `clamp(viewers × per_viewer, min, max)`
 //! ([`HubConfig::flush_interval`]).
 
-use crate::fanout::{self, Subscriber};
-use crate::frames::Frame;
+use crate::frames::{self, Frame};
 use crate::messages::{self, RingItem};
+use crate::socket::{now_secs, Subscriber, MAX_FRAMES_PER_WRITE};
 use bytes::Bytes;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
@@ -95,7 +95,7 @@ pub struct Hub {
     frames: Mutex<FrameRing>,
     subs: Mutex<Subs>,
     /// Wakes the room's write loop: a new frame, or a ping is due.
-    pub(crate) fanout_wake: Notify,
+    fanout_wake: Notify,
     ping_due: AtomicBool,
     closing: AtomicBool,
     seq: watch::Sender<u64>,
@@ -164,7 +164,7 @@ impl Hub {
         subs.list.push(sub);
         if !subs.loop_running {
             subs.loop_running = true;
-            tokio::spawn(fanout::run(self.clone()));
+            tokio::spawn(write_loop(self.clone()));
         }
     }
 
@@ -181,13 +181,13 @@ impl Hub {
     }
 
     /// The room's connections now.
-    pub(crate) fn subscribers(&self) -> Vec<Arc<Subscriber>> {
+    fn subscribers(&self) -> Vec<Arc<Subscriber>> {
         self.subs().list.clone()
     }
 
     /// Called by the write loop when it found no connection: stops it unless one
     /// arrived meanwhile.
-    pub(crate) fn stop_fanout_if_empty(&self) -> bool {
+    fn stop_fanout_if_empty(&self) -> bool {
         let mut subs = self.subs();
         if subs.list.is_empty() {
             subs.loop_running = false;
@@ -204,7 +204,7 @@ impl Hub {
     }
 
     /// The last (at most) `max` frames and the index of the first of them.
-    pub(crate) fn recent_frames(&self, max: usize) -> (u64, Vec<Arc<Frame>>) {
+    fn recent_frames(&self, max: usize) -> (u64, Vec<Arc<Frame>>) {
         let f = self.frames();
         let skip = f.ring.len().saturating_sub(max);
         (
@@ -255,11 +255,11 @@ impl Hub {
         self.closing.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn take_ping_due(&self) -> bool {
+    fn take_ping_due(&self) -> bool {
         self.ping_due.swap(false, Ordering::Relaxed)
     }
 
-    pub(crate) fn ping_every_secs(&self) -> u64 {
+    fn ping_every_secs(&self) -> u64 {
         self.cfg.ping_every_secs.max(1)
     }
 
@@ -525,6 +525,76 @@ impl Hubs {
                 tokio::spawn(async move {
                     let _ = n.unsubscribe(&room).await;
                 });
+            }
+        }
+    }
+}
+
+/// Socket writes of the room loop between two yields to the runtime.
+pub const WRITES_PER_YIELD: usize = 64;
+
+/// The room loop: runs while the room has viewers. Each round writes every frame
+/// published since the last round to every connection the loop owns.
+async fn write_loop(hub: Arc<Hub>) {
+    loop {
+        // Registered before looking, so a frame published during the round
+        // starts another one.
+        let work = hub.fanout_wake.notified();
+        tokio::pin!(work);
+        work.as_mut().enable();
+        let subs = hub.subscribers();
+        if subs.is_empty() && hub.stop_fanout_if_empty() {
+            return;
+        }
+        if hub.take_ping_due() {
+            ping_round(&hub, &subs).await;
+        }
+        let (mut base, mut frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
+        let mut end = base + frames.len() as u64;
+        if !frames.is_empty() {
+            let mut writes = 0usize;
+            for s in &subs {
+                if s.serve(base, &frames) {
+                    writes += 1;
+                    if writes.is_multiple_of(WRITES_PER_YIELD) {
+                        tokio::task::yield_now().await;
+                        // Frames published meanwhile go to the rest of this round
+                        // too: a connection late in a long round gets them now,
+                        // not a whole round later.
+                        if hub.next_frame_index() != end {
+                            (base, frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
+                            end = base + frames.len() as u64;
+                        }
+                    }
+                }
+            }
+        }
+        drop(frames);
+        drop(subs);
+        if hub.next_frame_index() == end {
+            work.await;
+        }
+    }
+}
+
+/// Dead-peer check and pings for every connection of the room.
+async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
+    let every = hub.ping_every_secs();
+    let now = now_secs();
+    let ping = frames::encode_frame(frames::opcode::PING, b"", false);
+    let mut writes = 0usize;
+    for s in subs {
+        if u64::from(now.saturating_sub(s.last_heard.load(Ordering::Relaxed))) > every * 2 {
+            if !s.dead.swap(true, Ordering::Relaxed) {
+                metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
+                s.wake.notify_one();
+            }
+            continue;
+        }
+        if s.ping(&ping) {
+            writes += 1;
+            if writes.is_multiple_of(WRITES_PER_YIELD) {
+                tokio::task::yield_now().await;
             }
         }
     }

@@ -11,11 +11,11 @@
 //! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll, next_poll_ms).
 
 pub mod bigkeys;
-pub mod fanout;
 pub mod frames;
 pub mod hub;
 pub mod messages;
 mod poll;
+pub mod socket;
 pub mod writer;
 mod ws;
 

@@ -5,7 +5,7 @@
 //! slow for the room's queue; pings on the hub's tick with dead-peer detection;
 //! `send` through the ingest checks, several in flight at once.
 //!
-//! The room's frames are written by the room's write loop ([`crate::fanout`]),
+//! The room's frames are written by the room's write loop ([`crate::hub`]),
 //! not by the connection's task: the task sleeps until the loop hands the socket
 //! over (a full socket, a frame it must re-encode, `gap`), the client sends
 //! something, or the server shuts down.
@@ -15,11 +15,11 @@
 //! being read or a write is blocked, and the handshake's state lives in a boxed
 //! future freed once the connection is live.
 
-use crate::fanout::{Subscriber, Take};
 use crate::frames::Frame;
 use crate::frames::{self, opcode, ProtocolError};
 use crate::hub::Hub;
 use crate::messages::{self, RingItem};
+use crate::socket::{now_secs, Subscriber, Take};
 use crate::{parse_cursor, Live};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -34,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -335,13 +335,6 @@ impl Inbound {
     fn is_idle(&self) -> bool {
         self.buf.is_empty() && self.message.is_empty() && self.acks.is_none()
     }
-}
-
-/// Seconds since the first call: a coarse clock for the dead-peer check (4 bytes
-/// per connection instead of an `Instant`'s 16).
-pub(crate) fn now_secs() -> u32 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 impl Drop for Session {

@@ -1,21 +1,8 @@
-//! The room's write loop: one task per room with viewers writes each new frame
-//! straight to every caught-up connection's socket, a bounded number of writes
-//! between yields, instead of waking one task per connection per frame.
-//!
-//! Why: a frame to 5,000 viewers is 5,000 `send(2)` calls. With one task per
-//! connection, every frame put 5,000 tasks on the runtime's queue, and every
-//! other task (the publisher's socket, ingest, the Bus, the writer, the notifier:
-//! the path of the *next* comments) waited behind all of them, once per hop.
-//! Here the run queue stays short: the room's loop yields every
-//! [`WRITES_PER_YIELD`] writes, so the pipeline runs between slices of the
-//! round, and a connection's own task only wakes when it has to (a socket that
-//! is full, a frame it must see re-encoded, a ping it must answer, shutdown).
-//!
-//! A round takes the frames published since the last one and writes, to each
-//! connection in turn, all those it has not had, as one `send(2)`/`sendmsg(2)`
-//! (the socket calls, not `writev(2)`: they skip the VFS layer). At every
-//! yield the round picks up frames published meanwhile, so a connection late in
-//! a long round (5,000 viewers) gets them in this round, not the next.
+//! The hand-off of one connection's socket between the room's write loop
+//! ([`crate::room`]) and the connection's own task ([`crate::upgrade`]):
+//! [`Subscriber`] (the socket, where the client is in the room's frames, who
+//! may write), [`Take`] (how a connection takes a frame), and the room loop's
+//! non-blocking `send(2)`/`sendmsg(2)` of a connection's frames.
 //!
 //! Who writes: each connection's [`WriteState`] says whether its task owns the
 //! socket (`task_owns`). The room loop writes only to connections whose task
@@ -26,22 +13,24 @@
 //! the socket back. Both sides change `task_owns` only under the state's lock,
 //! and the task gives the socket back only when the ring holds no frame it has
 //! not written, so no frame is written twice, skipped, or interleaved.
+//!
+//! May import: [`crate::frames`] (and through it [`crate::messages`]); never
+//! the room or the upgrade (the room calls in here, not the other way round).
 
 use crate::frames::Frame;
-use crate::hub::Hub;
 use bytes::Bytes;
 use danmaku_core::auth::Claims;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// Socket writes of the room loop between two yields to the runtime.
-pub const WRITES_PER_YIELD: usize = 64;
 /// Frames one write of the room loop may carry (a connection further behind is
 /// caught up by its own task).
-const MAX_FRAMES_PER_WRITE: usize = 16;
+pub(crate) const MAX_FRAMES_PER_WRITE: usize = 16;
 
 /// Where a connection is in the room's frames, and who may write to its socket.
 #[derive(Debug, Default)]
@@ -79,7 +68,7 @@ pub struct Subscriber {
     state: Mutex<WriteState>,
     /// The room loop asks the connection's task to take over (or to end).
     pub wake: Notify,
-    /// When the client was last heard from ([`crate::ws`]'s coarse seconds).
+    /// When the client was last heard from ([`now_secs`]).
     pub last_heard: AtomicU32,
     /// Found dead by the ping check: the task ends the connection.
     pub dead: AtomicBool,
@@ -157,7 +146,10 @@ impl Subscriber {
     /// The room loop's write of `frames` (the ring from index `base`, newest
     /// last) to this connection, if its task does not own the socket. Returns
     /// whether a write was attempted.
-    fn serve(&self, base: u64, frames: &[Arc<Frame>]) -> bool {
+    // `inline`: the room loop calls this once per connection per round from
+    // another module; it stays inlinable there, as when both lived in one.
+    #[inline]
+    pub(crate) fn serve(&self, base: u64, frames: &[Arc<Frame>]) -> bool {
         let mut st = self.state();
         let newest = base + frames.len() as u64; // one past the newest
         if st.task_owns || st.next >= newest || self.dead.load(Ordering::Relaxed) {
@@ -233,7 +225,8 @@ impl Subscriber {
 
     /// Writes a ping frame if the room loop owns the socket; hands a partial
     /// write over like a frame's.
-    fn ping(&self, ping: &Bytes) -> bool {
+    #[inline]
+    pub(crate) fn ping(&self, ping: &Bytes) -> bool {
         let mut st = self.state();
         if st.task_owns {
             return false;
@@ -268,71 +261,11 @@ fn rest_of(slices: &[IoSlice<'_>], mut written: usize) -> Bytes {
     Bytes::from(out)
 }
 
-/// The room loop: runs while the room has viewers. Each round writes every frame
-/// published since the last round to every connection the loop owns.
-pub async fn run(hub: Arc<Hub>) {
-    loop {
-        // Registered before looking, so a frame published during the round
-        // starts another one.
-        let work = hub.fanout_wake.notified();
-        tokio::pin!(work);
-        work.as_mut().enable();
-        let subs = hub.subscribers();
-        if subs.is_empty() && hub.stop_fanout_if_empty() {
-            return;
-        }
-        if hub.take_ping_due() {
-            ping_round(&hub, &subs).await;
-        }
-        let (mut base, mut frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
-        let mut end = base + frames.len() as u64;
-        if !frames.is_empty() {
-            let mut writes = 0usize;
-            for s in &subs {
-                if s.serve(base, &frames) {
-                    writes += 1;
-                    if writes.is_multiple_of(WRITES_PER_YIELD) {
-                        tokio::task::yield_now().await;
-                        // Frames published meanwhile go to the rest of this round
-                        // too: a connection late in a long round gets them now,
-                        // not a whole round later.
-                        if hub.next_frame_index() != end {
-                            (base, frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
-                            end = base + frames.len() as u64;
-                        }
-                    }
-                }
-            }
-        }
-        drop(frames);
-        drop(subs);
-        if hub.next_frame_index() == end {
-            work.await;
-        }
-    }
-}
-
-/// Dead-peer check and pings for every connection of the room.
-async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
-    let every = hub.ping_every_secs();
-    let now = crate::ws::now_secs();
-    let ping = crate::frames::encode_frame(crate::frames::opcode::PING, b"", false);
-    let mut writes = 0usize;
-    for s in subs {
-        if u64::from(now.saturating_sub(s.last_heard.load(Ordering::Relaxed))) > every * 2 {
-            if !s.dead.swap(true, Ordering::Relaxed) {
-                metrics::counter!("danmaku_ws_dead_peers_total").increment(1);
-                s.wake.notify_one();
-            }
-            continue;
-        }
-        if s.ping(&ping) {
-            writes += 1;
-            if writes.is_multiple_of(WRITES_PER_YIELD) {
-                tokio::task::yield_now().await;
-            }
-        }
-    }
+/// Seconds since the first call: a coarse clock for the dead-peer check (4 bytes
+/// per connection instead of an `Instant`'s 16).
+pub(crate) fn now_secs() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
 #[cfg(test)]
