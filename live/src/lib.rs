@@ -12,9 +12,9 @@
 
 pub mod bigkeys;
 pub mod frames;
-pub mod hub;
 pub mod messages;
 mod poll;
+pub mod room;
 pub mod socket;
 pub mod writer;
 mod ws;
@@ -27,8 +27,8 @@ use danmaku_core::error::ApiError;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::NotifierEvent;
 use danmaku_ingest::Ingest;
-use hub::{Hub, HubConfig, Hubs, RingRead};
 use messages::RingItem;
+use room::{Hub, HubConfig, Hubs, RingRead};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

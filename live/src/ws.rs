@@ -5,7 +5,7 @@
 //! slow for the room's queue; pings on the hub's tick with dead-peer detection;
 //! `send` through the ingest checks, several in flight at once.
 //!
-//! The room's frames are written by the room's write loop ([`crate::hub`]),
+//! The room's frames are written by the room's write loop ([`crate::room`]),
 //! not by the connection's task: the task sleeps until the loop hands the socket
 //! over (a full socket, a frame it must re-encode, `gap`), the client sends
 //! something, or the server shuts down.
@@ -17,8 +17,8 @@
 
 use crate::frames::Frame;
 use crate::frames::{self, opcode, ProtocolError};
-use crate::hub::Hub;
 use crate::messages::{self, RingItem};
+use crate::room::Hub;
 use crate::socket::{now_secs, Subscriber, Take};
 use crate::{parse_cursor, Live};
 use axum::body::Body;

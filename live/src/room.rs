@@ -1,18 +1,41 @@
-//! Per-room hubs. A hub keeps a ring of recent items (for resume and polling),
-//! turns incoming items into frames (the first item after a quiet period at
-//! once, then at most one frame per flush interval carrying everything pending),
-//! applies the room's display budget, and encodes each frame once as complete
-//! WebSocket bytes (and deflated once, on first use), shared by every connection
-//! of the room. Long polls watch the room's last seq.
+//! The room: per-room hubs and the room's write loop.
 //!
-//! Frames go into the room's frame ring (the last `queue` frames); the room's
-//! write loop (below) writes them to the connections, and a
-//! connection that fell behind catches up from the ring (or gets `gap`).
+//! A [`Hub`] keeps a ring of recent items (for resume and polling), turns
+//! incoming items into frames (the first item after a quiet period at once,
+//! then at most one frame per flush interval carrying everything pending),
+//! applies the room's display budget, and builds each frame once
+//! ([`Frame`]: complete WebSocket bytes, deflated once on first use), shared by
+//! every connection of the room. Long polls watch the room's last seq.
+//! [`Hubs`] is every hub of this node.
 //!
 //! The flush interval adapts to the room's audience: a frame costs one write per
 //! viewer, so a small room flushes often (low latency) and a big one less often
 //! (fewer, fuller frames): `clamp(viewers × per_viewer, min, max)`
 //! ([`HubConfig::flush_interval`]).
+//!
+//! Frames go into the room's frame ring (the last `queue` frames). The room's
+//! write loop (one task per room with viewers) writes each new frame straight
+//! to every caught-up connection's socket, a bounded number of writes between
+//! yields, instead of waking one task per connection per frame; a connection
+//! that fell behind catches up from the ring (or gets `gap`) in its own task.
+//!
+//! Why: a frame to 5,000 viewers is 5,000 `send(2)` calls. With one task per
+//! connection, every frame put 5,000 tasks on the runtime's queue, and every
+//! other task (the publisher's socket, ingest, the Bus, the writer, the notifier:
+//! the path of the *next* comments) waited behind all of them, once per hop.
+//! Here the run queue stays short: the room's loop yields every
+//! [`WRITES_PER_YIELD`] writes, so the pipeline runs between slices of the
+//! round, and a connection's own task only wakes when it has to (a socket that
+//! is full, a frame it must see re-encoded, a ping it must answer, shutdown).
+//!
+//! A round takes the frames published since the last one and writes, to each
+//! connection in turn, all those it has not had, as one `send(2)`/`sendmsg(2)`
+//! ([`Subscriber`]'s side of the hand-off, in [`crate::socket`]). At every
+//! yield the round picks up frames published meanwhile, so a connection late in
+//! a long round (5,000 viewers) gets them in this round, not the next.
+//!
+//! May import: [`crate::socket`], [`crate::frames`], [`crate::messages`];
+//! never [`crate::upgrade`] (connections come to the room, not the reverse).
 
 use crate::frames::{self, Frame};
 use crate::messages::{self, RingItem};
@@ -100,8 +123,6 @@ pub struct Hub {
     closing: AtomicBool,
     seq: watch::Sender<u64>,
     cfg: HubConfig,
-    #[cfg(test)]
-    extra_viewers: std::sync::atomic::AtomicUsize,
 }
 
 /// What the ring can answer for "items after cursor c".
@@ -143,8 +164,6 @@ impl Hub {
             closing: AtomicBool::new(false),
             seq,
             cfg,
-            #[cfg(test)]
-            extra_viewers: Default::default(),
         }
     }
 
@@ -243,11 +262,7 @@ impl Hub {
 
     /// Connections watching this room.
     pub fn viewers(&self) -> usize {
-        #[cfg(test)]
-        let extra = self.extra_viewers.load(Ordering::Relaxed);
-        #[cfg(not(test))]
-        let extra = 0;
-        self.subs().list.len() + extra
+        self.subs().list.len()
     }
 
     /// Whether the server is shutting down (connections close with 1001).
@@ -638,8 +653,40 @@ mod tests {
         }
     }
 
-    fn set_viewers(hub: &Hub, n: usize) {
-        hub.extra_viewers.store(n, Ordering::Relaxed);
+    /// Real connections of the room, so that it counts `n` viewers: loopback
+    /// sockets whose (absent) tasks own them, so the room loop writes nothing.
+    /// Connected without awaiting, so paused time does not move.
+    #[derive(Default)]
+    struct Viewers {
+        subs: Vec<Arc<Subscriber>>,
+        peers: Vec<std::net::TcpStream>,
+    }
+
+    impl Viewers {
+        fn set(&mut self, hub: &Arc<Hub>, n: usize) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            while self.subs.len() < n {
+                let ours = std::net::TcpStream::connect(addr).unwrap();
+                self.peers.push(listener.accept().unwrap().0);
+                ours.set_nonblocking(true).unwrap();
+                let stream = tokio::net::TcpStream::from_std(ours).unwrap();
+                let sub = Arc::new(Subscriber::new(
+                    stream,
+                    false,
+                    None,
+                    hub.next_frame_index(),
+                    0,
+                ));
+                hub.subscribe(sub.clone());
+                self.subs.push(sub);
+            }
+            while self.subs.len() > n {
+                let sub = self.subs.pop().unwrap();
+                hub.unsubscribe(&sub);
+            }
+            assert_eq!(hub.viewers(), n);
+        }
     }
 
     fn c(id: u64) -> (u64, Danmaku) {
@@ -691,7 +738,8 @@ mod tests {
         // 1 ms per viewer between 2 and 50 ms.
         let hub = Arc::new(Hub::new(adaptive(2, 1000, 50)));
         let mut rxs: Vec<_> = (0..10).map(|_| tap(&hub)).collect();
-        set_viewers(&hub, 10);
+        let mut viewers = Viewers::default();
+        viewers.set(&hub, 10);
         // 10 viewers: 10 ms.
         hub.deliver(&[c(1)]);
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 1);
@@ -706,7 +754,7 @@ mod tests {
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 3);
         // 50 viewers more: 60 ms, capped at 50 ms.
         rxs.extend((0..50).map(|_| tap(&hub)));
-        set_viewers(&hub, 60);
+        viewers.set(&hub, 60);
         tokio::time::sleep(Duration::from_millis(20)).await;
         hub.deliver(&[c(4)]);
         hub.deliver(&[c(5)]);
@@ -720,7 +768,7 @@ mod tests {
         assert_eq!(rxs[59].try_recv().unwrap().last_seq, 5);
         // The viewers leave: back to the 2 ms minimum.
         rxs.truncate(1);
-        set_viewers(&hub, 1);
+        viewers.set(&hub, 1);
         tokio::time::sleep(Duration::from_millis(60)).await;
         hub.deliver(&[c(6)]);
         assert_eq!(rxs[0].try_recv().expect("at once").last_seq, 6);
