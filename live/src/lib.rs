@@ -16,8 +16,8 @@ pub mod messages;
 mod poll;
 pub mod room;
 pub mod socket;
+mod upgrade;
 pub mod writer;
-mod ws;
 
 use axum::routing::get;
 use axum::Router;
@@ -219,7 +219,7 @@ pub fn router(live: Arc<Live>) -> Router {
         .layer(tower_http::compression::CompressionLayer::new())
         .with_state(live.clone());
     Router::new()
-        .route("/v1/rooms/{room}/ws", get(ws::upgrade))
+        .route("/v1/rooms/{room}/ws", get(upgrade::upgrade))
         .route("/v1/admin/bigkeys", get(bigkeys::handler))
         .with_state(live)
         .merge(polling)

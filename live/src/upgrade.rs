@@ -1,22 +1,26 @@
-//! `GET /v1/rooms/{room}/ws`: our own WebSocket server side on the raw TCP stream
-//! after hyper's upgrade, so that a room's frames (encoded once by the hub) are
+//! `GET /v1/rooms/{room}/ws`: the WebSocket upgrade and the task of each
+//! connection. Our own WebSocket server side runs on the raw TCP stream after
+//! hyper's upgrade, so that a room's frames (encoded once by the room) are
 //! written to every connection as the same bytes. Per connection: hello, the
 //! backlog after `?cursor=`, then live frames; `gap` and close for a client too
-//! slow for the room's queue; pings on the hub's tick with dead-peer detection;
-//! `send` through the ingest checks, several in flight at once.
+//! slow for the room's queue; pings from the room's tick with dead-peer
+//! detection; `send` through the ingest checks, several in flight at once.
 //!
 //! The room's frames are written by the room's write loop ([`crate::room`]),
 //! not by the connection's task: the task sleeps until the loop hands the socket
-//! over (a full socket, a frame it must re-encode, `gap`), the client sends
-//! something, or the server shuts down.
+//! over ([`crate::socket`]: a full socket, a frame it must re-encode, `gap`),
+//! the client sends something, or the server shuts down.
 //!
 //! Memory: an idle connection is one small task and its [`Subscriber`] (the
 //! socket and a few words of state); buffers exist only while a message is
 //! being read or a write is blocked, and the handshake's state lives in a boxed
 //! future freed once the connection is live.
+//!
+//! May import: every module below it ([`crate::room`], [`crate::socket`],
+//! [`crate::frames`], [`crate::messages`]) and the role's state ([`Live`]);
+//! nothing imports this module but the router.
 
-use crate::frames::Frame;
-use crate::frames::{self, opcode, ProtocolError};
+use crate::frames::{self, opcode, Frame, ProtocolError};
 use crate::messages::{self, RingItem};
 use crate::room::Hub;
 use crate::socket::{now_secs, Subscriber, Take};
@@ -133,8 +137,6 @@ pub(crate) async fn upgrade(
         claims: claims.map(Arc::new),
         deflate,
     };
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| tracing::debug!(bytes = connection_future_size(), "connection future size"));
     tokio::spawn(connection(Box::new(Start {
         on_upgrade,
         conn,
@@ -833,35 +835,25 @@ fn error_reply(reference: Option<serde_json::Value>, e: ApiError) -> serde_json:
     messages::error(reference, &e)
 }
 
-/// Size of the future returned by `f` (without calling it).
-fn future_size<A, F: std::future::Future>(_f: fn(A) -> F) -> usize {
-    std::mem::size_of::<F>()
-}
-
-/// Bytes of one connection's task future: with tokio's task header, and the
-/// socket's registration, what an idle connection costs.
-pub(crate) fn connection_future_size() -> usize {
-    future_size(connection)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Size of the future returned by `f` (without calling it).
+    fn future_size<A, F: std::future::Future>(_f: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// One connection's task future is what an idle connection costs (with
+    /// tokio's task header and the socket's registration): it must stay small.
     #[test]
     fn an_idle_connection_future_stays_small() {
-        let n = connection_future_size();
+        let n = future_size(connection);
         let session = std::mem::size_of::<Session>();
-        let serve = {
-            fn size<'a, F: std::future::Future + 'a>(_f: fn(&'a mut Session) -> F) -> usize {
-                std::mem::size_of::<F>()
-            }
-            size(Session::serve)
-        };
         let sub = std::mem::size_of::<Subscriber>();
-        println!(
-            "connection future {n} B, session {session} B, serve {serve} B, subscriber {sub} B"
+        assert!(
+            n <= 640,
+            "connection future is {n} bytes (session {session} B, subscriber {sub} B)"
         );
-        assert!(n <= 640, "connection future is {n} bytes");
     }
 }
