@@ -2,7 +2,7 @@
 //! command) read the Parquet tree the archiver and a compaction left, and must see
 //! what was sent, row for row and column for column; the file properties the
 //! issue asks for (ZSTD, statistics, page index, dictionaries, schema version) are
-//! checked from pyarrow's view of the footer; and the README's "For analysts" SQL
+//! checked from pyarrow's view of the footer; and the SQL of docs/ANALYSTS.md
 //! runs as written and gives the answers computed here from the sent comments.
 
 mod common;
@@ -168,13 +168,14 @@ async fn pyarrow_reads_back_every_row_and_the_file_properties() {
     }
 }
 
-/// The SQL blocks of the README's "For analysts" section, in order.
+/// The SQL blocks of docs/ANALYSTS.md's "Querying with DuckDB" section, in order.
 fn readme_sql() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("read README.md");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/ANALYSTS.md"))
+            .expect("read docs/ANALYSTS.md");
     let start = readme
-        .find("## For analysts")
-        .expect("README has a For analysts section");
+        .find("## Querying with DuckDB")
+        .expect("docs/ANALYSTS.md has a Querying with DuckDB section");
     let section = &readme[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
     let mut blocks = Vec::new();
@@ -215,7 +216,7 @@ async fn duckdb_runs_the_readme_queries_and_reads_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let sent = archive_tree(dir.path()).await;
     let blocks = readme_sql();
-    assert_eq!(blocks.len(), 4, "setup + three queries in the README");
+    assert_eq!(blocks.len(), 4, "setup + three queries in docs/ANALYSTS.md");
     let archive = dir.path().join("archive");
     let setup = blocks[0].replace("data/archive", archive.to_str().unwrap());
     assert_ne!(setup, blocks[0], "the setup names data/archive");
