@@ -183,6 +183,7 @@ async fn writer_run(kafka: &TestKafka, redis: &Redis, n: usize, rooms: usize) ->
     let stop = CancellationToken::new();
     let writer = tokio::spawn(danmaku_live::writer::run(
         ctx.clone(),
+        Default::default(), // a big-key registry of its own
         stop.clone(),
         Duration::from_secs(1),
     ));

@@ -3,9 +3,11 @@
 //!
 //! - [`Thresholds`]: when a slice or key counts as big (`live.bigkey_members`,
 //!   `live.bigkey_bytes`); pure.
-//! - [`BigKeys`]: this process's registry, shared by the writer (which reports
-//!   every slice that crosses a threshold, once, with a metric and a structured
-//!   log event) and the scanner, and read by the admin endpoint.
+//! - [`BigKeys`]: one server's registry (owned by its [`crate::Live`] and
+//!   passed to its writer), shared by the writer (which reports every slice
+//!   that crosses a threshold, once, with a metric and a structured log event)
+//!   and the scanner, and read by the admin endpoint. Two servers in one
+//!   process keep two registries.
 //! - [`scan`]: the background scanner, a rate-limited walk over every key of the
 //!   store (Redis: `SCAN` + `MEMORY USAGE` on every master), which also finds big
 //!   keys the writer does not track (other tenants' keys, leftovers).
@@ -30,7 +32,7 @@ use danmaku_core::slice::SliceRef;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -85,18 +87,10 @@ struct Registry {
     scanned_ms: Option<i64>,
 }
 
-/// This process's big-key registry (one live role per process).
+/// One server's big-key registry: what its writer and scanner saw.
 #[derive(Default)]
 pub struct BigKeys {
     inner: Mutex<Registry>,
-}
-
-/// The registry of this process.
-pub fn registry() -> Arc<BigKeys> {
-    static REGISTRY: OnceLock<Arc<BigKeys>> = OnceLock::new();
-    REGISTRY
-        .get_or_init(|| Arc::new(BigKeys::default()))
-        .clone()
 }
 
 impl BigKeys {
@@ -318,7 +312,7 @@ pub(crate) async fn handler(
         tracing::warn!(error = %e, "big-key report: slice sizes unavailable");
         ApiError::unavailable()
     })?;
-    let registry = registry();
+    let registry = &live.bigkeys;
     let (scanned, scanned_ms) = registry.scanned();
     let mut rows: Vec<(String, u64, u64, &'static str)> = Vec::new();
     let mut seen = std::collections::HashSet::new();

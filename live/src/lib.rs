@@ -21,6 +21,7 @@ pub mod writer;
 
 use axum::routing::get;
 use axum::Router;
+use bigkeys::BigKeys;
 use danmaku_core::context::Context;
 use danmaku_core::cursor::Cursor;
 use danmaku_core::error::ApiError;
@@ -43,6 +44,9 @@ pub struct Live {
     pub shutdown: CancellationToken,
     /// Open WebSocket connections.
     pub connections: AtomicUsize,
+    /// This server's big-key registry: filled by its writer and scanner, read
+    /// by its `/v1/admin/bigkeys` (per server, not per process).
+    pub bigkeys: Arc<BigKeys>,
     /// Poll requests in the current second, and the rate of the last one.
     polls_this_second: AtomicU64,
     polls_per_sec: AtomicU64,
@@ -67,6 +71,7 @@ impl Live {
             ingest,
             shutdown,
             connections: AtomicUsize::new(0),
+            bigkeys: Arc::new(BigKeys::default()),
             polls_this_second: AtomicU64::new(0),
             polls_per_sec: AtomicU64::new(0),
         })
@@ -116,7 +121,7 @@ impl Live {
             .notifier
             .take_receiver()
             .map(|rx| tokio::spawn(self.clone().deliver_notices(rx)));
-        writer::run(self.ctx.clone(), writer_stop, grace).await;
+        writer::run(self.ctx.clone(), self.bigkeys.clone(), writer_stop, grace).await;
         sweeper.abort();
         if let Some(n) = notices {
             // The writer has drained; let the last notices reach the hubs.

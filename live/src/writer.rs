@@ -42,9 +42,9 @@ const COMMIT_ATTEMPTS: u32 = 5;
 
 /// Runs until `stop` is cancelled, then keeps going until the Bus is drained (so
 /// every acknowledged comment reaches the SliceStore before shutdown) or `grace`
-/// passes. Also runs the big-key scanner ([`bigkeys::scan`]).
-pub async fn run(ctx: Context, stop: CancellationToken, grace: Duration) {
-    let registry = bigkeys::registry();
+/// passes. Also runs the big-key scanner ([`bigkeys::scan`]); both report to
+/// `registry`, the server's.
+pub async fn run(ctx: Context, registry: Arc<BigKeys>, stop: CancellationToken, grace: Duration) {
     let scanner_stop = CancellationToken::new();
     let scanner = tokio::spawn(bigkeys::scan(
         ctx.clone(),

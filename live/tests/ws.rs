@@ -713,3 +713,55 @@ async fn long_poll_wakes_on_arrival_and_times_out_on_silence() {
         "after a long poll, poll again at once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_their_own_big_key_registries() {
+    // Every slice is big on `a`; nothing is on `b`.
+    let a = start(|s| s.live.bigkey_members = 1).await;
+    let b = start(|_| {}).await;
+    let events = |srv: &Server| {
+        let token = srv.live.ctx.signer.issue(
+            "ops",
+            None,
+            Role::Admin,
+            danmaku_core::now_ms() / 1000,
+            3600,
+        );
+        let req = Request::get("/v1/admin/bigkeys")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let app = danmaku_live::router(srv.live.clone());
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            v["events"].as_array().unwrap().clone()
+        }
+    };
+    a.send("pub", Role::Service, "big", json!({"text": "one"}))
+        .await;
+    b.send("pub", Role::Service, "big", json!({"text": "one"}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let ev = events(&a).await;
+        if !ev.is_empty() || Instant::now() > deadline {
+            break ev;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(seen.len(), 1, "a's writer reported its big slice: {seen:?}");
+    assert_eq!(seen[0]["room"], "big");
+    // b stored the same comment (so its writer ran) and saw nothing big; a's
+    // report is not in b's registry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.live.ctx.slices.last_seq("big").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "b's writer stored the comment");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(events(&b).await, Vec::<Value>::new());
+}
