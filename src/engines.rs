@@ -9,7 +9,7 @@
 //! | SliceStore + Notifier | `redis.url` / `redis.cluster` | `danmaku_redis` | `EmbeddedSliceStore` + `LocalNotifier` |
 //! | ArchiveStore | `scylla.nodes` | `danmaku_scylla::ScyllaArchiveStore` | `EmbeddedArchiveStore` |
 //! | ReplayCache | `replay.redis_url` | `danmaku_redis::TieredReplayCache` | `MemoryReplayCache` |
-//! | object store | `archive.object_store` | S3 (object_store) | local files under the data dir |
+//! | ObjectStore | `archive.url` (`s3://…`) | `danmaku_object_store` on S3 | `danmaku_object_store` on local files under the data dir |
 //!
 //! A new backend for a port: an adapter crate under `adapters/`, a settings key in
 //! `danmaku_core::config`, and one branch here.
@@ -19,9 +19,7 @@ use danmaku_core::config::Settings;
 use danmaku_core::context::Context;
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
-use danmaku_core::ports::{
-    object_store_from_settings, ArchiveStore, Bus, Notifier, ReplayCache, SliceStore,
-};
+use danmaku_core::ports::{ArchiveStore, Bus, Notifier, ObjectStore, ReplayCache, SliceStore};
 use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use std::sync::Arc;
 
@@ -46,7 +44,7 @@ pub enum ContextError {
     #[error("auth secret: {0}")]
     Secret(String),
     #[error(transparent)]
-    Objects(#[from] danmaku_core::ports::ObjectStoreError),
+    Objects(#[from] danmaku_object_store::OpenError),
 }
 
 impl EngineSelection {
@@ -146,7 +144,7 @@ impl EngineSelection {
         };
 
         let secret = load_secret(&settings.auth.secret.0, &dir).map_err(ContextError::Secret)?;
-        let objects = object_store_from_settings(&settings.archive, &dir)?;
+        let objects = object_store(&settings)?;
         Ok(Context {
             bus,
             slices,
@@ -159,4 +157,13 @@ impl EngineSelection {
             settings: Arc::new(settings),
         })
     }
+}
+
+/// The object store `archive.url` selects (a local directory under the data dir
+/// by default), for the archive role and `danmaku archive compact`.
+pub fn object_store(settings: &Settings) -> Result<Arc<dyn ObjectStore>, ContextError> {
+    Ok(danmaku_object_store::open(
+        &settings.archive,
+        &settings.server.data_dir,
+    )?)
 }

@@ -11,10 +11,9 @@
 //! - A run merges the hour's files that are not covered (parts and compacted
 //!   files), keeping each comment id once, writes the result under a name derived
 //!   from its list (the same inputs give the same name and the same bytes), with a
-//!   single `put` (atomic: object_store writes a temporary file and renames it, S3
-//!   PUTs are atomic; past [`MULTIPART_PART_BYTES`] a multipart upload, which S3
-//!   makes visible only when it completes), and only then deletes its inputs and
-//!   every covered file.
+//!   single `put` (atomic by the [`ObjectStore`] port's guarantee; past
+//!   [`MULTIPART_PART_BYTES`] a `put_multipart`, visible only once complete), and
+//!   only then deletes its inputs and every covered file.
 //!   A crash before the `put` leaves the inputs; a crash after it leaves covered
 //!   files that the next run deletes without merging them again.
 //! - An archiver redoing a batch after its part was compacted writes the part
@@ -31,9 +30,8 @@
 
 use crate::parquet_file::{self, DecodeError, EncodeError, ParquetRow};
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
+use danmaku_core::ports::{ObjectStore, ObjectStoreError};
+use futures::TryStreamExt;
 use parquet::file::metadata::{KeyValue, ParquetMetaDataReader};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -70,7 +68,7 @@ pub enum CompactError {
     Hour(String),
     /// Listing, reading, writing or deleting an object failed.
     #[error("object store: {0}")]
-    Objects(#[from] object_store::Error),
+    Objects(#[from] ObjectStoreError),
     /// A file of the hour could not be read as an archive file.
     #[error("reading {file}: {source}")]
     Read {
@@ -126,13 +124,14 @@ fn listed_files(kv: &[KeyValue]) -> BTreeSet<String> {
 
 /// The file names (within the directory) of the archive files in `dir`.
 async fn list_hour(objects: &dyn ObjectStore, dir: &str) -> Result<Vec<String>, CompactError> {
-    let prefix = ObjectPath::from(dir);
-    let listing = objects.list_with_delimiter(Some(&prefix)).await?;
-    let mut names: Vec<String> = listing
-        .objects
-        .iter()
-        .filter_map(|m| split_name(m.location.as_ref()).map(|(_, f)| f.to_string()))
-        .collect();
+    let mut names: Vec<String> = objects
+        .list(dir)
+        .try_filter_map(|m| async move {
+            // Only the directory's own files, not those of a subdirectory.
+            Ok(split_name(&m.path).and_then(|(d, f)| (d == dir).then(|| f.to_string())))
+        })
+        .try_collect()
+        .await?;
     names.sort();
     Ok(names)
 }
@@ -141,7 +140,7 @@ async fn list_hour(objects: &dyn ObjectStore, dir: &str) -> Result<Vec<String>, 
 /// ranged reads, not the whole file).
 async fn footer_metadata(
     objects: &dyn ObjectStore,
-    location: &ObjectPath,
+    location: &str,
 ) -> Result<Vec<KeyValue>, CompactError> {
     let read_err = |e: parquet::errors::ParquetError| CompactError::Read {
         file: location.to_string(),
@@ -186,12 +185,12 @@ pub async fn superseded(objects: &dyn ObjectStore, name: &str) -> Result<bool, C
         if !other.starts_with(COMPACTED_PREFIX) || other == file {
             continue;
         }
-        let location = ObjectPath::from(format!("{dir}/{other}"));
+        let location = format!("{dir}/{other}");
         match footer_metadata(objects, &location).await {
             Ok(kv) if listed_files(&kv).contains(file) => return Ok(true),
             Ok(_) => {}
             // Deleted by a compaction in between: its successor is listed next time.
-            Err(CompactError::Objects(object_store::Error::NotFound { .. })) => {}
+            Err(CompactError::Objects(e)) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
     }
@@ -245,7 +244,7 @@ pub async fn compact_hour(
         ..Default::default()
     };
     let names = list_hour(objects, &dir).await?;
-    let location = |file: &str| ObjectPath::from(format!("{dir}/{file}"));
+    let location = |file: &str| format!("{dir}/{file}");
 
     // What the existing compacted files cover.
     let mut covered: BTreeSet<String> = BTreeSet::new();
@@ -258,7 +257,7 @@ pub async fn compact_hour(
                 lists.insert(name.clone(), listed);
             }
             // Deleted meanwhile by a concurrent compaction.
-            Err(CompactError::Objects(object_store::Error::NotFound { .. })) => {}
+            Err(CompactError::Objects(e)) if e.is_not_found() => {}
             Err(e) => return Err(e),
         }
     }
@@ -275,9 +274,9 @@ pub async fn compact_hour(
         let mut listed: BTreeSet<String> = BTreeSet::new();
         for name in &inputs {
             let bytes = match objects.get(&location(name)).await {
-                Ok(got) => got.bytes().await?,
+                Ok(bytes) => bytes,
                 // A concurrent compaction merged it; the next run reconciles.
-                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             };
             listed.insert((*name).clone());
@@ -313,7 +312,7 @@ pub async fn compact_hour(
         .await
         .map_err(|e| CompactError::Task(e.to_string()))??;
         put_whole(objects, &location(&output), bytes).await?;
-        let doomed: Vec<ObjectPath> = inputs
+        let doomed: Vec<String> = inputs
             .iter()
             .filter(|n| **n != &output)
             .map(|n| location(n))
@@ -324,7 +323,7 @@ pub async fn compact_hour(
         report.output = Some(format!("{dir}/{output}"));
         tracing::info!(hour = %dir, files = merged, rows, output = %output, "hour compacted");
     }
-    let leftovers: Vec<ObjectPath> = covered_here
+    let leftovers: Vec<String> = covered_here
         .iter()
         .filter(|n| report.output.as_deref() != Some(&format!("{dir}/{n}")))
         .map(|n| location(n))
@@ -337,80 +336,48 @@ pub async fn compact_hour(
 /// Part size of the multipart uploads of [`put_whole`]; an object up to this size
 /// goes up in one `put`. S3 wants parts of at least 5 MiB (but the last).
 pub const MULTIPART_PART_BYTES: usize = 16 << 20;
-/// Parts of one multipart upload in flight at once.
-const MULTIPART_CONCURRENCY: usize = 4;
 
 /// Writes `bytes` to `location` atomically: readers see the old object or the
 /// whole new one, never a part. Up to [`MULTIPART_PART_BYTES`] a single `put`;
-/// beyond, a multipart upload (so a large compacted hour is not one request under
-/// the S3 client's per-request timeout), aborted again if a part fails.
+/// beyond, a `put_multipart` (so a large compacted hour is not one request under
+/// the S3 client's per-request timeout), abandoned again if a part fails.
 pub async fn put_whole(
     objects: &dyn ObjectStore,
-    location: &ObjectPath,
+    location: &str,
     bytes: Bytes,
-) -> Result<(), object_store::Error> {
+) -> Result<(), ObjectStoreError> {
     put_whole_with(objects, location, bytes, MULTIPART_PART_BYTES).await
 }
 
 /// [`put_whole`] with the part size `part_bytes` (for tests).
 pub async fn put_whole_with(
     objects: &dyn ObjectStore,
-    location: &ObjectPath,
+    location: &str,
     bytes: Bytes,
     part_bytes: usize,
-) -> Result<(), object_store::Error> {
+) -> Result<(), ObjectStoreError> {
     let part_bytes = part_bytes.max(1);
     if bytes.len() <= part_bytes {
-        objects.put(location, PutPayload::from(bytes)).await?;
-        return Ok(());
+        return objects.put(location, bytes).await;
     }
-    let mut upload = objects.put_multipart(location).await?;
-    let parts: Vec<_> = (0..bytes.len())
-        .step_by(part_bytes)
-        .map(|at| {
-            let end = (at + part_bytes).min(bytes.len());
-            upload.put_part(PutPayload::from(bytes.slice(at..end)))
-        })
-        .collect();
-    let uploaded: Result<(), object_store::Error> = futures::stream::iter(parts)
-        .buffer_unordered(MULTIPART_CONCURRENCY)
-        .try_collect()
-        .await;
-    let done = match uploaded {
-        Ok(()) => upload.complete().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if done.is_err() {
-        // Leave no parts behind (S3 keeps and bills an unfinished upload's parts).
-        if let Err(e) = upload.abort().await {
-            tracing::warn!(location = %location, error = %e, "aborting a failed multipart upload");
-        }
-    }
-    done
+    objects.put_multipart(location, bytes, part_bytes).await
 }
 
-/// Deletes `paths`; one already gone is fine.
-async fn delete_all(objects: &dyn ObjectStore, paths: Vec<ObjectPath>) -> Result<(), CompactError> {
-    let results: Vec<_> = objects
-        .delete_stream(futures::stream::iter(paths.into_iter().map(Ok)).boxed())
-        .collect()
-        .await;
-    for r in results {
-        match r {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+/// Deletes `paths` in bulk; one already gone is fine (the port's guarantee).
+async fn delete_all(objects: &dyn ObjectStore, paths: Vec<String>) -> Result<(), CompactError> {
+    if paths.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Ok(objects.delete_many(paths).await?)
 }
 
 /// Every hour directory (`date=.../hour=HH`) under `objects` holding archive
 /// files, oldest first.
 pub async fn list_hours(objects: &dyn ObjectStore) -> Result<Vec<String>, CompactError> {
     let mut hours: BTreeSet<String> = BTreeSet::new();
-    let mut listing = objects.list(None);
+    let mut listing = objects.list("");
     while let Some(meta) = listing.try_next().await? {
-        if let Some((dir, _)) = split_name(meta.location.as_ref()) {
+        if let Some((dir, _)) = split_name(&meta.path) {
             hours.insert(dir.to_string());
         }
     }

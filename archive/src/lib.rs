@@ -40,11 +40,9 @@ pub mod parquet_file;
 pub use compact::{compact_hour, CompactError, CompactReport};
 pub use danmaku_core::context::Context;
 
-use danmaku_core::ports::{ArchiveBatch, ArchiveError, SliceError};
+use danmaku_core::ports::{ArchiveBatch, ArchiveError, ObjectStoreError, SliceError};
 use danmaku_core::vod::Session;
 use futures::future::try_join_all;
-use object_store::path::Path as ObjectPath;
-use object_store::PutPayload;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +89,7 @@ pub enum ArchiveRoleError {
     Archive(#[from] ArchiveError),
     /// Writing a Parquet file failed.
     #[error("object store: {0}")]
-    Objects(#[from] object_store::Error),
+    Objects(#[from] ObjectStoreError),
     /// Encoding a Parquet file failed.
     #[error("parquet encoding: {0}")]
     Encode(#[from] parquet_file::EncodeError),
@@ -229,15 +227,11 @@ pub async fn process_batch(
     }
     let mut files = Vec::with_capacity(encoded_files.len());
     for (name, bytes) in encoded_files {
-        let path = ObjectPath::from(name.as_str());
-        ctx.objects.put(&path, PutPayload::from(bytes)).await?;
+        ctx.objects.put(&name, bytes).await?;
         if compact::superseded(&*ctx.objects, &name).await? {
             // A redo of a batch whose hour was compacted meanwhile: the rows are
-            // in the compacted file already.
-            match ctx.objects.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            // in the compacted file already. (Deleting a missing object is Ok.)
+            ctx.objects.delete(&name).await?;
             tracing::info!(batch_id, file = %name, "batch redone after compaction; its rows are already compacted");
         }
         if files.is_empty() {

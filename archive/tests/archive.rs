@@ -11,8 +11,7 @@ use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Danmaku, Kind, Mode};
 use danmaku_core::ports::{
-    object_store_from_url, AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat,
-    SliceStore,
+    AppendOutcome, ArchiveBatch, SliceError, SliceItem, SliceStat, SliceStore,
 };
 use danmaku_core::vod::{segment_of, Session};
 use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
@@ -47,7 +46,7 @@ fn context_and_db(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> (Context, Em
         slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
         notifier: Arc::new(danmaku_core::memory::LocalNotifier::new(16)),
         archive: Arc::new(EmbeddedArchiveStore::new(db.clone())),
-        objects: object_store_from_url("", dir).expect("objects"),
+        objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"k"),
         ids: Arc::new(IdGenerator::new(0)),

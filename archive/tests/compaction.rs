@@ -11,8 +11,6 @@ use common::*;
 use danmaku_archive::compact::{self, COMPACTED_FROM_KEY, COMPACTED_PREFIX};
 use danmaku_archive::{archive_once, compact_hour, drain, run, CompactError};
 use danmaku_core::model::Danmaku;
-use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -297,10 +295,7 @@ async fn merging_overlapping_compacted_files_keeps_each_id_once() {
         )
         .unwrap();
         ctx.objects
-            .put(
-                &ObjectPath::from(format!("{DIR_16}/{COMPACTED_PREFIX}{name}.parquet")),
-                bytes.into(),
-            )
+            .put(&format!("{DIR_16}/{COMPACTED_PREFIX}{name}.parquet"), bytes)
             .await
             .unwrap();
     }

@@ -1,13 +1,13 @@
 //! The archiver and the compactor on `archive.url = s3://bucket/prefix`, against a
 //! real S3 API server on loopback: moto's `moto_server` started by
-//! `danmaku_redis::testkit::S3Server` (or the server named by `DANMAKU_TEST_S3`).
+//! `danmaku_object_store::testkit::S3Server` (or the server named by `DANMAKU_TEST_S3`).
 //! Without moto installed these tests fail, saying how to install it. moto is
 //! not AWS: it implements the S3 API (path-style requests, bulk deletes, ranged
-//! reads, listings with a delimiter) closely enough for object_store's client,
-//! which is what the archive uses.
+//! reads, listings by prefix) closely enough for object_store's client, which
+//! is what the archive's object store adapter (`danmaku-object-store`) uses.
 //!
 //! - The archiver writes each batch's Parquet under `prefix/date=YYYY-MM-DD/hour=HH/`
-//!   and it reads back row for row (through object_store, and through pyarrow's
+//!   and it reads back row for row (through the object store port, and through pyarrow's
 //!   own S3 client with Hive partitioning).
 //! - A batch redone after a crash before `complete_batch` overwrites its object
 //!   with the same rows.
@@ -23,11 +23,10 @@ use danmaku_archive::compact::{self, COMPACTED_PREFIX};
 use danmaku_archive::{archive_once, compact_hour, drain, run, CompactError, Context};
 use danmaku_core::config::Settings;
 use danmaku_core::model::Danmaku;
+use danmaku_core::ports::ObjectStore;
 use danmaku_embedded::EmbeddedDb;
-use danmaku_redis::testkit::S3Server;
+use danmaku_object_store::testkit::S3Server;
 use futures::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,8 +58,8 @@ async fn s3_context(
 /// Every object name under the store's root, sorted.
 async fn keys(store: &dyn ObjectStore) -> Vec<String> {
     let mut out: Vec<String> = store
-        .list(None)
-        .map_ok(|m| m.location.to_string())
+        .list("")
+        .map_ok(|m| m.path)
         .try_collect()
         .await
         .unwrap();
@@ -82,13 +81,7 @@ async fn keys_in(store: &dyn ObjectStore, hour_dir: &str) -> Vec<String> {
 async fn mirror(store: &dyn ObjectStore) -> tempfile::TempDir {
     let out = tempfile::tempdir().unwrap();
     for key in keys(store).await {
-        let bytes = store
-            .get(&ObjectPath::from(key.as_str()))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = store.get(&key).await.unwrap();
         let path = out.path().join("archive").join(&key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
@@ -215,15 +208,8 @@ async fn a_batch_redone_on_s3_overwrites_its_object_with_the_same_rows() {
     assert!(archive_once(&ctx, LATER).await.is_err());
     let first = keys(&*ctx.objects).await;
     assert_eq!(first.len(), 1, "{first:?}");
-    let bytes = |store: Arc<dyn ObjectStore>, key: String| async move {
-        store
-            .get(&ObjectPath::from(key))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-    };
+    let bytes =
+        |store: Arc<dyn ObjectStore>, key: String| async move { store.get(&key).await.unwrap() };
     let before = bytes(ctx.objects.clone(), first[0].clone()).await;
     assert!(archive_once(&ctx, LATER).await.unwrap().is_none(), "leased");
     let lease = ctx.settings.archive.lease_ms as i64;
@@ -269,8 +255,8 @@ async fn compaction_on_s3_merges_an_hour_exactly_once_and_is_safe_to_rerun() {
     assert_eq!(Some(compacted[0].clone()), report.output);
     assert!(compacted[0].starts_with(&format!("{DIR_16}/{COMPACTED_PREFIX}")));
     assert_s3_exactly(&*ctx.objects, &all).await;
-    let location = ObjectPath::from(compacted[0].as_str());
-    let meta = ctx.objects.head(&location).await.unwrap();
+    let location = compacted[0].as_str();
+    let meta = ctx.objects.head(location).await.unwrap();
 
     // Again: nothing to do, the object untouched.
     let again = compact_hour(&*ctx.objects, HOUR_16).await.unwrap();
@@ -279,7 +265,7 @@ async fn compaction_on_s3_merges_an_hour_exactly_once_and_is_safe_to_rerun() {
         (0, 0, None)
     );
     assert_eq!(keys_in(&*ctx.objects, DIR_16).await, compacted);
-    let meta_again = ctx.objects.head(&location).await.unwrap();
+    let meta_again = ctx.objects.head(location).await.unwrap();
     assert_eq!(
         (meta_again.e_tag, meta_again.size),
         (meta.e_tag, meta.size),
@@ -401,7 +387,7 @@ async fn large_objects_go_up_in_parts_and_read_back_whole() {
         ("s3", s3.store(&prefix)),
         (
             "local",
-            danmaku_core::ports::object_store_from_url("", local_dir.path()).unwrap(),
+            danmaku_object_store::open_url("", local_dir.path()).unwrap(),
         ),
     ];
     // 12 MiB and a bit in 5 MiB parts (S3's smallest): three parts.
@@ -411,30 +397,27 @@ async fn large_objects_go_up_in_parts_and_read_back_whole() {
         .into();
     let small = bytes::Bytes::from_static(b"tiny");
     for (name, store) in stores {
-        let location = ObjectPath::from(format!("{DIR_16}/compacted-big.parquet"));
+        let location = format!("{DIR_16}/compacted-big.parquet");
         compact::put_whole_with(&*store, &location, big.clone(), 5 << 20)
             .await
             .unwrap_or_else(|e| panic!("{name}: multipart put: {e}"));
-        let got = store.get(&location).await.unwrap().bytes().await.unwrap();
+        let got = store.get(&location).await.unwrap();
         assert!(got == big, "{name}: multipart object reads back whole");
         // Overwriting in parts replaces the object whole.
         let other: bytes::Bytes = big.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>().into();
         compact::put_whole_with(&*store, &location, other.clone(), 5 << 20)
             .await
             .unwrap();
-        let got = store.get(&location).await.unwrap().bytes().await.unwrap();
+        let got = store.get(&location).await.unwrap();
         assert!(got == other, "{name}: multipart overwrite");
-        let tiny = ObjectPath::from(format!("{DIR_16}/compacted-tiny.parquet"));
+        let tiny = format!("{DIR_16}/compacted-tiny.parquet");
         compact::put_whole(&*store, &tiny, small.clone())
             .await
             .unwrap();
-        assert_eq!(
-            store.get(&tiny).await.unwrap().bytes().await.unwrap(),
-            small
-        );
+        assert_eq!(store.get(&tiny).await.unwrap(), small);
         assert_eq!(
             keys(&*store).await,
-            vec![location.to_string(), tiny.to_string()],
+            vec![location.clone(), tiny.clone()],
             "{name}: no temporary objects left"
         );
     }

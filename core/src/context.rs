@@ -6,8 +6,7 @@
 use crate::auth::TokenSigner;
 use crate::config::Settings;
 use crate::id::IdGenerator;
-use crate::ports::{ArchiveStore, Bus, Notifier, ReplayCache, SliceStore};
-use object_store::ObjectStore;
+use crate::ports::{ArchiveStore, Bus, Notifier, ObjectStore, ReplayCache, SliceStore};
 use std::sync::Arc;
 
 /// Everything the roles share.
@@ -19,6 +18,7 @@ pub struct Context {
     /// Tells live nodes about new items of their rooms.
     pub notifier: Arc<dyn Notifier>,
     pub archive: Arc<dyn ArchiveStore>,
+    /// Where the archive's Parquet files go.
     pub objects: Arc<dyn ObjectStore>,
     pub cache: Arc<dyn ReplayCache>,
     pub signer: TokenSigner,

@@ -26,6 +26,8 @@ pub mod auth;
 pub mod config;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod conformance_object_store;
 pub mod context;
 pub mod cursor;
 pub mod error;

@@ -1,5 +1,5 @@
 //! The binary with `archive.url = s3://bucket/prefix` against moto's S3 server on
-//! loopback (`danmaku_redis::testkit::S3Server`; or the server of
+//! loopback (`danmaku_object_store::testkit::S3Server`; or the server of
 //! `DANMAKU_TEST_S3`): the endpoint from `DANMAKU_ARCHIVE__S3_ENDPOINT`, dummy
 //! credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
 //!
@@ -15,10 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use danmaku_redis::testkit::S3Server;
+use danmaku_core::ports::ObjectStore;
+use danmaku_object_store::testkit::S3Server;
 use futures::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::ObjectStore;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -51,8 +50,8 @@ async fn spawn_s3_app(s3: &S3Server, prefix: &str, extra: &[(&str, &str)]) -> Te
 /// Every object name under the store's root, sorted.
 async fn keys(store: &dyn ObjectStore) -> Vec<String> {
     let mut out: Vec<String> = store
-        .list(None)
-        .map_ok(|m| m.location.to_string())
+        .list("")
+        .map_ok(|m| m.path)
         .try_collect()
         .await
         .expect("list the bucket");
@@ -66,13 +65,7 @@ async fn mirror(store: &dyn ObjectStore, dir: &Path) -> Vec<String> {
     let _ = std::fs::remove_dir_all(dir.join("archive"));
     let names = keys(store).await;
     for name in &names {
-        let bytes = store
-            .get(&ObjectPath::from(name.as_str()))
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("read");
+        let bytes = store.get(name).await.expect("get");
         let path = dir.join("archive").join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();

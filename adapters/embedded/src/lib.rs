@@ -100,7 +100,6 @@ pub mod testkit {
     use danmaku_core::context::Context;
     use danmaku_core::id::IdGenerator;
     use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
-    use danmaku_core::ports::object_store_from_settings;
 
     /// A [`Context`] of embedded adapters only, under `settings.server.data_dir`, as
     /// `danmaku::engines` builds it when no distributed key is set. For role tests,
@@ -120,7 +119,7 @@ pub mod testkit {
             slices: Arc::new(EmbeddedSliceStore::new(db.clone()).with_unsynced_appends()),
             notifier: Arc::new(LocalNotifier::new(1024)),
             archive: Arc::new(EmbeddedArchiveStore::new(db)),
-            objects: object_store_from_settings(&settings.archive, &dir).expect("object store"),
+            objects: danmaku_object_store::open(&settings.archive, &dir).expect("object store"),
             cache: Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes)),
             signer: TokenSigner::new(secret.as_bytes()),
             ids: Arc::new(IdGenerator::new(settings.server.node_id)),

@@ -17,8 +17,7 @@ use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Danmaku, Kind, Mode};
 use danmaku_core::ports::{
-    object_store_from_url, AppendOutcome, ArchiveBatch, ArchiveStore, SliceError, SliceItem,
-    SliceStat, SliceStore,
+    AppendOutcome, ArchiveBatch, ArchiveStore, SliceError, SliceItem, SliceStat, SliceStore,
 };
 use danmaku_core::vod::{segment_of, Session};
 use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
@@ -70,7 +69,7 @@ pub async fn context(
         slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
         notifier: Arc::new(danmaku_core::memory::LocalNotifier::new(16)),
         archive,
-        objects: object_store_from_url("", dir).expect("objects"),
+        objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"k"),
         ids: Arc::new(IdGenerator::new(0)),

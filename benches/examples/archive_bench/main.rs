@@ -41,7 +41,7 @@ use danmaku_core::config::Settings;
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{object_store_from_url, ArchiveStore, SliceItem};
+use danmaku_core::ports::{ArchiveStore, SliceItem};
 use danmaku_core::vod::Session;
 use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use danmaku_scylla::testserver::CqlTestServer;
@@ -451,7 +451,7 @@ async fn context(dir: &std::path::Path, slices: Slices<'_>, archive: Archive<'_>
         slices,
         notifier: Arc::new(LocalNotifier::new(16)),
         archive,
-        objects: object_store_from_url("", dir).expect("objects"),
+        objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"bench"),
         ids: Arc::new(IdGenerator::new(0)),
@@ -598,10 +598,7 @@ async fn breakdown(args: &Args) {
         let files = synth::encode_aligned(batch.id, &aligned).unwrap();
         lap(4, &mut secs);
         for (name, bytes) in files {
-            ctx.objects
-                .put(&name.as_str().into(), bytes.into())
-                .await
-                .unwrap();
+            ctx.objects.put(&name, bytes).await.unwrap();
         }
         lap(5, &mut secs);
         ctx.slices.complete_batch(batch.id).await.unwrap();

@@ -12,9 +12,7 @@ mod slice_store;
 pub use archive_store::{ArchiveError, ArchiveStore, ArchivedComment};
 pub use bus::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
 pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError};
-pub use object_store::{
-    object_store_from_settings, object_store_from_url, object_store_with_env, ObjectStoreError,
-};
+pub use object_store::{ObjectMeta, ObjectStore, ObjectStoreError, ObjectStoreErrorKind};
 pub use replay_cache::{CachedBody, ReplayCache};
 pub use slice_store::{
     AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,

@@ -1,349 +1,139 @@
-//! The object store for Parquet files is the `object_store` crate's own trait; this
-//! module only picks the implementation from `archive.url`:
-//!
-//! - empty: `<data dir>/archive` on the local filesystem;
-//! - `file:///path` or a plain path: that local directory;
-//! - `s3://bucket/prefix`: an S3 bucket (AWS or any S3-compatible server: MinIO,
-//!   Ceph, moto), every object under `prefix/`. The `archive.s3_*` settings pick
-//!   the endpoint, region and request style; credentials come only from the
-//!   standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
-//!   `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, ...) or, without them, from the
-//!   instance's or container's role, so no secret sits in the configuration file.
-//!
-//! What the archiver and the compactor need holds on both: `put` replaces an
-//! object atomically (a temporary file renamed into place locally; a single PUT on
-//! S3), listing a partition that does not exist gives nothing, and deleting a
-//! missing object is not an error they see (S3 answers success; the callers accept
-//! `NotFound` from the local store).
+//! The object store port: where the archive's Parquet files live (a local
+//! directory, or an S3 bucket under a prefix). Only the calls the archiver and the
+//! compactor make. The adapter over the `object_store` crate, which opens a store
+//! from `archive.url`, is `danmaku-object-store` (`adapters/object-store`); the
+//! suite every adapter passes is [`crate::object_store_suite`].
 
-use crate::config::ArchiveSettings;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
-use object_store::prefix::PrefixStore;
-use object_store::ObjectStore;
-use std::path::Path;
-use std::sync::Arc;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::ops::Range;
 
-/// Why an object store could not be opened.
+/// What kind of failure an [`ObjectStoreError`] is, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectStoreErrorKind {
+    /// No object at that path.
+    NotFound,
+    /// The store did not complete the request (network, timeout, I/O); a retry may
+    /// succeed. A write that failed this way may or may not have happened.
+    Unavailable,
+    /// Anything else: refused credentials, an invalid path, an unsupported call.
+    /// Retrying the same call is not expected to help.
+    Other,
+}
+
+/// Why an object store call failed. The adapter's own error is kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectStoreError {
-    /// `archive.url` has a scheme this build does not open.
-    #[error("unsupported archive.url {0:?}: use s3://bucket/prefix, file:///path or a plain path")]
-    Unsupported(String),
-    /// `archive.url` is an `s3://` URL that does not name a usable bucket and prefix.
-    #[error("invalid archive.url {url:?}: {reason}")]
-    InvalidUrl {
-        /// The configured URL.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
+    /// No object at `path`.
+    #[error("object {path:?} not found")]
+    NotFound {
+        /// The path asked for.
+        path: String,
+        /// What the store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
-    /// The local directory could not be created or opened.
-    #[error("cannot open {0}: {1}")]
-    Open(String, String),
-    /// The S3 client could not be configured (a bad `archive.s3_*` setting or
-    /// `AWS_*` variable).
-    #[error(
-        "cannot open archive.url {url:?} (check archive.s3_* and the AWS_* variables): {message}"
-    )]
-    S3 {
-        /// The configured URL.
-        url: String,
-        /// What the S3 client said.
-        message: String,
+    /// The store did not complete the request; a retry may succeed.
+    #[error("object store unavailable: {source}")]
+    Unavailable {
+        /// What the store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Any other failure.
+    #[error("object store error: {source}")]
+    Other {
+        /// What the store said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
-/// Opens the store named by `url` (`s3://bucket/prefix`, `file:///path`, or a
-/// plain path; empty means `<data_dir>/archive`), with the default `archive.s3_*`
-/// settings. Same as [`object_store_from_settings`] with only `url` set.
-pub fn object_store_from_url(
-    url: &str,
-    data_dir: &Path,
-) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
-    let settings = ArchiveSettings {
-        url: url.to_string(),
-        ..ArchiveSettings::default()
-    };
-    object_store_from_settings(&settings, data_dir)
-}
-
-/// Opens the store named by `archive.url` with the `archive.s3_*` settings; an
-/// `s3://` store also reads the process's `AWS_*` environment variables.
-pub fn object_store_from_settings(
-    settings: &ArchiveSettings,
-    data_dir: &Path,
-) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
-    object_store_with_env(settings, data_dir, std::env::vars())
-}
-
-/// [`object_store_from_settings`] with the `AWS_*` variables taken from `env`
-/// instead of the process environment (other names are ignored); for tests and
-/// embedders that hold credentials themselves. The `archive.s3_*` settings, when
-/// set, win over the variables.
-pub fn object_store_with_env(
-    settings: &ArchiveSettings,
-    data_dir: &Path,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
-    let url = settings.url.as_str();
-    if url.is_empty() {
-        return local(&data_dir.join("archive"));
-    }
-    if let Some(p) = url.strip_prefix("file://") {
-        return local(Path::new(p));
-    }
-    if url.starts_with("s3://") {
-        let (bucket, prefix) = parse_s3_url(url)?;
-        let s3 = s3_builder(settings, &bucket, env)
-            .build()
-            .map_err(|e| ObjectStoreError::S3 {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?;
-        return Ok(match prefix {
-            Some(prefix) => Arc::new(PrefixStore::new(s3, prefix)),
-            None => Arc::new(s3),
-        });
-    }
-    if url.contains("://") {
-        return Err(ObjectStoreError::Unsupported(url.to_string()));
-    }
-    local(Path::new(url))
-}
-
-/// A local directory, created if missing.
-fn local(path: &Path) -> Result<Arc<dyn ObjectStore>, ObjectStoreError> {
-    let open_err = |e: &dyn std::fmt::Display| {
-        ObjectStoreError::Open(path.display().to_string(), e.to_string())
-    };
-    std::fs::create_dir_all(path).map_err(|e| open_err(&e))?;
-    let fs = LocalFileSystem::new_with_prefix(path).map_err(|e| open_err(&e))?;
-    Ok(Arc::new(fs))
-}
-
-/// The bucket and the key prefix (`None` for the bucket's root) of an
-/// `s3://bucket[/prefix]` URL. Pure.
-fn parse_s3_url(url: &str) -> Result<(String, Option<ObjectPath>), ObjectStoreError> {
-    let invalid = |reason: &str| ObjectStoreError::InvalidUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
-    };
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| invalid("not s3://"))?;
-    if rest.contains(['?', '#']) {
-        return Err(invalid(
-            "no query or fragment allowed: use s3://bucket/prefix and the archive.s3_* settings",
-        ));
-    }
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(invalid("no bucket: use s3://bucket/prefix"));
-    }
-    if bucket.contains('@') || bucket.contains(':') {
-        return Err(invalid(
-            "the bucket is a plain name: put credentials in AWS_* variables and the endpoint in archive.s3_endpoint",
-        ));
-    }
-    if !bucket
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
-        return Err(invalid(
-            "a bucket name is letters, digits, '.', '-' and '_' only",
-        ));
-    }
-    let prefix = prefix.trim_matches('/');
-    if prefix.is_empty() {
-        return Ok((bucket.to_string(), None));
-    }
-    let path = ObjectPath::parse(prefix).map_err(|e| invalid(&format!("bad prefix: {e}")))?;
-    Ok((bucket.to_string(), Some(path)))
-}
-
-/// The S3 client configuration: the `AWS_*` variables of `env` (as
-/// `AmazonS3Builder::from_env` reads them), then the non-empty `archive.s3_*`
-/// settings over them. Pure.
-fn s3_builder(
-    settings: &ArchiveSettings,
-    bucket: &str,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> AmazonS3Builder {
-    let mut builder = AmazonS3Builder::new();
-    for (key, value) in env {
-        if key.starts_with("AWS_") {
-            if let Ok(config_key) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                builder = builder.with_config(config_key, value);
-            }
-        }
-    }
-    builder = builder.with_bucket_name(bucket);
-    if !settings.s3_endpoint.is_empty() {
-        builder = builder.with_endpoint(settings.s3_endpoint.trim_end_matches('/'));
-    }
-    if !settings.s3_region.is_empty() {
-        builder = builder.with_region(&settings.s3_region);
-    }
-    if settings.s3_allow_http {
-        builder = builder.with_allow_http(true);
-    }
-    if settings.s3_virtual_hosted {
-        builder = builder.with_virtual_hosted_style_request(true);
-    }
-    builder
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use object_store::ClientConfigKey;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn s3_urls_parse_into_bucket_and_prefix() {
-        let ok = |url: &str| parse_s3_url(url).unwrap();
-        assert_eq!(ok("s3://bucket"), ("bucket".to_string(), None));
-        assert_eq!(ok("s3://bucket/"), ("bucket".to_string(), None));
-        assert_eq!(
-            ok("s3://my-bucket.v2/danmaku/archive/"),
-            (
-                "my-bucket.v2".to_string(),
-                Some(ObjectPath::from("danmaku/archive"))
-            )
-        );
-        assert_eq!(ok("s3://b/p").1.unwrap().as_ref(), "p");
-        for bad in [
-            "s3://",
-            "s3:///prefix",
-            "s3://user:secret@bucket/p",
-            "s3://bucket?region=x",
-            "s3://bucket/p#frag",
-            "s3://bu cket/p",
-            "s3://bucket/a//b",
-            "s3://bucket/a/../b",
-        ] {
-            match parse_s3_url(bad) {
-                Err(e @ ObjectStoreError::InvalidUrl { .. }) => {
-                    let msg = e.to_string();
-                    assert!(msg.contains("archive.url"), "{bad}: {msg}");
-                }
-                other => panic!("{bad}: {other:?}"),
-            }
+impl ObjectStoreError {
+    /// The kind of failure.
+    pub fn kind(&self) -> ObjectStoreErrorKind {
+        match self {
+            Self::NotFound { .. } => ObjectStoreErrorKind::NotFound,
+            Self::Unavailable { .. } => ObjectStoreErrorKind::Unavailable,
+            Self::Other { .. } => ObjectStoreErrorKind::Other,
         }
     }
 
-    #[test]
-    fn unknown_schemes_and_bad_s3_urls_are_typed_errors_naming_the_key() {
-        let dir = std::env::temp_dir();
-        for url in ["gs://bucket/p", "http://host/p", "S3://bucket/p"] {
-            let settings = ArchiveSettings {
-                url: url.into(),
-                ..Default::default()
-            };
-            let err = object_store_with_env(&settings, &dir, vec![]).unwrap_err();
-            assert!(
-                matches!(err, ObjectStoreError::Unsupported(_)),
-                "{url}: {err:?}"
-            );
-            assert!(err.to_string().contains("archive.url"), "{err}");
-        }
-        let settings = ArchiveSettings {
-            url: "s3:///nobucket".into(),
-            ..Default::default()
-        };
-        let err = object_store_with_env(&settings, &dir, vec![]).unwrap_err();
-        assert!(
-            err.to_string().contains("archive.url") && err.to_string().contains("no bucket"),
-            "{err}"
-        );
+    /// Whether there was no object at the path.
+    pub fn is_not_found(&self) -> bool {
+        self.kind() == ObjectStoreErrorKind::NotFound
     }
+}
 
-    #[test]
-    fn settings_win_over_the_environment_which_fills_the_rest() {
-        let env = vars(&[
-            ("AWS_ACCESS_KEY_ID", "AKID"),
-            ("AWS_SECRET_ACCESS_KEY", "secret"),
-            ("AWS_REGION", "eu-west-1"),
-            ("AWS_ENDPOINT", "http://env-endpoint:9000"),
-            ("HOME", "/root"),
-            ("AWS_NOT_A_KEY", "ignored"),
-        ]);
-        let defaults = ArchiveSettings::default();
-        let b = s3_builder(&defaults, "bkt", env.clone());
-        let get = |b: &AmazonS3Builder, k: AmazonS3ConfigKey| b.get_config_value(&k);
-        assert_eq!(get(&b, AmazonS3ConfigKey::Bucket).as_deref(), Some("bkt"));
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::AccessKeyId).as_deref(),
-            Some("AKID")
-        );
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::Region).as_deref(),
-            Some("eu-west-1")
-        );
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::Endpoint).as_deref(),
-            Some("http://env-endpoint:9000")
-        );
-        assert_ne!(
-            get(&b, AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(),
-            Some("true")
-        );
+/// What the store knows about one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's path, as given to `put` (e.g. `date=2025-11-24/hour=16/part-….parquet`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// An opaque version tag when the store has one (S3's ETag): unchanged as long
+    /// as the object is not written again.
+    pub e_tag: Option<String>,
+}
 
-        let settings = ArchiveSettings {
-            url: "s3://bkt/p".into(),
-            s3_endpoint: "http://127.0.0.1:9000/".into(),
-            s3_region: "ap-south-1".into(),
-            s3_allow_http: true,
-            s3_virtual_hosted: true,
-            ..Default::default()
-        };
-        let b = s3_builder(&settings, "bkt", env);
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::Endpoint).as_deref(),
-            Some("http://127.0.0.1:9000")
-        );
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::Region).as_deref(),
-            Some("ap-south-1")
-        );
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)).as_deref(),
-            Some("true")
-        );
-        assert_eq!(
-            get(&b, AmazonS3ConfigKey::VirtualHostedStyleRequest).as_deref(),
-            Some("true")
-        );
-        // The bucket of the URL wins over AWS_BUCKET.
-        let b = s3_builder(&settings, "bkt", vars(&[("AWS_BUCKET", "other")]));
-        assert_eq!(get(&b, AmazonS3ConfigKey::Bucket).as_deref(), Some("bkt"));
-    }
+/// A flat namespace of immutable objects named by `/`-separated paths (a local
+/// directory, or an S3 bucket under a prefix). Paths are relative to the store's
+/// root and made of non-empty segments (`date=2025-11-24/hour=16/part-1.parquet`).
+///
+/// Guarantees:
+/// - `put` replaces the object atomically: a reader sees the old object (or none)
+///   or the whole new one, never a part, and a listing never shows a half-written
+///   object. A crash during a `put` leaves the old object or none. Rewriting the
+///   same bytes is harmless, so a retried `put` is safe.
+/// - `put_multipart` gives the same guarantee for large objects sent in parts:
+///   the object appears whole once the last part is in, not before. If a part
+///   fails the upload is abandoned (and its parts discarded where the store
+///   allows) and the old object stays. A crash mid-upload leaves the old object;
+///   on S3 the unfinished parts linger, invisible, until a lifecycle rule aborts
+///   them.
+/// - `delete` of a missing object succeeds, so a retried or repeated delete is
+///   safe; `delete_many` likewise ignores the missing ones.
+/// - `list(prefix)` gives every object whose path lies under the directory
+///   `prefix` (whole segments: `a/b` does not list `a/bc/x`), at any depth, each
+///   once, in no particular order; a prefix nothing lies under lists nothing.
+/// - `get`, `get_range` and `head` of a missing object fail with
+///   [`ObjectStoreErrorKind::NotFound`]; they read one version of the object,
+///   never a mix of two.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Writes `bytes` as the object at `path`, replacing it atomically.
+    async fn put(&self, path: &str, bytes: Bytes) -> Result<(), ObjectStoreError>;
 
-    #[test]
-    fn an_s3_url_opens_without_network_and_local_paths_still_work() {
-        let settings = ArchiveSettings {
-            url: "s3://bkt/some/prefix".into(),
-            s3_endpoint: "http://127.0.0.1:1".into(),
-            s3_allow_http: true,
-            ..Default::default()
-        };
-        let env = vars(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
-        let store = object_store_with_env(&settings, Path::new("/nonexistent"), env).unwrap();
-        assert_eq!(store.to_string(), "PrefixObjectStore(some/prefix)");
+    /// Writes `bytes` as the object at `path` in parts of `part_bytes` (the last
+    /// one shorter), sent concurrently, replacing it atomically once complete. S3
+    /// wants parts of at least 5 MiB (but the last).
+    async fn put_multipart(
+        &self,
+        path: &str,
+        bytes: Bytes,
+        part_bytes: usize,
+    ) -> Result<(), ObjectStoreError>;
 
-        let dir = tempfile::tempdir().unwrap();
-        object_store_from_url("", dir.path()).unwrap();
-        assert!(dir.path().join("archive").is_dir());
-        let sub = dir.path().join("elsewhere");
-        object_store_from_url(&format!("file://{}", sub.display()), dir.path()).unwrap();
-        assert!(sub.is_dir());
-    }
+    /// The whole object at `path`.
+    async fn get(&self, path: &str) -> Result<Bytes, ObjectStoreError>;
+
+    /// The bytes `range` of the object at `path`.
+    async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes, ObjectStoreError>;
+
+    /// The size (and version tag) of the object at `path`.
+    async fn head(&self, path: &str) -> Result<ObjectMeta, ObjectStoreError>;
+
+    /// Every object under the directory `prefix` (all objects when empty), at any
+    /// depth, as a stream so a large bucket is not held in memory.
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, ObjectStoreError>>;
+
+    /// Deletes the object at `path`; `Ok` if there is none.
+    async fn delete(&self, path: &str) -> Result<(), ObjectStoreError>;
+
+    /// Deletes every object of `paths` (in bulk where the store can: on S3 one
+    /// request per 1,000 keys); the missing ones are fine. On an error some may
+    /// be deleted and others not; the first error is returned.
+    async fn delete_many(&self, paths: Vec<String>) -> Result<(), ObjectStoreError>;
 }
