@@ -17,6 +17,9 @@
 //! Metrics: `danmaku_bigkey_events_total{source="writer"|"scan"}`,
 //! `danmaku_bigkey_scan_keys_total`, `danmaku_bigkey_scan_passes_total`,
 //! `danmaku_bigkey_scan_errors_total`.
+//!
+//! May import: `danmaku_core`, and [`Live`] for the handler's state; no module of
+//! the connection layer.
 
 use crate::Live;
 use axum::extract::{Query, State};

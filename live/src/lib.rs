@@ -1,14 +1,38 @@
-//! `danmaku-live`: the live path.
+//! `danmaku-live`: the live path. The writer stores what ingest put on the
+//! Bus; each room's hub turns it into frames; WebSocket and poll clients get
+//! them.
 //!
-//! - [`writer`]: Bus consumer group → SliceStore → room hubs (offsets committed
-//!   after the store write).
-//! - [`hub`]: per-room hubs: ring of recent items, one encoded frame per batch
-//!   shared by every connection, the room's frame ring, long-poll wake-ups.
-//! - [`fanout`]: the room's write loop: each frame written straight to every
-//!   caught-up connection, the connection's task taking over only when needed.
-//! - `ws`: `GET /v1/rooms/{room}/ws` (hello / batch / gap, `?cursor=` resume,
+//! The connection layer, lowest first; each module imports only the ones
+//! above it in this list, never one below:
+//!
+//! - [`messages`]: every JSON a client receives (`hello`, `batch`, `gap`, `ack`,
+//!   `error`, the poll page) and [`messages::RingItem`], an item encoded once.
+//!   A new message type goes here.
+//! - [`frames`]: the RFC 6455 codec and permessage-deflate, and
+//!   [`frames::Frame`], one batch encoded once for the whole room.
+//! - [`socket`]: one connection's socket as the room sees it
+//!   ([`socket::Subscriber`]): who may write (the room loop or the connection's
+//!   task), the hand-off between them, the room loop's non-blocking writes.
+//! - [`room`]: per-room hubs ([`room::Hub`], [`room::Hubs`]): the ring of recent
+//!   items, frame building, the display budget, the adaptive flush interval,
+//!   and the room's write loop that writes each frame to every caught-up socket.
+//! - `upgrade`: `GET /v1/rooms/{room}/ws`: the handshake and the task of each
+//!   connection (hello, backlog after `?cursor=`, catch-up, `gap`, pings,
 //!   `send` through [`danmaku_ingest::Ingest`]).
-//! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll, next_poll_ms).
+//!
+//! Beside it:
+//!
+//! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll,
+//!   next_poll_ms); imports [`room`] and [`messages`].
+//! - [`writer`]: Bus consumer group → SliceStore → the Notifier (offsets
+//!   committed after the store write), adaptive slice lengths; imports
+//!   [`bigkeys`].
+//! - [`bigkeys`]: big-key thresholds, the per-server registry, the scanner and
+//!   `GET /v1/admin/bigkeys`.
+//! - this file: [`Live`] (the role's state: hubs, ingest, big-key registry,
+//!   counters, its background tasks and the notices → hubs hand-off) and
+//!   [`router`]. The HTTP handlers (`upgrade`, `poll`, `bigkeys`) take
+//!   `Arc<Live>` as their state; nothing below the handlers knows [`Live`].
 
 pub mod bigkeys;
 pub mod frames;

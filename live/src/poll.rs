@@ -1,4 +1,7 @@
 //! `GET /v1/rooms/{room}/danmaku`: short and long polling.
+//!
+//! May import: [`crate::room`] (through [`Live`]) and [`crate::messages`] (the
+//! page's JSON); never the WebSocket modules.
 
 use crate::messages;
 use crate::{parse_cursor, Live};

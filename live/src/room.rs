@@ -35,7 +35,7 @@
 //! a long round (5,000 viewers) gets them in this round, not the next.
 //!
 //! May import: [`crate::socket`], [`crate::frames`], [`crate::messages`];
-//! never [`crate::upgrade`] (connections come to the room, not the reverse).
+//! never `upgrade` (connections come to the room, not the reverse).
 
 use crate::frames::{self, Frame};
 use crate::messages::{self, RingItem};

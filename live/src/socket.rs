@@ -1,5 +1,5 @@
 //! The hand-off of one connection's socket between the room's write loop
-//! ([`crate::room`]) and the connection's own task ([`crate::upgrade`]):
+//! ([`crate::room`]) and the connection's own task (`upgrade`):
 //! [`Subscriber`] (the socket, where the client is in the room's frames, who
 //! may write), [`Take`] (how a connection takes a frame), and the room loop's
 //! non-blocking `send(2)`/`sendmsg(2)` of a connection's frames.
@@ -68,7 +68,7 @@ pub struct Subscriber {
     state: Mutex<WriteState>,
     /// The room loop asks the connection's task to take over (or to end).
     pub wake: Notify,
-    /// When the client was last heard from ([`now_secs`]).
+    /// When the client was last heard from (`now_secs`, coarse seconds).
     pub last_heard: AtomicU32,
     /// Found dead by the ping check: the task ends the connection.
     pub dead: AtomicBool,

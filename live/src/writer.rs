@@ -16,6 +16,9 @@
 //! `danmaku_writer_notify_errors_total`, `danmaku_writer_decode_errors_total`,
 //! `danmaku_slice_members` and `danmaku_slice_bytes` (histograms of closed slices),
 //! `danmaku_slice_length_changes_total{direction}`, `danmaku_writer_rooms` (gauge).
+//!
+//! May import: [`crate::bigkeys`]; nothing of the connection layer (it reaches
+//! the rooms through the Notifier).
 
 use crate::bigkeys::{self, BigKeys, Thresholds};
 use danmaku_core::config::LiveSettings;
