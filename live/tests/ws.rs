@@ -71,20 +71,23 @@ async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
     }
 }
 
-fn claims(user: &str, role: Role) -> Claims {
-    Claims {
-        sub: user.into(),
-        exp: danmaku_core::now_ms() / 1000 + 3600,
-        name: None,
-        role,
-    }
-}
-
 impl Server {
+    /// The claims of a token of this server's (built by its signer, so they
+    /// carry whatever fields a real token does).
+    fn claims(&self, user: &str, role: Role) -> Claims {
+        let signer = &self.live.ctx.signer;
+        let token = signer.issue(user, None, role, danmaku_core::now_ms() / 1000, 3600);
+        signer.verify(&token).expect("a token of our own")
+    }
+
     async fn send(&self, user: &str, role: Role, room: &str, body: Value) -> u64 {
         let req: SendRequest = serde_json::from_value(body).unwrap();
         self.ingest
-            .submit(&claims(user, role), Target::Live { room: room.into() }, req)
+            .submit(
+                &self.claims(user, role),
+                Target::Live { room: room.into() },
+                req,
+            )
             .await
             .unwrap()
     }
