@@ -1,5 +1,12 @@
 //! Bearer tokens: HS256 JWTs carrying the user id, an optional display name, a
-//! role and an expiry, signed with the configured secret.
+//! role, an expiry and optionally a not-before time, signed with the configured
+//! secret.
+//!
+//! Times are checked in one place, [`Claims::check_time`], with the same
+//! [`LEEWAY_SECS`] on every path: [`TokenSigner::verify`] (HTTP, and the
+//! WebSocket upgrade) calls it, and so does a WebSocket `send` on a connection
+//! opened earlier (the token may have expired since). The scheme of
+//! `Authorization: Bearer` is matched case-insensitively (RFC 7235).
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -32,15 +39,72 @@ impl Role {
     }
 }
 
+/// Clock skew tolerated on `exp` and `nbf`, seconds, on every path.
+pub const LEEWAY_SECS: i64 = 5;
+
 /// Token claims.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
+    /// The user id (1 to 128 bytes).
     pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
+    /// Not before, seconds since the Unix epoch (RFC 7519 4.1.5); any JSON
+    /// number is taken, a fraction rounded down.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
+    pub nbf: Option<i64>,
+    /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What the holder may do.
     #[serde(default)]
     pub role: Role,
+    /// Set on tokens minted by `POST /v1/auth/guest`: the client address they
+    /// were minted for (an IPv4 address, or an IPv6 /64 prefix). Guests are
+    /// limited per address, and a WebSocket `send` carries no address of its
+    /// own, so the token carries the one it was minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+}
+
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<f64>::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        // `as` saturates, so a huge nbf stays huge (never valid) instead of wrapping.
+        Some(f) if f.is_finite() => Ok(Some(f.floor() as i64)),
+        Some(_) => Err(serde::de::Error::custom("nbf is not a finite number")),
+    }
+}
+
+impl Claims {
+    /// Valid at `now_secs`: not expired and not before `nbf`, each with
+    /// [`LEEWAY_SECS`]. The one time check of every path (HTTP and WebSocket).
+    pub fn check_time(&self, now_secs: i64) -> Result<(), crate::error::ApiError> {
+        use crate::error::{ApiError, ErrorCode};
+        if self.exp < now_secs.saturating_sub(LEEWAY_SECS) {
+            return Err(ApiError::new(ErrorCode::Unauthorized, "the token expired"));
+        }
+        if self
+            .nbf
+            .is_some_and(|nbf| nbf > now_secs.saturating_add(LEEWAY_SECS))
+        {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token is not valid yet (nbf)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Minted by `POST /v1/auth/guest`.
+    pub fn is_guest(&self) -> bool {
+        self.guest.is_some()
+    }
 }
 
 /// Signs and verifies tokens with one secret.
@@ -60,7 +124,9 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        // Times are checked by `Claims::check_time`, the same on every path.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             enc: EncodingKey::from_secret(secret),
@@ -78,24 +144,67 @@ impl TokenSigner {
         now_secs: i64,
         ttl_secs: i64,
     ) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: user.to_string(),
-            exp: now_secs + ttl_secs,
+            exp: now_secs.saturating_add(ttl_secs),
+            nbf: None,
             name: name.map(str::to_string),
             role,
-        };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            guest: None,
+        })
+    }
+
+    /// A guest token for `user`, minted for the client address key `address`.
+    pub fn issue_guest(&self, user: &str, address: &str, now_secs: i64, ttl_secs: i64) -> String {
+        self.sign(&Claims {
+            sub: user.to_string(),
+            exp: now_secs.saturating_add(ttl_secs),
+            nbf: None,
+            name: None,
+            role: Role::Viewer,
+            guest: Some(address.to_string()),
+        })
+    }
+
+    /// Signs `claims` as they are.
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.enc)
             .expect("HS256 signing cannot fail")
     }
 
-    /// Verifies signature, algorithm and expiry.
+    /// Verifies signature, algorithm, `exp` and `nbf` (now, by the server clock).
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).ok()?;
-        if data.claims.sub.is_empty() || data.claims.sub.len() > 128 {
-            return None;
-        }
-        Some(data.claims)
+        self.verify_at(token, crate::now_ms() / 1000).ok()
     }
+
+    /// Verifies `token` at `now_secs`: `unauthorized` with the reason otherwise.
+    pub fn verify_at(&self, token: &str, now_secs: i64) -> Result<Claims, crate::error::ApiError> {
+        use crate::error::{ApiError, ErrorCode};
+        let bad = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token is malformed or badly signed",
+            )
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+            .map_err(|_| bad())?
+            .claims;
+        if claims.sub.is_empty() || claims.sub.len() > 128 {
+            return Err(bad());
+        }
+        claims.check_time(now_secs)?;
+        Ok(claims)
+    }
+}
+
+/// The token of an `Authorization` value whose scheme is `Bearer`, in any case
+/// (auth schemes are case-insensitive, RFC 7235 section 2.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The bearer token of a request: `Authorization: Bearer <token>`, else the
@@ -107,16 +216,12 @@ pub fn bearer<'a>(
     let from_header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_credentials);
     from_header.or(query_token).filter(|t| !t.is_empty())
 }
 
-/// Verifies the request's token: `unauthorized` when missing, malformed, expired or
-/// badly signed.
+/// Verifies the request's token: `unauthorized` when missing, malformed,
+/// expired, not yet valid or badly signed.
 pub fn authenticate(
     signer: &TokenSigner,
     headers: &axum::http::HeaderMap,
@@ -125,12 +230,7 @@ pub fn authenticate(
     use crate::error::{ApiError, ErrorCode};
     let token = bearer(headers, query_token)
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "a bearer token is required"))?;
-    signer.verify(token).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unauthorized,
-            "the token is malformed, expired or badly signed",
-        )
-    })
+    signer.verify_at(token, crate::now_ms() / 1000)
 }
 
 /// `authenticate`, then require role service or admin (`forbidden` otherwise).
@@ -218,6 +318,92 @@ mod tests {
             .is_none());
         assert!(s.verify("not.a.token").is_none());
         assert!(s.verify("").is_none());
+    }
+
+    fn sign(body: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &body,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_leeway() {
+        let s = TokenSigner::new(b"k");
+        let t = now();
+        let at = |nbf: serde_json::Value| {
+            sign(serde_json::json!({"sub": "bob", "exp": t + 600, "nbf": nbf}))
+        };
+        assert_eq!(
+            s.verify_at(&at((t + 60).into()), t).unwrap_err().code,
+            crate::error::ErrorCode::Unauthorized
+        );
+        assert!(s.verify(&at((t + 60).into())).is_none());
+        // Within the leeway, in the past, fractional: valid.
+        assert!(s.verify_at(&at((t + LEEWAY_SECS).into()), t).is_ok());
+        assert!(s.verify_at(&at((t - 60).into()), t).is_ok());
+        assert!(s.verify_at(&at((t as f64 - 0.5).into()), t).is_ok());
+        // A huge nbf stays in the future instead of wrapping.
+        assert!(s.verify_at(&at(1e300.into()), t).is_err());
+        assert!(s.verify_at(&at("soon".into()), t).is_err());
+    }
+
+    #[test]
+    fn exp_has_the_same_leeway_on_every_path() {
+        let s = TokenSigner::new(b"k");
+        let t = now();
+        let token = sign(serde_json::json!({"sub": "bob", "exp": t}));
+        // `verify_at` (HTTP, WebSocket upgrade) and `check_time` (a WebSocket
+        // send later on the same connection) agree at every instant.
+        for later in [0, LEEWAY_SECS, LEEWAY_SECS + 1, 3600] {
+            let claims = s.verify_at(&token, t).unwrap();
+            assert_eq!(
+                s.verify_at(&token, t + later).is_ok(),
+                claims.check_time(t + later).is_ok(),
+                "{later} s after exp"
+            );
+            assert_eq!(claims.check_time(t + later).is_ok(), later <= LEEWAY_SECS);
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let mut h = axum::http::HeaderMap::new();
+        for value in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "bEaReR   abc ",
+            "Bearer\tabc",
+        ] {
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer(&h, None), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearerabc", "Bearer ", "abc"] {
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(bearer(&h, Some("q")), Some("q"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn guest_tokens_carry_their_address() {
+        let s = TokenSigner::new(b"k");
+        let c = s
+            .verify(&s.issue_guest("guest-1", "192.0.2.7", now(), 60))
+            .unwrap();
+        assert!(c.is_guest());
+        assert_eq!(c.guest.as_deref(), Some("192.0.2.7"));
+        assert_eq!(c.role, Role::Viewer);
+        assert!(!s
+            .verify(&s.issue("u", None, Role::Viewer, now(), 60))
+            .unwrap()
+            .is_guest());
+        // A huge configured lifetime saturates instead of overflowing.
+        assert!(s
+            .verify(&s.issue("u", None, Role::Viewer, now(), i64::MAX))
+            .is_some());
     }
 
     #[test]

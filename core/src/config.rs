@@ -355,6 +355,16 @@ pub struct ReplaySettings {
     /// SliceStore, to store it in the ArchiveStore at once (read your writes), ms.
     /// Past it the answer is still 202 and the archiver stores it on schedule.
     pub post_visible_ms: u64,
+    /// Bytes the in-process cache of decoded rows may hold: each segment's rows
+    /// sorted by (offset_ms, id), which the range API pages through, and each
+    /// VOD's DPlayer document, which every `max` is cut from.
+    pub rows_cache_bytes: u64,
+    /// Most ArchiveStore loads (a segment, its rows, a whole-recording document)
+    /// and document cuts this node runs at once; a request needing one more waits
+    /// up to `cold_load_wait_ms`, then gets `503 unavailable` with `Retry-After`.
+    pub max_cold_loads: usize,
+    /// How long a request waits for one of the `max_cold_loads`, ms (0 = not at all).
+    pub cold_load_wait_ms: u64,
 }
 
 impl Default for ReplaySettings {
@@ -373,6 +383,9 @@ impl Default for ReplaySettings {
             document_max_age_secs: 10,
             document_max_items: 100_000,
             post_visible_ms: 3000,
+            rows_cache_bytes: 64 << 20,
+            max_cold_loads: 16,
+            cold_load_wait_ms: 1000,
         }
     }
 }

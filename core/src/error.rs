@@ -25,6 +25,8 @@ pub enum ErrorCode {
     Banned,
     NotFound,
     VodEnded,
+    /// An idempotency key reused with a different body (409).
+    IdempotencyConflict,
     PayloadTooLarge,
     RateLimited,
     Unavailable,
@@ -51,6 +53,7 @@ impl ErrorCode {
             Banned => "banned",
             NotFound => "not_found",
             VodEnded => "vod_ended",
+            IdempotencyConflict => "idempotency_conflict",
             PayloadTooLarge => "payload_too_large",
             RateLimited => "rate_limited",
             Unavailable => "unavailable",
@@ -63,7 +66,7 @@ impl ErrorCode {
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden | Banned => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
-            VodEnded => StatusCode::CONFLICT,
+            VodEnded | IdempotencyConflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -141,6 +144,11 @@ mod tests {
         assert_eq!(ErrorCode::BlockedWord.status(), 400);
         assert_eq!(ErrorCode::Banned.status(), 403);
         assert_eq!(ErrorCode::VodEnded.status(), 409);
+        assert_eq!(ErrorCode::IdempotencyConflict.status(), 409);
+        assert_eq!(
+            ErrorCode::IdempotencyConflict.as_str(),
+            "idempotency_conflict"
+        );
         assert_eq!(ErrorCode::PayloadTooLarge.status(), 413);
         let r = ApiError::new(ErrorCode::RateLimited, "slow down").into_response();
         assert_eq!(r.status(), 429);

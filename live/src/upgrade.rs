@@ -808,11 +808,8 @@ async fn handle_client_message(
             ),
         );
     };
-    if claims.exp < danmaku_core::now_ms() / 1000 {
-        return error_reply(
-            reference,
-            ApiError::new(ErrorCode::Unauthorized, "the token expired"),
-        );
+    if let Err(e) = claims.check_time(danmaku_core::now_ms() / 1000) {
+        return error_reply(reference, e);
     }
     match live
         .ingest

@@ -32,9 +32,45 @@ pub struct VodMeta {
     pub count: u64,
     /// When the view was taken.
     pub taken: Instant,
+    /// Whether the VOD ended and everything of it the SliceStore held at the end
+    /// is archived ([`crate::settle`]): only then are its segments `immutable`.
+    pub settled: bool,
+    /// The highest segment holding a comment, read from the ArchiveStore the first
+    /// time a request of this view needs it.
+    last_segment: tokio::sync::OnceCell<Option<u32>>,
 }
 
 impl VodMeta {
+    /// A view taken now.
+    pub fn new(session: Session, count: u64, settled: bool) -> Self {
+        Self {
+            session,
+            count,
+            taken: Instant::now(),
+            settled,
+            last_segment: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Whether the VOD had ended when the view was taken.
+    pub fn ended(&self) -> bool {
+        self.session.ended_at.is_some()
+    }
+
+    /// The highest segment holding a comment (`None`: no comment), once per view.
+    pub async fn last_segment(&self, r: &Replay) -> Result<Option<u32>, ApiError> {
+        self.last_segment
+            .get_or_try_init(|| async {
+                r.ctx
+                    .archive
+                    .last_segment(&self.session.vod)
+                    .await
+                    .map_err(crate::store_error)
+            })
+            .await
+            .copied()
+    }
+
     fn state(&self) -> char {
         if self.session.ended_at.is_some() {
             'E'
@@ -104,12 +140,11 @@ pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
             .await
             .map_err(crate::store_error)?
             .ok_or_else(|| ApiError::not_found("vod"))?;
+        // Settled before counting: the count then covers at least what was
+        // archived when the SliceStore was seen without the VOD's comments.
+        let settled = crate::settle::settled(r, &session).await;
         let count = r.ctx.archive.count(vod).await.map_err(crate::store_error)?;
-        Ok::<_, ApiError>(Arc::new(VodMeta {
-            session,
-            count,
-            taken: Instant::now(),
-        }))
+        Ok::<_, ApiError>(Arc::new(VodMeta::new(session, count, settled)))
     };
     match &r.meta {
         None => load.await,
@@ -322,24 +357,31 @@ where
     out
 }
 
-type Flight = Arc<tokio::sync::OnceCell<Result<CachedBody, ApiError>>>;
+type Flight<T> = Arc<tokio::sync::OnceCell<Result<T, ApiError>>>;
 
 /// Coalesces concurrent loads of one key: the first caller runs its future, the
 /// others wait for its result. If the first caller is cancelled (its client went
 /// away), a waiter takes over. Only keys being loaded are held.
-#[derive(Default)]
-pub struct SingleFlight {
-    inflight: Mutex<HashMap<String, Flight>>,
+pub struct SingleFlight<T = CachedBody> {
+    inflight: Mutex<HashMap<String, Flight<T>>>,
+}
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        Self {
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// Removes a finished (or abandoned) flight from the map.
-struct Landing<'a> {
-    flights: &'a SingleFlight,
+struct Landing<'a, T> {
+    flights: &'a SingleFlight<T>,
     key: &'a str,
-    flight: Flight,
+    flight: Flight<T>,
 }
 
-impl Drop for Landing<'_> {
+impl<T> Drop for Landing<'_, T> {
     fn drop(&mut self) {
         let mut map = self.flights.inflight.lock().expect("single-flight lock");
         if map
@@ -351,12 +393,12 @@ impl Drop for Landing<'_> {
     }
 }
 
-impl SingleFlight {
+impl<T: Clone> SingleFlight<T> {
     /// Runs `load` unless a load of `key` is already in flight, whose result is
     /// then shared.
-    pub async fn run<Fut>(&self, key: &str, load: Fut) -> Result<CachedBody, ApiError>
+    pub async fn run<Fut>(&self, key: &str, load: Fut) -> Result<T, ApiError>
     where
-        Fut: Future<Output = Result<CachedBody, ApiError>>,
+        Fut: Future<Output = Result<T, ApiError>>,
     {
         let flight = self
             .inflight
@@ -550,8 +592,8 @@ mod tests {
     }
 
     fn view(vod: &str, count: u64) -> Arc<VodMeta> {
-        Arc::new(VodMeta {
-            session: Session {
+        Arc::new(VodMeta::new(
+            Session {
                 vod: vod.into(),
                 room: "r".into(),
                 started_at: 0,
@@ -559,8 +601,8 @@ mod tests {
                 latency_ms: 0,
             },
             count,
-            taken: Instant::now(),
-        })
+            true,
+        ))
     }
 
     #[test]

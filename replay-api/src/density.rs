@@ -6,7 +6,10 @@
 //! water-filling (every bucket keeps up to the same quota `q`, the largest that
 //! fits, and the few comments left over go to the fullest buckets at even
 //! strides); inside a bucket the kept comments are taken at even strides too.
-//! Everything is a pure function of the input order, which is (offset_ms, id).
+//! Everything is a pure function of the input order, which is (offset_ms, id),
+//! and of each item's [`Capped`] view (offset and gift or not), so the caps give
+//! the same choice on archived rows and on the compact rows the document cache
+//! keeps.
 
 use danmaku_core::model::Kind;
 use danmaku_core::ports::ArchivedComment;
@@ -15,47 +18,57 @@ use danmaku_core::vod::segment_range;
 /// Width of one bucket of the spread, ms.
 pub const BUCKET_MS: i64 = 1_000;
 
+/// What the caps read of an item.
+pub trait Capped {
+    /// Its offset in the recording, ms.
+    fn offset_ms(&self) -> i64;
+    /// Whether it is a gift (gifts are kept first).
+    fn is_gift(&self) -> bool;
+}
+
+impl Capped for ArchivedComment {
+    fn offset_ms(&self) -> i64 {
+        self.offset_ms
+    }
+    fn is_gift(&self) -> bool {
+        self.item.kind() == Kind::Gift
+    }
+}
+
 /// The density cap of segment `n`: at most `cap` comments of `items` (ordered by
 /// (offset, id)), except that gifts are always kept, even past the cap. The
 /// non-gifts kept are spread evenly over the segment's time. Keeps the order.
-pub fn cap_segment(items: Vec<ArchivedComment>, cap: usize, n: u32) -> Vec<ArchivedComment> {
+pub fn cap_segment<T: Capped>(items: Vec<T>, cap: usize, n: u32) -> Vec<T> {
     if items.len() <= cap {
         return items;
     }
     let (start, end) = segment_range(n);
-    let gifts = items.iter().filter(|c| is_gift(c)).count();
+    let gifts = items.iter().filter(|c| c.is_gift()).count();
     let budget = cap.saturating_sub(gifts);
-    let keep = spread(&items, |c| !is_gift(c), budget, start, end);
-    select(items, |i, c| is_gift(c) || keep[i])
+    let keep = spread(&items, |c| !c.is_gift(), budget, start, end);
+    select(items, |i, c| c.is_gift() || keep[i])
 }
 
 /// A strict cap for whole-recording documents (DPlayer's `max`, the document
 /// bound): at most `max` comments, gifts first (spread evenly themselves when
 /// there are more than `max` of them), then the rest spread evenly over the time
 /// the items cover. Keeps the order.
-pub fn cap_strict(items: Vec<ArchivedComment>, max: usize) -> Vec<ArchivedComment> {
+pub fn cap_strict<T: Capped>(items: Vec<T>, max: usize) -> Vec<T> {
     if items.len() <= max {
         return items;
     }
-    let start = items.iter().map(|c| c.offset_ms).min().unwrap_or(0);
-    let end = items.iter().map(|c| c.offset_ms).max().unwrap_or(0) + 1;
-    let gifts = items.iter().filter(|c| is_gift(c)).count();
+    let start = items.iter().map(|c| c.offset_ms()).min().unwrap_or(0);
+    let end = items.iter().map(|c| c.offset_ms()).max().unwrap_or(0) + 1;
+    let gifts = items.iter().filter(|c| c.is_gift()).count();
     if gifts >= max {
-        let keep = spread(&items, is_gift, max, start, end);
+        let keep = spread(&items, |c| c.is_gift(), max, start, end);
         return select(items, |i, _| keep[i]);
     }
-    let keep = spread(&items, |c| !is_gift(c), max - gifts, start, end);
-    select(items, |i, c| is_gift(c) || keep[i])
+    let keep = spread(&items, |c| !c.is_gift(), max - gifts, start, end);
+    select(items, |i, c| c.is_gift() || keep[i])
 }
 
-fn is_gift(c: &ArchivedComment) -> bool {
-    c.item.kind() == Kind::Gift
-}
-
-fn select(
-    items: Vec<ArchivedComment>,
-    keep: impl Fn(usize, &ArchivedComment) -> bool,
-) -> Vec<ArchivedComment> {
+fn select<T>(items: Vec<T>, keep: impl Fn(usize, &T) -> bool) -> Vec<T> {
     items
         .into_iter()
         .enumerate()
@@ -66,9 +79,9 @@ fn select(
 
 /// Marks at most `budget` of the items matching `eligible` to keep, spread evenly
 /// over `[start, end)` in buckets of [`BUCKET_MS`]. Returns one flag per item.
-fn spread(
-    items: &[ArchivedComment],
-    eligible: impl Fn(&ArchivedComment) -> bool,
+fn spread<T: Capped>(
+    items: &[T],
+    eligible: impl Fn(&T) -> bool,
     budget: usize,
     start: i64,
     end: i64,
@@ -83,7 +96,7 @@ fn spread(
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); buckets];
     for (i, c) in items.iter().enumerate() {
         if eligible(c) {
-            members[bucket_of(c.offset_ms)].push(i);
+            members[bucket_of(c.offset_ms())].push(i);
         }
     }
     let quotas = water_fill(&members.iter().map(Vec::len).collect::<Vec<_>>(), budget);
@@ -143,6 +156,10 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    fn is_gift(c: &ArchivedComment) -> bool {
+        c.is_gift()
     }
 
     fn in_window(out: &[ArchivedComment], lo: i64, hi: i64) -> usize {

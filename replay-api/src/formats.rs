@@ -141,25 +141,35 @@ fn author(c: &ArchivedComment) -> &str {
     }
 }
 
+/// What a DPlayer v3 answer begins with, before its first item.
+pub const DPLAYER_HEAD: &str = "{\"code\":0,\"data\":[";
+/// What it ends with, after its last item.
+pub const DPLAYER_TAIL: &str = "]}";
+
+/// One item of DPlayer's answer: `[time_s, type, color, author, text]`.
+pub fn dplayer_item(out: &mut String, c: &ArchivedComment) {
+    let _ = write!(
+        out,
+        "[{},{},{},{},{}]",
+        seconds(c.offset_ms),
+        dplayer_type(c.item.mode()),
+        c.item.color,
+        serde_json::to_string(&html_escape(author(c))).expect("serializes"),
+        serde_json::to_string(&html_escape(&c.item.text)).expect("serializes"),
+    );
+}
+
 /// DPlayer's v3 answer: `{"code":0,"data":[[time_s, type, color, author, text],...]}`.
 pub fn dplayer_json(items: &[ArchivedComment]) -> String {
     let mut out = String::with_capacity(32 + items.len() * 100);
-    out.push_str("{\"code\":0,\"data\":[");
+    out.push_str(DPLAYER_HEAD);
     for (i, c) in items.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(
-            out,
-            "[{},{},{},{},{}]",
-            seconds(c.offset_ms),
-            dplayer_type(c.item.mode()),
-            c.item.color,
-            serde_json::to_string(&html_escape(author(c))).expect("serializes"),
-            serde_json::to_string(&html_escape(&c.item.text)).expect("serializes"),
-        );
+        dplayer_item(&mut out, c);
     }
-    out.push_str("]}");
+    out.push_str(DPLAYER_TAIL);
     out
 }
 

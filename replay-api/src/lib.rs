@@ -2,23 +2,30 @@
 //!
 //! - `sessions`: start, end, get and list VOD sessions (API.md, VODs); ending one
 //!   makes its room's slices due for archiving at once.
-//! - `replay`: the range API and 6-minute segments, with ETag / 304 /
-//!   Cache-Control, served from the [`danmaku_core::ports::ReplayCache`].
+//! - `replay`: the range API (pages cut from [`decoded`] rows) and 6-minute
+//!   segments, with ETag / 304 / Cache-Control, served from the
+//!   [`danmaku_core::ports::ReplayCache`].
 //! - `players`: Bilibili XML and DPlayer's v3 API (read and post).
 //! - `post`: comments posted on a recording (`POST /v1/vods/{vod}/danmaku`), with
 //!   read-your-writes and cache invalidation.
 //! - [`cache`]: keys, the per-VOD view, single-flight loads, encoding and the
 //!   conditional response.
+//! - [`decoded`]: segment rows and DPlayer documents kept decoded in process,
+//!   and the bound on loads running at once.
+//! - [`settle`]: when an ended VOD's segments may be `immutable`.
 //! - [`density`]: the density cap (pure, unit-tested).
 //! - [`formats`]: native JSON, Bilibili XML and DPlayer encodings (pure, unit-tested).
 
 pub mod cache;
+pub mod decoded;
 pub mod density;
 pub mod formats;
+mod json;
 mod players;
 mod post;
 mod replay;
 mod sessions;
+pub mod settle;
 
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
@@ -27,6 +34,7 @@ use danmaku_core::context::Context;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::model::valid_id;
 use danmaku_ingest::Ingest;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +59,22 @@ pub struct Replay {
     live_cache_control: HeaderValue,
     /// `Cache-Control` of an ended VOD's whole-recording documents.
     document_cache_control: HeaderValue,
+    /// Segment rows and DPlayer documents, decoded (`replay.rows_cache_bytes`).
+    decoded: decoded::Decoded,
+    /// `replay.max_cold_loads`: ArchiveStore loads and document cuts running now.
+    cold: tokio::sync::Semaphore,
+    /// `replay.cold_load_wait_ms`.
+    cold_wait: Duration,
+    /// `danmaku_replay_cold_loads_refused_total`: requests answered 503 because
+    /// every cold-load permit was taken.
+    cold_refused: metrics::Counter,
+    /// Ended VODs known to be archived ([`settle`]); bounded, losing one only
+    /// costs a SliceStore read.
+    settled: moka::sync::Cache<String, ()>,
+    /// Range API rows copied into answers, in all (for tests and
+    /// `danmaku_replay_range_rows_total`).
+    range_rows: AtomicU64,
+    range_rows_metric: metrics::Counter,
 }
 
 /// `Cache-Control` of a segment of an ended VOD (API.md).
@@ -85,9 +109,30 @@ impl Replay {
             coalesced: metrics::counter!("danmaku_replay_cache_coalesced_total"),
             live_cache_control,
             document_cache_control,
+            decoded: decoded::Decoded::new(
+                s.rows_cache_bytes,
+                Duration::from_secs(s.ended_ttl_secs.max(1)),
+            ),
+            cold: tokio::sync::Semaphore::new(s.max_cold_loads.max(1)),
+            cold_wait: Duration::from_millis(s.cold_load_wait_ms),
+            cold_refused: metrics::counter!("danmaku_replay_cold_loads_refused_total"),
+            settled: moka::sync::Cache::new(100_000),
+            range_rows: AtomicU64::new(0),
+            range_rows_metric: metrics::counter!("danmaku_replay_range_rows_total"),
             ctx,
             ingest,
         })
+    }
+
+    /// Rows the range API has copied into answers since start: what its pages
+    /// cost, whatever the segments' sizes (tests assert on it).
+    pub fn range_rows_read(&self) -> u64 {
+        self.range_rows.load(Ordering::Relaxed)
+    }
+
+    fn count_range_rows(&self, n: usize) {
+        self.range_rows.fetch_add(n as u64, Ordering::Relaxed);
+        self.range_rows_metric.increment(n as u64);
     }
 
     /// How long cached bodies of a VOD live in the cache tiers.

@@ -10,13 +10,25 @@
 //! the archived count), with ETag / 304 and a short `max-age` (they change when
 //! someone posts on the recording).
 //!
+//! The whole recording is read once per version of the VOD: Bilibili's document
+//! has one body per version; DPlayer's is kept decoded ([`DocBase`]) and every
+//! `max` is cut from it (the strict cap, no store read), each cut under a
+//! cold-load permit like every load, so distinct `max` values cost CPU, bounded
+//! in number, never another read of the recording.
+//!
+//! DPlayer's POST checks a token sent in `Authorization` before reading the
+//! body; DPlayer's own client sends it in the JSON body (`token`), which is then
+//! read first, with the capped reader (`limits.max_body_bytes`).
+//!
 //! DPlayer's client treats any non-2xx answer as a transport failure and only
 //! shows `msg` of a `{"code": 1, "msg"}` answer, so DPlayer's endpoints answer
 //! errors with HTTP 200 and `{"code": 1, "msg": ..., "error": <API.md code>}`
 //! (plus `Retry-After` when there is one).
 
 use crate::cache::{self, cached, respond, Keys, VodMeta};
+use crate::decoded::{self, Data, DocBase};
 use crate::density::{cap_segment, cap_strict};
+use crate::json::Fields;
 use crate::post::post_on_recording;
 use crate::{check_vod, formats, store_error, Replay};
 use axum::body::Body;
@@ -24,11 +36,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use danmaku_core::auth::{authenticate, check_read_access};
+use danmaku_core::auth::{authenticate, bearer, check_read_access};
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::ports::{ArchivedComment, CachedBody};
 use danmaku_core::vod::Session;
-use danmaku_ingest::{read_json, SendRequest};
+use danmaku_ingest::SendRequest;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,14 +51,15 @@ pub(crate) struct TokenQuery {
     token: Option<String>,
 }
 
-/// Every segment of the VOD, density-capped, then at most `max` in all.
+/// Every segment of the VOD, density-capped, then at most `max` in all (callers
+/// hold a cold-load permit).
 async fn whole_recording(
     r: &Replay,
-    session: &Session,
+    meta: &VodMeta,
     max: usize,
 ) -> Result<Vec<ArchivedComment>, ApiError> {
-    let vod = &session.vod;
-    let Some(last) = r.ctx.archive.last_segment(vod).await.map_err(store_error)? else {
+    let vod = &meta.session.vod;
+    let Some(last) = meta.last_segment(r).await? else {
         return Ok(Vec::new());
     };
     let cap = r.ctx.settings.replay.density_cap;
@@ -84,10 +97,43 @@ async fn bilibili_body(r: &Replay, meta: &VodMeta) -> Result<CachedBody, ApiErro
     .bilibili(max);
     let ended = meta.session.ended_at.is_some();
     cached(r, key, r.cache_ttl(ended), || async {
-        let items = whole_recording(r, &meta.session, max).await?;
+        let _permit = decoded::cold_permit(r).await?;
+        let items = whole_recording(r, meta, max).await?;
         cache::encode(formats::bilibili_xml(&items)).await
     })
     .await
+}
+
+/// The VOD's DPlayer document at the version of `meta`, decoded: read once.
+async fn dplayer_base(r: &Replay, meta: &VodMeta) -> Result<Arc<decoded::Entry>, ApiError> {
+    let max = r.ctx.settings.replay.document_max_items;
+    let key = format!("dp:{}", meta.session.vod);
+    decoded::get_or_load(r, key, meta, || async {
+        let items = whole_recording(r, meta, max).await?;
+        tokio::task::spawn_blocking(move || DocBase::dplayer(&items))
+            .await
+            .map(Data::Doc)
+            .map_err(|_| ApiError::unavailable())
+    })
+    .await
+}
+
+/// DPlayer's `max` parameter: a positive integer, lowered to `limit`; none, empty
+/// or 0 = `limit`. Digits too many for a number are a very large maximum.
+fn dplayer_max(raw: Option<&str>, limit: usize) -> Result<usize, ApiError> {
+    let Some(s) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(limit);
+    };
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    match s.parse::<u64>() {
+        Ok(0) => Ok(limit),
+        Ok(m) => Ok(m.min(limit as u64) as usize),
+        Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => Ok(limit),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "max is a positive integer",
+        )),
+    }
 }
 
 /// `GET /v1/vods/{vod}/bilibili.xml`.
@@ -158,16 +204,8 @@ async fn dplayer_read(
         headers,
         q.token.as_deref(),
     )?;
-    let limit = r.ctx.settings.replay.document_max_items;
     // DPlayer's `maximum`: a positive integer; 0 or none = no maximum of its own.
-    let max = match q.max.as_deref().map(str::trim) {
-        None | Some("") | Some("0") => limit,
-        Some(s) => s
-            .parse::<u64>()
-            .ok()
-            .map(|m| (m.min(limit as u64)) as usize)
-            .ok_or_else(|| ApiError::new(ErrorCode::InvalidJson, "max is a positive integer"))?,
-    };
+    let max = dplayer_max(q.max.as_deref(), r.ctx.settings.replay.document_max_items)?;
     let meta = cache::meta(r, &vod).await?;
     let key = Keys {
         meta: &meta,
@@ -176,8 +214,17 @@ async fn dplayer_read(
     .dplayer(max);
     let ended = meta.session.ended_at.is_some();
     let body = cached(r, key, r.cache_ttl(ended), || async {
-        let items = whole_recording(r, &meta.session, max).await?;
-        cache::encode(formats::dplayer_json(&items)).await
+        let base = dplayer_base(r, &meta).await?;
+        // The cut and its gzip hold a document's worth of memory: bounded too.
+        let _permit = decoded::cold_permit(r).await?;
+        tokio::task::spawn_blocking(move || {
+            let Data::Doc(doc) = &base.data else {
+                return Err(ApiError::unavailable());
+            };
+            Ok(cache::encode_now(doc.dplayer_body(max)))
+        })
+        .await
+        .map_err(|_| ApiError::unavailable())?
     })
     .await?;
     Ok(respond(
@@ -261,26 +308,41 @@ pub(crate) fn dplayer_time_ms(v: Option<&Value>) -> Result<i64, ApiError> {
 }
 
 async fn dplayer_send(r: &Replay, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let value: Value = read_json(headers, body, r.ctx.settings.limits.max_body_bytes).await?;
-    let Some(obj) = value.as_object() else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "the body is a JSON object",
-        ));
+    // A token in `Authorization` is checked before a byte of the body is read.
+    let header_claims = match bearer(headers, None) {
+        Some(_) => Some(authenticate(&r.ctx.signer, headers, None)?),
+        None => None,
     };
-    let token = obj.get("token").and_then(Value::as_str);
-    let claims = authenticate(&r.ctx.signer, headers, token)?;
-    let vod = obj
-        .get("id")
+    let mut fields = Fields::read(headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let claims = match header_claims {
+        Some(c) => c,
+        None => {
+            let token = fields.take("token", ErrorCode::Unauthorized)?;
+            authenticate(
+                &r.ctx.signer,
+                headers,
+                token.as_ref().and_then(Value::as_str),
+            )?
+        }
+    };
+    let vod = fields
+        .take("id", ErrorCode::InvalidVod)?
+        .as_ref()
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
     check_vod(&vod)?;
-    let wanted_ms = dplayer_time_ms(obj.get("time"))?;
+    let wanted_ms = dplayer_time_ms(fields.take("time", ErrorCode::InvalidOffset)?.as_ref())?;
     let req = SendRequest {
-        text: obj.get("text").cloned(),
-        mode: obj.get("type").map(dplayer_mode),
-        color: obj.get("color").map(dplayer_color),
+        text: fields.take("text", ErrorCode::InvalidText)?,
+        mode: fields
+            .take("type", ErrorCode::InvalidMode)?
+            .as_ref()
+            .map(dplayer_mode),
+        color: fields
+            .take("color", ErrorCode::InvalidColor)?
+            .as_ref()
+            .map(dplayer_color),
         ..SendRequest::default()
     };
     let meta = cache::meta(r, &vod).await?;
@@ -342,6 +404,27 @@ mod tests {
         assert_eq!(dplayer_mode(&json!("right")), json!("scroll"));
         assert_eq!(dplayer_mode(&json!("2")), json!("bottom"));
         assert_eq!(dplayer_mode(&json!(7)), json!(7));
+    }
+
+    #[test]
+    fn dplayer_maxima() {
+        assert_eq!(dplayer_max(None, 100).unwrap(), 100);
+        assert_eq!(dplayer_max(Some(""), 100).unwrap(), 100);
+        assert_eq!(dplayer_max(Some("0"), 100).unwrap(), 100);
+        assert_eq!(dplayer_max(Some("7"), 100).unwrap(), 7);
+        assert_eq!(dplayer_max(Some("1000"), 100).unwrap(), 100);
+        assert_eq!(
+            dplayer_max(Some("99999999999999999999999"), 100).unwrap(),
+            100
+        );
+        assert_eq!(dplayer_max(Some("+3"), 100).unwrap(), 3);
+        for bad in ["-1", "lots", "1.5", "+", "1e3"] {
+            assert_eq!(
+                dplayer_max(Some(bad), 100).unwrap_err().code,
+                ErrorCode::InvalidJson,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

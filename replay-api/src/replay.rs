@@ -1,6 +1,14 @@
 //! Replay reads: the range API and 6-minute segments.
+//!
+//! The range API reads only what it returns: each segment it touches comes from
+//! the [`decoded`] rows of the VOD's current version (one ArchiveStore read per
+//! segment and version, under a cold-load permit), and a page is two binary
+//! searches and a copy of at most `limit + 1` encoded items. So a page costs
+//! O(log n + page) whatever the segment's size, and paging through a segment
+//! with `after=` costs O(n) in all.
 
 use crate::cache::{self, cached, respond, respond_parts, Keys, VodMeta};
+use crate::decoded::{self, Data, Rows};
 use crate::density::cap_segment;
 use crate::{check_vod, formats, store_error, Replay, IMMUTABLE};
 use axum::extract::{Path, Query, State};
@@ -60,13 +68,23 @@ fn decode_after(s: &str) -> Option<(i64, u64)> {
     ))
 }
 
-async fn session_of(r: &Replay, vod: &str) -> Result<Session, ApiError> {
-    r.ctx
-        .archive
-        .get_session(vod)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::not_found("vod"))
+/// Segment `n`'s rows at the version of `meta`: cached, or read once.
+async fn segment_rows(r: &Replay, meta: &VodMeta, n: u32) -> Result<Arc<decoded::Entry>, ApiError> {
+    let vod = &meta.session.vod;
+    decoded::get_or_load(r, format!("rows:{vod}:{n}"), meta, || async {
+        let items = r
+            .ctx
+            .archive
+            .read_segment(vod, n)
+            .await
+            .map_err(store_error)?;
+        // Encoding 100,000 items takes a while: off the async workers.
+        tokio::task::spawn_blocking(move || Rows::new(&items))
+            .await
+            .map(Data::Rows)
+            .map_err(|_| ApiError::unavailable())
+    })
+    .await
 }
 
 pub(crate) async fn range(
@@ -106,49 +124,56 @@ pub(crate) async fn range(
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(1000)
         .clamp(1, max);
-    session_of(&r, &vod).await?;
-    let Some(last) = r
-        .ctx
-        .archive
-        .last_segment(&vod)
-        .await
-        .map_err(store_error)?
-    else {
+    let meta = cache::meta(&r, &vod).await?;
+    let Some(last) = meta.last_segment(&r).await? else {
         return Ok(json_response(r#"{"items":[],"next":null}"#.to_string()));
     };
     let first_seg = segment_of(after.map_or(from, |(o, _)| o.max(from)));
     let last_seg = segment_of(to.saturating_sub(1)).min(last);
-    let mut picked: Vec<ArchivedComment> = Vec::new();
+    // One more than the page, to know whether a next page exists.
+    let want = limit + 1;
+    let mut picked: Vec<(Arc<decoded::Entry>, std::ops::Range<usize>)> = Vec::new();
+    let mut taken = 0;
     for seg in first_seg..=last_seg {
-        let rows = r
-            .ctx
-            .archive
-            .read_segment(&vod, seg)
-            .await
-            .map_err(store_error)?;
-        picked.extend(
-            rows.into_iter()
-                .filter(|c| c.offset_ms >= from && c.offset_ms < to)
-                .filter(|c| after.is_none_or(|a| (c.offset_ms, c.item.id) > a)),
-        );
-        if picked.len() > limit {
+        let entry = segment_rows(&r, &meta, seg).await?;
+        let Data::Rows(rows) = &entry.data else {
+            return Err(ApiError::unavailable());
+        };
+        let w = rows.window(from, to, after);
+        let n = w.len().min(want - taken);
+        taken += n;
+        if n > 0 {
+            picked.push((entry.clone(), w.start..w.start + n));
+        }
+        if taken == want {
             break;
         }
     }
-    let more = picked.len() > limit;
-    picked.truncate(limit);
-    let next = if more {
-        picked.last().map(|c| encode_after(c.offset_ms, c.item.id))
-    } else {
-        None
-    };
+    let more = taken > limit;
     let mut body = String::from("{\"items\":[");
-    for (n, c) in picked.iter().enumerate() {
-        if n > 0 {
-            body.push(',');
+    let mut written = 0;
+    let mut last_key = None;
+    'pages: for (entry, range) in &picked {
+        let Data::Rows(rows) = &entry.data else {
+            continue;
+        };
+        for i in range.clone() {
+            if written == limit {
+                break 'pages;
+            }
+            if written > 0 {
+                body.push(',');
+            }
+            body.push_str(rows.item(i));
+            last_key = Some(rows.key(i));
+            written += 1;
         }
-        body.push_str(&c.item.to_json());
     }
+    r.count_range_rows(taken);
+    let next = match (more, last_key) {
+        (true, Some((offset_ms, id))) => Some(encode_after(offset_ms, id)),
+        _ => None,
+    };
     body.push_str("],\"next\":");
     body.push_str(&serde_json::to_string(&next).expect("serializes"));
     body.push('}');
@@ -180,6 +205,7 @@ async fn load_segment(r: &Replay, meta: &VodMeta, n: u32) -> Result<CachedBody, 
     .segment(n);
     let ended = meta.session.ended_at.is_some();
     cached(r, key, r.cache_ttl(ended), || async {
+        let _permit = decoded::cold_permit(r).await?;
         let vod = &meta.session.vod;
         let rows = r
             .ctx
@@ -210,17 +236,32 @@ fn beyond_recording(r: &Replay, session: &Session, n: u32) -> bool {
     n > last
 }
 
-/// `Cache-Control` of a segment: immutable once the VOD ended (and settled for
-/// `replay.settle_secs`), else the live `max-age`.
-fn segment_cache_control(r: &Replay, session: &Session) -> HeaderValue {
+/// `Cache-Control` of a segment: immutable once the VOD ended and everything the
+/// SliceStore held of it is archived ([`crate::settle`]), and `replay.settle_secs`
+/// passed since the end; else the live `max-age`.
+fn segment_cache_control(r: &Replay, meta: &VodMeta) -> HeaderValue {
     let settle_ms = r.ctx.settings.replay.settle_secs.saturating_mul(1000) as i64;
-    match session.ended_at {
-        Some(_) if settle_ms == 0 => HeaderValue::from_static(IMMUTABLE),
-        Some(end) if danmaku_core::now_ms() >= end.saturating_add(settle_ms) => {
+    match meta.session.ended_at {
+        Some(_) if meta.settled && settle_ms == 0 => HeaderValue::from_static(IMMUTABLE),
+        Some(end) if meta.settled && danmaku_core::now_ms() >= end.saturating_add(settle_ms) => {
             HeaderValue::from_static(IMMUTABLE)
         }
         _ => r.live_cache_control.clone(),
     }
+}
+
+/// Segment number `n` of a path: decimal digits without sign, spaces or leading
+/// zeros (so one segment has one URL, for caches), at most `u32::MAX`; anything
+/// else is `400 invalid_offset`, like any malformed number of the replay API.
+pub(crate) fn segment_number(n: &str) -> Result<u32, ApiError> {
+    let canonical =
+        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
+    canonical.then(|| n.parse::<u32>().ok()).flatten().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidOffset,
+            "the segment number is an integer 0..=4294967295 in decimal, without sign or leading zeros",
+        )
+    })
 }
 
 /// The `?token=` of a request (read only when reading needs a token).
@@ -241,12 +282,7 @@ pub(crate) async fn segment(
         let token = query_token(&uri);
         check_read_access(true, &r.ctx.signer, &headers, token.as_deref())?;
     }
-    let n: u32 = n.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::InvalidOffset,
-            "the segment number is an integer n >= 0",
-        )
-    })?;
+    let n = segment_number(&n)?;
     // The hot path: this segment was served under the VOD's current view.
     if let Some((meta, hot)) = r.hot.get(&vod, n) {
         r.hits.increment(1);
@@ -255,7 +291,7 @@ pub(crate) async fn segment(
             &hot.gzip,
             hot.etag,
             "application/json",
-            segment_cache_control(&r, &meta.session),
+            segment_cache_control(&r, &meta),
             &headers,
         ));
     }
@@ -270,7 +306,7 @@ pub(crate) async fn segment(
     Ok(respond(
         &body,
         "application/json",
-        segment_cache_control(&r, &meta.session),
+        segment_cache_control(&r, &meta),
         &headers,
     ))
 }
@@ -284,6 +320,31 @@ mod tests {
         let t = encode_after(123_456, 987);
         assert_eq!(decode_after(&t), Some((123_456, 987)));
         assert_eq!(decode_after("zz"), None);
+    }
+
+    #[test]
+    fn segment_numbers_are_canonical() {
+        assert_eq!(segment_number("0").unwrap(), 0);
+        assert_eq!(segment_number("1").unwrap(), 1);
+        assert_eq!(segment_number("4294967295").unwrap(), u32::MAX);
+        for bad in [
+            "",
+            "+1",
+            "01",
+            "00",
+            " 1",
+            "1 ",
+            "-0",
+            "-1",
+            "1e3",
+            "0x1",
+            "4294967296",
+            "99999999999999999999",
+            "١",
+        ] {
+            let e = segment_number(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidOffset, "{bad:?}");
+        }
     }
 
     #[test]

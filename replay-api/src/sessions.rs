@@ -1,6 +1,7 @@
 //! VOD sessions: `POST /v1/rooms/{room}/sessions`, `POST /v1/vods/{vod}/end`,
 //! `GET /v1/vods/{vod}`, `GET /v1/rooms/{room}/vods`.
 
+use crate::json::Fields;
 use crate::{check_vod, store_error, Replay};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -11,17 +12,17 @@ use danmaku_core::auth::{check_read_access, require_privileged};
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::ports::ArchiveError;
 use danmaku_core::vod::Session;
-use danmaku_ingest::{check_room, read_json};
+use danmaku_ingest::check_room;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 
+/// The body of `POST /v1/rooms/{room}/sessions` but `latency_ms`, which is read
+/// on its own to give a number out of range its field's code.
 #[derive(Deserialize, Default)]
 pub(crate) struct StartBody {
     #[serde(default)]
     vod: Option<String>,
-    #[serde(default)]
-    latency_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -49,8 +50,26 @@ pub(crate) async fn start(
 ) -> Result<Response, ApiError> {
     check_room(&room)?;
     let claims = require_privileged(&r.ctx.signer, &headers)?;
-    let req: StartBody = read_json(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
-    let latency_ms = req.latency_ms.unwrap_or(0);
+    let mut fields = Fields::read(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let latency = fields.take("latency_ms", ErrorCode::InvalidOffset)?;
+    let req: StartBody = serde_json::from_value(serde_json::Value::Object(fields.rest()?))
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the body is not valid JSON for this endpoint: {e}"),
+            )
+        })?;
+    let latency_ms = match latency {
+        None | Some(serde_json::Value::Null) => 0,
+        // Any number that is not a whole number in range is an offset error.
+        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(-1),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                "latency_ms is a number of milliseconds",
+            ))
+        }
+    };
     if !(0..=3_600_000).contains(&latency_ms) {
         return Err(ApiError::new(
             ErrorCode::InvalidOffset,
