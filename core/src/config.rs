@@ -117,6 +117,20 @@ pub struct LimitSettings {
     pub room_burst: u32,
     /// How long an idempotency key maps to its first id, seconds.
     pub idempotency_window_secs: u64,
+    /// Guest tokens (`POST /v1/auth/guest`) one client address may mint per
+    /// minute (also the burst); past it `429 rate_limited`. IPv6 counts by /64.
+    pub guest_tokens_per_ip_per_min: u32,
+    /// Sustained comments per second from all guests of one client address
+    /// together (on top of each guest's own `user_per_sec`).
+    pub guest_sends_per_ip_per_sec: u32,
+    /// Burst of `guest_sends_per_ip_per_sec`.
+    pub guest_sends_per_ip_burst: u32,
+    /// The request header a trusted reverse proxy writes the client address
+    /// into (e.g. `x-forwarded-for`), for the per-address limits: the
+    /// right-most address in it, the one the proxy added, is the client. Empty
+    /// = the TCP peer (set it only behind such a proxy: clients can send the
+    /// header themselves).
+    pub trusted_proxy_header: String,
     /// Longest wait for the Bus to acknowledge a comment before answering 503, ms.
     pub publish_timeout_ms: u64,
 }
@@ -132,6 +146,10 @@ impl Default for LimitSettings {
             room_per_sec: 2000,
             room_burst: 4000,
             idempotency_window_secs: 600,
+            guest_tokens_per_ip_per_min: 30,
+            guest_sends_per_ip_per_sec: 10,
+            guest_sends_per_ip_burst: 20,
+            trusted_proxy_header: String::new(),
             publish_timeout_ms: 5000,
         }
     }
@@ -694,6 +712,17 @@ impl Settings {
         }
         if self.limits.user_per_sec == 0 || self.limits.room_per_sec == 0 {
             return Err("rate limits must be positive".into());
+        }
+        if self.limits.guest_tokens_per_ip_per_min == 0
+            || self.limits.guest_sends_per_ip_per_sec == 0
+        {
+            return Err("limits.guest_* rates must be positive (turn guests off with auth.guest = false)".into());
+        }
+        if !self.limits.trusted_proxy_header.is_empty()
+            && axum::http::HeaderName::from_bytes(self.limits.trusted_proxy_header.as_bytes())
+                .is_err()
+        {
+            return Err("limits.trusted_proxy_header is not a valid header name".into());
         }
         self.scylla.check()?;
         Ok(())

@@ -1,8 +1,10 @@
 //! HTTP routes of the ingest role.
 
-use crate::{Ingest, SendRequest, Target};
+use crate::json::JsonObject;
+use crate::{Ingest, SendRequest, Target, MAX_BAN_SECS};
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -13,7 +15,28 @@ use danmaku_core::model::valid_id;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
+use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+/// The client address of a request (see [`crate::client`]); `None` only when
+/// the router runs without the server loop and no trusted header names one.
+struct ClientIp(Option<IpAddr>);
+
+impl FromRequestParts<Arc<Ingest>> for ClientIp {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ingest: &Arc<Ingest>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(crate::client::client_ip(
+            &parts.headers,
+            &parts.extensions,
+            &ingest.ctx.settings.limits.trusted_proxy_header,
+        )))
+    }
+}
 
 /// The ingest routes.
 pub fn router(ingest: Arc<Ingest>) -> Router {
@@ -25,7 +48,8 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
 }
 
 /// Reads a JSON body of at most `limit` bytes: `payload_too_large` past it,
-/// `invalid_json` if it does not parse as `T`. An empty body parses as `{}`.
+/// `invalid_json` if it is not a JSON object that parses as `T`. An empty body
+/// parses as `{}`.
 pub async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
@@ -54,6 +78,13 @@ pub async fn read_json<T: DeserializeOwned>(
     } else {
         &bytes
     };
+    // Every body of the API is an object; serde would take an array for a struct.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body is a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidJson,
@@ -77,39 +108,33 @@ pub fn check_room(room: &str) -> Result<(), ApiError> {
 async fn send(
     State(ingest): State<Arc<Ingest>>,
     Path(room): Path<String>,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     check_room(&room)?;
     let claims = authenticate(&ingest.ctx.signer, &headers, None)?;
-    let req: SendRequest =
+    let mut obj: JsonObject =
         read_json(&headers, body, ingest.ctx.settings.limits.max_body_bytes).await?;
-    let id = ingest.submit(&claims, Target::Live { room }, req).await?;
+    let req = SendRequest::from_object(&mut obj)?;
+    let id = ingest
+        .submit_from(&claims, client, Target::Live { room }, req)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id.to_string()}))).into_response())
 }
 
-async fn guest(State(ingest): State<Arc<Ingest>>) -> Result<Response, ApiError> {
-    let auth = &ingest.ctx.settings.auth;
-    if !auth.guest {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "guest access is disabled",
-        ));
-    }
-    let user = format!("guest-{:08x}", rand::random::<u32>());
-    let token = ingest.ctx.signer.issue(
-        &user,
-        None,
-        Role::Viewer,
-        danmaku_core::now_ms() / 1000,
-        auth.guest_ttl_secs,
-    );
+async fn guest(
+    State(ingest): State<Arc<Ingest>>,
+    ClientIp(client): ClientIp,
+) -> Result<Response, ApiError> {
+    let (token, user) = ingest.mint_guest(client)?;
     Ok(Json(json!({"token": token, "user": user})).into_response())
 }
 
 #[derive(Deserialize)]
 struct BanRequest {
     user: String,
+    /// Checked against [`MAX_BAN_SECS`]: a ban end past it would overflow.
     seconds: u64,
 }
 
@@ -133,6 +158,12 @@ async fn ban(
         return Err(ApiError::new(
             ErrorCode::InvalidJson,
             "user is a non-empty string",
+        ));
+    }
+    if req.seconds > MAX_BAN_SECS {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("seconds is at most {MAX_BAN_SECS} (10 years)"),
         ));
     }
     let until = ingest.ban(&room, &req.user, req.seconds);
