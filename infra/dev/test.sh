@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The project's test command (README, "Run the tests"): checks formatting and
-# lints, then runs every test of the workspace: unit tests, the conformance
-# suites of every port on every adapter, and the end-to-end tests that start the
-# `danmaku` binary on free loopback ports with temporary data dirs.
+# The project's test command (README, "Two commands"; .ci/run calls it): checks
+# formatting and lints, then runs every test of the workspace: unit tests, the
+# conformance suites of every port on every adapter, and the end-to-end tests
+# that start the `danmaku` binary on free loopback ports with temporary data
+# dirs. Plain `cargo test` skips the tests that need an installed server
+# (marked `#[ignore = "needs ..."]`, CONTRIBUTING.md "Test tiers"); this command
+# installs those servers and runs them too (`--include-ignored`).
 #
 # It installs what the tests need on a fresh machine: rustfmt and clippy,
 # redis-server and redis-cli from the OS packages (the tests start their own
@@ -36,6 +39,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
+cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee target/test-output.txt
 # One closing line that sums up every test binary.
 awk '/^test result:/ {p += $4; f += $6; i += $8} END {printf "%d passed, %d failed, %d skipped\n", p, f, i}' target/test-output.txt
