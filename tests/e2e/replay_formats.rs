@@ -649,7 +649,7 @@ async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
         "the old key is invalidated in Redis"
     );
     // The very next request serves it, with a new ETag (still immutable: each
-    // version is; the README explains).
+    // version is; docs/PLAYERS.md explains).
     let after = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
     let ids: Vec<String> = ids_of(after.json["items"].as_array().unwrap());
     assert!(
