@@ -2,280 +2,21 @@
 //! segments with ETag / 304 / Cache-Control, the single-flight cold load, VOD
 //! comments and the invalidation they cause in both cache tiers, the Redis tier
 //! shared by two nodes (and a dead Redis), and every player format with hostile
-//! text. A tiny writer task stands in for the live role (Bus → SliceStore).
+//! text. Fixtures in `common`.
 
-use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use axum::Router;
+mod common;
+
+use common::*;
 use danmaku_core::auth::Role;
-use danmaku_core::config::Settings;
-use danmaku_core::context::Context;
 use danmaku_core::memory::MemoryReplayCache;
-use danmaku_core::model::{Danmaku, Kind, Mode};
-use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment, ReplayCache, SliceItem};
-use danmaku_core::vod::Session;
+use danmaku_core::model::{Kind, Mode};
+use danmaku_core::ports::{ArchiveStore, ReplayCache};
 use danmaku_redis::testkit::RedisServer;
 use danmaku_redis::{RedisReplayCache, TieredReplayCache};
-use danmaku_replay_api::{router, Replay};
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-
-/// Counts the ArchiveStore reads the cache is meant to save.
-struct Counting {
-    inner: Arc<dyn ArchiveStore>,
-    segment_reads: AtomicUsize,
-    slow: Duration,
-}
-
-#[async_trait]
-impl ArchiveStore for Counting {
-    async fn create_session(&self, s: &Session) -> Result<(), ArchiveError> {
-        self.inner.create_session(s).await
-    }
-    async fn end_session(&self, vod: &str, at: i64) -> Result<Session, ArchiveError> {
-        self.inner.end_session(vod, at).await
-    }
-    async fn get_session(&self, vod: &str) -> Result<Option<Session>, ArchiveError> {
-        self.inner.get_session(vod).await
-    }
-    async fn sessions_by_room(&self, room: &str, n: usize) -> Result<Vec<Session>, ArchiveError> {
-        self.inner.sessions_by_room(room, n).await
-    }
-    async fn upsert_comments(&self, rows: &[ArchivedComment]) -> Result<(), ArchiveError> {
-        self.inner.upsert_comments(rows).await
-    }
-    async fn read_segment(&self, vod: &str, n: u32) -> Result<Vec<ArchivedComment>, ArchiveError> {
-        self.segment_reads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.slow).await;
-        self.inner.read_segment(vod, n).await
-    }
-    async fn count(&self, vod: &str) -> Result<u64, ArchiveError> {
-        self.inner.count(vod).await
-    }
-    async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
-        self.inner.last_segment(vod).await
-    }
-    async fn ready(&self) -> bool {
-        self.inner.ready().await
-    }
-}
-
-struct Node {
-    app: Router,
-    ctx: Context,
-    store: Arc<Counting>,
-    _dir: Option<tempfile::TempDir>,
-    stop: CancellationToken,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn settings(dir: &std::path::Path) -> Settings {
-    let mut s = Settings::default();
-    s.server.data_dir = dir.to_path_buf();
-    s.auth.secret.0 = "test-secret".into();
-    s.limits.user_per_sec = 1000;
-    s.limits.user_burst = 1000;
-    s
-}
-
-/// The Bus → SliceStore step of the live writer, enough for VOD comments.
-fn spawn_writer(ctx: Context, stop: CancellationToken) {
-    tokio::spawn(async move {
-        let mut consumer = ctx.bus.consumer("test-writer").await.expect("consumer");
-        while !stop.is_cancelled() {
-            let records = consumer
-                .poll(256, Duration::from_millis(50))
-                .await
-                .unwrap_or_default();
-            let mut by_room: HashMap<String, Vec<SliceItem>> = HashMap::new();
-            for r in &records {
-                let d = Danmaku::decode_bytes(&r.payload).expect("decodes");
-                by_room.entry(r.room.clone()).or_default().push(SliceItem {
-                    seq: r.position.seq(),
-                    ts_ms: d.ts_ms,
-                    data: r.payload.clone(),
-                });
-            }
-            for (room, items) in by_room {
-                ctx.slices
-                    .append(&room, 10_000, 300_000, &items)
-                    .await
-                    .expect("append");
-            }
-            let upto: Vec<_> = records.iter().map(|r| r.position).collect();
-            if !upto.is_empty() {
-                consumer.commit(&upto).await.expect("commit");
-            }
-        }
-    });
-}
-
-async fn node_with(
-    dir: Option<tempfile::TempDir>,
-    base: Option<&Context>,
-    cache: Option<Arc<dyn ReplayCache>>,
-    tune: impl FnOnce(&mut Settings),
-) -> Node {
-    let (ctx, dir) = match base {
-        Some(b) => (b.clone(), dir),
-        None => {
-            let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-            let mut s = settings(dir.path());
-            tune(&mut s);
-            (danmaku_embedded::testkit::context(s), Some(dir))
-        }
-    };
-    let mut ctx = ctx;
-    let store = Arc::new(Counting {
-        inner: ctx.archive.clone(),
-        segment_reads: AtomicUsize::new(0),
-        slow: Duration::from_millis(30),
-    });
-    ctx.archive = store.clone();
-    if let Some(c) = cache {
-        ctx.cache = c;
-    }
-    let stop = CancellationToken::new();
-    if base.is_none() {
-        spawn_writer(ctx.clone(), stop.clone());
-    }
-    let ingest = danmaku_ingest::Ingest::new(ctx.clone()).expect("ingest");
-    let app = router(Replay::new(ctx.clone(), ingest));
-    Node {
-        app,
-        ctx,
-        store,
-        _dir: dir,
-        stop,
-    }
-}
-
-async fn node() -> Node {
-    node_with(None, None, None, |_| {}).await
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl Node {
-    fn token(&self, user: &str, role: Role) -> String {
-        self.ctx
-            .signer
-            .issue(user, None, role, danmaku_core::now_ms() / 1000, 3600)
-    }
-
-    async fn call(&self, req: Request<Body>) -> Resp {
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&bytes).to_string();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            text,
-            json,
-        }
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut req = Request::get(path);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        self.call(req.body(Body::empty()).unwrap()).await
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Resp {
-        let mut req = Request::post(path).header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        self.call(req.body(Body::from(body.to_string())).unwrap())
-            .await
-    }
-
-    /// A session of `room` started `ago_ms` ago, ended now if `end`.
-    async fn session(&self, vod: &str, room: &str, ago_ms: i64, end: bool) -> Session {
-        let now = danmaku_core::now_ms();
-        let s = Session {
-            vod: vod.into(),
-            room: room.into(),
-            started_at: now - ago_ms,
-            ended_at: None,
-            latency_ms: 0,
-        };
-        self.ctx.archive.create_session(&s).await.unwrap();
-        if end {
-            return self.ctx.archive.end_session(vod, now).await.unwrap();
-        }
-        s
-    }
-
-    /// Archived comments, as the archiver would store them.
-    async fn archive(&self, vod: &str, rows: &[(u64, i64, &str, Kind, Mode)]) {
-        let rows: Vec<ArchivedComment> = rows
-            .iter()
-            .map(|(id, offset, text, kind, mode)| ArchivedComment {
-                vod: vod.into(),
-                offset_ms: *offset,
-                item: Danmaku {
-                    id: *id,
-                    room: "r".into(),
-                    user: format!("user{}", id % 3),
-                    name: if id.is_multiple_of(2) {
-                        "<Name & \"Co\">".into()
-                    } else {
-                        String::new()
-                    },
-                    ts_ms: 1_764_000_000_000 + offset,
-                    kind: *kind as i32,
-                    mode: *mode as i32,
-                    color: 0x123456,
-                    text: text.to_string(),
-                    stream_pos_ms: None,
-                    vod: Some(vod.into()),
-                    offset_ms: Some(*offset),
-                },
-            })
-            .collect();
-        self.ctx.archive.upsert_comments(&rows).await.unwrap();
-    }
-
-    fn reads(&self) -> usize {
-        self.store.segment_reads.load(Ordering::SeqCst)
-    }
-}
-
-fn header(r: &Resp, name: &str) -> String {
-    r.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn plain(n: u64, offset: i64) -> (u64, i64, &'static str, Kind, Mode) {
-    (n, offset, "plain", Kind::Comment, Mode::Scroll)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stampede_reads_the_store_once_and_hits_cost_nothing() {
@@ -291,7 +32,7 @@ async fn a_stampede_reads_the_store_once_and_hits_cost_nothing() {
             node.get("/v1/vods/stampede/segments/0", &[]).await
         }));
     }
-    let mut etags = std::collections::HashSet::new();
+    let mut etags = HashSet::new();
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text);
