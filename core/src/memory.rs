@@ -1,4 +1,6 @@
-//! The in-process ReplayCache: bounded in bytes (moka, TinyLFU), with a TTL per entry.
+//! The in-process adapters: [`MemoryReplayCache`], bounded in bytes (moka,
+//! TinyLFU) with a TTL per entry, and [`LocalNotifier`], the Notifier of a process
+//! that holds the writer and the hubs.
 
 use crate::ports::{CachedBody, ReplayCache};
 use async_trait::async_trait;
@@ -55,21 +57,27 @@ impl ReplayCache for MemoryReplayCache {
     }
 }
 
-/// The in-process Notifier of the embedded default: every notice goes to this
-/// process's live role (one process holds the writer and every hub).
+/// The in-process Notifier of the embedded default: one process holds the writer
+/// and every hub, so a notice goes straight to this process's live role, for the
+/// rooms it subscribed. Like every Notifier, each new subscription is followed by
+/// a `Resync` of the room (the hub catches up from the SliceStore what was
+/// published before).
 pub struct LocalNotifier {
     tx: tokio::sync::mpsc::Sender<crate::ports::NotifierEvent>,
     rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::ports::NotifierEvent>>>,
+    /// The subscribed rooms.
+    rooms: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl LocalNotifier {
-    /// A notifier whose queue holds `capacity` notices; `publish` waits when it is
+    /// A notifier whose queue holds `capacity` events; `publish` waits when it is
     /// full (back-pressure on the writer, never unbounded memory).
     pub fn new(capacity: usize) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         Self {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            rooms: std::sync::RwLock::new(std::collections::HashSet::new()),
         }
     }
 }
@@ -81,11 +89,14 @@ impl crate::ports::Notifier for LocalNotifier {
         room: &str,
         items: &[crate::ports::SliceItem],
     ) -> Result<(), crate::ports::NotifyError> {
+        if !self.rooms.read().expect("rooms lock").contains(room) {
+            return Ok(());
+        }
         let notice = crate::ports::Notice {
             room: room.to_string(),
             items: items.to_vec(),
         };
-        // Nobody listening (no live role in this process) is not an error.
+        // The live role gone (its receiver dropped) is not an error.
         let _ = self
             .tx
             .send(crate::ports::NotifierEvent::Notice(notice))
@@ -93,11 +104,23 @@ impl crate::ports::Notifier for LocalNotifier {
         Ok(())
     }
 
-    async fn subscribe(&self, _room: &str) -> Result<(), crate::ports::NotifyError> {
+    async fn subscribe(&self, room: &str) -> Result<(), crate::ports::NotifyError> {
+        let newly = self
+            .rooms
+            .write()
+            .expect("rooms lock")
+            .insert(room.to_string());
+        if newly {
+            let _ = self
+                .tx
+                .send(crate::ports::NotifierEvent::Resync(room.to_string()))
+                .await;
+        }
         Ok(())
     }
 
-    async fn unsubscribe(&self, _room: &str) -> Result<(), crate::ports::NotifyError> {
+    async fn unsubscribe(&self, room: &str) -> Result<(), crate::ports::NotifyError> {
+        self.rooms.write().expect("rooms lock").remove(room);
         Ok(())
     }
 
@@ -110,10 +133,14 @@ impl crate::ports::Notifier for LocalNotifier {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn conformance() {
-        crate::conformance::replay_cache_suite(&MemoryReplayCache::new(1 << 20)).await;
-    }
+    crate::replay_cache_suite!(replay_cache_in_memory, async {
+        ((), MemoryReplayCache::new(1 << 20))
+    });
+
+    crate::notifier_suite!(local_notifier, async {
+        let n = std::sync::Arc::new(LocalNotifier::new(64));
+        ((), (n.clone(), n))
+    });
 
     #[tokio::test]
     async fn stays_within_its_byte_bound() {

@@ -587,12 +587,11 @@ mod tests {
     use super::*;
     use danmaku_core::vod::SEGMENT_MS;
 
-    #[tokio::test]
-    async fn conformance() {
+    danmaku_core::archive_store_suite!(archive_store_conformance, async {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
-        danmaku_core::conformance::archive_store_suite(&store).await;
-    }
+        (dir, store)
+    });
 
     fn row(vod: &str, id: u64, offset_ms: i64) -> ArchivedComment {
         ArchivedComment {

@@ -378,13 +378,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn conformance() {
+    danmaku_core::bus_suite!(bus_conformance, async {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let bus = EmbeddedBus::open(db, 3).unwrap();
-        danmaku_core::conformance::bus_suite(&bus).await;
-    }
+        (dir, bus)
+    });
 
     #[tokio::test]
     async fn publishes_soon_after_a_commit_wait_and_share_the_next_one() {

@@ -27,7 +27,7 @@ use danmaku_core::ports::{
 };
 use danmaku_core::slice::SliceRef;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// (room, slice start, first seq) -> packed items of one append (see [`pack_items`])
@@ -42,6 +42,11 @@ const EXPIRY: TableDefinition<(i64, &str, i64), ()> = TableDefinition::new("sl_e
 const MARKS: TableDefinition<&str, i64> = TableDefinition::new("sl_marks");
 /// room -> highest seq appended
 const LAST: TableDefinition<&str, u64> = TableDefinition::new("sl_last");
+/// room -> the room's newest slice (start, len), kept after the slice is claimed:
+/// the slice rule ([`SliceRef::assign`]) places new items against it. A room
+/// without a row (a database written before this table) falls back to its newest
+/// live slice, or has none.
+const HEADS: TableDefinition<&str, (i64, i64)> = TableDefinition::new("sl_heads");
 /// batch id -> (lease until, leased slices as JSON: [`Leased`])
 const LEASES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_leases");
 /// name -> counter
@@ -66,6 +71,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(EXPIRY)?;
     txn.open_table(MARKS)?;
     txn.open_table(LAST)?;
+    txn.open_table(HEADS)?;
     txn.open_table(LEASES)?;
     txn.open_table(META)?;
     migrate_v1(txn)
@@ -411,17 +417,41 @@ impl SliceStore for EmbeddedSliceStore {
                     // high-water mark was stored before (a redelivery); a seq twice in
                     // one call is stored once.
                     let mut last = before;
-                    let mut by_slice: BTreeMap<i64, Vec<&SliceItem>> = BTreeMap::new();
+                    let mut heads = txn.open_table(HEADS)?;
+                    let mut slices = txn.open_table(SLICES)?;
+                    let stored = heads.get(room.as_str())?.map(|v| v.value());
+                    let head = match stored {
+                        Some(h) => Some(h),
+                        None => slices
+                            .range((room.as_str(), i64::MIN)..=(room.as_str(), i64::MAX))?
+                            .next_back()
+                            .transpose()?
+                            .map(|(k, v)| (k.value().1, v.value().0)),
+                    };
+                    let head = head.map(|(start_ms, len_ms)| SliceRef {
+                        room: room.clone(),
+                        start_ms,
+                        len_ms,
+                    });
+                    // Items in seq order, grouped by the slice the rule picks for
+                    // each: the groups come out in seq and time order.
+                    let mut newest = head.clone();
+                    let mut groups: Vec<(SliceRef, Vec<&SliceItem>)> = Vec::new();
                     for it in &items {
                         if it.seq <= last {
                             continue;
                         }
                         last = it.seq;
-                        let start = SliceRef::containing(&room, it.ts_ms, slice_len_ms).start_ms;
-                        by_slice.entry(start).or_default().push(it);
+                        let slice =
+                            SliceRef::assign(&room, newest.as_ref(), it.ts_ms, slice_len_ms);
+                        match groups.last_mut() {
+                            Some((s, its)) if *s == slice => its.push(it),
+                            _ => groups.push((slice.clone(), vec![it])),
+                        }
+                        newest = Some(slice);
                     }
-                    if by_slice.is_empty() {
-                        drop(last_t);
+                    if groups.is_empty() {
+                        drop((last_t, heads, slices));
                         txn.abort()?;
                         return Ok(outcome);
                     }
@@ -429,14 +459,15 @@ impl SliceStore for EmbeddedSliceStore {
                         .open_table(MARKS)?
                         .get(room.as_str())?
                         .map(|v| v.value());
-                    let mut slices = txn.open_table(SLICES)?;
                     let mut expiry = txn.open_table(EXPIRY)?;
                     let mut chunks = txn.open_table(CHUNKS)?;
-                    for (start, its) in by_slice {
-                        let mut slice = SliceRef::containing(&room, its[0].ts_ms, slice_len_ms);
+                    for (mut slice, its) in groups {
+                        let start = slice.start_ms;
                         let meta = slices.get((room.as_str(), start))?.map(|v| v.value());
                         let (len, due, members, bytes, floor) = match meta {
                             Some(m) => m,
+                            // A new slice, or the newest one again after it was
+                            // claimed: a fresh slice above everything stored so far.
                             None => {
                                 let due = if mark.is_some_and(|m| start <= m) {
                                     0
@@ -460,6 +491,11 @@ impl SliceStore for EmbeddedSliceStore {
                             members,
                             bytes,
                         });
+                    }
+                    if let Some(n) = newest {
+                        if stored != Some((n.start_ms, n.len_ms)) {
+                            heads.insert(room.as_str(), (n.start_ms, n.len_ms))?;
+                        }
                     }
                     last_t.insert(room.as_str(), last)?;
                 }
@@ -823,20 +859,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn conformance() {
+    danmaku_core::slice_store_suite!(slice_store_conformance, async {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
-        danmaku_core::conformance::slice_store_suite(&store).await;
-    }
+        (dir, store)
+    });
 
-    #[tokio::test]
-    async fn conformance_with_unsynced_appends() {
+    danmaku_core::slice_store_suite!(slice_store_conformance_with_unsynced_appends, async {
         let dir = tempfile::tempdir().unwrap();
         let store =
             EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap()).with_unsynced_appends();
-        danmaku_core::conformance::slice_store_suite(&store).await;
-    }
+        (dir, store)
+    });
 
     #[test]
     fn items_pack_and_unpack() {
@@ -944,14 +978,15 @@ mod tests {
         assert_eq!(r.open_table(CHUNKS).unwrap().len().unwrap(), 0);
     }
 
-    /// A batch holds several rooms: items come grouped by room, in seq order, even
-    /// when a room's slices were claimed out of seq order.
+    /// A batch holds several rooms: items come grouped by room, in seq order; a
+    /// late item of a room joins the room's newest slice (the slice rule), so a
+    /// room's slices stay in seq order.
     #[tokio::test]
     async fn batch_items_in_room_then_seq_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
         let base = 1_700_000_000_000i64;
-        // Room b: seq 1 lands in a later slice than seq 2.
+        // Room b: seq 2 is stamped before seq 1's slice: it joins that slice.
         store
             .append("b", 1_000, 0, &[item(1, base + 5_000), item(2, base)])
             .await
@@ -965,7 +1000,64 @@ mod tests {
             .unwrap();
         let got: Vec<(&str, u64)> = b.items.iter().map(|(r, i)| (r.as_str(), i.seq)).collect();
         assert_eq!(got, vec![("a", 9), ("b", 1), ("b", 2)]);
-        assert_eq!(b.slices.len(), 3);
+        let mut slices = b.slices.clone();
+        slices.sort();
+        assert_eq!(
+            slices,
+            vec![
+                SliceRef {
+                    room: "a".into(),
+                    start_ms: base,
+                    len_ms: 1_000
+                },
+                SliceRef {
+                    room: "b".into(),
+                    start_ms: base + 5_000,
+                    len_ms: 1_000
+                },
+            ]
+        );
+    }
+
+    /// A database written before the newest slice was remembered (no `sl_heads`
+    /// row): the room's newest live slice stands in, so a late item still does not
+    /// open an older slice.
+    #[tokio::test]
+    async fn a_room_without_a_head_row_uses_its_newest_live_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let base = 1_700_000_000_000i64;
+        store
+            .append("r", 10_000, 60_000, &[item(1, base + 15_000)])
+            .await
+            .unwrap();
+        {
+            let txn = store.db.db.begin_write().unwrap();
+            txn.open_table(HEADS).unwrap().remove("r").unwrap();
+            txn.commit().unwrap();
+        }
+        let out = store
+            .append("r", 3_000, 60_000, &[item(2, base + 1_000)])
+            .await
+            .unwrap();
+        assert_eq!(out.slices.len(), 1);
+        assert_eq!(
+            (out.slices[0].slice.start_ms, out.slices[0].slice.len_ms),
+            (base + 10_000, 10_000)
+        );
+        // The row is written back; after a claim it still holds the newest slice.
+        store.expedite_all().await.unwrap();
+        let b = store
+            .claim_batch(base, 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        store.complete_batch(b.id).await.unwrap();
+        let out = store
+            .append("r", 3_000, 60_000, &[item(3, base)])
+            .await
+            .unwrap();
+        assert_eq!(out.slices[0].slice.start_ms, base + 10_000);
     }
 
     /// A database written by the first layout (an item per row, claimed items in a

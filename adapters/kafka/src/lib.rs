@@ -713,12 +713,14 @@ mod tests {
         (bus, topic)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn conformance_on_a_three_broker_cluster() {
-        let kafka = TestKafka::start();
-        let (bus, _) = bus_on(&kafka, 4).await;
-        danmaku_core::conformance::bus_suite(&bus).await;
-    }
+    danmaku_core::bus_suite!(
+        bus_on_a_three_broker_cluster(flavor = "multi_thread", worker_threads = 2),
+        async {
+            let kafka = TestKafka::start();
+            let (bus, _) = bus_on(&kafka, 4).await;
+            (kafka, bus)
+        }
+    );
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unreachable_brokers_fail_publish_within_the_message_timeout() {

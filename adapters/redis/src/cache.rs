@@ -277,18 +277,17 @@ mod tests {
             .expect("connects to the test redis-server")
     }
 
-    #[tokio::test]
-    async fn redis_conformance() {
-        let server = RedisServer::start();
-        danmaku_core::conformance::replay_cache_suite(&redis(&server).await).await;
-    }
+    danmaku_core::replay_cache_suite!(replay_cache_on_redis, async {
+        let server = crate::tests::shared_server();
+        let cache = redis(&server).await;
+        (server, cache)
+    });
 
-    #[tokio::test]
-    async fn tiered_conformance() {
-        let server = RedisServer::start();
+    danmaku_core::replay_cache_suite!(tiered_replay_cache, async {
+        let server = crate::tests::shared_server();
         let tiered = TieredReplayCache::new(MemoryReplayCache::new(1 << 20), redis(&server).await);
-        danmaku_core::conformance::replay_cache_suite(&tiered).await;
-    }
+        (server, tiered)
+    });
 
     #[tokio::test]
     async fn tiers_fill_and_invalidate_each_other() {

@@ -17,7 +17,7 @@
 //! | `dm:{room}:idx` | ZSET | the slice index: member `<start>:<len>`, score = the slice's highest seq |
 //! | `dm:{room}:exp` | ZSET | the room's slices by due time (end + hot retention; 0 = expedited) |
 //! | `dm:{room}:bytes` | HASH | bytes per slice (big-key tracking) |
-//! | `dm:{room}:meta` | HASH | `last`: highest seq stored, the idempotency high-water mark; `mark`: slices starting at or before it are due at once (a VOD ended); `qv`/`qc`: version of the room's queue state, and the version its queue shard has (TTL `redis.last_seq_ttl_secs`) |
+//! | `dm:{room}:meta` | HASH | `last`: highest seq stored, the idempotency high-water mark; `head`: the room's newest slice `<start>:<len>`, kept after it is claimed (the slice rule places items against it); `mark`: slices starting at or before it are due at once (a VOD ended); `qv`/`qc`: version of the room's queue state, and the version its queue shard has (TTL `redis.last_seq_ttl_secs`) |
 //! | `dm:{room}:b:<batch>:<start>:<len>` | ZSET | a slice claimed by archive batch `<batch>` |
 //! | `dm:{room}:c:<batch>` | STRING | the slices batch `<batch>` claimed from this room |
 //! | `dm:{room}:ch` | channel | new items of the room, for the live nodes |

@@ -14,26 +14,32 @@
 /// item count n, bytes, and n (seq, member) pairs.
 ///
 /// The caller ([`super::store::assign_slices`]) dropped items at or below the
-/// room's high-water mark (`meta.last`: Bus redeliveries keep their seq) and put
-/// each remaining item in the room's newest slice while its time is before that
-/// slice's end, else in a new slice starting no earlier than it ends. If the room's
-/// mark or newest slice is not what the caller saw (another writer, a claim, a
-/// restarted Redis), nothing is written and the script answers
-/// {"stale", last, newest} for the caller to regroup. Else each slice gets one
-/// multi-member ZADD; a room's slices stay ordered and disjoint in seq, which
-/// makes cursor reads a walk over the slice index (`idx`, score = the slice's
-/// highest seq). A new slice enters `exp` (score = due time: its end plus the
-/// retention, or 0 if the room was expedited up to its start) and bumps the queue
-/// version `meta.qv`. Returns {added, min due (-1 = no slices; -2 = not computed,
-/// the queue shard is up to date), qv, qc, {slice, members, bytes}...}.
+/// room's high-water mark (`meta.last`: Bus redeliveries keep their seq) and
+/// grouped the rest by the one slice rule (`SliceRef::assign`) against the room's
+/// newest slice, `meta.head`: the newest slice ever written, kept after it is
+/// claimed, so a late item never reopens an older slice (a room written before
+/// `head` existed falls back to its newest live slice). If the room's mark or
+/// newest slice is not what the caller saw (another writer, a restarted Redis),
+/// nothing is written and the script answers {"stale", last, newest} for the
+/// caller to regroup. Else each slice gets one multi-member ZADD; a room's slices
+/// stay ordered and disjoint in seq, which makes cursor reads a walk over the
+/// slice index (`idx`, score = the slice's highest seq). A slice not in the index
+/// (a new one, or the newest one again after it was claimed) enters `exp`
+/// (score = due time: its end plus the retention, or 0 if the room was expedited
+/// up to its start) and bumps the queue version `meta.qv`. Returns {added, min
+/// due (-1 = no slices; -2 = not computed, the queue shard is up to date), qv,
+/// qc, {slice, members, bytes}...}.
 pub const APPEND: &str = r#"
 local prefix = ARGV[1]
 local ret = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
-local meta = redis.call('HMGET', KEYS[1], 'last', 'mark', 'qv', 'qc')
+local meta = redis.call('HMGET', KEYS[1], 'last', 'mark', 'qv', 'qc', 'head')
 local last = meta[1] or '0'
-local top = redis.call('ZRANGE', KEYS[2], -1, -1)
-local cur = top[1] or ''
+local cur = meta[5]
+if not cur then
+  local top = redis.call('ZRANGE', KEYS[2], -1, -1)
+  cur = top[1] or ''
+end
 if last ~= ARGV[2] or cur ~= ARGV[3] then
   return {'stale', last, cur}
 end
@@ -50,7 +56,7 @@ while i <= #ARGV do
   local n = tonumber(ARGV[i + 2])
   local nb = tonumber(ARGV[i + 3])
   i = i + 4
-  if id ~= cur and not redis.call('ZSCORE', KEYS[2], id) then
+  if not redis.call('ZSCORE', KEYS[2], id) then
     local s, l = string.match(id, '^(%-?%d+):(%d+)$')
     s = tonumber(s)
     local due = s + tonumber(l) + ret
@@ -77,9 +83,9 @@ end
 if added > 0 then
   if created then
     qv = qv + 1
-    redis.call('HSET', KEYS[1], 'last', last, 'qv', string.format('%d', qv))
+    redis.call('HSET', KEYS[1], 'last', last, 'head', cur, 'qv', string.format('%d', qv))
   else
-    redis.call('HSET', KEYS[1], 'last', last)
+    redis.call('HSET', KEYS[1], 'last', last, 'head', cur)
   end
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end

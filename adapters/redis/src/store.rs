@@ -10,7 +10,7 @@ use danmaku_core::config::RedisSettings;
 use danmaku_core::ports::{
     AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
 };
-use danmaku_core::slice::{SliceRef, MAX_SLICE_MS, MIN_SLICE_MS};
+use danmaku_core::slice::SliceRef;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,12 +131,11 @@ pub(crate) struct Group<'a> {
     pub(crate) items: Vec<&'a SliceItem>,
 }
 
-/// The slice rule of DESIGN §6 with ordered, seq-disjoint slices: items (in seq
-/// order) at or below the high-water mark `last` are skipped (redeliveries); an
-/// item goes to the newest slice while its time is before that slice's end, else
-/// to a new slice of `len_ms` aligned on its time, moved to start no earlier than
-/// the newest slice's end (so a slow clock never sends an item back into an older
-/// slice). Returns the groups and the room's head after them.
+/// Groups items (in seq order) into slices by the one slice rule,
+/// [`SliceRef::assign`]: items at or below the high-water mark `last` are skipped
+/// (redeliveries); each other item goes to the slice the rule picks given the
+/// newest slice so far. Returns the groups, in seq order, and the room's head after
+/// them.
 pub(crate) fn assign_slices<'a>(
     room: &str,
     last: u64,
@@ -152,26 +151,15 @@ pub(crate) fn assign_slices<'a>(
             continue;
         }
         hi = it.seq;
-        let fits = cur.as_ref().is_some_and(|c| it.ts_ms < c.end_ms());
-        if !fits {
-            let mut start = it.ts_ms - it.ts_ms.rem_euclid(len_ms);
-            if let Some(c) = &cur {
-                start = start.max(c.end_ms());
-            }
-            cur = Some(SliceRef {
-                room: room.to_string(),
-                start_ms: start,
-                len_ms,
-            });
-        }
-        let slice = cur.clone().expect("a current slice");
+        let slice = SliceRef::assign(room, cur.as_ref(), it.ts_ms, len_ms);
         match groups.last_mut() {
             Some(g) if g.slice == slice => g.items.push(it),
             _ => groups.push(Group {
-                slice,
+                slice: slice.clone(),
                 items: vec![it],
             }),
         }
+        cur = Some(slice);
     }
     (
         groups,
@@ -649,7 +637,6 @@ impl SliceStore for RedisSliceStore {
         }
         let mut sorted: Vec<&SliceItem> = items.iter().collect();
         sorted.sort_by_key(|i| i.seq);
-        let len = slice_len_ms.clamp(MIN_SLICE_MS, MAX_SLICE_MS);
         let keys = RoomKeys::new(room);
         // What this process last saw of the room; unknown at first (the script then
         // answers with the room's state, and the items are grouped again).
@@ -659,7 +646,7 @@ impl SliceStore for RedisSliceStore {
                 Some(h) => (h.last, h.newest.clone()),
                 None => (u64::MAX, None),
             };
-            let (groups, head) = assign_slices(room, last, cur.as_ref(), len, &sorted);
+            let (groups, head) = assign_slices(room, last, cur.as_ref(), slice_len_ms, &sorted);
             let mut inv = self.scripts.append.prepare_invoke();
             for k in ["meta", "idx", "exp", "bytes"] {
                 inv.key(keys.k(k));

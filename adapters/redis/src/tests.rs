@@ -5,6 +5,7 @@ use super::*;
 use crate::testkit::{RedisCluster, RedisServer};
 use bytes::Bytes;
 use danmaku_core::ports::{Notifier, NotifierEvent, SliceError, SliceItem, SliceStore};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 fn settings_single(url: &str) -> RedisSettings {
@@ -54,19 +55,70 @@ fn members_roundtrip() {
     assert_eq!(store::decode_member(b"short"), None);
 }
 
-#[tokio::test]
-async fn conformance_on_redis() {
-    let server = RedisServer::start();
-    let (store, _) = open(&settings_single(&server.url())).await;
-    danmaku_core::conformance::slice_store_suite(&store).await;
+/// The server (or cluster) the tests running at the same time share, started by
+/// the first and stopped when the last one drops it. Sharing is safe: every test
+/// has its own namespace (queues, batches) and random room names.
+fn shared<T>(slot: &'static Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
+    let mut held = slot.lock().expect("shared server lock");
+    if let Some(running) = held.upgrade() {
+        return running;
+    }
+    let started = Arc::new(start());
+    *held = Arc::downgrade(&started);
+    started
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_on_a_redis_cluster() {
-    let cluster = RedisCluster::start(3);
-    let (store, _) = open(&settings_cluster(&cluster.urls())).await;
-    danmaku_core::conformance::slice_store_suite(&store).await;
+/// A `redis-server` shared by the conformance cases running at the same time.
+pub(crate) fn shared_server() -> Arc<RedisServer> {
+    static SLOT: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+    shared(&SLOT, RedisServer::start)
 }
+
+/// A 3-master Redis Cluster shared by the conformance cases running at the same time.
+fn shared_cluster() -> Arc<RedisCluster> {
+    static SLOT: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+    shared(&SLOT, || RedisCluster::start(3))
+}
+
+danmaku_core::slice_store_suite!(slice_store_on_redis, async {
+    let server = shared_server();
+    let (store, _) = open(&settings_single(&server.url())).await;
+    (server, store)
+});
+
+danmaku_core::slice_store_suite!(
+    slice_store_on_a_redis_cluster(flavor = "multi_thread", worker_threads = 2),
+    async {
+        let cluster = shared_cluster();
+        let (store, _) = open(&settings_cluster(&cluster.urls())).await;
+        (cluster, store)
+    }
+);
+
+/// A publishing node and a viewing node, each with its own connections.
+async fn notifier_pair(settings: &RedisSettings) -> (Arc<RedisNotifier>, Arc<RedisNotifier>) {
+    let (_, publisher) = open(settings).await;
+    let (_, viewer) = open(settings).await;
+    (Arc::new(publisher), Arc::new(viewer))
+}
+
+danmaku_core::notifier_suite!(
+    notifier_on_redis_pubsub(flavor = "multi_thread", worker_threads = 2),
+    async {
+        let server = shared_server();
+        let pair = notifier_pair(&settings_single(&server.url())).await;
+        (server, pair)
+    }
+);
+
+danmaku_core::notifier_suite!(
+    notifier_on_redis_cluster_sharded_pubsub(flavor = "multi_thread", worker_threads = 2),
+    async {
+        let cluster = shared_cluster();
+        let pair = notifier_pair(&settings_cluster(&cluster.urls())).await;
+        (cluster, pair)
+    }
+);
 
 /// Slice lengths change between appends and clocks go backwards: every item is
 /// still read back once, in seq order, page after page.
@@ -309,49 +361,6 @@ async fn next_event(
             _ => panic!("no matching notifier event within 15 s"),
         }
     }
-}
-
-async fn notifier_roundtrip(settings: RedisSettings) {
-    let (_, publisher) = open(&settings).await;
-    let (_, viewer) = open(&settings).await;
-    let mut rx = viewer.take_receiver().expect("receiver");
-    assert!(viewer.take_receiver().is_none(), "taken once");
-    let room = format!("n{}", rand::random::<u32>());
-    viewer.subscribe(&room).await.unwrap();
-    let ev = next_event(
-        &mut rx,
-        |e| matches!(e, NotifierEvent::Resync(r) if *r == room),
-    )
-    .await;
-    assert_eq!(ev, NotifierEvent::Resync(room.clone()));
-    let items = vec![item(1, 10), item(2, 11)];
-    publisher.publish(&room, &items).await.unwrap();
-    publisher.publish("nobody-watches", &items).await.unwrap();
-    let ev = next_event(&mut rx, |e| matches!(e, NotifierEvent::Notice(_))).await;
-    let NotifierEvent::Notice(n) = ev else {
-        unreachable!()
-    };
-    assert_eq!((n.room.as_str(), n.items), (room.as_str(), items));
-    viewer.unsubscribe(&room).await.unwrap();
-    publisher.publish(&room, &[item(3, 12)]).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), rx.recv())
-            .await
-            .is_err(),
-        "nothing after unsubscribing"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notices_reach_subscribed_nodes_over_pubsub() {
-    let server = RedisServer::start();
-    notifier_roundtrip(settings_single(&server.url())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notices_reach_subscribed_nodes_over_sharded_pubsub() {
-    let cluster = RedisCluster::start(3);
-    notifier_roundtrip(settings_cluster(&cluster.urls())).await;
 }
 
 /// After Redis comes back, the subscription is re-established and the room gets a

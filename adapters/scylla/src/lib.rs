@@ -1247,12 +1247,11 @@ mod tests {
             .expect("connect")
     }
 
-    #[tokio::test]
-    async fn conformance_on_kassandra() {
+    danmaku_core::archive_store_suite!(archive_store_on_kassandra, async {
         let server = CqlTestServer::start();
         let store = store_on(&server, |_| {}).await;
-        danmaku_core::conformance::archive_store_suite(&store).await;
-    }
+        (server, store)
+    });
 
     fn row(vod: &str, id: u64, offset_ms: i64) -> ArchivedComment {
         ArchivedComment {
@@ -1475,13 +1474,12 @@ mod tests {
         assert_eq!(all_rows(&store2, vod2).await.len(), 100);
     }
 
-    /// `DANMAKU_TEST_SCYLLA=host:port[,host:port]` runs the suite against a real
-    /// ScyllaDB or Cassandra node (in a fresh keyspace).
-    #[tokio::test]
-    async fn conformance_on_a_real_node_when_configured() {
+    // `DANMAKU_TEST_SCYLLA=host:port[,host:port]` runs the suite against a real
+    // ScyllaDB or Cassandra node (in a fresh keyspace); unset, the cases are skipped.
+    danmaku_core::archive_store_suite!(archive_store_on_a_real_node_when_configured, async {
         let Ok(nodes) = std::env::var("DANMAKU_TEST_SCYLLA") else {
             eprintln!("DANMAKU_TEST_SCYLLA unset: skipping the real-node run");
-            return;
+            return None;
         };
         let settings = ScyllaSettings {
             nodes,
@@ -1492,6 +1490,6 @@ mod tests {
         let store = ScyllaArchiveStore::connect(&settings)
             .await
             .expect("connect");
-        danmaku_core::conformance::archive_store_suite(&store).await;
-    }
+        Some(((), store))
+    });
 }

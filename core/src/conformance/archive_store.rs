@@ -1,0 +1,180 @@
+//! The ArchiveStore suite: what [`ArchiveStore`] promises, one function per
+//! guarantee, run by [`crate::archive_store_suite!`].
+
+use super::unique;
+use crate::model::{Danmaku, Kind};
+use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use crate::vod::Session;
+
+/// Expands to one `#[tokio::test]` per ArchiveStore guarantee; see
+/// [`crate::conformance`].
+#[macro_export]
+macro_rules! archive_store_suite {
+    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(one archive_store $name ($($($rt)*)?) ($make) [
+            a_created_session_reads_back
+            creating_a_taken_vod_fails
+            sessions_by_room_come_newest_first_up_to_the_limit
+            a_session_ends_once
+            upserts_are_idempotent
+            a_segment_reads_in_offset_then_id_order
+            last_segment_is_the_highest_holding_a_comment
+            reports_ready
+        ]);
+    };
+}
+
+fn session(vod: &str, room: &str, started_at: i64, latency_ms: i64) -> Session {
+    Session {
+        vod: vod.to_string(),
+        room: room.to_string(),
+        started_at,
+        ended_at: None,
+        latency_ms,
+    }
+}
+
+fn comment(id: u64, vod: &str, offset: i64, kind: Kind) -> ArchivedComment {
+    ArchivedComment {
+        vod: vod.to_string(),
+        offset_ms: offset,
+        item: Danmaku {
+            id,
+            room: "r".into(),
+            user: "u".into(),
+            ts_ms: 1_700_000_000_000 + offset,
+            kind: kind as i32,
+            text: format!("c{id}"),
+            vod: Some(vod.to_string()),
+            offset_ms: Some(offset),
+            ..Default::default()
+        },
+    }
+}
+
+/// Rows over two segments of `v1` and one of `v2`, out of order.
+fn rows(v1: &str, v2: &str) -> Vec<ArchivedComment> {
+    vec![
+        comment(30, v1, 400_000, Kind::Comment),
+        comment(20, v1, 1_000, Kind::Gift),
+        comment(10, v1, 1_000, Kind::Comment),
+        comment(40, v1, 0, Kind::Comment),
+        comment(50, v2, 10, Kind::Comment),
+    ]
+}
+
+/// A created session reads back as created; an unknown vod reads as none.
+pub async fn a_created_session_reads_back(store: &dyn ArchiveStore) {
+    let s = session(&unique("v"), &unique("ar"), 1000, 250);
+    store.create_session(&s).await.unwrap();
+    assert_eq!(store.get_session(&s.vod).await.unwrap(), Some(s));
+    assert_eq!(store.get_session(&unique("nope")).await.unwrap(), None);
+}
+
+/// Creating a session under a vod id that is taken fails with `AlreadyExists`
+/// and changes nothing.
+pub async fn creating_a_taken_vod_fails(store: &dyn ArchiveStore) {
+    let s = session(&unique("v"), &unique("ar"), 1000, 0);
+    store.create_session(&s).await.unwrap();
+    let again = session(&s.vod, &unique("other"), 2000, 5);
+    assert!(matches!(
+        store.create_session(&again).await,
+        Err(ArchiveError::AlreadyExists)
+    ));
+    assert_eq!(store.get_session(&s.vod).await.unwrap(), Some(s));
+}
+
+/// A room's sessions come newest first, at most `limit`.
+pub async fn sessions_by_room_come_newest_first_up_to_the_limit(store: &dyn ArchiveStore) {
+    let room = unique("ar");
+    let s1 = session(&unique("v"), &room, 1000, 0);
+    let s2 = session(&unique("w"), &room, 5000, 250);
+    store.create_session(&s1).await.unwrap();
+    store.create_session(&s2).await.unwrap();
+    store
+        .create_session(&session(&unique("x"), &unique("other"), 9000, 0))
+        .await
+        .unwrap();
+    let list = store.sessions_by_room(&room, 10).await.unwrap();
+    assert_eq!(list, vec![s2.clone(), s1], "newest first");
+    assert_eq!(store.sessions_by_room(&room, 1).await.unwrap(), vec![s2]);
+    assert!(store
+        .sessions_by_room(&unique("none"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// `end_session` sets `ended_at` once: `AlreadyEnded` afterwards, `NotFound` for
+/// an unknown vod.
+pub async fn a_session_ends_once(store: &dyn ArchiveStore) {
+    let s = session(&unique("v"), &unique("ar"), 1000, 0);
+    store.create_session(&s).await.unwrap();
+    let ended = store.end_session(&s.vod, 4000).await.unwrap();
+    assert_eq!(ended.ended_at, Some(4000));
+    assert_eq!(
+        store.get_session(&s.vod).await.unwrap(),
+        Some(ended.clone())
+    );
+    assert!(matches!(
+        store.end_session(&s.vod, 4001).await,
+        Err(ArchiveError::AlreadyEnded)
+    ));
+    assert_eq!(store.get_session(&s.vod).await.unwrap(), Some(ended));
+    assert!(matches!(
+        store.end_session(&unique("nope"), 1).await,
+        Err(ArchiveError::NotFound)
+    ));
+}
+
+/// Upserting the same comments again (a redone batch) stores nothing twice.
+pub async fn upserts_are_idempotent(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    store.upsert_comments(&rows).await.unwrap();
+    store.upsert_comments(&rows[1..3]).await.unwrap();
+    store.upsert_comments(&rows).await.unwrap();
+    assert_eq!(store.count(&v1).await.unwrap(), 4, "upserts are idempotent");
+    assert_eq!(store.count(&v2).await.unwrap(), 1);
+    assert_eq!(store.count(&unique("none")).await.unwrap(), 0);
+    assert_eq!(store.read_segment(&v1, 0).await.unwrap().len(), 3);
+}
+
+/// A segment's comments come ordered by (offset, id), whole (kind, vod, offset
+/// kept); a segment without comments is empty.
+pub async fn a_segment_reads_in_offset_then_id_order(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    store.upsert_comments(&rows(&v1, &v2)).await.unwrap();
+    let seg0 = store.read_segment(&v1, 0).await.unwrap();
+    let order: Vec<(i64, u64)> = seg0.iter().map(|c| (c.offset_ms, c.item.id)).collect();
+    assert_eq!(
+        order,
+        vec![(0, 40), (1_000, 10), (1_000, 20)],
+        "ordered by (offset, id)"
+    );
+    assert_eq!(seg0[2].item.kind(), Kind::Gift);
+    assert_eq!(seg0[0].item.vod.as_deref(), Some(v1.as_str()));
+    assert_eq!(seg0[0].item.offset_ms, Some(0));
+    assert!(seg0.iter().all(|c| c.vod == v1));
+    let seg1 = store.read_segment(&v1, 1).await.unwrap();
+    assert_eq!(seg1.len(), 1);
+    assert_eq!(seg1[0].item.text, "c30");
+    assert!(store.read_segment(&v1, 7).await.unwrap().is_empty());
+    let other = store.read_segment(&v2, 0).await.unwrap();
+    assert_eq!(other.len(), 1, "vods do not mix");
+    assert_eq!(other[0].item.id, 50);
+}
+
+/// `last_segment` is the highest segment holding a comment of the vod.
+pub async fn last_segment_is_the_highest_holding_a_comment(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    store.upsert_comments(&rows(&v1, &v2)).await.unwrap();
+    assert_eq!(store.last_segment(&v1).await.unwrap(), Some(1));
+    assert_eq!(store.last_segment(&v2).await.unwrap(), Some(0));
+    assert_eq!(store.last_segment(&unique("none")).await.unwrap(), None);
+}
+
+/// A reachable store says so.
+pub async fn reports_ready(store: &dyn ArchiveStore) {
+    assert!(store.ready().await);
+}
