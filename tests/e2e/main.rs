@@ -9,6 +9,8 @@
 //! - [`shutdown`]: SIGTERM archives every accepted comment to Parquet once.
 //! - [`crash`]: kill -9 loses no acknowledged comment.
 //! - [`errors`]: every error code of API.md with its status.
+//! - [`hardening_ingest`]: issue 13's intake and token cases (guest limits per
+//!   address, WebSocket token times, the auth scheme) through the real server.
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
 //! - [`pipeline`]: the same flows and the faults on Kafka and Redis (standalone and Cluster).
 //! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
@@ -20,6 +22,7 @@ mod archive_s3;
 mod crash;
 mod errors;
 mod fanout;
+mod hardening_ingest;
 mod hostile_text;
 mod pipeline;
 mod polling;
