@@ -120,8 +120,10 @@ pub fn deflate_text_frame(payload: &[u8]) -> Bytes {
     encode_frame(opcode::TEXT, &out, true)
 }
 
-/// Inflates a compressed client message, refusing output over `max` bytes.
-pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
+/// Inflates a compressed client message: [`ProtocolError::TooBig`] past `max`
+/// bytes of output (an inflate bomb), [`ProtocolError::InvalidData`] when the
+/// payload is not a deflate stream.
+pub fn inflate_message(payload: &[u8], max: usize) -> Result<Vec<u8>, ProtocolError> {
     let mut d = flate2::Decompress::new(false);
     let mut input = Vec::with_capacity(payload.len() + 4);
     input.extend_from_slice(payload);
@@ -135,9 +137,9 @@ pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
             &mut out,
             flate2::FlushDecompress::Sync,
         )
-        .ok()?;
+        .map_err(|_| ProtocolError::InvalidData)?;
         if out.len() > max {
-            return None;
+            return Err(ProtocolError::TooBig);
         }
         let all_in = d.total_in() as usize >= input.len();
         let room_left = out.len() < out.capacity();
@@ -146,7 +148,7 @@ pub fn inflate_message(payload: &[u8], max: usize) -> Option<Vec<u8>> {
             break;
         }
     }
-    Some(out)
+    Ok(out)
 }
 
 /// One batch frame of a room, shared by every connection of the room.
@@ -204,13 +206,117 @@ pub struct ClientFrame {
     pub payload: Vec<u8>,
 }
 
-/// Why a client's bytes are not acceptable.
-#[derive(Debug, PartialEq, Eq)]
+/// Why a client's bytes are not acceptable, each with its close code
+/// (RFC 6455 §7.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProtocolError {
     /// Over the message size limit (close 1009).
     TooBig,
-    /// Unmasked, reserved bits, bad control frame (close 1002).
+    /// Unmasked, reserved bits or opcodes, a bad control frame, fragments out
+    /// of order, a bad close payload (close 1002).
     Invalid,
+    /// A binary message: this endpoint speaks JSON text (close 1003).
+    Unsupported,
+    /// Text that is not UTF-8 (a message or a close reason), or a compressed
+    /// payload that does not inflate (close 1007).
+    InvalidData,
+}
+
+impl ProtocolError {
+    /// The close code this violation is answered with.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::TooBig => 1009,
+            Self::Invalid => 1002,
+            Self::Unsupported => 1003,
+            Self::InvalidData => 1007,
+        }
+    }
+
+    /// The close frame's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TooBig => "message too big",
+            Self::Invalid => "protocol error",
+            Self::Unsupported => "binary messages are not accepted; send JSON text",
+            Self::InvalidData => "invalid message data",
+        }
+    }
+}
+
+/// Whether a client may send `code` in a close frame (RFC 6455 §7.4, and
+/// IANA's registry): 1000-1003 and 1007-1014 of the protocol's range, and
+/// 3000-4999 (libraries and applications). 1004-1006 and 1015 are reserved
+/// (never on the wire), the rest of 1000-2999 is unassigned.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The status code of a client's close frame payload (`None` when it has
+/// none): 1002 for a one-byte payload or a code not allowed on the wire, 1007
+/// for a reason that is not UTF-8.
+pub fn parse_close(payload: &[u8]) -> Result<Option<u16>, ProtocolError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ProtocolError::Invalid),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_allowed(code) {
+                return Err(ProtocolError::Invalid);
+            }
+            std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidData)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Where a client is in its current message (RFC 6455 §5.4): a data frame
+/// either starts a message (text only) or continues the one in progress, never
+/// both; permessage-deflate marks the first frame only (RFC 7692 §6.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reassembly {
+    open: bool,
+    compressed: bool,
+}
+
+impl Reassembly {
+    /// Checks the data frame `f` against the message in progress and moves on:
+    /// a continuation without a start, or a new message inside a fragmented one,
+    /// is [`ProtocolError::Invalid`]; a binary message is
+    /// [`ProtocolError::Unsupported`]; RSV1 is allowed only on a message's first
+    /// frame and only with permessage-deflate negotiated (`deflate`).
+    pub fn accept(&mut self, f: &ClientFrame, deflate: bool) -> Result<(), ProtocolError> {
+        match f.opcode {
+            opcode::TEXT | opcode::BINARY if self.open => Err(ProtocolError::Invalid),
+            opcode::BINARY => Err(ProtocolError::Unsupported),
+            opcode::TEXT => {
+                if f.rsv1 && !deflate {
+                    return Err(ProtocolError::Invalid);
+                }
+                self.open = !f.fin;
+                self.compressed = f.rsv1;
+                Ok(())
+            }
+            opcode::CONTINUATION => {
+                if !self.open || f.rsv1 {
+                    return Err(ProtocolError::Invalid);
+                }
+                self.open = !f.fin;
+                Ok(())
+            }
+            _ => Err(ProtocolError::Invalid),
+        }
+    }
+
+    /// A fragmented message is in progress (its last frame has not come).
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The current (or just completed) message is compressed.
+    pub fn compressed(&self) -> bool {
+        self.compressed
+    }
 }
 
 /// Parses one client frame from the front of `buf`: `Ok(None)` if more bytes are
@@ -250,7 +356,17 @@ pub fn parse_client_frame(
         }
         n => (n as u64, 2),
     };
-    if op >= 0x8 && (len > 125 || !fin) {
+    let known = matches!(
+        op,
+        opcode::CONTINUATION
+            | opcode::TEXT
+            | opcode::BINARY
+            | opcode::CLOSE
+            | opcode::PING
+            | opcode::PONG
+    );
+    // Control frames: short, unfragmented, never compressed (RFC 7692 §6.1).
+    if !known || (op >= 0x8 && (len > 125 || !fin || rsv1)) {
         return Err(ProtocolError::Invalid);
     }
     if len > max_payload as u64 {
@@ -366,12 +482,148 @@ mod tests {
             back.len(),
             msg.len()
         );
-        assert!(
-            inflate_message(&f[hdr..hdr + len], 100).is_none(),
+        assert_eq!(
+            inflate_message(&f[hdr..hdr + len], 100),
+            Err(ProtocolError::TooBig),
             "inflate bombs are refused"
         );
         let tiny = deflate_text_frame(b"x");
         assert_eq!(inflate_message(&tiny[2..], 100).unwrap(), b"x");
+    }
+
+    fn data(op: u8, fin: bool, rsv1: bool) -> ClientFrame {
+        ClientFrame {
+            fin,
+            rsv1,
+            opcode: op,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn fragments_must_start_and_continue_in_order() {
+        use opcode::*;
+        let mut r = Reassembly::default();
+        assert_eq!(
+            r.accept(&data(CONTINUATION, true, false), false),
+            Err(ProtocolError::Invalid),
+            "a continuation without a start"
+        );
+        assert_eq!(r.accept(&data(TEXT, false, false), false), Ok(()));
+        assert!(r.is_open());
+        assert_eq!(
+            r.accept(&data(TEXT, true, false), false),
+            Err(ProtocolError::Invalid),
+            "a new message inside a fragmented one"
+        );
+        assert_eq!(
+            r.clone().accept(&data(BINARY, true, false), false),
+            Err(ProtocolError::Invalid),
+            "a binary start inside a fragmented message is out of order first"
+        );
+        assert_eq!(r.accept(&data(CONTINUATION, false, false), false), Ok(()));
+        assert_eq!(r.accept(&data(CONTINUATION, true, false), false), Ok(()));
+        assert!(!r.is_open());
+        assert_eq!(
+            r.accept(&data(CONTINUATION, true, false), false),
+            Err(ProtocolError::Invalid),
+            "nothing to continue once the message ended"
+        );
+        let mut r = Reassembly::default();
+        assert_eq!(
+            r.accept(&data(BINARY, true, false), false),
+            Err(ProtocolError::Unsupported)
+        );
+        assert_eq!(
+            r.accept(&data(BINARY, false, false), true),
+            Err(ProtocolError::Unsupported)
+        );
+    }
+
+    #[test]
+    fn rsv1_only_on_a_first_frame_and_only_with_deflate() {
+        use opcode::*;
+        let mut r = Reassembly::default();
+        assert_eq!(
+            r.accept(&data(TEXT, true, true), false),
+            Err(ProtocolError::Invalid)
+        );
+        assert_eq!(r.accept(&data(TEXT, false, true), true), Ok(()));
+        assert!(r.compressed());
+        assert_eq!(
+            r.clone().accept(&data(CONTINUATION, true, true), true),
+            Err(ProtocolError::Invalid)
+        );
+        assert_eq!(r.accept(&data(CONTINUATION, true, false), true), Ok(()));
+        assert!(r.compressed(), "the completed message was compressed");
+        assert_eq!(r.accept(&data(TEXT, true, false), true), Ok(()));
+        assert!(!r.compressed());
+    }
+
+    #[test]
+    fn control_frames_and_opcodes_are_checked_by_the_parser() {
+        for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            assert_eq!(
+                parse_client_frame(&client_frame(op, b"x", true), 1000),
+                Err(ProtocolError::Invalid),
+                "reserved opcode {op:#x}"
+            );
+        }
+        let mut ping = client_frame(opcode::PING, b"p", true);
+        ping[0] |= 0x40;
+        assert_eq!(
+            parse_client_frame(&ping, 1000),
+            Err(ProtocolError::Invalid),
+            "a compressed control frame"
+        );
+        assert_eq!(
+            parse_client_frame(&client_frame(opcode::CLOSE, b"", false), 1000),
+            Err(ProtocolError::Invalid),
+            "a fragmented control frame"
+        );
+    }
+
+    #[test]
+    fn close_payloads() {
+        let close = |code: u16, reason: &[u8]| {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(reason);
+            parse_close(&p)
+        };
+        assert_eq!(parse_close(b""), Ok(None));
+        assert_eq!(parse_close(&[3]), Err(ProtocolError::Invalid));
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
+            assert_eq!(close(ok, "bye 好".as_bytes()), Ok(Some(ok)), "{ok}");
+        }
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(close(bad, b""), Err(ProtocolError::Invalid), "{bad}");
+        }
+        assert_eq!(
+            close(1000, &[0xce, 0xba, 0xe1, 0xbd]),
+            Err(ProtocolError::InvalidData),
+            "a reason that is not UTF-8"
+        );
+        assert_eq!(ProtocolError::Invalid.close_code(), 1002);
+        assert_eq!(ProtocolError::Unsupported.close_code(), 1003);
+        assert_eq!(ProtocolError::InvalidData.close_code(), 1007);
+        assert_eq!(ProtocolError::TooBig.close_code(), 1009);
+    }
+
+    #[test]
+    fn corrupt_deflate_is_invalid_data() {
+        assert_eq!(
+            inflate_message(&[0xff, 0xff, 0xff, 0xff, 0x00], 1 << 20),
+            Err(ProtocolError::InvalidData)
+        );
+        // A stored block announcing 5 bytes whose length check fails.
+        assert_eq!(
+            inflate_message(&[0x00, 0x05, 0x00, 0x00, 0x00], 1 << 20),
+            Err(ProtocolError::InvalidData)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! [`crate::frames`], [`crate::messages`]) and the role's state ([`Live`]);
 //! nothing imports this module but the router.
 
-use crate::frames::{self, opcode, Frame, ProtocolError};
+use crate::frames::{self, opcode, Frame, ProtocolError, Reassembly};
 use crate::messages::{self, RingItem};
 use crate::room::Hub;
 use crate::socket::{now_secs, Subscriber, Take};
@@ -290,6 +290,11 @@ async fn write_rest(stream: &TcpStream, mut buf: &[u8], timeout: Duration) -> st
     Ok(())
 }
 
+/// The close a protocol violation of the client's gets.
+fn violation(e: ProtocolError) -> End {
+    End::Close(e.close_code(), e.reason())
+}
+
 /// Why a connection ends.
 enum End {
     /// Send this close frame, then close.
@@ -328,14 +333,18 @@ struct Session {
 struct Inbound {
     buf: Vec<u8>,
     message: Vec<u8>,
-    message_compressed: bool,
+    /// Where the client is in a fragmented message.
+    reassembly: Reassembly,
     acks: Option<Acks>,
     inflight: usize,
 }
 
 impl Inbound {
     fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.message.is_empty() && self.acks.is_none()
+        self.buf.is_empty()
+            && self.message.is_empty()
+            && !self.reassembly.is_open()
+            && self.acks.is_none()
     }
 }
 
@@ -572,8 +581,7 @@ impl Session {
         while !inb.buf.is_empty() && result.is_none() {
             let (frame, used) = match frames::parse_client_frame(&inb.buf, max_msg) {
                 Ok(None) => break,
-                Err(ProtocolError::TooBig) => return Some(End::Close(1009, "message too big")),
-                Err(ProtocolError::Invalid) => return Some(End::Close(1002, "protocol error")),
+                Err(e) => return Some(violation(e)),
                 Ok(Some(f)) => f,
             };
             heard = true;
@@ -583,33 +591,33 @@ impl Session {
                     break;
                 }
                 opcode::PONG => {}
-                opcode::CLOSE => result = Some(End::Close(1000, "")),
-                opcode::TEXT | opcode::BINARY | opcode::CONTINUATION => {
-                    if frame.opcode != opcode::CONTINUATION {
-                        inb.message.clear();
-                        inb.message_compressed = frame.rsv1 && deflate;
-                    } else if frame.rsv1 {
-                        return Some(End::Close(1002, "protocol error"));
-                    }
-                    if frame.rsv1 && !deflate {
-                        return Some(End::Close(1002, "protocol error"));
+                opcode::CLOSE => {
+                    // Echo a valid code (RFC 6455 §5.5.1); a bad payload is a violation.
+                    result = Some(match frames::parse_close(&frame.payload) {
+                        Ok(code) => End::Close(code.unwrap_or(1000), ""),
+                        Err(e) => violation(e),
+                    });
+                }
+                _ => {
+                    if let Err(e) = inb.reassembly.accept(&frame, deflate) {
+                        return Some(violation(e));
                     }
                     inb.message.extend_from_slice(&frame.payload);
                     if inb.message.len() > max_msg {
-                        return Some(End::Close(1009, "message too big"));
+                        return Some(violation(ProtocolError::TooBig));
                     }
                     if frame.fin {
                         let raw = std::mem::take(&mut inb.message);
-                        let raw = if inb.message_compressed {
+                        let raw = if inb.reassembly.compressed() {
                             match frames::inflate_message(&raw, max_msg) {
-                                Some(r) => r,
-                                None => return Some(End::Close(1009, "message too big")),
+                                Ok(r) => r,
+                                Err(e) => return Some(violation(e)),
                             }
                         } else {
                             raw
                         };
                         let Ok(text) = String::from_utf8(raw) else {
-                            return Some(End::Close(1007, "invalid utf-8"));
+                            return Some(violation(ProtocolError::InvalidData));
                         };
                         let acks = inb.acks.get_or_insert_with(|| {
                             let (tx, rx) = mpsc::channel(MAX_INFLIGHT);
@@ -629,7 +637,6 @@ impl Session {
                         });
                     }
                 }
-                _ => return Some(End::Close(1002, "protocol error")),
             }
             inb.buf.drain(..used);
         }
