@@ -57,6 +57,23 @@ pub struct ServerSettings {
     pub demo: bool,
     /// Seconds to wait for connections and the archive to drain on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Most HTTP connections this node serves at once (WebSockets leave this
+    /// budget once upgraded: `live.max_connections` counts them). Past it a new
+    /// connection gets `503 unavailable`, except `/healthz`, `/readyz` and
+    /// `/metrics`, which a small reserve of connections still answers.
+    pub max_connections: usize,
+    /// Most HTTP connections from one client address (IPv6: one /64); 0 = no
+    /// per-address cap. Behind a reverse proxy every client has the proxy's
+    /// address: raise it or set 0 there.
+    pub max_connections_per_ip: usize,
+    /// Largest request head (request line and headers), bytes; past it `431`.
+    pub max_header_bytes: usize,
+    /// A separate address for `/metrics` (and `/healthz`, `/readyz`), e.g.
+    /// `127.0.0.1:9090`; empty = `/metrics` on `listen`.
+    pub metrics_listen: String,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer
+    /// <metrics_token>` (else `401 unauthorized`); empty = open.
+    pub metrics_token: Secret,
 }
 
 impl Default for ServerSettings {
@@ -68,6 +85,11 @@ impl Default for ServerSettings {
             node_id: 0,
             demo: true,
             shutdown_grace_secs: 30,
+            max_connections: 10_000,
+            max_connections_per_ip: 1024,
+            max_header_bytes: 16 * 1024,
+            metrics_listen: String::new(),
+            metrics_token: Secret::default(),
         }
     }
 }
@@ -133,6 +155,12 @@ pub struct LimitSettings {
     pub trusted_proxy_header: String,
     /// Longest wait for the Bus to acknowledge a comment before answering 503, ms.
     pub publish_timeout_ms: u64,
+    /// Longest time a request body may take to arrive, from the end of its
+    /// headers, ms; past it `408` and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// Slowest a request body may arrive on average after its first 5 seconds,
+    /// bytes per second (`408` and close below it); 0 = no minimum rate.
+    pub body_min_bytes_per_sec: u64,
 }
 
 impl Default for LimitSettings {
@@ -151,6 +179,8 @@ impl Default for LimitSettings {
             guest_sends_per_ip_burst: 20,
             trusted_proxy_header: String::new(),
             publish_timeout_ms: 5000,
+            body_timeout_ms: 10_000,
+            body_min_bytes_per_sec: 256,
         }
     }
 }
@@ -709,6 +739,15 @@ impl Settings {
         }
         if self.bus.partitions == 0 || self.bus.partitions > 1024 {
             return Err("bus.partitions must be within 1..=1024".into());
+        }
+        if self.server.max_connections == 0 {
+            return Err("server.max_connections must be positive".into());
+        }
+        if !(1024..=1 << 20).contains(&self.server.max_header_bytes) {
+            return Err("server.max_header_bytes must be within 1024..=1048576".into());
+        }
+        if self.limits.body_timeout_ms == 0 {
+            return Err("limits.body_timeout_ms must be positive".into());
         }
         if self.limits.user_per_sec == 0 || self.limits.room_per_sec == 0 {
             return Err("rate limits must be positive".into());

@@ -19,10 +19,13 @@
 //!   (standalone or Cluster, Pub/Sub or sharded Pub/Sub).
 //! - [`conformance`]: one test suite per port, run against every adapter.
 //! - [`context`]: builds the adapters the settings select and hands them to the roles.
-//! - [`serve`]: the HTTP/1.1 server loop with upgrades and graceful shutdown.
+//! - [`serve`]: the HTTP/1.1 server loop with upgrades and graceful shutdown, and
+//!   the edge's bounds (connection caps, request heads, lingering close);
+//!   [`body`]: request bodies read into one buffer within a size and a deadline.
 //! - [`testkit`]: real servers (redis-server, a Redis Cluster) on free loopback ports for tests.
 
 pub mod auth;
+pub mod body;
 pub mod config;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;

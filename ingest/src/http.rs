@@ -55,6 +55,7 @@ pub async fn read_json<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    use danmaku_core::body::{read_limited, BodyError};
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -70,9 +71,20 @@ pub async fn read_json<T: DeserializeOwned>(
             return Err(too_large());
         }
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    // One buffer, each frame copied and dropped as it arrives (frames kept
+    // alive would pin hyper's read buffer). The server loop answers a body that
+    // came too slowly with 408 whatever this returns.
+    let bytes = read_limited(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge { .. } => too_large(),
+        BodyError::TimedOut => ApiError::new(
+            ErrorCode::InvalidJson,
+            "the body did not arrive in time; send it at once",
+        ),
+        BodyError::Failed(m) => ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body could not be read: {m}"),
+        ),
+    })?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

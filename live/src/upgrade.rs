@@ -34,7 +34,6 @@ use danmaku_core::auth::{check_read_access, Claims};
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_ingest::{check_room, SendRequest, Target};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -197,9 +196,9 @@ async fn open(start: Box<Start>) -> Option<Session> {
             return None;
         }
     };
-    let (stream, leftover) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    let (stream, leftover) = match danmaku_core::serve::into_tcp(upgraded) {
         // The leftover is a view of hyper's whole read buffer: copy what it holds.
-        Ok(parts) => (parts.io.into_inner(), parts.read_buf.to_vec()),
+        Ok((stream, read_buf)) => (stream, read_buf.to_vec()),
         Err(_) => {
             tracing::error!("websocket upgrade on an unexpected transport");
             return None;
