@@ -125,6 +125,8 @@ impl Server {
         let writer_stop = CancellationToken::new();
         let archive_stop = CancellationToken::new();
         let grace = Duration::from_secs(s.server.shutdown_grace_secs.max(1));
+        // Before any role starts, so a bad `server.metrics_listen` stops nothing.
+        ops::serve_separately(&ctx, metrics.clone(), http_stop.clone(), grace).await?;
 
         // Live and replay use ingest's checks (auth, validation, limits) for the
         // sends they take, so it exists whichever roles run.
@@ -180,11 +182,12 @@ impl Server {
             tracing::info!("shutting down: closing connections");
             stop.cancel();
         });
-        let server = tokio::spawn(danmaku_core::serve::serve(
+        let server = tokio::spawn(danmaku_core::serve::serve_with(
             listener,
             app,
             http_stop.clone(),
             grace,
+            danmaku_core::serve::ServeOptions::from_settings(&s),
         ));
         http_stop.cancelled().await;
         if server.await.is_err() {
