@@ -9,6 +9,8 @@
 //! - [`shutdown`]: SIGTERM archives every accepted comment to Parquet once.
 //! - [`crash`]: kill -9 loses no acknowledged comment.
 //! - [`errors`]: every error code of API.md with its status.
+//! - [`hardening_edge`]: issue 13's edge attacks (slow and huge bodies, bad heads,
+//!   connection caps, page headers, /metrics protection), each with its bound.
 //! - [`hardening_ingest`]: issue 13's intake and token cases (guest limits per
 //!   address, WebSocket token times, the auth scheme) through the real server.
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
@@ -22,6 +24,7 @@ mod archive_s3;
 mod crash;
 mod errors;
 mod fanout;
+mod hardening_edge;
 mod hardening_ingest;
 mod hostile_text;
 mod pipeline;
