@@ -72,7 +72,10 @@ enum Outcome<T> {
 }
 
 fn err(e: redb::Error) -> ArchiveError {
-    ArchiveError::Other(e.to_string())
+    match e {
+        redb::Error::Corrupted(_) => ArchiveError::corrupt("redb").with_source(e),
+        e => ArchiveError::other("redb").with_source(e),
+    }
 }
 
 fn decode_session(b: &[u8]) -> Result<Session, redb::Error> {

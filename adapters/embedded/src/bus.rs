@@ -150,10 +150,12 @@ fn writer_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded bus append failed");
+                let cause = std::sync::Arc::new(e);
                 for p in batch.drain(..) {
-                    let _ = p.ack.send(Err(BusError::Unavailable(
-                        "embedded log write failed".into(),
-                    )));
+                    let _ = p
+                        .ack
+                        .send(Err(BusError::unavailable("embedded log write failed")
+                            .with_source(cause.clone())));
                 }
             }
         }
@@ -180,9 +182,9 @@ impl Bus for EmbeddedBus {
                 ack,
             })
             .await
-            .map_err(|_| BusError::Unavailable("embedded bus stopped".into()))?;
+            .map_err(|_| BusError::unavailable("embedded bus stopped"))?;
         rx.await
-            .map_err(|_| BusError::Unavailable("embedded bus stopped".into()))?
+            .map_err(|_| BusError::unavailable("embedded bus stopped"))?
     }
 
     async fn consumer(&self, group: &str) -> Result<Box<dyn BusConsumer>, BusError> {
@@ -209,7 +211,7 @@ impl Bus for EmbeddedBus {
                 Ok(pos)
             })
             .await
-            .map_err(|e| BusError::Other(e.to_string()))?;
+            .map_err(|e| BusError::other("embedded log").with_source(e))?;
         Ok(Box::new(EmbeddedConsumer {
             db: self.db.clone(),
             group,
@@ -267,7 +269,7 @@ impl EmbeddedConsumer {
                 Ok(out)
             })
             .await
-            .map_err(|e| BusError::Other(e.to_string()))
+            .map_err(|e| BusError::other("embedded log").with_source(e))
     }
 }
 
@@ -287,7 +289,7 @@ impl BusConsumer for EmbeddedConsumer {
             }
             match tokio::time::timeout_at(deadline, self.appended.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return Err(BusError::Unavailable("embedded bus stopped".into())),
+                Ok(Err(_)) => return Err(BusError::unavailable("embedded bus stopped")),
                 Err(_) => return Ok(Vec::new()),
             }
         }
@@ -342,7 +344,7 @@ impl BusConsumer for EmbeddedConsumer {
                 Ok(())
             })
             .await
-            .map_err(|e| BusError::Other(e.to_string()))
+            .map_err(|e| BusError::other("embedded log").with_source(e))
     }
 
     async fn lag(&mut self) -> Result<u64, BusError> {
@@ -362,7 +364,7 @@ impl BusConsumer for EmbeddedConsumer {
                 Ok(lag)
             })
             .await
-            .map_err(|e| BusError::Other(e.to_string()))
+            .map_err(|e| BusError::other("embedded log").with_source(e))
     }
 }
 

@@ -122,7 +122,10 @@ impl EmbeddedSliceStore {
 }
 
 fn err(e: redb::Error) -> SliceError {
-    SliceError::Other(e.to_string())
+    match e {
+        redb::Error::Corrupted(_) => SliceError::corrupt("redb").with_source(e),
+        e => SliceError::other("redb").with_source(e),
+    }
 }
 
 fn corrupted(what: &str) -> redb::Error {
@@ -793,10 +796,10 @@ impl SliceStore for EmbeddedSliceStore {
         } else {
             let (start, room) = cursor
                 .split_once(':')
-                .ok_or_else(|| SliceError::Other(format!("bad scan cursor {cursor:?}")))?;
+                .ok_or_else(|| SliceError::other(format!("bad scan cursor {cursor:?}")))?;
             let start = start
                 .parse()
-                .map_err(|_| SliceError::Other(format!("bad scan cursor {cursor:?}")))?;
+                .map_err(|_| SliceError::other(format!("bad scan cursor {cursor:?}")))?;
             Some((room.to_string(), start))
         };
         let count = count.max(1);

@@ -251,24 +251,24 @@ impl KafkaBus {
             let md = producer
                 .client()
                 .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                .map_err(|e| BusError::unavailable("metadata").with_source(e))?;
             let t = md
                 .topics()
                 .iter()
                 .find(|t| t.name() == topic)
-                .ok_or_else(|| BusError::Unavailable(format!("topic {topic} missing")))?;
+                .ok_or_else(|| BusError::unavailable(format!("topic {topic} missing")))?;
             if let Some(e) = t.error() {
-                return Err(BusError::Unavailable(format!("topic {topic}: {e:?}")));
+                return Err(BusError::unavailable(format!("topic {topic}: {e:?}")));
             }
             if t.partitions().is_empty() {
-                return Err(BusError::Unavailable(format!(
+                return Err(BusError::unavailable(format!(
                     "topic {topic} has no partitions"
                 )));
             }
             Ok(t.partitions().len())
         })
         .await
-        .map_err(|e| BusError::Other(e.to_string()))?
+        .map_err(|e| BusError::other("blocking task").with_source(e))?
     }
 }
 
@@ -318,7 +318,7 @@ impl Bus for KafkaBus {
                 Ok(r) => r,
                 Err(_) => {
                     metrics::counter!("danmaku_kafka_produce_errors_total").increment(1);
-                    return Err(BusError::Unavailable(format!(
+                    return Err(BusError::unavailable(format!(
                         "no acknowledgement within {} ms",
                         bound.as_millis()
                     )));
@@ -335,7 +335,7 @@ impl Bus for KafkaBus {
             }
             Err((e, _)) => {
                 metrics::counter!("danmaku_kafka_produce_errors_total").increment(1);
-                Err(BusError::Unavailable(e.to_string()))
+                Err(BusError::unavailable("produce").with_source(e))
             }
         }
     }
@@ -366,10 +366,10 @@ impl Bus for KafkaBus {
         let assignment = observer.assignment.clone();
         let consumer: StreamConsumer<Observer> = c
             .create_with_context(observer)
-            .map_err(|e| BusError::Other(e.to_string()))?;
+            .map_err(|e| BusError::other("create consumer").with_source(e))?;
         consumer
             .subscribe(&[&s.topic])
-            .map_err(|e| BusError::Other(e.to_string()))?;
+            .map_err(|e| BusError::other("subscribe").with_source(e))?;
         Ok(Box::new(KafkaConsumer {
             consumer: Some(Arc::new(consumer)),
             assignment,
@@ -493,7 +493,7 @@ impl BusConsumer for KafkaConsumer {
                 pos.partition as i32,
                 Offset::Offset(pos.offset as i64 + 1),
             )
-            .map_err(|e| BusError::Other(e.to_string()))?;
+            .map_err(|e| BusError::other("commit offsets").with_source(e))?;
         }
         if skipped > 0 {
             tracing::info!(skipped, "offsets of revoked partitions not committed");
@@ -504,10 +504,10 @@ impl BusConsumer for KafkaConsumer {
         let consumer = self.inner().clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
-            .map_err(|e| BusError::Other(e.to_string()))?
+            .map_err(|e| BusError::other("blocking task").with_source(e))?
             .map_err(|e| {
                 metrics::counter!("danmaku_kafka_commit_errors_total").increment(1);
-                BusError::Unavailable(e.to_string())
+                BusError::unavailable("commit").with_source(e)
             })
     }
 
@@ -518,13 +518,13 @@ impl BusConsumer for KafkaConsumer {
         tokio::task::spawn_blocking(move || {
             let position = consumer
                 .position()
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                .map_err(|e| BusError::unavailable("position").with_source(e))?;
             let mut lag = 0u64;
             let mut unknown = Vec::new();
             for p in &assigned {
                 let (_, high) = consumer
                     .fetch_watermarks(&topic, *p, REQUEST_TIMEOUT)
-                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                    .map_err(|e| BusError::unavailable("watermarks").with_source(e))?;
                 let at = position
                     .find_partition(&topic, *p)
                     .and_then(|e| match e.offset() {
@@ -545,7 +545,7 @@ impl BusConsumer for KafkaConsumer {
                 }
                 let committed = consumer
                     .committed_offsets(tpl, REQUEST_TIMEOUT)
-                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                    .map_err(|e| BusError::unavailable("committed offsets").with_source(e))?;
                 for (p, high) in unknown {
                     let from = committed
                         .find_partition(&topic, p)
@@ -558,7 +558,7 @@ impl BusConsumer for KafkaConsumer {
                         None => {
                             consumer
                                 .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
-                                .map_err(|e| BusError::Unavailable(e.to_string()))?
+                                .map_err(|e| BusError::unavailable("watermarks").with_source(e))?
                                 .0
                         }
                     };
@@ -568,7 +568,7 @@ impl BusConsumer for KafkaConsumer {
             Ok(lag)
         })
         .await
-        .map_err(|e| BusError::Other(e.to_string()))?
+        .map_err(|e| BusError::other("blocking task").with_source(e))?
     }
 }
 
@@ -704,7 +704,7 @@ pub fn unique_topic(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use danmaku_core::ports::Bus;
+    use danmaku_core::ports::{Bus, BusErrorKind};
 
     async fn bus_on(kafka: &TestKafka, partitions: i32) -> (KafkaBus, String) {
         let topic = unique_topic("conf");
@@ -736,7 +736,10 @@ mod tests {
         kafka.broker_down(-1);
         let t = Instant::now();
         let r = bus.publish("r", Bytes::from_static(b"x")).await;
-        assert!(matches!(r, Err(BusError::Unavailable(_))), "{r:?}");
+        assert!(
+            matches!(&r, Err(e) if e.kind() == BusErrorKind::Unavailable),
+            "{r:?}"
+        );
         assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
         tokio::time::sleep(READY_CACHE).await;
         assert!(!bus.ready().await, "not ready while every broker is down");

@@ -312,7 +312,7 @@ async fn subscribe_room(sub: &mut SubConn, shared: &Shared, room: &str) -> Resul
         }
         Err(e) => {
             count_error("subscribe");
-            Err(NotifyError::Unavailable(e.to_string()))
+            Err(NotifyError::unavailable("subscribe").with_source(e))
         }
     }
 }
@@ -333,7 +333,7 @@ impl Notifier for RedisNotifier {
             .map(|_| ())
             .map_err(|e| {
                 count_error("publish");
-                NotifyError::Unavailable(e.to_string())
+                NotifyError::unavailable("publish").with_source(e)
             })
     }
 
@@ -359,7 +359,7 @@ impl Notifier for RedisNotifier {
                 .clone()
                 .unsubscribe(&channel(room))
                 .await
-                .map_err(|e| NotifyError::Unavailable(e.to_string()))?;
+                .map_err(|e| NotifyError::unavailable("unsubscribe").with_source(e))?;
         }
         Ok(())
     }

@@ -214,16 +214,16 @@ fn fail(op: &'static str) -> impl Fn(RedisError) -> SliceError {
     move |e| {
         count_error(op);
         if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_cluster_error() {
-            SliceError::Unavailable(format!("{op}: {e}"))
+            SliceError::unavailable(op).with_source(e)
         } else {
-            SliceError::Other(format!("{op}: {e}"))
+            SliceError::other(op).with_source(e)
         }
     }
 }
 
 fn bad(op: &'static str, what: impl std::fmt::Display) -> SliceError {
     count_error(op);
-    SliceError::Other(format!("{op}: unexpected reply: {what}"))
+    SliceError::corrupt(format!("{op}: unexpected reply: {what}"))
 }
 
 fn int(v: &Value) -> Option<i64> {
@@ -458,7 +458,7 @@ impl RedisSliceStore {
         let record = serde_json::to_string(&Record::Ready {
             slices: slices.clone(),
         })
-        .map_err(|e| SliceError::Other(e.to_string()))?;
+        .map_err(|e| SliceError::other("batch record").with_source(e))?;
         let set: i64 = self
             .scripts
             .batch_set
@@ -470,7 +470,7 @@ impl RedisSliceStore {
             .await
             .map_err(fail("batch_set"))?;
         if set == 0 {
-            return Err(SliceError::Other(format!(
+            return Err(SliceError::other(format!(
                 "batch {id} vanished while claiming"
             )));
         }
@@ -718,7 +718,7 @@ impl SliceStore for RedisSliceStore {
             });
         }
         self.heads.lock().expect("heads lock").remove(room);
-        Err(SliceError::Unavailable(format!(
+        Err(SliceError::unavailable(format!(
             "append to {room}: the room kept changing under this writer"
         )))
     }
@@ -880,7 +880,7 @@ impl SliceStore for RedisSliceStore {
             let record = serde_json::to_string(&Record::Claiming {
                 rooms: rooms.clone(),
             })
-            .map_err(|e| SliceError::Other(e.to_string()))?;
+            .map_err(|e| SliceError::other("batch record").with_source(e))?;
             let id: u64 = self
                 .scripts
                 .batch_new
@@ -1003,11 +1003,11 @@ impl SliceStore for RedisSliceStore {
             None if cursor.is_empty() => (0usize, 0u64),
             Some((n, s)) => (
                 n.parse()
-                    .map_err(|_| SliceError::Other(format!("bad scan cursor {cursor:?}")))?,
+                    .map_err(|_| SliceError::other(format!("bad scan cursor {cursor:?}")))?,
                 s.parse()
-                    .map_err(|_| SliceError::Other(format!("bad scan cursor {cursor:?}")))?,
+                    .map_err(|_| SliceError::other(format!("bad scan cursor {cursor:?}")))?,
             ),
-            None => return Err(SliceError::Other(format!("bad scan cursor {cursor:?}"))),
+            None => return Err(SliceError::other(format!("bad scan cursor {cursor:?}"))),
         };
         let masters = self.masters().await?;
         let nodes = if self.cluster { masters.len() } else { 1 };

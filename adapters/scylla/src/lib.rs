@@ -75,7 +75,7 @@
 use async_trait::async_trait;
 use danmaku_core::config::ScyllaSettings;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment, BoxError};
 use danmaku_core::vod::{segment_of, Session};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session as CqlSession;
@@ -414,8 +414,8 @@ type CommentValues<'a> = (
     Option<i64>,
 );
 
-fn unavailable(e: impl std::fmt::Display) -> ArchiveError {
-    ArchiveError::Unavailable(e.to_string())
+fn unavailable(e: impl Into<BoxError>) -> ArchiveError {
+    ArchiveError::unavailable("scylla").with_source(e)
 }
 
 impl ScyllaArchiveStore {
@@ -545,7 +545,7 @@ impl ScyllaArchiveStore {
             .await
             .map_err(unavailable)?
             .rows_stream::<R>()
-            .map_err(|e| ArchiveError::Other(e.to_string()))?
+            .map_err(|e| ArchiveError::other("row types").with_source(e))?
             .try_collect()
             .await
             .map_err(unavailable)
@@ -678,7 +678,7 @@ impl ScyllaArchiveStore {
         rows: Vec<&ArchivedComment>,
     ) -> Result<(), ArchiveError> {
         let seg = i32::try_from(segment)
-            .map_err(|_| ArchiveError::Other(format!("segment {segment} out of range")))?;
+            .map_err(|_| ArchiveError::other(format!("segment {segment} out of range")))?;
         let ids: Vec<u64> = rows.iter().map(|r| r.item.id).collect();
         let mut plan = place_rows(state, prev_rows, &ids, self.bound, self.max_shards);
         // Shards read before writing, with the ids they held.

@@ -346,9 +346,7 @@ impl SliceStore for Instrumented {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(SliceError::Unavailable(
-                "simulated crash before complete".into(),
-            ));
+            return Err(SliceError::unavailable("simulated crash before complete"));
         }
         self.inner.complete_batch(batch_id).await
     }

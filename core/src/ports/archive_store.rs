@@ -1,3 +1,6 @@
+//! The ArchiveStore port: VOD sessions and archived comments by (VOD, offset).
+
+use super::cause::{BoxError, Cause};
 use crate::model::Danmaku;
 use crate::vod::Session;
 use async_trait::async_trait;
@@ -11,7 +14,25 @@ pub struct ArchivedComment {
     pub item: Danmaku,
 }
 
-/// ArchiveStore failures.
+/// What kind of failure an [`ArchiveError`] is, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArchiveErrorKind {
+    /// No such session ([`ArchiveError::NotFound`]).
+    NotFound,
+    /// The session's state forbids the call ([`ArchiveError::AlreadyExists`],
+    /// [`ArchiveError::AlreadyEnded`]).
+    Conflict,
+    /// The store did not answer; a retry may succeed (writes are idempotent).
+    Unavailable,
+    /// The store holds data the adapter cannot read.
+    Corrupt,
+    /// Anything else.
+    Other,
+}
+
+/// ArchiveStore failures: the session outcomes callers map to API errors, and
+/// store failures with what was being done and the adapter's own error as the
+/// source when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("session not found")]
@@ -20,10 +41,83 @@ pub enum ArchiveError {
     AlreadyExists,
     #[error("session already ended")]
     AlreadyEnded,
-    #[error("archive store unavailable: {0}")]
-    Unavailable(String),
-    #[error("archive store error: {0}")]
-    Other(String),
+    /// See [`ArchiveErrorKind::Unavailable`].
+    #[error("archive store unavailable: {context}{}", Cause(.source))]
+    Unavailable {
+        /// What failed (the operation, or the whole story without a source).
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`ArchiveErrorKind::Corrupt`].
+    #[error("archive store data corrupt: {context}{}", Cause(.source))]
+    Corrupt {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`ArchiveErrorKind::Other`].
+    #[error("archive store error: {context}{}", Cause(.source))]
+    Other {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl ArchiveError {
+    /// An unavailable store; add the cause with [`Self::with_source`].
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Unreadable data; add the cause with [`Self::with_source`].
+    pub fn corrupt(context: impl Into<String>) -> Self {
+        Self::Corrupt {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Any other failure; add the cause with [`Self::with_source`].
+    pub fn other(context: impl Into<String>) -> Self {
+        Self::Other {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `cause` (the adapter's own error) as the source; the session
+    /// outcomes (`NotFound`, `AlreadyExists`, `AlreadyEnded`) have none and stay
+    /// as they are.
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            Self::Unavailable { source, .. }
+            | Self::Corrupt { source, .. }
+            | Self::Other { source, .. } => *source = Some(cause.into()),
+            Self::NotFound | Self::AlreadyExists | Self::AlreadyEnded => {}
+        }
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ArchiveErrorKind {
+        match self {
+            Self::NotFound => ArchiveErrorKind::NotFound,
+            Self::AlreadyExists | Self::AlreadyEnded => ArchiveErrorKind::Conflict,
+            Self::Unavailable { .. } => ArchiveErrorKind::Unavailable,
+            Self::Corrupt { .. } => ArchiveErrorKind::Corrupt,
+            Self::Other { .. } => ArchiveErrorKind::Other,
+        }
+    }
 }
 
 /// VOD sessions and comments by (VOD, offset) (ScyllaDB, or the embedded store).

@@ -1,3 +1,6 @@
+//! The Bus port: the durable, per-room-ordered log of accepted comments.
+
+use super::cause::{BoxError, Cause};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
@@ -28,16 +31,74 @@ pub struct BusRecord {
     pub payload: Bytes,
 }
 
-/// Bus failures.
+/// What kind of failure a [`BusError`] is, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BusErrorKind {
+    /// The Bus did not acknowledge in time or is unreachable; a published record
+    /// may or may not have been stored, and the caller must not report success.
+    Unavailable,
+    /// Anything else (corruption, misuse).
+    Other,
+}
+
+/// Bus failures: what was being done, and the adapter's own error as the source
+/// when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
-    /// The Bus did not acknowledge in time or is unreachable; the record may or may not
-    /// have been stored, and the caller must not report success.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else (corruption, misuse).
-    #[error("bus error: {0}")]
-    Other(String),
+    /// See [`BusErrorKind::Unavailable`].
+    #[error("bus unavailable: {context}{}", Cause(.source))]
+    Unavailable {
+        /// What failed (the operation, or the whole story without a source).
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`BusErrorKind::Other`].
+    #[error("bus error: {context}{}", Cause(.source))]
+    Other {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl BusError {
+    /// An unavailable Bus; add the cause with [`Self::with_source`].
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Any other failure; add the cause with [`Self::with_source`].
+    pub fn other(context: impl Into<String>) -> Self {
+        Self::Other {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `cause` (the adapter's own error) as the source.
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            Self::Unavailable { source, .. } | Self::Other { source, .. } => {
+                *source = Some(cause.into())
+            }
+        }
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> BusErrorKind {
+        match self {
+            Self::Unavailable { .. } => BusErrorKind::Unavailable,
+            Self::Other { .. } => BusErrorKind::Other,
+        }
+    }
 }
 
 /// A durable, per-room-ordered log of accepted comments with consumer groups

@@ -4,16 +4,19 @@
 
 mod archive_store;
 mod bus;
+mod cause;
 mod notifier;
 mod object_store;
 mod replay_cache;
 mod slice_store;
 
-pub use archive_store::{ArchiveError, ArchiveStore, ArchivedComment};
-pub use bus::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
-pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError};
+pub use archive_store::{ArchiveError, ArchiveErrorKind, ArchiveStore, ArchivedComment};
+pub use bus::{Bus, BusConsumer, BusError, BusErrorKind, BusRecord, RecordPosition};
+pub use cause::BoxError;
+pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError, NotifyErrorKind};
 pub use object_store::{ObjectMeta, ObjectStore, ObjectStoreError, ObjectStoreErrorKind};
 pub use replay_cache::{CachedBody, ReplayCache};
 pub use slice_store::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceItem, SliceStat, SliceStore,
+    AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceErrorKind, SliceItem,
+    SliceStat, SliceStore,
 };

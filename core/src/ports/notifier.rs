@@ -1,3 +1,6 @@
+//! The Notifier port: tells live nodes about new items of their rooms.
+
+use super::cause::{BoxError, Cause};
 use super::SliceItem;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -9,11 +12,74 @@ pub struct Notice {
     pub items: Vec<SliceItem>,
 }
 
-/// Notifier failures.
+/// What kind of failure a [`NotifyError`] is, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotifyErrorKind {
+    /// The notifier's server did not answer; a subscription is retried by the
+    /// notifier itself, a lost notice is made up by the resync.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+/// Notifier failures: what was being done, and the adapter's own error as the
+/// source when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("notifier unavailable: {0}")]
-    Unavailable(String),
+    /// See [`NotifyErrorKind::Unavailable`].
+    #[error("notifier unavailable: {context}{}", Cause(.source))]
+    Unavailable {
+        /// What failed (the operation, or the whole story without a source).
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`NotifyErrorKind::Other`].
+    #[error("notifier error: {context}{}", Cause(.source))]
+    Other {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl NotifyError {
+    /// An unavailable notifier; add the cause with [`Self::with_source`].
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Any other failure; add the cause with [`Self::with_source`].
+    pub fn other(context: impl Into<String>) -> Self {
+        Self::Other {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `cause` (the adapter's own error) as the source.
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            Self::Unavailable { source, .. } | Self::Other { source, .. } => {
+                *source = Some(cause.into())
+            }
+        }
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> NotifyErrorKind {
+        match self {
+            Self::Unavailable { .. } => NotifyErrorKind::Unavailable,
+            Self::Other { .. } => NotifyErrorKind::Other,
+        }
+    }
 }
 
 /// Tells live nodes about new items of the rooms they have viewers in (Redis

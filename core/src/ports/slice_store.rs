@@ -1,3 +1,7 @@
+//! The SliceStore port: recent comments per room in time slices, the expiry
+//! queue, and leased archive batches.
+
+use super::cause::{BoxError, Cause};
 use crate::slice::SliceRef;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,13 +64,95 @@ pub struct ArchiveBatch {
     pub items: Vec<(String, SliceItem)>,
 }
 
-/// SliceStore failures.
+/// What kind of failure a [`SliceError`] is, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SliceErrorKind {
+    /// The store did not answer (refused, timed out, failing over); a retry may
+    /// succeed. A write that failed this way may or may not have happened, which
+    /// is safe: appends are idempotent.
+    Unavailable,
+    /// The store holds or returned data the adapter cannot read.
+    Corrupt,
+    /// Anything else (a bad argument, an unexpected failure).
+    Other,
+}
+
+/// SliceStore failures: what was being done, and the adapter's own error as the
+/// source when there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum SliceError {
-    #[error("slice store unavailable: {0}")]
-    Unavailable(String),
-    #[error("slice store error: {0}")]
-    Other(String),
+    /// See [`SliceErrorKind::Unavailable`].
+    #[error("slice store unavailable: {context}{}", Cause(.source))]
+    Unavailable {
+        /// What failed (the operation, or the whole story without a source).
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`SliceErrorKind::Corrupt`].
+    #[error("slice store data corrupt: {context}{}", Cause(.source))]
+    Corrupt {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// See [`SliceErrorKind::Other`].
+    #[error("slice store error: {context}{}", Cause(.source))]
+    Other {
+        /// What failed.
+        context: String,
+        /// The adapter's own error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl SliceError {
+    /// An unavailable store; add the cause with [`Self::with_source`].
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Unreadable data; add the cause with [`Self::with_source`].
+    pub fn corrupt(context: impl Into<String>) -> Self {
+        Self::Corrupt {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Any other failure; add the cause with [`Self::with_source`].
+    pub fn other(context: impl Into<String>) -> Self {
+        Self::Other {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `cause` (the adapter's own error) as the source.
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            Self::Unavailable { source, .. }
+            | Self::Corrupt { source, .. }
+            | Self::Other { source, .. } => *source = Some(cause.into()),
+        }
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> SliceErrorKind {
+        match self {
+            Self::Unavailable { .. } => SliceErrorKind::Unavailable,
+            Self::Corrupt { .. } => SliceErrorKind::Corrupt,
+            Self::Other { .. } => SliceErrorKind::Other,
+        }
+    }
 }
 
 /// Recent comments per room in time slices (Redis ZSETs, or the embedded store).
