@@ -281,6 +281,23 @@ pub struct LiveSettings {
     pub bigkey_scan_batch: usize,
     /// Keys `GET /v1/admin/bigkeys` lists at most, and the scanner remembers.
     pub bigkey_top: usize,
+    /// Most room hubs this node keeps. Rooms with WebSocket viewers or long
+    /// polls hold theirs; the others are a cache, dropped first at the cap. A
+    /// new room past it (every hub held) gets `503 unavailable`.
+    pub max_rooms: usize,
+    /// A room hub no viewer, long poll or poll used for this long is dropped,
+    /// seconds (the SliceStore still has every item).
+    pub room_idle_secs: u64,
+    /// Most long polls (`wait_ms > 0`) waiting at once on this node; past it
+    /// `503 unavailable` with `Retry-After`.
+    pub max_long_polls: usize,
+    /// Most WebSocket resumes (`?cursor=`) sending their backlog at once on this
+    /// node; past it the upgrade gets `503 unavailable` with `Retry-After`.
+    pub max_concurrent_resumes: usize,
+    /// Most bytes of backlog one resume sends (a page at least); past it the
+    /// client gets `gap` with the cursor it reached and the connection closes
+    /// (1008): it continues from there by polling or by reconnecting.
+    pub resume_max_bytes: u64,
 }
 
 impl Default for LiveSettings {
@@ -315,6 +332,11 @@ impl Default for LiveSettings {
             bigkey_scan_keys_per_sec: 2_000,
             bigkey_scan_batch: 200,
             bigkey_top: 100,
+            max_rooms: 100_000,
+            room_idle_secs: 120,
+            max_long_polls: 5_000,
+            max_concurrent_resumes: 256,
+            resume_max_bytes: 16 << 20,
         }
     }
 }
@@ -732,6 +754,15 @@ impl Settings {
         if lo < crate::slice::MIN_SLICE_MS || hi > crate::slice::MAX_SLICE_MS || lo > hi {
             return Err(
                 "live.slice_min_ms ..= live.slice_max_ms must lie within 1000..=3600000".into(),
+            );
+        }
+        if self.live.max_rooms == 0
+            || self.live.max_long_polls == 0
+            || self.live.max_concurrent_resumes == 0
+        {
+            return Err(
+                "live.max_rooms, live.max_long_polls and live.max_concurrent_resumes must be positive"
+                    .into(),
             );
         }
         if self.redis.queue_shards == 0 || self.redis.queue_shards > 16_384 {

@@ -51,12 +51,14 @@ use danmaku_core::cursor::Cursor;
 use danmaku_core::error::ApiError;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::NotifierEvent;
+use danmaku_core::ports::SliceItem;
 use danmaku_ingest::Ingest;
 use messages::RingItem;
 use room::{Hub, HubConfig, Hubs, RingRead};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// The live role's shared state.
@@ -71,9 +73,29 @@ pub struct Live {
     /// This server's big-key registry: filled by its writer and scanner, read
     /// by its `/v1/admin/bigkeys` (per server, not per process).
     pub bigkeys: Arc<BigKeys>,
+    /// Resumes (`?cursor=`) sending their backlog now: `live.max_concurrent_resumes`.
+    pub(crate) resumes: Arc<Semaphore>,
+    /// Long polls waiting now: `live.max_long_polls`.
+    pub(crate) long_polls: Arc<Semaphore>,
+    /// Bytes of backlog pages the resumes in progress hold in memory now.
+    resume_bytes: AtomicUsize,
     /// Poll requests in the current second, and the rate of the last one.
     polls_this_second: AtomicU64,
     polls_per_sec: AtomicU64,
+}
+
+/// One page of a room's items after a cursor, as this node can answer it.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Items after the cursor (after [`Page::gap`] when there is one), in seq order.
+    pub items: Vec<RingItem>,
+    /// The items right after the cursor are no longer held by this node (neither
+    /// its ring nor the SliceStore has them): the page continues from this seq
+    /// instead, and the client is told (`gap`).
+    pub gap: Option<u64>,
+    /// The room has had items (some came back, or the store knows a last seq):
+    /// a poll of a room without a hub creates one only then.
+    pub has_data: bool,
 }
 
 impl Live {
@@ -88,7 +110,9 @@ impl Live {
             budget_per_sec: l.display_budget_per_sec,
             ping_every_secs: l.ping_interval_secs,
         };
-        let hubs = Arc::new(Hubs::new(cfg, Some(ctx.notifier.clone())));
+        let hubs = Arc::new(Hubs::new(cfg, Some(ctx.notifier.clone()), l.max_rooms));
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        let (resumes, long_polls) = (permits(l.max_concurrent_resumes), permits(l.max_long_polls));
         Arc::new(Self {
             ctx,
             hubs,
@@ -96,6 +120,9 @@ impl Live {
             shutdown,
             connections: AtomicUsize::new(0),
             bigkeys: Arc::new(BigKeys::default()),
+            resumes,
+            long_polls,
+            resume_bytes: AtomicUsize::new(0),
             polls_this_second: AtomicU64::new(0),
             polls_per_sec: AtomicU64::new(0),
         })
@@ -110,15 +137,36 @@ impl Live {
         (rate / capacity).max(1.0)
     }
 
+    /// Bytes of backlog the resumes in progress hold in memory now (one page
+    /// each at most, while it is being written).
+    pub fn resume_bytes(&self) -> usize {
+        self.resume_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes of backlog held (negative: released).
+    pub(crate) fn hold_resume_bytes(&self, n: isize) {
+        let now = if n >= 0 {
+            self.resume_bytes.fetch_add(n as usize, Ordering::Relaxed) + n as usize
+        } else {
+            self.resume_bytes
+                .fetch_sub(n.unsigned_abs(), Ordering::Relaxed)
+                .saturating_sub(n.unsigned_abs())
+        };
+        metrics::gauge!("danmaku_ws_resume_bytes").set(now as f64);
+    }
+
     /// Timers of the role: the poll-rate window every second, hub pings every
-    /// ping interval, the hub sweep every 30 s, and closing every connection
-    /// when the server shuts down.
+    /// ping interval, the hub sweep (a quarter of `live.room_idle_secs`, at
+    /// most every 30 s), and closing every connection when the server shuts down.
     async fn ticker(self: Arc<Self>, stop: CancellationToken) {
         let ping_every = Duration::from_secs(self.ctx.settings.live.ping_interval_secs.max(1));
+        let idle = Duration::from_secs(self.ctx.settings.live.room_idle_secs);
         let mut second = tokio::time::interval(Duration::from_secs(1));
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let mut sweep = tokio::time::interval(Duration::from_secs(30));
+        let mut sweep = tokio::time::interval(
+            (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        );
         loop {
             tokio::select! {
                 _ = second.tick() => {
@@ -126,7 +174,7 @@ impl Live {
                     self.polls_per_sec.store(n, Ordering::Relaxed);
                 }
                 _ = ping.tick() => self.hubs.ping_all(),
-                _ = sweep.tick() => self.hubs.sweep(Duration::from_secs(120)),
+                _ = sweep.tick() => self.hubs.sweep(idle),
                 _ = self.shutdown.cancelled() => {
                     self.hubs.close_all();
                     return;
@@ -164,7 +212,11 @@ impl Live {
                         .iter()
                         .filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d)))
                         .collect();
-                    self.hubs.get(&n.room).deliver(&items);
+                    // A room whose hub was dropped is no longer wanted here (its
+                    // unsubscription may still be on the way).
+                    if let Some(hub) = self.hubs.find(&n.room) {
+                        hub.deliver(&items);
+                    }
                 }
                 NotifierEvent::Resync(room) => self.resync(&room).await,
             }
@@ -172,7 +224,9 @@ impl Live {
     }
 
     async fn resync(&self, room: &str) {
-        let hub = self.hubs.get(room);
+        let Some(hub) = self.hubs.find(room) else {
+            return;
+        };
         let mut at = hub.last_seq();
         if at == 0 {
             match self.ctx.slices.last_seq(room).await {
@@ -201,44 +255,135 @@ impl Live {
         }
     }
 
-    /// Up to `limit` items of `room` after `cursor`, from the hub's ring when it
-    /// covers the cursor, else from the SliceStore.
-    pub async fn items_after(
+    /// Up to `limit` items of `room` after `cursor`: from the hub's ring when it
+    /// covers the cursor, else from the SliceStore; a [`Page::gap`] when what
+    /// followed the cursor is no longer held.
+    ///
+    /// How a gap is known with the SliceStore's `read_after` and `last_seq`
+    /// alone: a read after the cursor that returns nothing (or only items past
+    /// the room's last seq read before it) while that last seq is past the
+    /// cursor means the items in between were dropped (archived and expired).
+    /// Seqs of a room are not contiguous (they count a Bus partition shared by
+    /// rooms), so a page whose first seq is far after the cursor proves nothing;
+    /// a page that begins after dropped items still needs the store to say the
+    /// lowest seq it holds.
+    pub async fn page(
         &self,
-        hub: &Hub,
+        hub: Option<&Hub>,
         room: &str,
         cursor: u64,
         limit: usize,
-    ) -> Result<Vec<RingItem>, ApiError> {
-        if let RingRead::Covered(items) = hub.read_after(cursor, limit) {
-            return Ok(items);
+    ) -> Result<Page, ApiError> {
+        if let Some(RingRead::Covered(items)) = hub.map(|h| h.read_after(cursor, limit)) {
+            return Ok(Page {
+                items,
+                gap: None,
+                has_data: true,
+            });
         }
-        let stored = self
-            .ctx
+        let stored = self.stored_after(room, cursor, limit).await?;
+        if !stored.is_empty() {
+            return Ok(Page {
+                items: decode(stored),
+                gap: None,
+                has_data: true,
+            });
+        }
+        // Nothing after the cursor: caught up, or what followed it is gone.
+        let head = self.store_last(room).await?;
+        if head <= cursor {
+            return Ok(Page {
+                items: Vec::new(),
+                gap: None,
+                has_data: head > 0,
+            });
+        }
+        // Every item up to `head` was stored before this read: if it returns
+        // none of them, they are gone.
+        let again = self.stored_after(room, cursor, limit).await?;
+        if again.first().is_some_and(|i| i.seq <= head) {
+            return Ok(Page {
+                items: decode(again),
+                gap: None,
+                has_data: true,
+            });
+        }
+        // Continue after `head`, or from the ring if it reaches further back.
+        let floor = hub
+            .and_then(Hub::floor)
+            .filter(|f| *f > cursor && *f < head);
+        let (from, items) = match (floor, hub) {
+            (Some(f), Some(h)) => match h.read_after(f, limit) {
+                RingRead::Covered(items) => (f, items),
+                RingRead::NotCovered => (head, decode(again)),
+            },
+            _ => (head, decode(again)),
+        };
+        metrics::counter!("danmaku_live_stale_cursors_total").increment(1);
+        tracing::debug!(room, cursor, from, "cursor older than anything held: gap");
+        Ok(Page {
+            items,
+            gap: Some(from),
+            has_data: true,
+        })
+    }
+
+    async fn stored_after(
+        &self,
+        room: &str,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<SliceItem>, ApiError> {
+        self.ctx
             .slices
             .read_after(room, cursor, limit)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, room, "slice read failed");
                 ApiError::unavailable()
-            })?;
-        Ok(stored
-            .into_iter()
-            .filter_map(|s| {
-                let d = Danmaku::decode_bytes(&s.data).ok()?;
-                Some(RingItem::from_danmaku(s.seq, &d))
             })
-            .collect())
+    }
+
+    async fn store_last(&self, room: &str) -> Result<u64, ApiError> {
+        self.ctx.slices.last_seq(room).await.map_err(|e| {
+            tracing::warn!(error = %e, room, "slice read failed");
+            ApiError::unavailable()
+        })
     }
 
     /// The room's current position: the highest seq known to the hub or the store.
-    pub async fn head(&self, hub: &Hub, room: &str) -> Result<u64, ApiError> {
-        let stored = self.ctx.slices.last_seq(room).await.map_err(|e| {
-            tracing::warn!(error = %e, room, "slice read failed");
-            ApiError::unavailable()
-        })?;
-        Ok(stored.max(hub.last_seq()))
+    pub async fn head(&self, hub: Option<&Hub>, room: &str) -> Result<u64, ApiError> {
+        let stored = self.store_last(room).await?;
+        Ok(stored.max(hub.map_or(0, Hub::last_seq)))
     }
+}
+
+/// Items as clients see them (an item that does not decode is skipped).
+fn decode(stored: Vec<SliceItem>) -> Vec<RingItem> {
+    stored
+        .into_iter()
+        .filter_map(|s| {
+            let d = Danmaku::decode_bytes(&s.data).ok()?;
+            Some(RingItem::from_danmaku(s.seq, &d))
+        })
+        .collect()
+}
+
+/// `503 unavailable` with `Retry-After` for a request past one of the node's
+/// bounds: `rooms` (`live.max_rooms`), `long_polls` (`live.max_long_polls`) or
+/// `resumes` (`live.max_concurrent_resumes`), also the metric's label.
+pub(crate) fn refused(bound: &'static str) -> ApiError {
+    metrics::counter!("danmaku_live_refused_total", "bound" => bound).increment(1);
+    let what = match bound {
+        "rooms" => "rooms",
+        "long_polls" => "long polls",
+        _ => "resumes",
+    };
+    ApiError::new(
+        danmaku_core::error::ErrorCode::Unavailable,
+        format!("this node serves as many {what} as it may; retry later"),
+    )
+    .retry_after(1)
 }
 
 /// The live routes.

@@ -115,8 +115,11 @@ pub fn upgrade_required() -> Value {
     json!({"error": {"code": "invalid_json", "message": "this endpoint speaks WebSocket (version 13)"}})
 }
 
-/// `{"items":[...],"cursor":...,"next_poll_ms":n}`: one long-poll page.
-pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64) -> String {
+/// `{"items":[...],"cursor":...,"next_poll_ms":n}`: one long-poll page, with
+/// `"gap":true` when the items right after the request's cursor are no longer
+/// held (the page continues from the oldest position the server still has; the
+/// client goes on from `cursor` as always).
+pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64, gap: bool) -> String {
     let mut body =
         String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
     body.push_str("{\"items\":[");
@@ -130,6 +133,9 @@ pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64) -> String {
     body.push_str(&Cursor(cursor).encode());
     body.push_str("\",\"next_poll_ms\":");
     body.push_str(&next_poll_ms.to_string());
+    if gap {
+        body.push_str(",\"gap\":true");
+    }
     body.push('}');
     body
 }
@@ -171,17 +177,25 @@ mod tests {
             r#"{"id":"42","ref":1,"type":"ack"}"#
         );
         assert_eq!(
-            poll_page(&items, 5, 500),
+            poll_page(&items, 5, 500, false),
             format!(
                 r#"{{"items":[{{"a":1}},{{"b":2}}],"cursor":"{}","next_poll_ms":500}}"#,
                 c(5)
+            )
+        );
+        assert_eq!(
+            poll_page(&[], 9, 0, true),
+            format!(
+                r#"{{"items":[],"cursor":"{}","next_poll_ms":0,"gap":true}}"#,
+                c(9)
             )
         );
         for s in [
             hello("r", 1),
             batch(&items, 1, 0),
             gap(1),
-            poll_page(&[], 1, 0),
+            poll_page(&[], 1, 0, false),
+            poll_page(&items, 1, 0, true),
         ] {
             serde_json::from_str::<Value>(&s).expect("valid JSON");
         }

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -97,7 +97,6 @@ struct State {
     /// Items per second, exponentially averaged.
     rate: f64,
     rate_at: Instant,
-    last_active: Instant,
 }
 
 /// The room's last frames: frame index `base` is `ring[0]`.
@@ -122,7 +121,38 @@ pub struct Hub {
     ping_due: AtomicBool,
     closing: AtomicBool,
     seq: watch::Sender<u64>,
+    /// Connections and long polls holding the hub ([`HubPin`]): a pinned hub is
+    /// never dropped.
+    pins: AtomicUsize,
+    /// When a client last used the hub (`now_secs`); data arriving does not count.
+    last_used: AtomicU32,
     cfg: HubConfig,
+}
+
+/// A hub held by a connection or a long poll: while any exists the hub stays
+/// in [`Hubs`] (so the room's notices keep reaching it). One pointer, like the
+/// `Arc<Hub>` it wraps.
+pub struct HubPin(Arc<Hub>);
+
+impl HubPin {
+    /// The pinned hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for HubPin {
+    type Target = Hub;
+    fn deref(&self) -> &Hub {
+        &self.0
+    }
+}
+
+impl Drop for HubPin {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.pins.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What the ring can answer for "items after cursor c".
@@ -149,7 +179,6 @@ impl Hub {
                 tokens_at: now,
                 rate: 0.0,
                 rate_at: now,
-                last_active: now,
             }),
             frames: Mutex::new(FrameRing {
                 base: 1,
@@ -163,8 +192,29 @@ impl Hub {
             ping_due: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             seq,
+            pins: AtomicUsize::new(0),
+            last_used: AtomicU32::new(now_secs()),
             cfg,
         }
+    }
+
+    /// Marks the hub as used by a client now (a poll that read it): an unused
+    /// hub is dropped after the idle time.
+    pub fn touch(&self) {
+        let now = now_secs();
+        if self.last_used.load(Ordering::Relaxed) != now {
+            self.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether nothing holds the hub and nobody used it for `idle`: dropping it
+    /// loses only a cache (the SliceStore has every item).
+    fn unused_for(&self, idle: Duration) -> bool {
+        let idle_secs = now_secs().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        self.pins.load(Ordering::Relaxed) == 0
+            && self.seq.receiver_count() == 0
+            && self.viewers() == 0
+            && u64::from(idle_secs) >= idle.as_secs()
     }
 
     fn subs(&self) -> std::sync::MutexGuard<'_, Subs> {
@@ -314,7 +364,6 @@ impl Hub {
         let alpha = (dt / 5.0).min(1.0);
         st.rate = st.rate * (1.0 - alpha) + (fresh.len() as f64 / dt.max(0.2)) * alpha;
         st.rate_at = now;
-        st.last_active = now;
         st.pending.extend(fresh);
         self.seq.send_replace(last_seq);
         if st.flush_scheduled {
@@ -432,6 +481,11 @@ impl Hub {
         if st.floor.is_none() {
             st.floor = Some(store_last);
             st.last_seq = st.last_seq.max(store_last);
+            // A long poll that began before the room was known here looks again
+            // (items stored before the subscription reach it from the store).
+            if st.last_seq > 0 {
+                self.seq.send_replace(st.last_seq);
+            }
         }
     }
 
@@ -447,43 +501,114 @@ impl Hub {
         st.rate * (-idle / 10.0).exp()
     }
 
-    fn idle_for(&self) -> Duration {
-        self.state.lock().expect("hub lock").last_active.elapsed()
+    /// The ring holds every item of the room after this seq (`None` until the
+    /// hub knows where the room is).
+    pub fn floor(&self) -> Option<u64> {
+        self.state.lock().expect("hub lock").floor
     }
 }
 
 /// Every hub of this node. Creating a hub subscribes this node to the room's
-/// notices; sweeping it unsubscribes.
+/// notices; dropping it unsubscribes.
+///
+/// Hubs exist for rooms with viewers (a WebSocket, a long poll: they pin it)
+/// and, as a cache, for rooms with data that pollers read; a poll of a room
+/// without a hub and without data is answered from the SliceStore and creates
+/// none. A hub nothing pins is dropped once unused for the idle time
+/// ([`Hubs::sweep`]); at most `max_rooms` exist: at the cap every unpinned hub
+/// is dropped first (at most once a second), and only a cap of pinned ones
+/// refuses a new room ([`RoomsFull`]).
 pub struct Hubs {
     /// Keyed by the room's name, shared with the room's connections.
-    map: Mutex<HashMap<Arc<str>, Arc<Hub>>>,
+    map: Arc<Mutex<HashMap<Arc<str>, Arc<Hub>>>>,
     cfg: HubConfig,
     notifier: Option<Arc<dyn Notifier>>,
+    max_rooms: usize,
+    /// When the cap last made every unpinned hub go (`now_secs` + 1; 0 = never).
+    pressure_at: AtomicU32,
 }
 
+/// This node holds `live.max_rooms` hubs, each pinned by a viewer.
+#[derive(Debug, thiserror::Error)]
+#[error("this node holds as many rooms as it may")]
+pub struct RoomsFull;
+
 impl Hubs {
-    pub fn new(cfg: HubConfig, notifier: Option<Arc<dyn Notifier>>) -> Self {
+    /// No hubs yet; at most `max_rooms` at once.
+    pub fn new(cfg: HubConfig, notifier: Option<Arc<dyn Notifier>>, max_rooms: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Arc::new(Mutex::new(HashMap::new())),
             cfg,
             notifier,
+            max_rooms: max_rooms.max(1),
+            pressure_at: AtomicU32::new(0),
         }
     }
 
-    /// The hub of `room`, created on first use.
-    pub fn get(&self, room: &str) -> Arc<Hub> {
-        self.get_named(room).1
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Hub>>> {
+        self.map.lock().expect("hubs lock")
     }
 
-    /// The hub of `room`, created on first use, with the room's name as the map
-    /// keeps it (so a connection can share it instead of keeping its own copy).
-    pub fn get_named(&self, room: &str) -> (Arc<str>, Arc<Hub>) {
-        let mut map = self.map.lock().expect("hubs lock");
+    /// Hubs on this node now.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether this node has no hub.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The hub of `room` if this node has one (nothing is created).
+    pub fn find(&self, room: &str) -> Option<Arc<Hub>> {
+        self.map().get(room).cloned()
+    }
+
+    /// The hub of `room`, created if needed, pinned for a viewer (a connection
+    /// or a long poll), with the room's name as the map keeps it (a connection
+    /// shares it instead of keeping its own copy). [`RoomsFull`] at the cap.
+    pub fn pin(&self, room: &str) -> Result<(Arc<str>, HubPin), RoomsFull> {
+        let (name, hub) = self.get_or_create(room)?;
+        Ok((name, HubPin(hub)))
+    }
+
+    /// The hub of `room`, created if the cap allows (a room with data that
+    /// pollers read: its ring saves them the SliceStore); not pinned.
+    pub fn open(&self, room: &str) -> Option<Arc<Hub>> {
+        let (_, hub) = self.get_or_create(room).ok()?;
+        // Unpinned at once: the sweep may drop it when unused.
+        drop(HubPin(hub.clone()));
+        Some(hub)
+    }
+
+    /// Finds or creates the hub, pinned once (under the map's lock, so no sweep
+    /// can drop it between the two).
+    fn get_or_create(&self, room: &str) -> Result<(Arc<str>, Arc<Hub>), RoomsFull> {
+        let mut map = self.map();
         if let Some((name, h)) = map.get_key_value(room) {
-            return (name.clone(), h.clone());
+            h.pins.fetch_add(1, Ordering::Relaxed);
+            h.touch();
+            return Ok((name.clone(), h.clone()));
+        }
+        if map.len() >= self.max_rooms {
+            let now = now_secs() + 1;
+            if self.pressure_at.swap(now, Ordering::Relaxed) == now {
+                return Err(RoomsFull);
+            }
+            let gone = Self::drop_unused(&mut map, Duration::ZERO);
+            metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
+            tracing::info!(
+                dropped = gone.len(),
+                "at live.max_rooms: dropped every unused room hub"
+            );
+            self.unsubscribe(gone);
+            if map.len() >= self.max_rooms {
+                return Err(RoomsFull);
+            }
         }
         let name: Arc<str> = Arc::from(room);
         let h = Arc::new(Hub::new(self.cfg.clone()));
+        h.pins.fetch_add(1, Ordering::Relaxed);
         map.insert(name.clone(), h.clone());
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
         drop(map);
@@ -495,16 +620,44 @@ impl Hubs {
                 }
             });
         }
-        (name, h)
+        Ok((name, h))
+    }
+
+    /// Removes the hubs unused for `idle` from `map`; returns their rooms.
+    fn drop_unused(map: &mut HashMap<Arc<str>, Arc<Hub>>, idle: Duration) -> Vec<Arc<str>> {
+        let mut gone = Vec::new();
+        map.retain(|room, h| {
+            let keep = !h.unused_for(idle);
+            if !keep {
+                gone.push(room.clone());
+            }
+            keep
+        });
+        gone
+    }
+
+    /// Unsubscribes from the rooms of dropped hubs, in one task, skipping a room
+    /// that got a hub again meanwhile (its new hub's subscription stands).
+    fn unsubscribe(&self, gone: Vec<Arc<str>>) {
+        let Some(n) = self.notifier.clone() else {
+            return;
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let map = self.map.clone();
+        tokio::spawn(async move {
+            for room in gone {
+                if map.lock().expect("hubs lock").contains_key(&room) {
+                    continue;
+                }
+                let _ = n.unsubscribe(&room).await;
+            }
+        });
     }
 
     fn all(&self) -> Vec<Arc<Hub>> {
-        self.map
-            .lock()
-            .expect("hubs lock")
-            .values()
-            .cloned()
-            .collect()
+        self.map().values().cloned().collect()
     }
 
     /// Ping tick for every room with viewers.
@@ -521,27 +674,13 @@ impl Hubs {
         }
     }
 
-    /// Drops hubs nobody watches that saw nothing for `idle`.
+    /// Drops the hubs nothing pins that no client used for `idle`.
     pub fn sweep(&self, idle: Duration) {
-        let mut map = self.map.lock().expect("hubs lock");
-        let mut gone = Vec::new();
-        map.retain(|room, h| {
-            let keep = h.viewers() > 0 || h.seq.receiver_count() > 0 || h.idle_for() < idle;
-            if !keep {
-                gone.push(room.clone());
-            }
-            keep
-        });
+        let mut map = self.map();
+        let gone = Self::drop_unused(&mut map, idle);
         metrics::gauge!("danmaku_live_rooms").set(map.len() as f64);
         drop(map);
-        if let Some(n) = &self.notifier {
-            for room in gone {
-                let n = n.clone();
-                tokio::spawn(async move {
-                    let _ = n.unsubscribe(&room).await;
-                });
-            }
-        }
+        self.unsubscribe(gone);
     }
 }
 

@@ -16,15 +16,23 @@
 //! being read or a write is blocked, and the handshake's state lives in a boxed
 //! future freed once the connection is live.
 //!
+//! Bounds: before switching protocols a connection pins its room's hub
+//! (`live.max_rooms`) and a resume takes one of `live.max_concurrent_resumes`
+//! (else `503`). A resume streams its backlog a page at a time, each written
+//! before the next is read (a client that does not read holds one page), at
+//! most `live.resume_max_bytes` (then `gap` and close); `gap` first when the
+//! cursor is older than anything held. Protocol violations close with their
+//! RFC 6455 code ([`ProtocolError::close_code`]).
+//!
 //! May import: every module below it ([`crate::room`], [`crate::socket`],
 //! [`crate::frames`], [`crate::messages`]) and the role's state ([`Live`]);
 //! nothing imports this module but the router.
 
 use crate::frames::{self, opcode, Frame, ProtocolError, Reassembly};
 use crate::messages::{self, RingItem};
-use crate::room::Hub;
+use crate::room::HubPin;
 use crate::socket::{now_secs, Subscriber, Take};
-use crate::{parse_cursor, Live};
+use crate::{parse_cursor, refused, Live};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -39,7 +47,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 #[derive(Deserialize)]
 pub(crate) struct WsQuery {
@@ -128,11 +136,29 @@ pub(crate) async fn upgrade(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(frames::offers_deflate);
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let over_limit = live.connections.load(Ordering::Relaxed) >= s.live.max_connections;
+    // The bounds that answer 503 are checked before switching protocols: a
+    // resume holds one of `live.max_concurrent_resumes` until its backlog is
+    // out, and a connection pins its room's hub (`live.max_rooms`).
+    let resume = match cursor {
+        Some(_) if !over_limit => Some(
+            live.resumes
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| refused("resumes"))?,
+        ),
+        _ => None,
+    };
+    let (room, hub) = if over_limit {
+        (Arc::from(room), None)
+    } else {
+        let (name, pin) = live.hubs.pin(&room).map_err(|_| refused("rooms"))?;
+        (name, Some(pin))
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let conn = Conn {
         live: live.clone(),
-        room: Arc::from(room),
+        room,
         claims: claims.map(Arc::new),
         deflate,
     };
@@ -140,7 +166,8 @@ pub(crate) async fn upgrade(
         on_upgrade,
         conn,
         cursor,
-        over_limit,
+        hub,
+        resume,
     })));
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -166,7 +193,11 @@ struct Start {
     on_upgrade: OnUpgrade,
     conn: Conn,
     cursor: Option<u64>,
-    over_limit: bool,
+    /// The room's hub, pinned; `None` for a connection over
+    /// `live.max_connections` (it is refused with 1013).
+    hub: Option<HubPin>,
+    /// One of `live.max_concurrent_resumes`, held until the backlog is out.
+    resume: Option<OwnedSemaphorePermit>,
 }
 
 /// The task of one WebSocket connection. Its size is what an idle connection
@@ -187,7 +218,8 @@ async fn open(start: Box<Start>) -> Option<Session> {
         on_upgrade,
         conn,
         cursor,
-        over_limit,
+        hub,
+        resume,
     } = *start;
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
@@ -204,7 +236,7 @@ async fn open(start: Box<Start>) -> Option<Session> {
             return None;
         }
     };
-    if over_limit {
+    let Some(hub) = hub else {
         metrics::counter!("danmaku_ws_refused_total").increment(1);
         let _ = write_all(
             &stream,
@@ -213,14 +245,12 @@ async fn open(start: Box<Start>) -> Option<Session> {
         )
         .await;
         return None;
-    }
+    };
     let _ = stream.set_nodelay(true);
     let sndbuf = conn.live.ctx.settings.live.ws_send_buffer_bytes;
     if sndbuf > 0 {
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf);
     }
-    // The room's name is shared with its hub rather than kept once per connection.
-    let (room, hub) = conn.live.hubs.get_named(&conn.room);
     // Subscribe before reading any backlog, so nothing falls between the two;
     // the task owns the socket until hello and the backlog are out.
     let sub = Arc::new(Subscriber::new(
@@ -230,12 +260,12 @@ async fn open(start: Box<Start>) -> Option<Session> {
         hub.next_frame_index(),
         now_secs(),
     ));
-    hub.subscribe(sub.clone());
+    hub.hub().subscribe(sub.clone());
     conn.live.connections.fetch_add(1, Ordering::Relaxed);
     metrics::gauge!("danmaku_ws_connections").increment(1.0);
     let mut session = Session {
         live: conn.live,
-        room,
+        room: conn.room,
         hub,
         sub,
         inbound: None,
@@ -243,7 +273,9 @@ async fn open(start: Box<Start>) -> Option<Session> {
     if !leftover.is_empty() {
         session.inbound().buf = leftover;
     }
-    let end = match session.greet(cursor).await {
+    let greeted = session.greet(cursor).await;
+    drop(resume);
+    let end = match greeted {
         Ok(c) => {
             session.sub.state().last_sent = c;
             match session.catch_up().await {
@@ -320,7 +352,8 @@ struct Session {
     live: Arc<Live>,
     /// The room's name, shared with its hub.
     room: Arc<str>,
-    hub: Arc<Hub>,
+    /// The room's hub, pinned while the connection lasts.
+    hub: HubPin,
     sub: Arc<Subscriber>,
     /// What the client is sending; `None` (nothing allocated) while it is silent.
     inbound: Option<Box<Inbound>>,
@@ -672,61 +705,104 @@ impl Session {
 
     /// Sends hello and the backlog; returns the cursor the live frames continue from.
     async fn greet(&self, cursor: Option<u64>) -> Result<u64, End> {
-        let Ok((hello_cursor, backlog)) = self.start(&self.hub, cursor).await else {
-            return Err(End::Close(1011, "backend unavailable"));
-        };
-        let hello = messages::hello(&self.room, hello_cursor);
-        if self.send_text(&hello).await.is_err() {
-            return Err(End::Quiet);
-        }
-        let mut last_sent = hello_cursor;
-        for chunk in backlog.chunks(BACKLOG_CHUNK) {
-            if self.send_text(&messages::batch_of(chunk)).await.is_err() {
-                return Err(End::Quiet);
-            }
-            last_sent = last_sent.max(chunk.last().map_or(0, |i| i.seq));
-        }
-        Ok(last_sent)
-    }
-
-    /// Where this connection starts: the hello cursor and the backlog to send.
-    async fn start(
-        &self,
-        hub: &Hub,
-        cursor: Option<u64>,
-    ) -> Result<(u64, Vec<RingItem>), ApiError> {
-        let live = &self.live;
-        let room = &*self.room;
         match cursor {
             Some(c) => {
-                let mut all = Vec::new();
-                let mut at = c;
-                loop {
-                    let page = live.items_after(hub, room, at, BACKLOG_CHUNK).await?;
-                    let Some(last) = page.last() else { break };
-                    at = last.seq;
-                    let full = page.len() == BACKLOG_CHUNK;
-                    all.extend(page);
-                    if !full {
-                        break;
-                    }
+                if self
+                    .send_text(&messages::hello(&self.room, c))
+                    .await
+                    .is_err()
+                {
+                    return Err(End::Quiet);
                 }
-                Ok((c, all))
+                self.backlog(c).await
             }
             None => {
+                let live = &self.live;
                 let head = live
-                    .head(hub, room)
+                    .head(Some(&self.hub), &self.room)
                     .await
-                    .unwrap_or_else(|_| hub.last_seq());
-                let recent = hub.recent(
+                    .unwrap_or_else(|_| self.hub.last_seq());
+                let recent = self.hub.recent(
                     danmaku_core::now_ms(),
                     live.ctx.settings.live.recent_ms,
                     BACKLOG_CHUNK,
                 );
                 let start = recent.first().map_or(head, |i| i.seq - 1);
-                Ok((start, recent))
+                if self
+                    .send_text(&messages::hello(&self.room, start))
+                    .await
+                    .is_err()
+                {
+                    return Err(End::Quiet);
+                }
+                if recent.is_empty() {
+                    return Ok(start);
+                }
+                if self.send_text(&messages::batch_of(&recent)).await.is_err() {
+                    return Err(End::Quiet);
+                }
+                Ok(recent.last().map_or(start, |i| i.seq))
             }
         }
+    }
+
+    /// The items after `cursor`, page by page (the ring's, else the
+    /// SliceStore's), each page written before the next is read: a client that
+    /// does not read holds one page here (plus its socket's buffer), never the
+    /// whole backlog. `gap` first when the cursor is older than anything held;
+    /// past `live.resume_max_bytes`, `gap` with the cursor reached and close.
+    async fn backlog(&self, cursor: u64) -> Result<u64, End> {
+        let live = &self.live;
+        let budget = live.ctx.settings.live.resume_max_bytes;
+        let mut sent = 0u64;
+        let mut at = cursor;
+        loop {
+            let Ok(page) = live
+                .page(Some(&self.hub), &self.room, at, BACKLOG_CHUNK)
+                .await
+            else {
+                return Err(End::Close(1011, "backend unavailable"));
+            };
+            if let Some(from) = page.gap {
+                if self.send_text(&messages::gap(from)).await.is_err() {
+                    return Err(End::Quiet);
+                }
+                at = from;
+            }
+            let (Some(last), full) = (
+                page.items.last().map(|i| i.seq),
+                page.items.len() == BACKLOG_CHUNK,
+            ) else {
+                return Ok(at);
+            };
+            let frame = frames::text_frame(&messages::batch_of(&page.items));
+            drop(page);
+            let size = frame.len() as u64;
+            if sent > 0 && sent.saturating_add(size) > budget {
+                metrics::counter!("danmaku_ws_resume_over_budget_total").increment(1);
+                return Err(Box::pin(self.gap_after_budget(at)).await);
+            }
+            live.hold_resume_bytes(frame.len() as isize);
+            let written = write_all(&self.sub.stream, &frame, self.write_timeout()).await;
+            live.hold_resume_bytes(-(frame.len() as isize));
+            if written.is_err() {
+                return Err(End::Quiet);
+            }
+            sent += size;
+            at = last;
+            if !full {
+                return Ok(at);
+            }
+        }
+    }
+
+    /// The backlog is over the resume budget: `gap` at the cursor reached, close.
+    async fn gap_after_budget(&self, at: u64) -> End {
+        let _ = self.send_text(&messages::gap(at)).await;
+        End::Close(
+            1008,
+            "backlog over the resume budget; resume from the gap cursor",
+        )
     }
 
     /// A re-encoded remainder when the client already has part of the frame (right

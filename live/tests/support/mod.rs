@@ -37,6 +37,14 @@ impl Drop for Server {
 }
 
 pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
+    start_with(tweak, |ctx| ctx).await
+}
+
+/// [`start`] with the server's adapters changed by `wrap` (a SliceStore double).
+pub async fn start_with(
+    tweak: impl FnOnce(&mut Settings),
+    wrap: impl FnOnce(danmaku_core::context::Context) -> danmaku_core::context::Context,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Settings::default();
     s.server.data_dir = dir.path().to_path_buf();
@@ -49,7 +57,7 @@ pub async fn start(tweak: impl FnOnce(&mut Settings)) -> Server {
     s.live.flush_ms = 5;
     s.live.display_budget_per_sec = 1_000_000;
     tweak(&mut s);
-    let ctx = danmaku_embedded::testkit::context(s);
+    let ctx = wrap(danmaku_embedded::testkit::context(s));
     let ingest = Ingest::new(ctx.clone()).unwrap();
     let stop = CancellationToken::new();
     let live = Live::new(ctx.clone(), ingest.clone(), stop.clone());
