@@ -142,6 +142,7 @@ print(json.dumps(out))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn the_archiver_writes_hive_partitions_to_s3_that_read_back_row_for_row() {
     let s3 = S3Server::start();
     let prefix = format!("{}/archive", S3Server::fresh_prefix("arch"));
@@ -195,6 +196,7 @@ async fn the_archiver_writes_hive_partitions_to_s3_that_read_back_row_for_row() 
 }
 
 #[tokio::test]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn a_batch_redone_on_s3_overwrites_its_object_with_the_same_rows() {
     let s3 = S3Server::start();
     let prefix = S3Server::fresh_prefix("redo");
@@ -225,6 +227,7 @@ async fn a_batch_redone_on_s3_overwrites_its_object_with_the_same_rows() {
 }
 
 #[tokio::test]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn compaction_on_s3_merges_an_hour_exactly_once_and_is_safe_to_rerun() {
     let s3 = S3Server::start();
     let prefix = S3Server::fresh_prefix("compact");
@@ -318,6 +321,7 @@ async fn compaction_on_s3_merges_an_hour_exactly_once_and_is_safe_to_rerun() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn compaction_on_s3_while_two_archivers_write_keeps_every_row_once() {
     let s3 = S3Server::start();
     let prefix = S3Server::fresh_prefix("race");
@@ -379,6 +383,7 @@ async fn compaction_on_s3_while_two_archivers_write_keeps_every_row_once() {
 /// Large objects (a big compacted hour) go up as multipart uploads, on S3 and on
 /// the local store, and read back byte for byte; small ones in one `put`.
 #[tokio::test]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn large_objects_go_up_in_parts_and_read_back_whole() {
     let s3 = S3Server::start();
     let prefix = S3Server::fresh_prefix("multipart");

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// ```
 #[macro_export]
 macro_rules! object_store_suite {
-    ($name:ident, $fixture:path) => {
-        $crate::object_store_suite!(@module $name, $fixture;
+    ($(#[$attr:meta])* $name:ident, $fixture:path) => {
+        $crate::object_store_suite!(@module [$(#[$attr])*] $name, $fixture;
             put_then_get_returns_the_bytes,
             put_replaces_an_object_whole,
             readers_never_see_a_partial_put,
@@ -35,16 +35,20 @@ macro_rules! object_store_suite {
             the_empty_prefix_lists_every_object,
         );
     };
-    (@module $name:ident, $fixture:path; $($case:ident),* $(,)?) => {
+    (@test [$(#[$attr:meta])*] $fixture:path; $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $case() {
+            let (_guard, store) = $fixture().await;
+            $crate::conformance_object_store::$case(&*store).await;
+        }
+    };
+    (@module $attrs:tt $name:ident, $fixture:path; $($case:ident),* $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (_guard, store) = $fixture().await;
-                    $crate::conformance_object_store::$case(&*store).await;
-                }
+                $crate::object_store_suite!(@test $attrs $fixture; $case);
             )*
         }
     };

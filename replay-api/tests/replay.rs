@@ -454,6 +454,7 @@ async fn dplayer_posts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn the_redis_tier_is_shared_by_nodes_and_optional() {
     let mut redis = RedisServer::start();
     let prefix = format!("it{}:", rand_suffix());

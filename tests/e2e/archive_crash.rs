@@ -213,32 +213,38 @@ async fn crash_and_recover(step: &str, scylla: Option<&CqlTestServer>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_after_the_store_upsert_archives_each_comment_once() {
     crash_and_recover("after_upsert", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_after_the_first_parquet_file_archives_each_comment_once() {
     crash_and_recover("after_first_file", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_before_the_batch_completes_archives_each_comment_once() {
     crash_and_recover("before_complete", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_after_the_batch_completes_archives_each_comment_once() {
     crash_and_recover("after_complete", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_with_scylla_after_the_store_upsert_archives_each_comment_once() {
     let server = CqlTestServer::start();
     crash_and_recover("after_upsert", Some(&server)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python3 with duckdb (bash infra/dev/test.sh installs it)"]
 async fn kill_9_with_scylla_before_the_batch_completes_archives_each_comment_once() {
     let server = CqlTestServer::start();
     crash_and_recover("before_complete", Some(&server)).await;

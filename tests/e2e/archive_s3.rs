@@ -100,6 +100,7 @@ async fn compact_cli(app: &TestApp, hour: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {
     let s3 = S3Server::start();
     let prefix = format!("{}/archive", S3Server::fresh_prefix("e2e"));
@@ -220,6 +221,7 @@ async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn kill_9_after_the_first_object_went_up_to_s3_archives_each_comment_once() {
     let s3 = S3Server::start();
     let prefix = S3Server::fresh_prefix("e2e-crash");

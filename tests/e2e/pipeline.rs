@@ -321,12 +321,14 @@ async fn live_flows(engines: &Engines) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn live_flows_on_kafka_and_redis() {
     let engines = Engines::start(Redis::Plain).await;
     live_flows(&engines).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn live_flows_on_kafka_and_a_redis_cluster() {
     let engines = Engines::start(Redis::Cluster).await;
     live_flows(&engines).await;
@@ -336,6 +338,7 @@ async fn live_flows_on_kafka_and_a_redis_cluster() {
 /// back from the start cursor, once (Kafka holds them; the writer resumes from the
 /// committed offsets).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn kill_9_on_kafka_and_redis_loses_no_acknowledged_comment() {
     let engines = Engines::start(Redis::Plain).await;
     let mut app = engines.spawn(&[]).await;
@@ -397,6 +400,7 @@ async fn kill_9_on_kafka_and_redis_loses_no_acknowledged_comment() {
 /// timeout, `/readyz` fails; back up, sends succeed. A broker failure in the middle
 /// of a stream loses no acknowledged comment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn broker_failures_answer_503_in_bounded_time_and_lose_nothing_acknowledged() {
     let engines = Engines::start(Redis::Plain).await;
     if !engines.kafka.is_mock() {
@@ -519,6 +523,7 @@ async fn broker_failures_answer_503_in_bounded_time_and_lose_nothing_acknowledge
 /// A Redis restart during a stream. A durable Redis (`appendonly yes`): every
 /// acknowledged comment is read back once. Viewers see no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_durable_redis_restart_during_a_stream_loses_and_duplicates_nothing() {
     redis_restart(Redis::Durable).await;
 }
@@ -528,6 +533,7 @@ async fn a_durable_redis_restart_during_a_stream_loses_and_duplicates_nothing() 
 /// writer had not committed yet, and every later one, arrives, and nobody sees a
 /// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_redis_restart_without_persistence_loses_nothing_uncommitted() {
     redis_restart(Redis::Plain).await;
 }
@@ -599,6 +605,7 @@ async fn redis_restart(kind: Redis) {
 /// threshold, the event is counted and listed, and the room's next slices are
 /// shorter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_flood_raises_the_big_key_event_and_shortens_the_rooms_slices() {
     let engines = Engines::start(Redis::Plain).await;
     let app = engines

@@ -589,6 +589,7 @@ async fn replay_formats_hostile_text_in_every_format() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
     let redis = danmaku_redis::testkit::RedisServer::start();
     let app = spawn_app(&[("DANMAKU_REPLAY__REDIS_URL", &redis.url())]).await;

@@ -277,19 +277,29 @@ mod tests {
             .expect("connects to the test redis-server")
     }
 
-    danmaku_core::replay_cache_suite!(replay_cache_on_redis, async {
-        let server = crate::tests::shared_server();
-        let cache = redis(&server).await;
-        (server, cache)
-    });
+    danmaku_core::replay_cache_suite!(
+        #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+        replay_cache_on_redis,
+        async {
+            let server = crate::tests::shared_server();
+            let cache = redis(&server).await;
+            (server, cache)
+        }
+    );
 
-    danmaku_core::replay_cache_suite!(tiered_replay_cache, async {
-        let server = crate::tests::shared_server();
-        let tiered = TieredReplayCache::new(MemoryReplayCache::new(1 << 20), redis(&server).await);
-        (server, tiered)
-    });
+    danmaku_core::replay_cache_suite!(
+        #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+        tiered_replay_cache,
+        async {
+            let server = crate::tests::shared_server();
+            let tiered =
+                TieredReplayCache::new(MemoryReplayCache::new(1 << 20), redis(&server).await);
+            (server, tiered)
+        }
+    );
 
     #[tokio::test]
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
     async fn tiers_fill_and_invalidate_each_other() {
         let server = RedisServer::start();
         let remote = redis(&server).await;
@@ -317,6 +327,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
     async fn a_dead_redis_is_a_miss_not_an_error() {
         let mut server = RedisServer::start();
         if server.port() == 0 {

@@ -80,13 +80,18 @@ fn shared_cluster() -> Arc<RedisCluster> {
     shared(&SLOT, || RedisCluster::start(3))
 }
 
-danmaku_core::slice_store_suite!(slice_store_on_redis, async {
-    let server = shared_server();
-    let (store, _) = open(&settings_single(&server.url())).await;
-    (server, store)
-});
+danmaku_core::slice_store_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+    slice_store_on_redis,
+    async {
+        let server = shared_server();
+        let (store, _) = open(&settings_single(&server.url())).await;
+        (server, store)
+    }
+);
 
 danmaku_core::slice_store_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
     slice_store_on_a_redis_cluster(flavor = "multi_thread", worker_threads = 2),
     async {
         let cluster = shared_cluster();
@@ -103,6 +108,7 @@ async fn notifier_pair(settings: &RedisSettings) -> (Arc<RedisNotifier>, Arc<Red
 }
 
 danmaku_core::notifier_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
     notifier_on_redis_pubsub(flavor = "multi_thread", worker_threads = 2),
     async {
         let server = shared_server();
@@ -112,6 +118,7 @@ danmaku_core::notifier_suite!(
 );
 
 danmaku_core::notifier_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
     notifier_on_redis_cluster_sharded_pubsub(flavor = "multi_thread", worker_threads = 2),
     async {
         let cluster = shared_cluster();
@@ -123,6 +130,7 @@ danmaku_core::notifier_suite!(
 /// Slice lengths change between appends and clocks go backwards: every item is
 /// still read back once, in seq order, page after page.
 #[tokio::test]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn cursor_reads_survive_changing_lengths_and_skewed_clocks() {
     let server = RedisServer::start();
     let (store, _) = open(&settings_single(&server.url())).await;
@@ -168,6 +176,7 @@ async fn cursor_reads_survive_changing_lengths_and_skewed_clocks() {
 /// it: the batch comes back after the lease with the same id, and everything is
 /// archived once.
 #[tokio::test]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() {
     let server = RedisServer::start();
     let (store, _) = open(&settings_single(&server.url())).await;
@@ -238,6 +247,7 @@ async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() 
 /// appends keeps everything; appends during the outage fail (the writer retries)
 /// and succeed once it is back, each item stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_durable_redis_restart_loses_nothing() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
     if server.port() == 0 {
@@ -282,6 +292,7 @@ async fn a_durable_redis_restart_loses_nothing() {
 /// Without persistence a restart empties Redis: the high-water mark goes with the
 /// data, so redelivered items are stored again (once).
 #[tokio::test]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_restart_without_persistence_takes_redeliveries_again() {
     let mut server = RedisServer::start();
     if server.port() == 0 {
@@ -320,6 +331,7 @@ async fn a_restart_without_persistence_takes_redeliveries_again() {
 
 /// The key walk finds keys the writer does not know about, with their sizes.
 #[tokio::test]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn the_key_walk_finds_foreign_big_keys() {
     let server = RedisServer::start();
     let (store, _) = open(&settings_single(&server.url())).await;
@@ -366,6 +378,7 @@ async fn next_event(
 /// After Redis comes back, the subscription is re-established and the room gets a
 /// resync (the hub then catches up from the store), and notices flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn subscriptions_come_back_after_a_restart_with_a_resync() {
     let mut server = RedisServer::start();
     if server.port() == 0 {
@@ -394,6 +407,7 @@ async fn subscriptions_come_back_after_a_restart_with_a_resync() {
 }
 
 #[tokio::test]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn ready_follows_the_server() {
     let mut server = RedisServer::start();
     if server.port() == 0 {

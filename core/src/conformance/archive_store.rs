@@ -10,8 +10,8 @@ use crate::vod::Session;
 /// [`crate::conformance`].
 #[macro_export]
 macro_rules! archive_store_suite {
-    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
-        $crate::__conformance_cases!(one archive_store $name ($($($rt)*)?) ($make) [
+    ($(#[$attr:meta])* $name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(one archive_store [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             a_created_session_reads_back
             creating_a_taken_vod_fails
             sessions_by_room_come_newest_first_up_to_the_limit

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 /// Expands to one `#[tokio::test]` per Bus guarantee; see [`crate::conformance`].
 #[macro_export]
 macro_rules! bus_suite {
-    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
-        $crate::__conformance_cases!(one bus $name ($($($rt)*)?) ($make) [
+    ($(#[$attr:meta])* $name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(one bus [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             positions_grow_per_room_on_one_partition
             every_record_is_delivered_once_in_publish_order_per_room
             a_group_resumes_after_its_committed_positions

@@ -11,8 +11,11 @@
 //!   one `#[tokio::test]` per guarantee, so a failure names the broken guarantee
 //!   (`slice_store_on_redis::late_timestamps_go_into_the_newest_slice`).
 //!
-//! A macro takes the module name, optionally the arguments of `#[tokio::test(..)]`
-//! in parentheses, and a setup expression: a future, evaluated afresh in every
+//! A macro takes optional attributes for every generated test (the test tiers:
+//! `#[ignore = "needs redis-server"]` on suites that need an installed server,
+//! which `bash infra/dev/test.sh` runs with `--include-ignored`), the module
+//! name, optionally the arguments of `#[tokio::test(..)]` in parentheses, and a
+//! setup expression: a future, evaluated afresh in every
 //! test, whose output is `(guard, subject)` (the guard — a server, a temporary
 //! directory, `()` — lives until the test ends, after the subject) or
 //! `Option<(guard, subject)>`, where `None` skips the test (an external server
@@ -83,21 +86,25 @@ macro_rules! __conformance_cases {
     (@call pair $suite:ident $case:ident $subject:ident) => {
         $crate::conformance::$suite::$case(&*$subject.0, &*$subject.1).await
     };
-    ($mode:ident $suite:ident $name:ident $rt:tt ($make:expr) [$($case:ident)*]) => {
+    (@test $mode:ident $suite:ident [$(#[$attr:meta])*] $rt:tt ($make:expr) $case:ident) => {
+        #[::tokio::test $rt]
+        $(#[$attr])*
+        async fn $case() {
+            let Some((_guard, subject)) =
+                $crate::conformance::Fixture::into_parts($make.await)
+            else {
+                eprintln!("{}: no subject, skipped", stringify!($case));
+                return;
+            };
+            $crate::__conformance_cases!(@call $mode $suite $case subject);
+        }
+    };
+    ($mode:ident $suite:ident $attrs:tt $name:ident $rt:tt ($make:expr) [$($case:ident)*]) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
             $(
-                #[::tokio::test $rt]
-                async fn $case() {
-                    let Some((_guard, subject)) =
-                        $crate::conformance::Fixture::into_parts($make.await)
-                    else {
-                        eprintln!("{}: no subject, skipped", stringify!($case));
-                        return;
-                    };
-                    $crate::__conformance_cases!(@call $mode $suite $case subject);
-                }
+                $crate::__conformance_cases!(@test $mode $suite $attrs $rt ($make) $case);
             )*
         }
     };

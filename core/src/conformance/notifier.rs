@@ -22,8 +22,8 @@ const QUIET: Duration = Duration::from_millis(300);
 /// [`crate::conformance`].
 #[macro_export]
 macro_rules! notifier_suite {
-    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
-        $crate::__conformance_cases!(pair notifier $name ($($($rt)*)?) ($make) [
+    ($(#[$attr:meta])* $name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(pair notifier [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             the_receiver_is_taken_once
             every_subscription_brings_a_resync
             notices_carry_the_published_items

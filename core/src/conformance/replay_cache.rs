@@ -10,8 +10,8 @@ use std::time::Duration;
 /// [`crate::conformance`].
 #[macro_export]
 macro_rules! replay_cache_suite {
-    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
-        $crate::__conformance_cases!(one replay_cache $name ($($($rt)*)?) ($make) [
+    ($(#[$attr:meta])* $name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(one replay_cache [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             a_get_returns_the_last_put
             invalidate_removes_an_entry
             entries_expire_after_their_ttl

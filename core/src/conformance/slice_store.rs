@@ -17,8 +17,8 @@ const RETENTION: i64 = 60_000;
 /// Expands to one `#[tokio::test]` per SliceStore guarantee; see [`crate::conformance`].
 #[macro_export]
 macro_rules! slice_store_suite {
-    ($name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
-        $crate::__conformance_cases!(one slice_store $name ($($($rt)*)?) ($make) [
+    ($(#[$attr:meta])* $name:ident $(($($rt:tt)*))?, $make:expr $(,)?) => {
+        $crate::__conformance_cases!(one slice_store [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             append_is_idempotent
             append_reports_the_slices_it_touched
             last_seq_is_the_highest_seq_ever_appended
