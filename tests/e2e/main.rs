@@ -13,6 +13,8 @@
 //!   connection caps, page headers, /metrics protection), each with its bound.
 //! - [`hardening_ingest`]: issue 13's intake and token cases (guest limits per
 //!   address, WebSocket token times, the auth scheme) through the real server.
+//! - [`hardening_live`]: issue 13's live bounds (stalled resumes, polls of empty
+//!   rooms) and cursors from before a restart (items or `gap`).
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
 //! - [`pipeline`]: the same flows and the faults on Kafka and Redis (standalone and Cluster).
 //! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
@@ -26,6 +28,7 @@ mod errors;
 mod fanout;
 mod hardening_edge;
 mod hardening_ingest;
+mod hardening_live;
 mod hostile_text;
 mod pipeline;
 mod polling;
