@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// fresh store, and whatever must live as long as it (a temporary directory, a
 /// server); it is resolved from inside the module (`use super::*` is in scope).
 ///
-/// ```ignore
+/// ```text
 /// async fn local() -> (tempfile::TempDir, Arc<dyn ObjectStore>) { ... }
 /// danmaku_core::object_store_suite!(local_fs, local);
 /// ```

@@ -23,7 +23,7 @@
 //! to `&dyn Port`), for the Notifier a pair `(publisher, viewer)` of pointers to
 //! notifiers (`Arc`, `Box`; both may point at the same in-process notifier).
 //!
-//! ```ignore
+//! ```text
 //! danmaku_core::slice_store_suite!(
 //!     slice_store_on_a_redis_cluster(flavor = "multi_thread", worker_threads = 2),
 //!     async {
