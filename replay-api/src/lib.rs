@@ -20,7 +20,6 @@ pub mod cache;
 pub mod decoded;
 pub mod density;
 pub mod formats;
-mod json;
 mod players;
 mod post;
 mod replay;

@@ -28,7 +28,6 @@
 use crate::cache::{self, cached, respond, Keys, VodMeta};
 use crate::decoded::{self, Data, DocBase};
 use crate::density::{cap_segment, cap_strict};
-use crate::json::Fields;
 use crate::post::post_on_recording;
 use crate::{check_vod, formats, store_error, Replay};
 use axum::body::Body;
@@ -40,7 +39,8 @@ use danmaku_core::auth::{authenticate, bearer, check_read_access};
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::ports::{ArchivedComment, CachedBody};
 use danmaku_core::vod::Session;
-use danmaku_ingest::SendRequest;
+use danmaku_ingest::json::JsonObject;
+use danmaku_ingest::{read_json, SendRequest};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -313,7 +313,8 @@ async fn dplayer_send(r: &Replay, headers: &HeaderMap, body: Body) -> Result<Res
         Some(_) => Some(authenticate(&r.ctx.signer, headers, None)?),
         None => None,
     };
-    let mut fields = Fields::read(headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let mut fields: JsonObject =
+        read_json(headers, body, r.ctx.settings.limits.max_body_bytes).await?;
     let claims = match header_claims {
         Some(c) => c,
         None => {

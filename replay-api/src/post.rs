@@ -20,7 +20,6 @@
 //! answer is still 202 and the comment appears once the archiver stores it.
 
 use crate::cache::{self, Keys, VodMeta};
-use crate::json::Fields;
 use crate::{check_vod, Replay};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -33,7 +32,8 @@ use danmaku_core::id::id_time_ms;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::ArchivedComment;
 use danmaku_core::vod::segment_of;
-use danmaku_ingest::{SendRequest, Target};
+use danmaku_ingest::json::JsonObject;
+use danmaku_ingest::{read_json, SendRequest, Target};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,28 +52,12 @@ pub(crate) async fn post_vod(
 ) -> Result<Response, ApiError> {
     check_vod(&vod)?;
     let claims = authenticate(&r.ctx.signer, &headers, None)?;
-    let mut fields = Fields::read(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
-    let offset = fields.take("offset_ms", ErrorCode::InvalidOffset)?;
+    let mut obj: JsonObject =
+        read_json(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let offset = obj.take("offset_ms", ErrorCode::InvalidOffset)?;
+    let mut req = SendRequest::from_object(&mut obj)?;
     // The position is given explicitly; a live stream position means nothing here.
-    fields.take("stream_pos_ms", ErrorCode::InvalidOffset)?;
-    let mut obj = serde_json::Map::new();
-    for (name, code) in [
-        ("text", ErrorCode::InvalidText),
-        ("mode", ErrorCode::InvalidMode),
-        ("color", ErrorCode::InvalidColor),
-        ("kind", ErrorCode::InvalidKind),
-    ] {
-        if let Some(v) = fields.take(name, code)? {
-            obj.insert(name.to_string(), v);
-        }
-    }
-    obj.extend(fields.rest()?);
-    let req: SendRequest = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("the body is not valid JSON for this endpoint: {e}"),
-        )
-    })?;
+    req.stream_pos_ms = None;
     let offset_ms = match offset {
         None | Some(serde_json::Value::Null) => {
             return Err(invalid_offset("offset_ms is required"))

@@ -1,7 +1,6 @@
 //! VOD sessions: `POST /v1/rooms/{room}/sessions`, `POST /v1/vods/{vod}/end`,
 //! `GET /v1/vods/{vod}`, `GET /v1/rooms/{room}/vods`.
 
-use crate::json::Fields;
 use crate::{check_vod, store_error, Replay};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -12,18 +11,11 @@ use danmaku_core::auth::{check_read_access, require_privileged};
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::ports::ArchiveError;
 use danmaku_core::vod::Session;
-use danmaku_ingest::check_room;
+use danmaku_ingest::json::JsonObject;
+use danmaku_ingest::{check_room, read_json};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-
-/// The body of `POST /v1/rooms/{room}/sessions` but `latency_ms`, which is read
-/// on its own to give a number out of range its field's code.
-#[derive(Deserialize, Default)]
-pub(crate) struct StartBody {
-    #[serde(default)]
-    vod: Option<String>,
-}
 
 #[derive(Deserialize)]
 pub(crate) struct TokenQuery {
@@ -50,15 +42,14 @@ pub(crate) async fn start(
 ) -> Result<Response, ApiError> {
     check_room(&room)?;
     let claims = require_privileged(&r.ctx.signer, &headers)?;
-    let mut fields = Fields::read(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
-    let latency = fields.take("latency_ms", ErrorCode::InvalidOffset)?;
-    let req: StartBody = serde_json::from_value(serde_json::Value::Object(fields.rest()?))
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("the body is not valid JSON for this endpoint: {e}"),
-            )
-        })?;
+    let mut obj: JsonObject =
+        read_json(&headers, body, r.ctx.settings.limits.max_body_bytes).await?;
+    let vod = match obj.take("vod", ErrorCode::InvalidVod)? {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(v)) => Some(v),
+        Some(_) => return Err(ApiError::new(ErrorCode::InvalidJson, "vod is a string")),
+    };
+    let latency = obj.take("latency_ms", ErrorCode::InvalidOffset)?;
     let latency_ms = match latency {
         None | Some(serde_json::Value::Null) => 0,
         // Any number that is not a whole number in range is an offset error.
@@ -77,7 +68,7 @@ pub(crate) async fn start(
         ));
     }
     let now = danmaku_core::now_ms();
-    let vod = match req.vod {
+    let vod = match vod {
         Some(v) => {
             check_vod(&v)?;
             v

@@ -41,7 +41,7 @@ fn rows(vod: &str, first_id: u64, n: u64, first_offset: i64, step: i64) -> Vec<A
                     room: "r".into(),
                     user: format!("u{}", id % 97),
                     ts_ms: 1_764_000_000_000 + offset,
-                    kind: if id % 50 == 0 {
+                    kind: if id.is_multiple_of(50) {
                         Kind::Gift
                     } else {
                         Kind::Comment
@@ -185,7 +185,7 @@ async fn distinct_dplayer_maxima_share_one_read_of_the_recording() {
         // Gifts first (every 50th id: 24 in all), so small maxima hold gifts only.
         let gift = |e: &Value| {
             let id: u64 = e[4].as_str().unwrap()["comment ".len()..].parse().unwrap();
-            id % 50 == 0
+            id.is_multiple_of(50)
         };
         assert!(data.iter().all(gift), "{}", r.text);
     }

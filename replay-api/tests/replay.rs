@@ -10,7 +10,7 @@ use common::*;
 use danmaku_core::auth::Role;
 use danmaku_core::memory::MemoryReplayCache;
 use danmaku_core::model::{Kind, Mode};
-use danmaku_core::ports::{ArchiveStore, ReplayCache};
+use danmaku_core::ports::ReplayCache;
 use danmaku_redis::testkit::RedisServer;
 use danmaku_redis::{RedisReplayCache, TieredReplayCache};
 use serde_json::{json, Value};
