@@ -9,11 +9,21 @@
 //!   room's high-water mark when the slice was created. Chunks of the slice's name
 //!   whose first seq is at or below the floor belong to an earlier, already claimed
 //!   slice of the same name (seqs of a room only grow, so the two never mix).
-//! - Claiming a batch moves no item: it removes the slices' meta and expiry rows and
+//! - Claiming a batch moves no item: it removes the slices' meta and expiry rows,
 //!   writes one lease record listing each slice with its seq range `(floor, top]`
-//!   (`top`: the room's high-water mark at the claim). The batch's items are read
-//!   straight from the chunks in those ranges, on the claim and on every redo, so a
-//!   redo returns the same contents; completing deletes those chunks and the lease.
+//!   (`top`: the room's high-water mark at the claim), and a *kept* row per slice
+//!   (room, start, floor → length, top, end of its hot retention, batch, archived?,
+//!   size). The batch's items are read straight from the chunks in those ranges, on
+//!   the claim and on every redo, so a redo returns the same contents.
+//! - Reads by cursor walk a room's live slices and kept slices together, in seq
+//!   order (by floor), so claimed and archived items stay readable.
+//! - Completing a batch deletes its lease and marks its kept rows archived, each
+//!   entered in an expiry index by the end of its hot retention (its end plus the
+//!   room's retention at the claim); `expire_archived` deletes the chunks and rows
+//!   of a room's oldest slices while they are archived and past it.
+//! - Leases: a lease record holds its end; [`EmbeddedDb::open`] sets every lease
+//!   found to "expired" (only one process opens the database, so a lease found
+//!   there was its dead predecessor's), so the batch is handed out again at once.
 //!
 //! Appends commit with `Durability::None` when the store was built with
 //! [`EmbeddedSliceStore::with_unsynced_appends`] (the embedded pipeline, see
@@ -49,6 +59,20 @@ const LAST: TableDefinition<&str, u64> = TableDefinition::new("sl_last");
 const HEADS: TableDefinition<&str, (i64, i64)> = TableDefinition::new("sl_heads");
 /// batch id -> (lease until, leased slices as JSON: [`Leased`])
 const LEASES: TableDefinition<u64, (i64, &[u8])> = TableDefinition::new("sl_leases");
+/// A claimed slice's (len, top, hot until, batch, archived, members, bytes): its
+/// items are the chunks of its (room, start) with a first seq in `(floor, top]`.
+type KeptMeta = (i64, u64, i64, u64, bool, u64, u64);
+/// (room, slice start, floor) -> [`KeptMeta`]: claimed slices, readable until they
+/// expire.
+const KEPT: TableDefinition<(&str, i64, u64), KeptMeta> = TableDefinition::new("sl_kept");
+/// (hot until, room, slice start, floor) -> (): archived slices, by the end of
+/// their hot retention.
+const KEPT_EXPIRY: TableDefinition<(i64, &str, i64, u64), ()> =
+    TableDefinition::new("sl_kept_expiry");
+/// room -> hot retention of its latest append, ms (when a claimed slice expires).
+const RETENTION: TableDefinition<&str, i64> = TableDefinition::new("sl_retention");
+/// Kept slices `expire_archived` looks at per transaction.
+const EXPIRE_SCAN: usize = 4096;
 /// name -> counter
 const META: TableDefinition<&str, u64> = TableDefinition::new("sl_meta");
 
@@ -74,7 +98,76 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(HEADS)?;
     txn.open_table(LEASES)?;
     txn.open_table(META)?;
-    migrate_v1(txn)
+    txn.open_table(KEPT)?;
+    txn.open_table(KEPT_EXPIRY)?;
+    txn.open_table(RETENTION)?;
+    migrate_v1(txn)?;
+    keep_leased(txn)?;
+    release_leases(txn)
+}
+
+/// Every lease in the database belongs to a process that is gone: the database is
+/// open in one process at a time, and this runs when it opens. Expired now, its
+/// batch goes to the next claim at once (same id, same contents) instead of after
+/// the rest of its lease.
+fn release_leases(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut leases = txn.open_table(LEASES)?;
+    let held: Vec<(u64, Vec<u8>)> = leases
+        .iter()?
+        .filter_map(|e| match e {
+            Ok((k, v)) => {
+                let (until, json) = v.value();
+                (until != i64::MIN).then(|| Ok((k.value(), json.to_vec())))
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()?;
+    if !held.is_empty() {
+        tracing::info!(
+            batches = held.len(),
+            "releasing the archive leases of the previous process"
+        );
+    }
+    for (id, json) in held {
+        leases.insert(id, (i64::MIN, json.as_slice()))?;
+    }
+    Ok(())
+}
+
+/// A batch leased by a version of this store without kept rows gets them, so its
+/// items are readable and expire like any other.
+fn keep_leased(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let leases = txn.open_table(LEASES)?;
+    let mut kept = txn.open_table(KEPT)?;
+    let retention = txn.open_table(RETENTION)?;
+    for e in leases.iter()? {
+        let (k, v) = e?;
+        for l in decode_leased(v.value().1)? {
+            let key = (l.room.as_str(), l.start_ms, l.floor);
+            if kept.get(key)?.is_none() {
+                let ret = retention.get(l.room.as_str())?.map_or(0, |v| v.value());
+                let until = hot_until(l.start_ms, l.len_ms, ret);
+                kept.insert(key, (l.len_ms, l.top, until, k.value(), false, 0, 0))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When a slice's hot retention ends: its end plus the retention.
+fn hot_until(start_ms: i64, len_ms: i64, retention_ms: i64) -> i64 {
+    start_ms
+        .saturating_add(len_ms)
+        .saturating_add(retention_ms.max(0))
+}
+
+/// Where a key walk ([`SliceStore::scan_keys`]) resumes.
+enum ScanAt {
+    Start,
+    /// After this live slice (room, start).
+    Live(String, i64),
+    /// After this kept slice (room, start, floor).
+    Kept(String, i64, u64),
 }
 
 /// One slice of a leased batch: its items are the chunks of `(room, start_ms)` whose
@@ -280,6 +373,81 @@ fn read_batch(
             .collect(),
         items,
     })
+}
+
+/// One transaction of `expire_archived`: for each room with an archived slice
+/// whose retention ended by `now_ms`, deletes the room's held slices from the
+/// oldest on while they are archived and past their retention (never one behind a
+/// slice still held, so a cursor read never skips a middle). Returns the slices
+/// deleted and whether more candidates may remain.
+fn expire_pass(db: &redb::Database, now_ms: i64) -> Result<(u64, bool), redb::Error> {
+    let txn = db.begin_write()?;
+    let mut removed = 0;
+    let mut rooms: Vec<String> = Vec::new();
+    let more;
+    {
+        let kept_expiry = txn.open_table(KEPT_EXPIRY)?;
+        let mut seen = 0;
+        for e in kept_expiry.range(..(now_ms.saturating_add(1), "", i64::MIN, 0))? {
+            let (k, _) = e?;
+            seen += 1;
+            let room = k.value().1;
+            if !rooms.iter().any(|r| r == room) {
+                rooms.push(room.to_string());
+            }
+            if seen >= EXPIRE_SCAN {
+                break;
+            }
+        }
+        more = seen >= EXPIRE_SCAN;
+    }
+    {
+        let slices = txn.open_table(SLICES)?;
+        let mut kept = txn.open_table(KEPT)?;
+        let mut kept_expiry = txn.open_table(KEPT_EXPIRY)?;
+        let mut chunks = txn.open_table(CHUNKS)?;
+        for room in &rooms {
+            let room = room.as_str();
+            // (floor, start, Some(kept meta) | None for a live slice), oldest first.
+            let mut parts: Vec<(u64, i64, Option<KeptMeta>)> = Vec::new();
+            for e in slices.range((room, i64::MIN)..=(room, i64::MAX))? {
+                let (k, v) = e?;
+                parts.push((v.value().4, k.value().1, None));
+            }
+            for e in kept.range((room, i64::MIN, 0)..=(room, i64::MAX, u64::MAX))? {
+                let (k, v) = e?;
+                let (_, start, floor) = k.value();
+                parts.push((floor, start, Some(v.value())));
+            }
+            parts.sort_unstable_by_key(|p| (p.0, p.1));
+            for (floor, start, meta) in parts {
+                let Some((_, top, until, _, archived, _, _)) = meta else {
+                    break;
+                };
+                if !archived || until > now_ms {
+                    break;
+                }
+                if floor < top {
+                    let firsts: Vec<u64> = chunks
+                        .range((room, start, floor + 1)..=(room, start, top))?
+                        .map(|e| e.map(|(k, _)| k.value().2))
+                        .collect::<Result<_, _>>()?;
+                    for first in firsts {
+                        chunks.remove((room, start, first))?;
+                    }
+                }
+                kept.remove((room, start, floor))?;
+                kept_expiry.remove((until, room, start, floor))?;
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok((removed, more))
 }
 
 fn decode_leased(json: &[u8]) -> Result<Vec<Leased>, redb::Error> {
@@ -501,6 +669,11 @@ impl SliceStore for EmbeddedSliceStore {
                         }
                     }
                     last_t.insert(room.as_str(), last)?;
+                    let mut retention = txn.open_table(RETENTION)?;
+                    let ret = hot_retention_ms.max(0);
+                    if retention.get(room.as_str())?.map(|v| v.value()) != Some(ret) {
+                        retention.insert(room.as_str(), ret)?;
+                    }
                 }
                 txn.commit()?;
                 Ok(outcome)
@@ -520,14 +693,32 @@ impl SliceStore for EmbeddedSliceStore {
             .run(move |db| {
                 let r = db.begin_read()?;
                 let slices = r.open_table(SLICES)?;
+                let kept = r.open_table(KEPT)?;
                 let chunks = r.open_table(CHUNKS)?;
-                let mut out = Vec::new();
+                // Every part of the room still held, as (floor, start, top): its
+                // items are the chunks of (room, start) first-seq'd in (floor, top].
+                // Parts hold disjoint seq ranges, so by floor is seq order.
+                let mut parts: Vec<(u64, i64, u64)> = Vec::new();
                 for e in slices.range((room.as_str(), i64::MIN)..=(room.as_str(), i64::MAX))? {
                     let (k, v) = e?;
-                    let start = k.value().1;
-                    let floor = v.value().4;
-                    // Chunks first-seq'd at or below the floor are claimed already. The
-                    // chunk starting at or before `after` may still hold later items.
+                    parts.push((v.value().4, k.value().1, u64::MAX));
+                }
+                let all = (room.as_str(), i64::MIN, 0)..=(room.as_str(), i64::MAX, u64::MAX);
+                for e in kept.range(all)? {
+                    let (k, v) = e?;
+                    let (_, start, floor) = k.value();
+                    parts.push((floor, start, v.value().1));
+                }
+                parts.sort_unstable();
+                let mut out = Vec::new();
+                for (floor, start, top) in parts {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if top <= after {
+                        continue;
+                    }
+                    // The chunk starting at or before `after` may still hold later items.
                     let mut from = floor.saturating_add(1);
                     if after >= from {
                         let holder = chunks
@@ -539,17 +730,18 @@ impl SliceStore for EmbeddedSliceStore {
                             None => after.saturating_add(1),
                         };
                     }
-                    let mut taken = 0;
-                    for c in chunks
-                        .range((room.as_str(), start, from)..=(room.as_str(), start, u64::MAX))?
+                    if from > top {
+                        continue;
+                    }
+                    for c in
+                        chunks.range((room.as_str(), start, from)..=(room.as_str(), start, top))?
                     {
                         let (_, v) = c?;
                         // Copies only the items returned (a chunk may hold a
                         // large append).
                         let chunk = v.value();
                         walk_items(chunk, |seq, ts_ms, data| {
-                            if seq > after && taken < limit {
-                                taken += 1;
+                            if seq > after && out.len() < limit {
                                 out.push(SliceItem {
                                     seq,
                                     ts_ms,
@@ -557,13 +749,14 @@ impl SliceStore for EmbeddedSliceStore {
                                 });
                             }
                         })?;
-                        if taken >= limit {
+                        if out.len() >= limit {
                             break;
                         }
                     }
                 }
-                out.sort_by_key(|i| i.seq);
-                out.truncate(limit);
+                if !out.is_sorted_by_key(|i| i.seq) {
+                    out.sort_by_key(|i| i.seq);
+                }
                 Ok(out)
             })
             .await
@@ -672,17 +865,19 @@ impl SliceStore for EmbeddedSliceStore {
                 {
                     let mut expiry = txn.open_table(EXPIRY)?;
                     let mut slices = txn.open_table(SLICES)?;
+                    let mut kept = txn.open_table(KEPT)?;
+                    let retention = txn.open_table(RETENTION)?;
                     let last = txn.open_table(LAST)?;
                     let mut tops: HashMap<&str, u64> = HashMap::new();
                     for (d, room, start) in &due {
                         expiry.remove((*d, room.as_str(), *start))?;
-                        let (len, floor) = slices
+                        let (len, floor, members, bytes) = slices
                             .remove((room.as_str(), *start))?
                             .map(|v| {
                                 let m = v.value();
-                                (m.0, m.4)
+                                (m.0, m.4, m.2, m.3)
                             })
-                            .unwrap_or((0, u64::MAX));
+                            .unwrap_or((0, u64::MAX, 0, 0));
                         // Every item of the slice is at or below the room's high-water
                         // mark; later appends to its name start a new slice above it.
                         let top = match tops.get(room.as_str()) {
@@ -693,11 +888,19 @@ impl SliceStore for EmbeddedSliceStore {
                                 t
                             }
                         };
+                        let floor = floor.min(top);
+                        // Readable until its hot retention ends, archived or not.
+                        let ret = retention.get(room.as_str())?.map_or(0, |v| v.value());
+                        let until = hot_until(*start, len, ret);
+                        kept.insert(
+                            (room.as_str(), *start, floor),
+                            (len, top, until, id, false, members, bytes),
+                        )?;
                         leased.push(Leased {
                             room: room.clone(),
                             start_ms: *start,
                             len_ms: len,
-                            floor: floor.min(top),
+                            floor,
                             top,
                         });
                     }
@@ -729,24 +932,122 @@ impl SliceStore for EmbeddedSliceStore {
                         txn.abort()?;
                         return Ok(());
                     };
-                    let mut chunks = txn.open_table(CHUNKS)?;
+                    let mut kept = txn.open_table(KEPT)?;
+                    let mut kept_expiry = txn.open_table(KEPT_EXPIRY)?;
                     for l in &leased {
-                        if l.floor >= l.top {
-                            continue;
-                        }
-                        let range = (l.room.as_str(), l.start_ms, l.floor + 1)
-                            ..=(l.room.as_str(), l.start_ms, l.top);
-                        let firsts: Vec<u64> = chunks
-                            .range(range)?
-                            .map(|e| e.map(|(k, _)| k.value().2))
-                            .collect::<Result<_, _>>()?;
-                        for first in firsts {
-                            chunks.remove((l.room.as_str(), l.start_ms, first))?;
-                        }
+                        let key = (l.room.as_str(), l.start_ms, l.floor);
+                        let meta = kept.get(key)?.map(|v| v.value());
+                        // (A kept row is written with every claim; a missing one is
+                        // rebuilt with the slice's retention ending at once.)
+                        let (len, top, until, _, _, members, bytes) =
+                            meta.unwrap_or((l.len_ms, l.top, i64::MIN, batch_id, false, 0, 0));
+                        kept.insert(key, (len, top, until, batch_id, true, members, bytes))?;
+                        kept_expiry.insert((until, l.room.as_str(), l.start_ms, l.floor), ())?;
                     }
                 }
                 txn.commit()?;
                 Ok(())
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn renew_lease(
+        &self,
+        batch_id: u64,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<bool, SliceError> {
+        let until = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        self.db
+            .run(move |db| {
+                let mut txn = db.begin_write()?;
+                // A renewal lost to a crash changes nothing: leases are released
+                // when the database opens.
+                txn.set_durability(redb::Durability::None);
+                let renewed = {
+                    let mut leases = txn.open_table(LEASES)?;
+                    let json = leases.get(batch_id)?.map(|v| v.value().1.to_vec());
+                    match json {
+                        Some(json) => {
+                            leases.insert(batch_id, (until, json.as_slice()))?;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if renewed {
+                    txn.commit()?;
+                } else {
+                    txn.abort()?;
+                }
+                Ok(renewed)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn expire_archived(&self, now_ms: i64) -> Result<u64, SliceError> {
+        let mut removed = 0;
+        loop {
+            let (n, more) = self
+                .db
+                .run(move |db| expire_pass(db, now_ms))
+                .await
+                .map_err(err)?;
+            removed += n;
+            if n == 0 || !more {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {
+        let room = room.to_string();
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                // The oldest item not archived: the first of a live slice, or of a
+                // kept one whose batch is not complete (a floor may lie lower than
+                // the slice's first item: slices opened by one append share it).
+                let chunks = r.open_table(CHUNKS)?;
+                let mut oldest: Option<u64> = None;
+                let mut consider = |start: i64, floor: u64, top: u64| -> Result<(), redb::Error> {
+                    if floor >= top {
+                        return Ok(());
+                    }
+                    let first = chunks
+                        .range((room.as_str(), start, floor + 1)..=(room.as_str(), start, top))?
+                        .next()
+                        .transpose()?
+                        .map(|(k, _)| k.value().2);
+                    if let Some(first) = first {
+                        oldest = Some(oldest.map_or(first, |o| o.min(first)));
+                    }
+                    Ok(())
+                };
+                let slices = r.open_table(SLICES)?;
+                for e in slices.range((room.as_str(), i64::MIN)..=(room.as_str(), i64::MAX))? {
+                    let (k, v) = e?;
+                    consider(k.value().1, v.value().4, u64::MAX)?;
+                }
+                let kept = r.open_table(KEPT)?;
+                let all = (room.as_str(), i64::MIN, 0)..=(room.as_str(), i64::MAX, u64::MAX);
+                for e in kept.range(all)? {
+                    let (k, v) = e?;
+                    let (_, start, floor) = k.value();
+                    let (_, top, _, _, archived, _, _) = v.value();
+                    if !archived {
+                        consider(start, floor, top)?;
+                    }
+                }
+                match oldest {
+                    Some(first) => Ok(first - 1),
+                    None => Ok(r
+                        .open_table(LAST)?
+                        .get(room.as_str())?
+                        .map_or(0, |v| v.value())),
+                }
             })
             .await
             .map_err(err)
@@ -790,53 +1091,85 @@ impl SliceStore for EmbeddedSliceStore {
     }
 
     async fn scan_keys(&self, cursor: &str, count: usize) -> Result<KeyScanPage, SliceError> {
-        // The cursor is the last (room, start) returned, as `<start>:<room>`.
-        let after: Option<(String, i64)> = if cursor.is_empty() {
-            None
+        // Live slices first, then kept (claimed or archived) ones. The cursor is the
+        // last one returned: `<start>:<room>` for a live slice, `k:<start>:<floor>:<room>`
+        // for a kept one.
+        let bad = || SliceError::other(format!("bad scan cursor {cursor:?}"));
+        let after: ScanAt = if cursor.is_empty() {
+            ScanAt::Start
+        } else if let Some(rest) = cursor.strip_prefix("k:") {
+            let mut parts = rest.splitn(3, ':');
+            let start = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            let floor = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            let room = parts.next().ok_or_else(bad)?.to_string();
+            ScanAt::Kept(room, start, floor)
         } else {
-            let (start, room) = cursor
-                .split_once(':')
-                .ok_or_else(|| SliceError::other(format!("bad scan cursor {cursor:?}")))?;
-            let start = start
-                .parse()
-                .map_err(|_| SliceError::other(format!("bad scan cursor {cursor:?}")))?;
-            Some((room.to_string(), start))
+            let (start, room) = cursor.split_once(':').ok_or_else(bad)?;
+            let start = start.parse().map_err(|_| bad())?;
+            ScanAt::Live(room.to_string(), start)
         };
         let count = count.max(1);
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                let t = r.open_table(SLICES)?;
                 let mut keys = Vec::new();
                 let mut last = None;
-                let range = match &after {
-                    Some((room, start)) => t.range((room.as_str(), *start)..)?,
-                    None => t.range::<(&str, i64)>(..)?,
-                };
-                for e in range {
-                    let (k, m) = e?;
-                    let (room, start) = k.value();
-                    if after
-                        .as_ref()
-                        .is_some_and(|(r, s)| r == room && *s == start)
-                    {
-                        continue;
-                    }
-                    if keys.len() == count {
-                        break;
-                    }
-                    let (len, _, members, bytes, _) = m.value();
-                    let slice = SliceRef {
-                        room: room.to_string(),
-                        start_ms: start,
-                        len_ms: len,
+                if !matches!(after, ScanAt::Kept(..)) {
+                    let t = r.open_table(SLICES)?;
+                    let range = match &after {
+                        ScanAt::Live(room, start) => t.range((room.as_str(), *start)..)?,
+                        _ => t.range::<(&str, i64)>(..)?,
                     };
-                    keys.push(KeyStat {
-                        key: slice.key(),
-                        members,
-                        bytes,
-                    });
-                    last = Some(format!("{start}:{room}"));
+                    for e in range {
+                        let (k, m) = e?;
+                        let (room, start) = k.value();
+                        if matches!(&after, ScanAt::Live(r, s) if r == room && *s == start) {
+                            continue;
+                        }
+                        if keys.len() == count {
+                            break;
+                        }
+                        let (len, _, members, bytes, _) = m.value();
+                        let slice = SliceRef {
+                            room: room.to_string(),
+                            start_ms: start,
+                            len_ms: len,
+                        };
+                        keys.push(KeyStat {
+                            key: slice.key(),
+                            members,
+                            bytes,
+                        });
+                        last = Some(format!("{start}:{room}"));
+                    }
+                }
+                if keys.len() < count {
+                    let t = r.open_table(KEPT)?;
+                    let range = match &after {
+                        ScanAt::Kept(room, start, floor) => {
+                            t.range((room.as_str(), *start, *floor)..)?
+                        }
+                        _ => t.range::<(&str, i64, u64)>(..)?,
+                    };
+                    for e in range {
+                        let (k, m) = e?;
+                        let (room, start, floor) = k.value();
+                        if matches!(&after, ScanAt::Kept(r, s, f) if r == room && *s == start && *f == floor)
+                        {
+                            continue;
+                        }
+                        if keys.len() == count {
+                            break;
+                        }
+                        let (len, _, _, batch, _, members, bytes) = m.value();
+                        // Named like the Redis store's batch-owned slice keys.
+                        keys.push(KeyStat {
+                            key: format!("dm:{{{room}}}:b:{batch}:{start}:{len}"),
+                            members,
+                            bytes,
+                        });
+                        last = Some(format!("k:{start}:{floor}:{room}"));
+                    }
                 }
                 let next = if keys.len() == count { last } else { None };
                 Ok(KeyScanPage { keys, next })
@@ -947,12 +1280,23 @@ mod tests {
             b.items.iter().map(|(_, i)| i.clone()).collect::<Vec<_>>(),
             all[..30]
         );
-        // The same slice name grows again: a new slice, above the claimed one.
+        // The same slice name grows again: a new slice, above the claimed one, read
+        // after it (claimed items stay readable), from every cursor.
         for chunk in all[30..].chunks(4) {
             store.append("r", 10_000, 0, chunk).await.unwrap();
         }
-        assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all[30..]);
-        assert_eq!(store.read_after("r", 33, 2).await.unwrap(), all[33..35]);
+        for after in 0..=41 {
+            for limit in [1, 3, 100] {
+                let got = store.read_after("r", after, limit).await.unwrap();
+                let want: Vec<_> = all
+                    .iter()
+                    .filter(|i| i.seq > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, want, "after {after}, limit {limit}");
+            }
+        }
         assert_eq!(store.pending().await.unwrap(), 2);
         let redo = store
             .claim_batch(base + 31_000, 10, lease)
@@ -962,6 +1306,10 @@ mod tests {
         assert_eq!(redo, b, "an expired lease comes back unchanged");
         store.complete_batch(b.id).await.unwrap();
         store.complete_batch(b.id).await.unwrap();
+        assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all);
+        // Retention 0: the archived slice expires at its end.
+        assert_eq!(store.expire_archived(base + 9_999).await.unwrap(), 0);
+        assert_eq!(store.expire_archived(base + 10_000).await.unwrap(), 1);
         assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all[30..]);
         store.expedite_all().await.unwrap();
         let b2 = store
@@ -976,9 +1324,77 @@ mod tests {
         );
         store.complete_batch(b2.id).await.unwrap();
         assert_eq!(store.pending().await.unwrap(), 0);
+        assert_eq!(store.read_after("r", 0, 100).await.unwrap(), all[30..]);
+        assert_eq!(store.expire_archived(base + 10_000).await.unwrap(), 1);
         assert!(store.read_after("r", 0, 100).await.unwrap().is_empty());
         let r = store.db.db.begin_read().unwrap();
         assert_eq!(r.open_table(CHUNKS).unwrap().len().unwrap(), 0);
+        assert_eq!(r.open_table(KEPT).unwrap().len().unwrap(), 0);
+        assert_eq!(r.open_table(KEPT_EXPIRY).unwrap().len().unwrap(), 0);
+    }
+
+    /// Only one process opens the database, so a lease found when it opens is a
+    /// dead process's: a fresh store on the same data hands that batch out again at
+    /// once (same id, same contents), not after the rest of its lease; a batch
+    /// completed before is never handed out again.
+    #[tokio::test]
+    async fn a_reopened_store_releases_the_leases_of_its_previous_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = 1_700_000_000_000i64;
+        let lease = Duration::from_secs(30);
+        let (held, done) = {
+            let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+            let items: Vec<_> = (1..=29).map(|s| item(s, base + s as i64 * 1_000)).collect();
+            store.append("r", 10_000, 60_000, &items).await.unwrap();
+            store.expedite_all().await.unwrap();
+            let held = store.claim_batch(base, 1, lease).await.unwrap().unwrap();
+            let done = store.claim_batch(base, 1, lease).await.unwrap().unwrap();
+            store.complete_batch(done.id).await.unwrap();
+            // Renewed far ahead just before the "crash": released all the same.
+            assert!(store
+                .renew_lease(held.id, base, Duration::from_secs(3_600))
+                .await
+                .unwrap());
+            // Within the lease, in this process: nobody else gets it.
+            let third = store
+                .claim_batch(base + 1, 1, lease)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_ne!(third.id, held.id);
+            store.complete_batch(third.id).await.unwrap();
+            assert!(store
+                .claim_batch(base + 2, 1, lease)
+                .await
+                .unwrap()
+                .is_none());
+            (held, done)
+        };
+        // The process is gone (its database handle dropped); a new one opens it.
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let redo = store
+            .claim_batch(base + 3, 1, lease)
+            .await
+            .unwrap()
+            .expect("the dead process's batch, at once");
+        assert_eq!(redo, held, "same id, same contents");
+        assert_ne!(redo.id, done.id);
+        // Leased again, by this process now.
+        assert!(store
+            .claim_batch(base + 4, 1, lease)
+            .await
+            .unwrap()
+            .is_none());
+        store.complete_batch(redo.id).await.unwrap();
+        assert_eq!(store.pending().await.unwrap(), 0);
+        drop(store);
+        let store = EmbeddedSliceStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        assert!(store
+            .claim_batch(base + 5, 1, lease)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(store.read_after("r", 0, 100).await.unwrap().len(), 29);
     }
 
     /// A batch holds several rooms: items come grouped by room, in seq order; a
@@ -1115,7 +1531,8 @@ mod tests {
             .iter()
             .map(|i| i.seq)
             .collect();
-        assert_eq!(live, vec![3, 4]);
+        // The leased batch's items are readable too (it gets kept rows).
+        assert_eq!(live, vec![1, 2, 3, 4]);
         assert_eq!(store.pending().await.unwrap(), 2);
         let lease = Duration::from_secs(30);
         let b = store.claim_batch(base, 1, lease).await.unwrap().unwrap();

@@ -26,6 +26,11 @@ macro_rules! slice_store_suite {
             the_key_walk_sees_every_slice_with_its_size
             a_slice_falls_due_at_its_end_plus_the_retention
             an_expired_lease_is_handed_out_again_unchanged
+            a_lease_is_renewed_while_held
+            items_of_a_claimed_or_archived_slice_stay_readable_until_their_retention_ends
+            an_archived_slice_is_never_handed_out_again
+            archived_slices_are_removed_after_their_retention_oldest_first
+            archived_through_is_below_the_oldest_item_not_archived
             expedite_makes_a_rooms_slices_due_including_later_ones
             expedite_all_makes_every_slice_due
             a_slice_written_after_its_namesake_was_claimed_starts_afresh
@@ -193,11 +198,15 @@ pub async fn last_seq_is_the_highest_seq_ever_appended(store: &dyn SliceStore) {
     assert_eq!(store.last_seq(&unique("none")).await.unwrap(), 0);
     store.expedite_all().await.unwrap();
     archive_room(store, &room, BASE).await;
+    store
+        .expire_archived(BASE + 30_000 + RETENTION)
+        .await
+        .unwrap();
     assert!(store.read_after(&room, 0, 1000).await.unwrap().is_empty());
     assert_eq!(
         store.last_seq(&room).await.unwrap(),
         60,
-        "last seq survives archiving"
+        "last seq survives archiving and expiry"
     );
 }
 
@@ -267,7 +276,8 @@ pub async fn the_key_walk_sees_every_slice_with_its_size(store: &dyn SliceStore)
 }
 
 /// A slice is due at its end plus the hot retention, not before; a claim takes it
-/// with exactly its items, which leave the hot store.
+/// with exactly its items, which leave the hot store once archived and expired
+/// (at that same time).
 pub async fn a_slice_falls_due_at_its_end_plus_the_retention(store: &dyn SliceStore) {
     let room = unique("cr");
     let items = thirty();
@@ -292,6 +302,12 @@ pub async fn a_slice_falls_due_at_its_end_plus_the_retention(store: &dyn SliceSt
         .cloned()
         .collect();
     assert_eq!(got, &want, "the batch holds the slice's items");
+    assert_eq!(
+        store.read_after(&room, 0, 1000).await.unwrap(),
+        items,
+        "archived items stay readable until expired"
+    );
+    store.expire_archived(first_end + RETENTION).await.unwrap();
     let left = store.read_after(&room, 0, 1000).await.unwrap();
     assert_eq!(
         left,
@@ -300,7 +316,7 @@ pub async fn a_slice_falls_due_at_its_end_plus_the_retention(store: &dyn SliceSt
             .filter(|i| i.ts_ms >= first_end)
             .cloned()
             .collect::<Vec<_>>(),
-        "claimed items leave the hot store"
+        "archived items leave the hot store when their retention ends"
     );
 }
 
@@ -385,6 +401,14 @@ pub async fn expedite_makes_a_rooms_slices_due_including_later_ones(store: &dyn 
     let mut want = seqs(&items);
     want.push(100);
     assert_eq!(got, want, "expedited slices are archived, each item once");
+    let mut held = want.clone();
+    held.push(102);
+    assert_eq!(
+        seqs(&store.read_after(&room, 0, 1000).await.unwrap()),
+        held,
+        "archived early, still readable"
+    );
+    store.expire_archived(BASE + 200_000).await.unwrap();
     assert_eq!(
         seqs(&store.read_after(&room, 0, 1000).await.unwrap()),
         vec![102]
@@ -418,6 +442,13 @@ pub async fn expedite_all_makes_every_slice_due(store: &dyn SliceStore) {
         let mut got = per_room.remove(room).unwrap_or_default();
         got.sort();
         assert_eq!(got, seqs(&items), "{room}: every item archived once");
+        assert_eq!(store.read_after(room, 0, 1000).await.unwrap(), items);
+    }
+    store
+        .expire_archived(BASE + 30_000 + RETENTION)
+        .await
+        .unwrap();
+    for room in &rooms {
         assert!(store.read_after(room, 0, 1000).await.unwrap().is_empty());
     }
 }
@@ -438,6 +469,12 @@ pub async fn a_slice_written_after_its_namesake_was_claimed_starts_afresh(store:
         .unwrap();
     assert_eq!(
         seqs(&store.read_after(&room, 0, 10).await.unwrap()),
+        vec![1, 2],
+        "the archived slice, then its namesake"
+    );
+    assert_eq!(store.expire_archived(BASE + 10_000).await.unwrap(), 1);
+    assert_eq!(
+        seqs(&store.read_after(&room, 0, 10).await.unwrap()),
         vec![2]
     );
     let second = archive_room(store, &room, BASE + 10_000).await;
@@ -447,6 +484,233 @@ pub async fn a_slice_written_after_its_namesake_was_claimed_starts_afresh(store:
         .map(|(s, its)| (s.start_ms, seqs(its)))
         .collect();
     assert_eq!(got, vec![(BASE, vec![1]), (BASE, vec![2])]);
+}
+
+/// Claims every due slice of `room` at `now`, one per batch, without completing
+/// them: the batches, each with the start of its slice, oldest slice first.
+async fn claim_each(store: &dyn SliceStore, room: &str, now: i64) -> Vec<(i64, ArchiveBatch)> {
+    let mut out = Vec::new();
+    while let Some(b) = store.claim_batch(now, 1, LEASE).await.expect("claim") {
+        match b.slices.iter().find(|s| s.room == room) {
+            Some(s) => out.push((s.start_ms, b)),
+            None => store.complete_batch(b.id).await.expect("complete"),
+        }
+    }
+    out.sort_by_key(|(start, _)| *start);
+    out
+}
+
+/// An archiver at work renews its lease: the batch is not handed out again
+/// within the renewed lease, only after it; renewing a completed batch says so.
+pub async fn a_lease_is_renewed_while_held(store: &dyn SliceStore) {
+    let room = unique("cn");
+    store
+        .append(&room, 10_000, RETENTION, &thirty())
+        .await
+        .unwrap();
+    store.expedite_all().await.unwrap();
+    let lease = LEASE.as_millis() as i64;
+    let held = claim_each(store, &room, BASE).await;
+    assert_eq!(held.len(), 3);
+    let (_, b) = &held[0];
+    // Renewed just before its lease ends, for another lease from then.
+    let renewed_at = BASE + lease - 1_000;
+    assert!(store.renew_lease(b.id, renewed_at, LEASE).await.unwrap());
+    for (_, other) in &held[1..] {
+        store.complete_batch(other.id).await.unwrap();
+    }
+    let past_first = BASE + lease + 1_000;
+    while let Some(x) = store.claim_batch(past_first, 1, LEASE).await.unwrap() {
+        assert_ne!(x.id, b.id, "handed out again within its renewed lease");
+        store.complete_batch(x.id).await.unwrap();
+    }
+    let past_renewed = renewed_at + lease;
+    let redo = store
+        .claim_batch(past_renewed, 1, LEASE)
+        .await
+        .unwrap()
+        .expect("handed out again once the renewed lease expired");
+    assert_eq!(&redo, b, "same id, same contents");
+    store.complete_batch(b.id).await.unwrap();
+    assert!(
+        !store.renew_lease(b.id, past_renewed, LEASE).await.unwrap(),
+        "a completed batch is no longer leased"
+    );
+    assert!(!store.renew_lease(u64::MAX / 2, BASE, LEASE).await.unwrap());
+}
+
+/// Archiving copies: the items of a claimed slice, and of an archived one, stay
+/// readable by cursor, in order with the rest, until the slice's hot retention
+/// ends (its end plus the retention, even when it was archived early); archived
+/// slices are not pending.
+pub async fn items_of_a_claimed_or_archived_slice_stay_readable_until_their_retention_ends(
+    store: &dyn SliceStore,
+) {
+    let room = unique("ck");
+    let items = thirty();
+    store
+        .append(&room, 10_000, RETENTION, &items)
+        .await
+        .unwrap();
+    store.expedite_all().await.unwrap();
+    let b = store
+        .claim_batch(BASE, 100, LEASE)
+        .await
+        .unwrap()
+        .expect("every slice is due");
+    assert_eq!(seqs_of(&b, &room), seqs(&items));
+    assert_eq!(
+        store.read_after(&room, 0, 1000).await.unwrap(),
+        items,
+        "claimed items stay readable"
+    );
+    assert_eq!(
+        seqs(&store.read_after(&room, 19, 3).await.unwrap()),
+        vec![20, 22, 24],
+        "a cursor across claimed slices"
+    );
+    store.complete_batch(b.id).await.unwrap();
+    assert_eq!(store.pending().await.unwrap(), 0, "archived, not pending");
+    assert_eq!(
+        store.read_after(&room, 0, 1000).await.unwrap(),
+        items,
+        "archived items stay readable"
+    );
+    let first_until = BASE + 10_000 + RETENTION;
+    assert_eq!(store.expire_archived(first_until - 1).await.unwrap(), 0);
+    assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), items);
+    let new = item(100, BASE + 29_500);
+    store
+        .append(&room, 10_000, RETENTION, std::slice::from_ref(&new))
+        .await
+        .unwrap();
+    let mut all = items.clone();
+    all.push(new);
+    assert_eq!(
+        store.read_after(&room, 40, 1000).await.unwrap(),
+        all[20..],
+        "archived items, then the newest slice's namesake"
+    );
+    assert_eq!(store.last_seq(&room).await.unwrap(), 100);
+}
+
+/// A slice, once archived, is never in a batch again: not after any lease, not
+/// after its expiry; items appended to its name later go into a new slice.
+pub async fn an_archived_slice_is_never_handed_out_again(store: &dyn SliceStore) {
+    let room = unique("ca");
+    store
+        .append(&room, 10_000, RETENTION, &thirty())
+        .await
+        .unwrap();
+    store.expedite_all().await.unwrap();
+    assert_eq!(archive_room(store, &room, BASE).await.len(), 3);
+    let much_later = BASE + 100 * LEASE.as_millis() as i64;
+    assert!(
+        archive_room(store, &room, much_later).await.is_empty(),
+        "an archived slice came back"
+    );
+    store.expire_archived(much_later).await.unwrap();
+    assert!(archive_room(store, &room, much_later).await.is_empty());
+    // The newest slice's name again: a new slice with only the new item.
+    store
+        .append(&room, 10_000, RETENTION, &[item(100, BASE + 29_500)])
+        .await
+        .unwrap();
+    store.expedite_all().await.unwrap();
+    let again = archive_room(store, &room, much_later).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0.start_ms, BASE + 20_000);
+    assert_eq!(seqs(&again[0].1), vec![100]);
+}
+
+/// `expire_archived` deletes archived slices whose retention ended, a room's
+/// oldest first: never a slice not archived yet, however old, nor one newer than
+/// it (a cursor read never skips items in the middle); live slices stay.
+pub async fn archived_slices_are_removed_after_their_retention_oldest_first(
+    store: &dyn SliceStore,
+) {
+    let room = unique("ce");
+    let live = unique("cl");
+    let items = thirty();
+    store
+        .append(&room, 10_000, RETENTION, &items)
+        .await
+        .unwrap();
+    store
+        .append(&live, 10_000, RETENTION, &items)
+        .await
+        .unwrap();
+    store.expedite(&room, BASE + 30_000).await.unwrap();
+    let held = claim_each(store, &room, BASE).await;
+    let starts: Vec<i64> = held.iter().map(|(s, _)| *s).collect();
+    assert_eq!(starts, vec![BASE, BASE + 10_000, BASE + 20_000]);
+    // The two newer slices archived, the oldest still in its batch.
+    store.complete_batch(held[1].1.id).await.unwrap();
+    store.complete_batch(held[2].1.id).await.unwrap();
+    let far = BASE + 1_000_000;
+    assert_eq!(
+        store.expire_archived(far).await.unwrap(),
+        0,
+        "nothing behind a slice not archived yet"
+    );
+    assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), items);
+    store.complete_batch(held[0].1.id).await.unwrap();
+    // The first two slices' retention ended; the third's (until BASE + 90 s) not.
+    assert_eq!(
+        store
+            .expire_archived(BASE + 20_000 + RETENTION)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), items[20..]);
+    assert_eq!(store.expire_archived(far).await.unwrap(), 1);
+    assert!(store.read_after(&room, 0, 1000).await.unwrap().is_empty());
+    assert_eq!(store.expire_archived(far).await.unwrap(), 0, "idempotent");
+    assert_eq!(
+        store.read_after(&live, 0, 1000).await.unwrap(),
+        items,
+        "slices not archived are never expired"
+    );
+    assert_eq!(store.last_seq(&room).await.unwrap(), 60);
+}
+
+/// `archived_through` is below the oldest item not archived yet (whatever newer
+/// batches completed), and the room's last seq once everything is archived.
+pub async fn archived_through_is_below_the_oldest_item_not_archived(store: &dyn SliceStore) {
+    let room = unique("ct");
+    assert_eq!(store.archived_through(&room).await.unwrap(), 0);
+    store
+        .append(&room, 10_000, RETENTION, &thirty())
+        .await
+        .unwrap();
+    assert!(store.archived_through(&room).await.unwrap() < 2);
+    store.expedite_all().await.unwrap();
+    let held = claim_each(store, &room, BASE).await;
+    assert_eq!(held.len(), 3);
+    assert!(
+        store.archived_through(&room).await.unwrap() < 2,
+        "claimed is not archived"
+    );
+    store.complete_batch(held[0].1.id).await.unwrap();
+    let at = store.archived_through(&room).await.unwrap();
+    assert!((20..22).contains(&at), "first slice archived: {at}");
+    store.complete_batch(held[2].1.id).await.unwrap();
+    let at = store.archived_through(&room).await.unwrap();
+    assert!(
+        (20..22).contains(&at),
+        "the second slice is not archived yet: {at}"
+    );
+    store.complete_batch(held[1].1.id).await.unwrap();
+    assert_eq!(store.archived_through(&room).await.unwrap(), 60);
+    store.expire_archived(BASE + 1_000_000).await.unwrap();
+    assert_eq!(store.archived_through(&room).await.unwrap(), 60);
+    store
+        .append(&room, 10_000, RETENTION, &[item(70, BASE + 45_000)])
+        .await
+        .unwrap();
+    let at = store.archived_through(&room).await.unwrap();
+    assert!((60..70).contains(&at), "a new slice: {at}");
 }
 
 /// An item stamped before the end of the room's newest slice goes into that slice,

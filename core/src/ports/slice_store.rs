@@ -168,10 +168,34 @@ impl SliceError {
 /// - Reads by cursor return items in seq order, each once.
 /// - A slice enters the expiry queue when first written, due at its end plus the
 ///   hot retention (or at once if its room was expedited up to its start).
-/// - `claim_batch` moves due slices into a leased batch in one atomic step; items
-///   appended to the same slice later start a new slice of the same name. A batch
-///   whose lease expired is handed out again, same id, same contents, so a crashed
-///   archiver's work is redone exactly. `complete_batch` deletes it.
+///
+/// # Archive batches and leases
+///
+/// - `claim_batch` hands due slices to a leased batch in one atomic step; items
+///   appended to the same slice later start a new slice of the same name. A
+///   claimed slice is never due again: it is in exactly one batch.
+/// - A batch whose lease expired is handed out again, same id, same contents, so
+///   a crashed archiver's work is redone exactly. An archiver at work keeps its
+///   lease with [`SliceStore::renew_lease`], so the lease can be short (seconds,
+///   `archive.lease_ms`) and a crashed archiver's batch is redone within it.
+/// - `complete_batch` marks the batch archived: it is never handed out again.
+/// - Adapters may release leases sooner: the embedded store, the only process on
+///   its database, releases every lease left by its previous process when it opens
+///   (that process is dead), so its batches are redone at once after a restart.
+///
+/// # Hot retention: archiving copies, expiry deletes
+///
+/// Archiving never makes an item unreadable: the items of a claimed slice, and of
+/// an archived one, stay readable by `read_after` (in seq order with the rest)
+/// until the slice's hot retention has ended, at its end plus the hot retention
+/// (the room's `hot_retention_ms` of its latest append; what it would have been
+/// due at without expediting). Then [`SliceStore::expire_archived`] deletes it,
+/// once it is archived: a slice not archived yet is never deleted, however old.
+/// So a cursor from before a restart or a VOD's end still gets its items for the
+/// whole hot retention, and a slice expedited and archived early (a shutdown, an
+/// ended VOD) is still served live until then. A room's slices end in seq order,
+/// so they expire oldest first: what `read_after` returns after a cursor is
+/// never missing an item in the middle.
 #[async_trait]
 pub trait SliceStore: Send + Sync + 'static {
     /// Stores `items` of `room` in slices of `slice_len_ms`; a slice is due
@@ -184,7 +208,8 @@ pub trait SliceStore: Send + Sync + 'static {
         items: &[SliceItem],
     ) -> Result<AppendOutcome, SliceError>;
 
-    /// Up to `limit` items of `room` with `seq > after`, in seq order.
+    /// Up to `limit` items of `room` with `seq > after`, in seq order: items of
+    /// slices not yet claimed, claimed, or archived but within their hot retention.
     async fn read_after(
         &self,
         room: &str,
@@ -203,7 +228,8 @@ pub trait SliceStore: Send + Sync + 'static {
     async fn expedite_all(&self) -> Result<(), SliceError>;
 
     /// Claims up to `max_slices` slices due at `now_ms` (or a batch whose lease
-    /// expired) for `lease`. `None` when nothing is due.
+    /// expired) for `lease`, until `now_ms + lease`. `None` when nothing is due.
+    /// The claimed items stay readable (see the trait doc).
     async fn claim_batch(
         &self,
         now_ms: i64,
@@ -211,13 +237,56 @@ pub trait SliceStore: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Option<ArchiveBatch>, SliceError>;
 
-    /// Deletes a claimed batch once it is archived.
+    /// Marks a claimed batch archived: never handed out again; its slices stay
+    /// readable until their hot retention ends ([`SliceStore::expire_archived`]).
+    /// Completing a batch again (or an unknown one) is a no-op.
     async fn complete_batch(&self, batch_id: u64) -> Result<(), SliceError>;
 
-    /// Slices not yet archived plus batches not yet completed.
+    /// Extends the lease of batch `batch_id` to `now_ms + lease`, for an archiver
+    /// still at work on it (same clock as `claim_batch`). `false` when the batch is
+    /// no longer leased (completed, or unknown); the archiver may finish anyway: a
+    /// batch processed twice writes nothing twice. A lease that expired and was
+    /// handed out again is extended for whoever holds it now, which is harmless
+    /// for the same reason. The default, for test doubles, renews nothing.
+    async fn renew_lease(
+        &self,
+        batch_id: u64,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<bool, SliceError> {
+        let _ = (batch_id, now_ms, lease);
+        Err(SliceError::other(
+            "renew_lease: not supported by this store",
+        ))
+    }
+
+    /// Deletes the archived slices whose hot retention ended at or before
+    /// `now_ms` (see the trait doc), with their items; returns how many. Slices not
+    /// archived yet stay. Idempotent; safe to run from several archivers at once.
+    /// The default, for test doubles, deletes nothing.
+    async fn expire_archived(&self, now_ms: i64) -> Result<u64, SliceError> {
+        let _ = now_ms;
+        Ok(0)
+    }
+
+    /// The highest seq `s` of `room` such that every item with a seq at or below
+    /// `s` is archived (its batch completed): the seq before the oldest item not
+    /// archived yet, or [`SliceStore::last_seq`] when everything is. Items above it
+    /// may be archived already (batches complete out of order). For callers that
+    /// must tell "archived" from "still readable" (the replay API's settle check).
+    /// The default, for test doubles, says nothing is known archived (0).
+    async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {
+        let _ = room;
+        Ok(0)
+    }
+
+    /// Slices not yet claimed plus batches not yet completed (archived slices
+    /// kept for their retention are not pending).
     async fn pending(&self) -> Result<u64, SliceError>;
 
-    /// The largest live slices by bytes, at most `limit`.
+    /// The largest live slices (not yet claimed: the ones still growing) by bytes,
+    /// at most `limit`. Claimed and archived slices kept for their retention show
+    /// in [`SliceStore::scan_keys`].
     async fn largest_slices(&self, limit: usize) -> Result<Vec<SliceStat>, SliceError>;
 
     /// One page of about `count` keys of a walk over every key of the store, with
