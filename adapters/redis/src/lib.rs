@@ -14,12 +14,13 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `dm:{room}:s:<start>:<len>` | ZSET | a slice: score = seq, member = seq (8 bytes BE) · ts (8 bytes BE) · encoded comment |
-//! | `dm:{room}:idx` | ZSET | the slice index: member `<start>:<len>`, score = the slice's highest seq |
+//! | `dm:{room}:idx` | ZSET | the slice index, every slice a cursor read walks: member `<start>:<len>` (a live slice) or `b:<batch>:<start>:<len>` (a claimed one, until it expires), score = the slice's highest seq |
 //! | `dm:{room}:exp` | ZSET | the room's slices by due time (end + hot retention; 0 = expedited) |
 //! | `dm:{room}:bytes` | HASH | bytes per slice (big-key tracking) |
-//! | `dm:{room}:meta` | HASH | `last`: highest seq stored, the idempotency high-water mark; `head`: the room's newest slice `<start>:<len>`, kept after it is claimed (the slice rule places items against it); `mark`: slices starting at or before it are due at once (a VOD ended); `qv`/`qc`: version of the room's queue state, and the version its queue shard has (TTL `redis.last_seq_ttl_secs`) |
-//! | `dm:{room}:b:<batch>:<start>:<len>` | ZSET | a slice claimed by archive batch `<batch>` |
-//! | `dm:{room}:c:<batch>` | STRING | the slices batch `<batch>` claimed from this room |
+//! | `dm:{room}:meta` | HASH | `last`: highest seq stored, the idempotency high-water mark; `head`: the room's newest slice `<start>:<len>`, kept after it is claimed (the slice rule places items against it); `ret`: the hot retention of the latest append (when claimed slices expire); `mark`: slices starting at or before it are due at once (a VOD ended); `qv`/`qc`: version of the room's queue state, and the version its queue shard has (TTL `redis.last_seq_ttl_secs`) |
+//! | `dm:{room}:b:<batch>:<start>:<len>` | ZSET | a slice claimed by archive batch `<batch>`, readable until it expires |
+//! | `dm:{room}:c:<batch>` | STRING | the slices batch `<batch>` claimed from this room, while the batch is not complete |
+//! | `dm:{room}:a:<batch>` | STRING | the same once the batch completed (its slices are archived), until they expire |
 //! | `dm:{room}:ch` | channel | new items of the room, for the live nodes |
 //!
 //! The expiry queue is sharded: `dm:{<ns>q<i>}:expiry` (ZSET room → the room's
@@ -27,7 +28,8 @@
 //! `i = hash(room) % redis.queue_shards`. Archive batches live under the
 //! `{<ns>b}` tag: `dm:{<ns>b}:next` (id counter), `dm:{<ns>b}:leases` (ZSET
 //! id → lease end), `dm:{<ns>b}:batch:<id>` (JSON record), `dm:{<ns>b}:gc` (SET of
-//! completed ids whose keys are still being deleted).
+//! ids being completed: their rooms are being marked archived), `dm:{<ns>b}:kept`
+//! (ZSET of completed ids → the earliest end of their slices' hot retention).
 //!
 //! # Writes
 //!
@@ -53,17 +55,25 @@
 //! 2. Otherwise it picks rooms due at `now` from the queue shards and opens a batch
 //!    (`BATCH_NEW`: id, record `claiming` with the rooms, lease — one step).
 //! 3. For each room, `CLAIM_ROOM` renames the room's due slices to batch-owned keys
-//!    and records which, in the room's slot: a rerun for the same batch returns the
-//!    same slices and moves nothing more.
+//!    (still in the room's index: their items stay readable) and records which, in
+//!    the room's slot: a rerun for the same batch returns the same slices and
+//!    moves nothing more.
 //! 4. The record becomes `ready` with the slice list (`BATCH_SET`); the rooms' queue
 //!    entries are updated; the contents are read from the batch-owned keys.
 //!
 //! An archiver dying after 2 or 3 leaves a `claiming` record whose lease expires;
 //! the next claim reruns 3 (idempotent) and 4 for the recorded rooms. Dying after 4
-//! leaves a `ready` batch that is handed out again unchanged. `complete_batch` first
-//! removes the lease and lists the batch for deletion (`BATCH_COMPLETE`, one step:
-//! from then on it is never handed out again), then deletes its keys, then the
-//! record; a crash in between is finished by the next claim. With the archiver's
+//! leaves a `ready` batch that is handed out again unchanged. An archiver at work
+//! renews its lease (`BATCH_RENEW`), so `archive.lease_ms` can be a few seconds.
+//! `complete_batch` first removes the lease and lists the batch as completing
+//! (`BATCH_COMPLETE`, one step: from then on it is never handed out again), then
+//! marks each room's slices archived (`ROOM_ARCHIVED`: `c:<batch>` → `a:<batch>`),
+//! then moves the batch to `kept` (`BATCH_KEEP`); a crash in between is finished
+//! by the next claim. `expire_archived` takes the kept batches whose earliest
+//! retention end passed and, in each of their rooms, deletes the claimed slices
+//! from the oldest on while they are archived and past their retention
+//! (`ROOM_EXPIRE`: end + `meta.ret`; never past a slice still held, so cursor
+//! reads never skip a middle); a batch with nothing left is forgotten. With the archiver's
 //! order — ArchiveStore upsert (idempotent) → Parquet put (same name, same bytes) →
 //! `complete_batch` — every comment is archived exactly once: a batch is either
 //! completed (never redone) or redone with identical contents.

@@ -26,7 +26,8 @@
 /// slice index (`idx`, score = the slice's highest seq). A slice not in the index
 /// (a new one, or the newest one again after it was claimed) enters `exp`
 /// (score = due time: its end plus the retention, or 0 if the room was expedited
-/// up to its start) and bumps the queue version `meta.qv`. Returns {added, min
+/// up to its start) and bumps the queue version `meta.qv`. The retention is
+/// remembered as `meta.ret` (when claimed slices expire). Returns {added, min
 /// due (-1 = no slices; -2 = not computed, the queue shard is up to date), qv,
 /// qc, {slice, members, bytes}...}.
 pub const APPEND: &str = r#"
@@ -38,7 +39,8 @@ local last = meta[1] or '0'
 local cur = meta[5]
 if not cur then
   local top = redis.call('ZRANGE', KEYS[2], -1, -1)
-  cur = top[1] or ''
+  -- A claimed slice's index member names its batch too.
+  cur = (string.gsub(top[1] or '', '^b:%d+:', ''))
 end
 if last ~= ARGV[2] or cur ~= ARGV[3] then
   return {'stale', last, cur}
@@ -83,9 +85,9 @@ end
 if added > 0 then
   if created then
     qv = qv + 1
-    redis.call('HSET', KEYS[1], 'last', last, 'head', cur, 'qv', string.format('%d', qv))
+    redis.call('HSET', KEYS[1], 'last', last, 'head', cur, 'ret', ARGV[4], 'qv', string.format('%d', qv))
   else
-    redis.call('HSET', KEYS[1], 'last', last, 'head', cur)
+    redis.call('HSET', KEYS[1], 'last', last, 'head', cur, 'ret', ARGV[4])
   end
   if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end
@@ -100,7 +102,9 @@ return {added, min_due, qv, qc, stats}
 
 /// Items of a room after a seq. KEYS: idx. ARGV: prefix, after, limit.
 /// Walks the slices whose highest seq is above `after`, in seq order, until
-/// `limit` members are collected (the slices are seq-disjoint, see [`APPEND`]).
+/// `limit` members are collected (the slices are seq-disjoint, see [`APPEND`]):
+/// live ones (member `<start>:<len>`, key `s:<start>:<len>`) and claimed ones
+/// (member and key `b:<batch>:<start>:<len>`) alike.
 pub const READ_AFTER: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
 local limit = tonumber(ARGV[3])
@@ -108,7 +112,9 @@ local out = {}
 for _, id in ipairs(ids) do
   local need = limit - #out
   if need <= 0 then break end
-  local r = redis.call('ZRANGEBYSCORE', ARGV[1] .. 's:' .. id, '(' .. ARGV[2], '+inf', 'LIMIT', 0, need)
+  local key = ARGV[1] .. 's:' .. id
+  if string.sub(id, 1, 2) == 'b:' then key = ARGV[1] .. id end
+  local r = redis.call('ZRANGEBYSCORE', key, '(' .. ARGV[2], '+inf', 'LIMIT', 0, need)
   for _, m in ipairs(r) do out[#out + 1] = m end
 end
 return out
@@ -150,9 +156,11 @@ return {min_due, qv, qc}
 ///
 /// Idempotent per (room, batch): the first run renames each due slice
 /// `dm:{room}:s:<slice>` to the batch-owned `dm:{room}:b:<batch>:<slice>` (a later
-/// item for the same slice name starts a fresh key), drops it from the room's
-/// index, and records the list under `dm:{room}:c:<batch>`; a rerun returns that
-/// list and moves nothing more. Returns {min due or -1, qv, qc, {slice...}}.
+/// item for the same slice name starts a fresh key), replaces it in the room's
+/// index by `b:<batch>:<slice>` with the same score (so its items stay readable),
+/// and records the list under `dm:{room}:c:<batch>`; a rerun returns that list
+/// and moves nothing more. Returns {min due or -1, qv, qc, {slice...}, the
+/// earliest end of the claimed slices' hot retention (end + `meta.ret`) or -1}.
 pub const CLAIM_ROOM: &str = r#"
 local p = ARGV[1]
 local ck = p .. 'c:' .. ARGV[2]
@@ -164,8 +172,11 @@ else
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
   for _, id in ipairs(ids) do
     local src = p .. 's:' .. id
+    local dst = 'b:' .. ARGV[2] .. ':' .. id
+    local score = redis.call('ZSCORE', KEYS[2], id)
     if redis.call('EXISTS', src) == 1 then
-      redis.call('RENAME', src, p .. 'b:' .. ARGV[2] .. ':' .. id)
+      redis.call('RENAME', src, p .. dst)
+      if score then redis.call('ZADD', KEYS[2], score, dst) end
     end
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
@@ -177,12 +188,91 @@ else
     redis.call('HINCRBY', KEYS[4], 'qv', 1)
   end
 end
+local ret = tonumber(redis.call('HGET', KEYS[4], 'ret') or '0')
+local hot = -1
+for _, id in ipairs(moved) do
+  local s, l = string.match(id, '^(%-?%d+):(%d+)$')
+  if s then
+    local u = tonumber(s) + tonumber(l) + ret
+    if hot < 0 or u < hot then hot = u end
+  end
+end
 local qv = tonumber(redis.call('HGET', KEYS[4], 'qv') or '0')
 local qc = tonumber(redis.call('HGET', KEYS[4], 'qc') or '0')
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local min_due = -1
 if first[2] then min_due = tonumber(first[2]) end
-return {min_due, qv, qc, moved}
+return {min_due, qv, qc, moved, hot}
+"#;
+
+/// Marks a batch's slices of one room archived: `c:<batch>` becomes
+/// `a:<batch>` (idempotent). KEYS: `dm:{room}:c:<batch>`, `dm:{room}:a:<batch>`.
+pub const ROOM_ARCHIVED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+return 1
+"#;
+
+/// Deletes a room's claimed slices from the oldest on while each is archived
+/// (`a:<batch>` exists) and past its hot retention (end + `meta.ret` <= now):
+/// never one behind a slice still held, so a cursor read never skips a middle.
+/// Drops the `a:<batch>` markers with no slice left. KEYS: idx, meta.
+/// ARGV: prefix, now, batch. Returns {slices deleted, the earliest retention end
+/// of `batch`'s slices still held here or -1}.
+pub const ROOM_EXPIRE: &str = r#"
+local p = ARGV[1]
+local now = tonumber(ARGV[2])
+local ret = tonumber(redis.call('HGET', KEYS[2], 'ret') or '0')
+local removed = 0
+local blocked = false
+local emptied = {}
+local left = {}
+local mine = -1
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local b, s, l = string.match(m, '^b:(%d+):(%-?%d+):(%d+)$')
+  local u = nil
+  if b then u = tonumber(s) + tonumber(l) + ret end
+  local gone = false
+  if not blocked then
+    if b and u <= now and redis.call('EXISTS', p .. 'a:' .. b) == 1 then
+      redis.call('ZREM', KEYS[1], m)
+      redis.call('DEL', p .. m)
+      removed = removed + 1
+      emptied[b] = true
+      gone = true
+    else
+      blocked = true
+    end
+  end
+  if b and not gone then
+    left[b] = true
+    if b == ARGV[3] and (mine < 0 or u < mine) then mine = u end
+  end
+end
+for b, _ in pairs(emptied) do
+  if not left[b] then redis.call('DEL', p .. 'a:' .. b) end
+end
+return {removed, mine}
+"#;
+
+/// The seq below a room's oldest item not archived (of a live slice, or of a
+/// claimed one whose `c:<batch>` still exists), else `meta.last`. KEYS: idx, meta.
+/// ARGV: prefix.
+pub const ARCHIVED_THROUGH: &str = r#"
+local p = ARGV[1]
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local b = string.match(m, '^b:(%d+):')
+  local key = p .. 's:' .. m
+  local pending = true
+  if b then
+    key = p .. m
+    pending = redis.call('EXISTS', p .. 'c:' .. b) == 1
+  end
+  if pending then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[2] then return tonumber(first[2]) - 1 end
+  end
+end
+return tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
 "#;
 
 /// The queue state of a room. KEYS: exp, meta. Returns {min due or -1, qv, qc}.
@@ -250,6 +340,31 @@ redis.call('SET', ARGV[1] .. ARGV[2], ARGV[3])
 return 1
 "#;
 
+/// Extends a batch's lease if it is still leased. KEYS: leases. ARGV: id, new
+/// lease end. Returns 1 if renewed.
+pub const BATCH_RENEW: &str = r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"#;
+
+/// Last step of completing a batch (its rooms marked archived): it leaves the
+/// completion list and waits in `kept` for its slices' retention to end.
+/// KEYS: gc, kept. ARGV: id, earliest retention end.
+pub const BATCH_KEEP: &str = r#"
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"#;
+
+/// Forgets a batch whose slices all expired. KEYS: kept. ARGV: record key
+/// prefix, id.
+pub const BATCH_FORGET: &str = r#"
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('DEL', ARGV[1] .. ARGV[2])
+return 1
+"#;
+
 /// Drops an empty batch. KEYS: leases. ARGV: record key prefix, id.
 pub const BATCH_DROP: &str = r#"
 redis.call('ZREM', KEYS[1], ARGV[2])
@@ -258,7 +373,8 @@ return 1
 "#;
 
 /// First step of completing a batch: it stops being leased (never handed out
-/// again) and is listed for deletion of its keys. KEYS: leases, gc.
+/// again) and is listed as completing (its rooms are marked archived next, then
+/// it moves to `kept`, see [`BATCH_KEEP`]). KEYS: leases, gc.
 /// ARGV: record key prefix, id. Returns the record, or nil if it is gone.
 pub const BATCH_COMPLETE: &str = r#"
 local rec = redis.call('GET', ARGV[1] .. ARGV[2])
@@ -272,14 +388,16 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return rec
 "#;
 
-/// Sizes of a room's live slices. KEYS: idx, bytes. ARGV: prefix.
+/// Sizes of a room's live (unclaimed) slices. KEYS: idx, bytes. ARGV: prefix.
 /// Returns {slice, members, bytes, ...}.
 pub const ROOM_SIZES: &str = r#"
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('ZCARD', ARGV[1] .. 's:' .. id)
-  out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+  if string.sub(id, 1, 2) ~= 'b:' then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('ZCARD', ARGV[1] .. 's:' .. id)
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+  end
 end
 return out
 "#;

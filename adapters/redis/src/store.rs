@@ -36,6 +36,12 @@ struct Scripts {
     batch_set: Script,
     batch_drop: Script,
     batch_complete: Script,
+    batch_renew: Script,
+    batch_keep: Script,
+    batch_forget: Script,
+    room_archived: Script,
+    room_expire: Script,
+    archived_through: Script,
     room_sizes: Script,
     inspect: Script,
 }
@@ -55,6 +61,12 @@ impl Scripts {
             batch_set: Script::new(scripts::BATCH_SET),
             batch_drop: Script::new(scripts::BATCH_DROP),
             batch_complete: Script::new(scripts::BATCH_COMPLETE),
+            batch_renew: Script::new(scripts::BATCH_RENEW),
+            batch_keep: Script::new(scripts::BATCH_KEEP),
+            batch_forget: Script::new(scripts::BATCH_FORGET),
+            room_archived: Script::new(scripts::ROOM_ARCHIVED),
+            room_expire: Script::new(scripts::ROOM_EXPIRE),
+            archived_through: Script::new(scripts::ARCHIVED_THROUGH),
             room_sizes: Script::new(scripts::ROOM_SIZES),
             inspect: Script::new(scripts::INSPECT),
         }
@@ -93,8 +105,14 @@ struct QueueState {
 enum Record {
     /// Rooms are being claimed; a redo claims from the same rooms.
     Claiming { rooms: Vec<String> },
-    /// Claimed: exactly these slices.
-    Ready { slices: Vec<SliceRef> },
+    /// Claimed: exactly these slices. `until`: the earliest end of their hot
+    /// retention (when, once archived, the first of them may expire; 0 in records
+    /// written before it was kept).
+    Ready {
+        slices: Vec<SliceRef>,
+        #[serde(default)]
+        until: i64,
+    },
 }
 
 /// The SliceStore on Redis or Redis Cluster.
@@ -415,6 +433,7 @@ impl RedisSliceStore {
         max: usize,
     ) -> Result<Option<ArchiveBatch>, SliceError> {
         let mut slices = Vec::new();
+        let mut until: Option<i64> = None;
         for room in rooms {
             let keys = RoomKeys::new(room);
             let budget = max.saturating_sub(slices.len());
@@ -441,6 +460,9 @@ impl RedisSliceStore {
                     .ok_or_else(|| bad("claim_room", format!("{m:?}")))?;
                 slices.push(s);
             }
+            if let Some(hot) = v.get(4).and_then(int).filter(|h| *h >= 0) {
+                until = Some(until.map_or(hot, |u| u.min(hot)));
+            }
             self.sync_queue(room, st, true).await?;
         }
         let mut c = self.conn.clone();
@@ -457,6 +479,7 @@ impl RedisSliceStore {
         }
         let record = serde_json::to_string(&Record::Ready {
             slices: slices.clone(),
+            until: until.unwrap_or(0),
         })
         .map_err(|e| SliceError::other("batch record").with_source(e))?;
         let set: i64 = self
@@ -508,8 +531,7 @@ impl RedisSliceStore {
         Ok(ArchiveBatch { id, slices, items })
     }
 
-    /// Deletes the keys of completed batches (second half of `complete_batch`, also
-    /// finishing one a crash interrupted).
+    /// Finishes completions a crash interrupted (the rest of `complete_batch`).
     async fn collect_garbage(&self) -> Result<(), SliceError> {
         let mut c = self.conn.clone();
         let ids: Vec<u64> = ::redis::cmd("SMEMBERS")
@@ -518,49 +540,129 @@ impl RedisSliceStore {
             .await
             .map_err(fail("batch_gc"))?;
         for id in ids {
-            let slices = match self.get_record(id).await? {
-                Some(Record::Ready { slices }) => slices,
-                _ => Vec::new(),
-            };
-            self.delete_batch_keys(id, &slices).await?;
+            let record = self.get_record(id).await?;
+            self.finish_completion(id, record).await?;
         }
         Ok(())
     }
 
-    async fn delete_batch_keys(&self, id: u64, slices: &[SliceRef]) -> Result<(), SliceError> {
-        let rooms: HashSet<&str> = slices.iter().map(|s| s.room.as_str()).collect();
-        let mut keys: Vec<String> = slices
-            .iter()
-            .map(|s| format!("{}b:{id}:{}", room_prefix(&s.room), slice_id(s)))
-            .collect();
-        keys.extend(rooms.iter().map(|r| format!("{}c:{id}", room_prefix(r))));
-        stream::iter(keys)
-            .map(|k| {
+    /// Second half of `complete_batch`, after `BATCH_COMPLETE`: marks the batch's
+    /// slices archived in each of its rooms, then keeps the batch (its record names
+    /// the slices) until their retention ends.
+    async fn finish_completion(&self, id: u64, record: Option<Record>) -> Result<(), SliceError> {
+        let (slices, until) = match record {
+            Some(Record::Ready { slices, until }) => (slices, until),
+            _ => (Vec::new(), 0),
+        };
+        let rooms: HashSet<String> = slices.iter().map(|s| s.room.clone()).collect();
+        stream::iter(rooms)
+            .map(|room| {
                 let mut c = self.conn.clone();
+                let scripts = self.scripts.clone();
                 async move {
-                    ::redis::cmd("UNLINK")
-                        .arg(k)
-                        .query_async::<i64>(&mut c)
+                    let keys = RoomKeys::new(&room);
+                    scripts
+                        .room_archived
+                        .key(keys.k(&format!("c:{id}")))
+                        .key(keys.k(&format!("a:{id}")))
+                        .invoke_async::<i64>(&mut c)
                         .await
-                        .map_err(fail("batch_delete"))
+                        .map_err(fail("batch_complete"))
                 }
             })
             .buffer_unordered(FANOUT)
             .try_collect::<Vec<_>>()
             .await?;
         let mut c = self.conn.clone();
-        // Same slot: one pipeline.
-        ::redis::pipe()
-            .cmd("DEL")
-            .arg(format!("{}{id}", self.record_prefix()))
-            .ignore()
-            .cmd("SREM")
-            .arg(self.batch_key("gc"))
+        if slices.is_empty() {
+            // Nothing to keep (no record, or one that claimed nothing).
+            return ::redis::pipe()
+                .cmd("DEL")
+                .arg(format!("{}{id}", self.record_prefix()))
+                .ignore()
+                .cmd("SREM")
+                .arg(self.batch_key("gc"))
+                .arg(id)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(fail("batch_complete"));
+        }
+        self.scripts
+            .batch_keep
+            .key(self.batch_key("gc"))
+            .key(self.batch_key("kept"))
             .arg(id)
-            .ignore()
-            .query_async::<()>(&mut c)
+            .arg(until)
+            .invoke_async::<i64>(&mut c)
             .await
-            .map_err(fail("batch_delete"))
+            .map_err(fail("batch_complete"))?;
+        Ok(())
+    }
+
+    /// Expires what it can of kept batch `id` at `now_ms` (see [`scripts::ROOM_EXPIRE`]);
+    /// forgets the batch once none of its slices is left, else waits for the
+    /// earliest retention end left (or, if that passed, for the slices holding it
+    /// back to go). Returns the slices deleted.
+    async fn expire_batch(&self, id: u64, now_ms: i64) -> Result<u64, SliceError> {
+        let slices = match self.get_record(id).await? {
+            Some(Record::Ready { slices, .. }) => slices,
+            _ => Vec::new(),
+        };
+        let rooms: HashSet<String> = slices.iter().map(|s| s.room.clone()).collect();
+        let per_room: Vec<(u64, i64)> = stream::iter(rooms)
+            .map(|room| {
+                let mut c = self.conn.clone();
+                let scripts = self.scripts.clone();
+                async move {
+                    let keys = RoomKeys::new(&room);
+                    let v: Vec<i64> = scripts
+                        .room_expire
+                        .key(keys.k("idx"))
+                        .key(keys.k("meta"))
+                        .arg(&keys.prefix)
+                        .arg(now_ms)
+                        .arg(id)
+                        .invoke_async(&mut c)
+                        .await
+                        .map_err(fail("expire"))?;
+                    match v.as_slice() {
+                        [removed, left] => Ok((*removed.max(&0) as u64, *left)),
+                        _ => Err(bad("expire", format!("{v:?}"))),
+                    }
+                }
+            })
+            .buffer_unordered(FANOUT)
+            .try_collect()
+            .await?;
+        let removed = per_room.iter().map(|(r, _)| r).sum();
+        let left = per_room.iter().map(|(_, l)| *l).filter(|l| *l >= 0).min();
+        let mut c = self.conn.clone();
+        match left {
+            None => {
+                self.scripts
+                    .batch_forget
+                    .key(self.batch_key("kept"))
+                    .arg(self.record_prefix())
+                    .arg(id)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map_err(fail("expire"))?;
+            }
+            Some(left) if left > now_ms => {
+                ::redis::cmd("ZADD")
+                    .arg(self.batch_key("kept"))
+                    .arg("XX")
+                    .arg(left)
+                    .arg(id)
+                    .query_async::<i64>(&mut c)
+                    .await
+                    .map_err(fail("expire"))?;
+            }
+            // Held back by an older slice not archived yet: looked at again next time.
+            Some(_) => {}
+        }
+        Ok(removed)
     }
 
     /// The masters of the cluster, as (host, port), sorted (stable cursors).
@@ -830,7 +932,7 @@ impl SliceStore for RedisSliceStore {
             .map_err(fail("batch_expired"))?;
         if let Some((id, raw)) = expired {
             match serde_json::from_str::<Record>(&raw) {
-                Ok(Record::Ready { slices }) => {
+                Ok(Record::Ready { slices, .. }) => {
                     // Its rooms' queue entries may not have been updated by the archiver
                     // that died; doing it again is harmless.
                     let rooms: HashSet<&str> = slices.iter().map(|s| s.room.as_str()).collect();
@@ -914,11 +1016,73 @@ impl SliceStore for RedisSliceStore {
         let Some(raw) = raw else {
             return Ok(());
         };
-        let slices = match serde_json::from_str::<Record>(&raw) {
-            Ok(Record::Ready { slices }) => slices,
-            _ => Vec::new(),
-        };
-        self.delete_batch_keys(batch_id, &slices).await
+        self.finish_completion(batch_id, serde_json::from_str::<Record>(&raw).ok())
+            .await
+    }
+
+    async fn renew_lease(
+        &self,
+        batch_id: u64,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<bool, SliceError> {
+        let until = now_ms.saturating_add(lease.as_millis().min(i64::MAX as u128) as i64);
+        let mut c = self.conn.clone();
+        let renewed: i64 = self
+            .scripts
+            .batch_renew
+            .key(self.batch_key("leases"))
+            .arg(batch_id)
+            .arg(until)
+            .invoke_async(&mut c)
+            .await
+            .map_err(fail("batch_renew"))?;
+        Ok(renewed == 1)
+    }
+
+    async fn expire_archived(&self, now_ms: i64) -> Result<u64, SliceError> {
+        const PAGE: usize = 64;
+        let mut removed = 0;
+        let mut seen: HashSet<u64> = HashSet::new();
+        loop {
+            let mut c = self.conn.clone();
+            // A batch held back stays due; skip the ones looked at in this call.
+            let want = seen.len() + PAGE;
+            let ids: Vec<u64> = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(self.batch_key("kept"))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(want)
+                .query_async(&mut c)
+                .await
+                .map_err(fail("expire"))?;
+            let complete = ids.len() < want;
+            let fresh: Vec<u64> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            let none = fresh.is_empty();
+            for id in fresh {
+                removed += self.expire_batch(id, now_ms).await?;
+            }
+            if complete || none {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {
+        let keys = RoomKeys::new(room);
+        let mut c = self.conn.clone();
+        let at: i64 = self
+            .scripts
+            .archived_through
+            .key(keys.k("idx"))
+            .key(keys.k("meta"))
+            .arg(&keys.prefix)
+            .invoke_async(&mut c)
+            .await
+            .map_err(fail("archived_through"))?;
+        Ok(at.max(0) as u64)
     }
 
     async fn pending(&self) -> Result<u64, SliceError> {

@@ -218,8 +218,9 @@ async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() 
         .unwrap()
         .expect("handed out again");
     assert_eq!(again, redo);
-    // Dies in the middle of completing: the lease is gone, the keys remain; the
-    // next claim finishes deleting them and never hands the batch out again.
+    // Dies in the middle of completing: the lease is gone, the rooms not marked
+    // archived yet; the next claim finishes that and never hands the batch out
+    // again.
     let raw: Option<String> = ::redis::Script::new(scripts::BATCH_COMPLETE)
         .key(keys("leases"))
         .key(keys("gc"))
@@ -234,13 +235,31 @@ async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() 
         .await
         .unwrap()
         .is_none());
+    assert_eq!(store.pending().await.unwrap(), 0);
+    assert_eq!(store.archived_through(&room).await.unwrap(), 20);
+    // Its slices stay readable until their retention (0 here) ends, then expire
+    // with every key of the batch.
+    assert_eq!(store.read_after(&room, 0, 100).await.unwrap(), items);
+    assert_eq!(store.expire_archived(now + 60_000).await.unwrap(), 3);
+    assert!(store.read_after(&room, 0, 100).await.unwrap().is_empty());
     let left: Vec<String> = ::redis::cmd("KEYS")
-        .arg(format!("dm:{{{room}}}:[bc]:*"))
+        .arg(format!("dm:{{{room}}}:[abc]:*"))
         .query_async(&mut c)
         .await
         .unwrap();
     assert!(left.is_empty(), "batch keys deleted: {left:?}");
-    assert_eq!(store.pending().await.unwrap(), 0);
+    let record: bool = ::redis::cmd("EXISTS")
+        .arg(format!("{}{id}", keys("batch:")))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!record, "the batch record is gone");
+    let kept: u64 = ::redis::cmd("ZCARD")
+        .arg(keys("kept"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0);
 }
 
 /// A durable Redis (`appendonly yes`, fsync always) restarted in the middle of
