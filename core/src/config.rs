@@ -413,7 +413,8 @@ pub struct ReplaySettings {
     /// How long cached bodies of an ended VOD live in the cache tiers, seconds.
     pub ended_ttl_secs: u64,
     /// Seconds after a VOD's end during which its segments still get the live
-    /// `max-age` instead of `immutable` (0 = immutable as soon as it ended).
+    /// `max-age` instead of `immutable`, on top of the rule that they are
+    /// `immutable` only once the VOD is archived (0 = as soon as it is).
     pub settle_secs: u64,
     /// `max-age` of the whole-VOD documents (Bilibili XML, DPlayer) of an ended
     /// VOD, seconds (they change when someone posts on the recording).

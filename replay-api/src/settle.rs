@@ -2,30 +2,25 @@
 //! body for a year, so it must not be served before the archive holds the VOD).
 //!
 //! The rule (docs/PLAYERS.md, "What immutable means here"): a VOD is *settled*
-//! once it ended and the SliceStore holds no comment of its room stamped within
-//! the session (`started_at ..= ended_at`). Ending a session makes every slice of
-//! its room that began by then due at once, and a comment leaves the SliceStore's
-//! readable set only when an archiver claims its slice, which stores it in the
-//! ArchiveStore before completing the batch; so once no such comment is readable,
-//! every one the SliceStore held at the end is archived or being archived.
+//! once it ended and every comment of its room stamped within the session
+//! (`started_at ..= ended_at`) that reached the SliceStore is archived.
 //!
-//! How it is checked, bounded: the room's held comments are read by cursor from
-//! the oldest, at most [`PAGES`] pages of [`PAGE`]. A comment stamped within the
-//! session means not settled; reaching the end means settled; so does a comment
-//! stamped later than the end by more than `limits.publish_timeout_ms` plus
-//! [`SKEW_MS`]: comments are held in Bus order, and the Bus takes a comment at
-//! most the publish timeout after its ingest node stamped it, so no later one can
-//! be stamped within the session (clock skew between nodes aside, which the
-//! margin covers). Anything else (a long backlog before that point) is not
-//! settled *yet*: the next view of the VOD asks again. Once settled, a VOD stays
-//! settled on this node (a bounded memo), so old VODs cost no SliceStore read.
+//! How it is checked, with the SliceStore's own answer to "archived?": every item
+//! of the room at or below [`SliceStore::archived_through`] is archived (its batch
+//! completed, after the ArchiveStore write). The items above it that the store
+//! still holds (live, claimed or archived out of order: archiving copies, so a
+//! claimed item stays readable until its batch is archived and its hot retention
+//! ended) are read by cursor, at most [`PAGES`] pages of [`PAGE`]. One stamped
+//! within the session means not settled; reaching the end means settled; so does
+//! one stamped later than the end by more than `limits.publish_timeout_ms` plus
+//! [`SKEW_MS`]: items are held in Bus order, and the Bus takes a comment at most
+//! the publish timeout after its ingest node stamped it, so no later one can be
+//! stamped within the session (clock skew between nodes aside, which the margin
+//! covers). Anything else (a long backlog up to that point) is not settled *yet*:
+//! the next view of the VOD asks again. Once settled, a VOD stays settled on this
+//! node (a bounded memo), so old VODs cost no SliceStore read.
 //!
-//! Limitation: between an archiver's claim of the VOD's last slices and its
-//! ArchiveStore write (milliseconds normally; the lease, `archive.lease_ms`, if
-//! that archiver crashed in between) those comments are in neither store's
-//! readable set, and a view taken then is settled with them missing. The exact
-//! answer needs the SliceStore to say whether a claimed batch still holds the
-//! room's comments (see the report of issue 13).
+//! [`SliceStore::archived_through`]: danmaku_core::ports::SliceStore::archived_through
 
 use crate::Replay;
 use danmaku_core::vod::Session;
@@ -40,16 +35,16 @@ pub const SKEW_MS: i64 = 10_000;
 /// What one check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Held {
-    /// A comment stamped within the session is still held.
+    /// A comment stamped within the session is not known archived.
     Yes,
-    /// None is held (or none can be past the point read).
+    /// None is (or none can be past the point read).
     No,
     /// The bounded read did not reach a conclusion.
     Unknown,
 }
 
-/// Classifies the room's held comments, given as the stamps (`ts_ms`) of the
-/// pages read so far in Bus order; `complete` when the last page was the end.
+/// Classifies the room's items not known archived, given as the stamps (`ts_ms`)
+/// of a page read in Bus order; `complete` when the page was the last.
 pub fn classify(stamps: &[i64], complete: bool, session: &Session, beyond_ms: i64) -> Held {
     let Some(end) = session.ended_at else {
         return Held::Yes;
@@ -85,13 +80,23 @@ pub async fn settled(r: &Replay, session: &Session) -> bool {
         .publish_timeout_ms
         .min(i64::MAX as u64) as i64)
         .saturating_add(SKEW_MS);
-    let mut after = 0u64;
+    let slices = &r.ctx.slices;
+    let unknown = |e: danmaku_core::ports::SliceError| {
+        tracing::debug!(error = %e, vod = session.vod, "cannot tell whether the VOD is archived yet");
+    };
+    let mut after = match slices.archived_through(&session.room).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            unknown(e);
+            return false;
+        }
+    };
     let mut stamps = Vec::with_capacity(PAGE);
     for _ in 0..PAGES {
-        let page = match r.ctx.slices.read_after(&session.room, after, PAGE).await {
+        let page = match slices.read_after(&session.room, after, PAGE).await {
             Ok(page) => page,
             Err(e) => {
-                tracing::debug!(error = %e, vod = session.vod, "cannot tell whether the VOD is archived yet");
+                unknown(e);
                 return false;
             }
         };
