@@ -3,8 +3,8 @@
 //! (DESIGN §8).
 //!
 //! - This file: the loop ([`run`]), one batch ([`archive_once`],
-//!   [`process_batch`]), the graceful-shutdown drain ([`drain`]), the error type
-//!   and the metrics.
+//!   [`process_batch`]), the expiry of archived slices ([`expire_once`]), the
+//!   graceful-shutdown drain ([`drain`]), the error type and the metrics.
 //! - `batch` (private): decoding a batch's comments, aligning them to their VOD
 //!   session and encoding its files; pure, run on the blocking pool.
 //! - [`parquet_file`]: the Parquet schema, writer settings, object names and hour
@@ -21,6 +21,16 @@
 //! contents and redone, which adds nothing twice. A redo after its hour was
 //! compacted deletes the part it rewrote again ([`compact::superseded`]).
 //!
+//! Leases: [`archive_once`] renews its batch's lease every third of
+//! `archive.lease_ms` while it works, so the lease can be short (5 s by default)
+//! and a crashed archiver's batch is redone within seconds; a batch that takes
+//! longer than the lease keeps it. (The embedded store releases a dead process's
+//! leases when it opens, so there a batch is redone as soon as the node is back.)
+//!
+//! Retention: archiving copies. The SliceStore keeps archived slices readable
+//! (for cursors, resumes, polls) until their hot retention ends; [`run`] deletes
+//! them then, with [`expire_once`] every `archive.poll_ms`.
+//!
 //! Crash points for the process-level tests (debug builds only):
 //! `DMK_ARCHIVE_CRASH_AT=after_claim|after_upsert|after_first_file|before_complete|after_complete`
 //! aborts the process (`std::process::abort`, like kill -9) the first time a batch
@@ -29,7 +39,8 @@
 //!
 //! Metrics (no per-room labels): `danmaku_archive_rows_total`,
 //! `danmaku_archive_batches_total`, `danmaku_archive_batch_seconds`,
-//! `danmaku_archive_decode_errors_total`.
+//! `danmaku_archive_decode_errors_total`, `danmaku_archive_lease_renewals_total{result}`,
+//! `danmaku_archive_expired_slices_total`.
 
 #![warn(missing_docs)]
 
@@ -62,6 +73,12 @@ pub mod metric {
     pub const BATCH_SECONDS: &str = "danmaku_archive_batch_seconds";
     /// Counter: slice records that did not decode and were skipped.
     pub const DECODE_ERRORS_TOTAL: &str = "danmaku_archive_decode_errors_total";
+    /// Counter: lease renewals of batches in progress, by `result`: `renewed`,
+    /// `lost` (the batch was completed elsewhere), `error`.
+    pub const LEASE_RENEWALS_TOTAL: &str = "danmaku_archive_lease_renewals_total";
+    /// Counter: archived slices deleted from the SliceStore once their hot
+    /// retention ended.
+    pub const EXPIRED_SLICES_TOTAL: &str = "danmaku_archive_expired_slices_total";
 }
 
 /// What one archived batch wrote.
@@ -121,19 +138,28 @@ fn crash_point(step: &str) {
 }
 
 /// Runs the archive loop until `shutdown` is cancelled: claim a batch, process it,
-/// repeat; when nothing is due, sleep `archive.poll_ms`. Errors are logged and
-/// retried with exponential backoff (from `poll_ms` up to 30 s). A batch in
-/// progress when `shutdown` fires is finished first (abandoning it would only
-/// leave it to be redone after its lease); sleeps end at once.
+/// repeat; when nothing is due, sleep `archive.poll_ms`. Archived slices whose
+/// hot retention ended are deleted ([`expire_once`]) at most once per `poll_ms`.
+/// Errors are logged and retried with exponential backoff (from `poll_ms` up to
+/// 30 s). A batch in progress when `shutdown` fires is finished first (abandoning
+/// it would only leave it to be redone after its lease); sleeps end at once.
 pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let poll = Duration::from_millis(ctx.settings.archive.poll_ms.max(1));
     let mut backoff = poll;
+    let mut next_expiry = tokio::time::Instant::now();
     tracing::info!(
         poll_ms = ctx.settings.archive.poll_ms,
         batch_slices = ctx.settings.archive.batch_slices,
+        lease_ms = ctx.settings.archive.lease_ms,
         "archive loop started"
     );
     while !shutdown.is_cancelled() {
+        if tokio::time::Instant::now() >= next_expiry {
+            next_expiry = tokio::time::Instant::now() + poll;
+            if let Err(e) = expire_once(&ctx, danmaku_core::now_ms()).await {
+                tracing::warn!(error = %e, "expiring archived slices failed; retrying later");
+            }
+        }
         let pause = match archive_once(&ctx, danmaku_core::now_ms()).await {
             Ok(Some(report)) => {
                 backoff = poll;
@@ -168,13 +194,17 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
 }
 
 /// Claims and processes at most one batch due at `now_ms` (or one whose lease
-/// expired by then). `Ok(None)` when nothing was due.
+/// expired by then). `Ok(None)` when nothing was due. While it works it renews
+/// the batch's lease every third of `archive.lease_ms` (on the clock of `now_ms`:
+/// `now_ms` plus the time since the claim); a renewal that fails is logged and
+/// the work goes on (a batch redone by another archiver meanwhile is written the
+/// same way twice, which adds nothing).
 pub async fn archive_once(
     ctx: &Context,
     now_ms: i64,
 ) -> Result<Option<BatchReport>, ArchiveRoleError> {
     let settings = &ctx.settings.archive;
-    let lease = Duration::from_millis(settings.lease_ms);
+    let lease = Duration::from_millis(settings.lease_ms.max(1));
     let Some(batch) = ctx
         .slices
         .claim_batch(now_ms, settings.batch_slices.max(1), lease)
@@ -182,7 +212,44 @@ pub async fn archive_once(
     else {
         return Ok(None);
     };
-    process_batch(ctx, batch).await.map(Some)
+    let batch_id = batch.id;
+    let claimed = tokio::time::Instant::now();
+    let every = (lease / 3).max(Duration::from_millis(1));
+    let renew = async {
+        let mut tick = tokio::time::interval_at(claimed + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let at = now_ms.saturating_add(claimed.elapsed().as_millis() as i64);
+            let result = match ctx.slices.renew_lease(batch_id, at, lease).await {
+                Ok(true) => "renewed",
+                Ok(false) => {
+                    tracing::debug!(batch_id, "lease no longer held (completed elsewhere)");
+                    "lost"
+                }
+                Err(e) => {
+                    tracing::warn!(batch_id, error = %e, "renewing the batch's lease failed");
+                    "error"
+                }
+            };
+            metrics::counter!(metric::LEASE_RENEWALS_TOTAL, "result" => result).increment(1);
+        }
+    };
+    tokio::select! {
+        done = process_batch(ctx, batch) => done.map(Some),
+        () = renew => unreachable!("the renewal loop never ends"),
+    }
+}
+
+/// Deletes the archived slices whose hot retention ended by `now_ms`
+/// ([`danmaku_core::ports::SliceStore::expire_archived`]); returns how many.
+pub async fn expire_once(ctx: &Context, now_ms: i64) -> Result<u64, ArchiveRoleError> {
+    let n = ctx.slices.expire_archived(now_ms).await?;
+    if n > 0 {
+        metrics::counter!(metric::EXPIRED_SLICES_TOTAL).increment(n);
+        tracing::debug!(slices = n, "archived slices expired");
+    }
+    Ok(n)
 }
 
 /// Archives a batch this archiver has claimed: aligns its comments, upserts those

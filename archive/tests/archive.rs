@@ -451,6 +451,20 @@ impl SliceStore for Instrumented {
         }
         self.inner.complete_batch(batch_id).await
     }
+    async fn renew_lease(
+        &self,
+        batch_id: u64,
+        now_ms: i64,
+        lease: Duration,
+    ) -> Result<bool, SliceError> {
+        self.inner.renew_lease(batch_id, now_ms, lease).await
+    }
+    async fn expire_archived(&self, now_ms: i64) -> Result<u64, SliceError> {
+        self.inner.expire_archived(now_ms).await
+    }
+    async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {
+        self.inner.archived_through(room).await
+    }
     async fn pending(&self) -> Result<u64, SliceError> {
         self.inner.pending().await
     }

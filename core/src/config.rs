@@ -214,7 +214,9 @@ pub struct FilterSettings {
 pub struct LiveSettings {
     /// Length of a time slice, ms (1,000 ..= 3,600,000).
     pub slice_ms: i64,
-    /// How long a slice stays hot (readable by cursor) after its end, ms; then it is archived.
+    /// How long a slice stays hot (readable by cursor) after its end, ms: it is
+    /// archived then (or earlier: a VOD's end, a graceful shutdown), and deleted
+    /// from the SliceStore once both happened (archiving copies).
     pub hot_retention_ms: i64,
     /// How far back "the most recent items" reach for a client without a cursor, ms.
     pub recent_ms: i64,
@@ -351,7 +353,9 @@ pub struct ArchiveSettings {
     pub poll_ms: u64,
     /// Most slices per batch.
     pub batch_slices: usize,
-    /// How long a claimed batch is leased before another archiver may redo it, ms.
+    /// How long a claimed batch is leased, ms: the archiver working on it renews
+    /// the lease every third of it, so another archiver redoes the batch only
+    /// this long after its archiver died (the embedded store, at once on restart).
     pub lease_ms: u64,
     /// Window within which a sender's `stream_pos_ms` is trusted over the server estimate, ms.
     pub plausible_window_ms: i64,
@@ -378,7 +382,7 @@ impl Default for ArchiveSettings {
             url: String::new(),
             poll_ms: 500,
             batch_slices: 64,
-            lease_ms: 30_000,
+            lease_ms: 5_000,
             plausible_window_ms: 30_000,
             s3_endpoint: String::new(),
             s3_region: String::new(),
