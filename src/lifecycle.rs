@@ -118,7 +118,11 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<ShutdownReport, StartError> {
-        let Server { ctx, listener, addr } = self;
+        let Server {
+            ctx,
+            listener,
+            addr,
+        } = self;
         let s = ctx.settings.clone();
         let metrics = ops::metrics_handle()?;
         let http_stop = CancellationToken::new();

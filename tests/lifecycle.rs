@@ -38,7 +38,9 @@ async fn shutdown_archives_every_acknowledged_comment_in_order() {
         })
         .await
         .unwrap();
-    let token = ctx.signer.issue("svc", None, Role::Service, now / 1000, 3600);
+    let token = ctx
+        .signer
+        .issue("svc", None, Role::Service, now / 1000, 3600);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(server.run(async move {
@@ -74,7 +76,10 @@ async fn shutdown_archives_every_acknowledged_comment_in_order() {
             Stage::FinalArchive
         ]
     );
-    assert!(report.archived_rows.is_some(), "the final archive succeeded");
+    assert!(
+        report.archived_rows.is_some(),
+        "the final archive succeeded"
+    );
     let mut archived = HashSet::new();
     let last = ctx.archive.last_segment(&vod).await.unwrap().unwrap_or(0);
     for segment in 0..=last {
@@ -87,7 +92,10 @@ async fn shutdown_archives_every_acknowledged_comment_in_order() {
         }
     }
     let missing: Vec<_> = acknowledged.difference(&archived).collect();
-    assert!(missing.is_empty(), "acknowledged but not archived: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not archived: {missing:?}"
+    );
     assert_eq!(ctx.archive.count(&vod).await.unwrap(), 60);
 }
 
@@ -103,7 +111,11 @@ async fn roles_not_named_are_not_served() {
         let _ = stop_rx.await;
     }));
     let http = reqwest::Client::new();
-    let health = http.get(format!("http://{addr}/healthz")).send().await.unwrap();
+    let health = http
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let poll = http
         .get(format!("http://{addr}/v1/rooms/r1/danmaku"))
