@@ -791,7 +791,10 @@ impl Settings {
         if self.limits.guest_tokens_per_ip_per_min == 0
             || self.limits.guest_sends_per_ip_per_sec == 0
         {
-            return Err("limits.guest_* rates must be positive (turn guests off with auth.guest = false)".into());
+            return Err(
+                "limits.guest_* rates must be positive (turn guests off with auth.guest = false)"
+                    .into(),
+            );
         }
         if !self.limits.trusted_proxy_header.is_empty()
             && axum::http::HeaderName::from_bytes(self.limits.trusted_proxy_header.as_bytes())
