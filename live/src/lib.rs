@@ -264,9 +264,12 @@ impl Live {
     /// the room's last seq read before it) while that last seq is past the
     /// cursor means the items in between were dropped (archived and expired).
     /// Seqs of a room are not contiguous (they count a Bus partition shared by
-    /// rooms), so a page whose first seq is far after the cursor proves nothing;
-    /// a page that begins after dropped items still needs the store to say the
-    /// lowest seq it holds.
+    /// rooms), so a page whose first seq is far after the cursor proves nothing,
+    /// and neither would the lowest seq the store holds (a room's first seq is
+    /// rarely 1). A page that begins after dropped items but still returns
+    /// later ones needs the store to say up to which seq it dropped the room's
+    /// items (a watermark that only grows); with it, `cursor < watermark` is a
+    /// gap at the watermark.
     pub async fn page(
         &self,
         hub: Option<&Hub>,
