@@ -918,6 +918,38 @@ mod tests {
         assert_eq!(rxs[0].try_recv().expect("flushed at 2 ms").last_seq, 7);
     }
 
+    #[test]
+    fn pinned_hubs_stay_unused_ones_go_and_the_cap_holds() {
+        let hubs = Hubs::new(cfg(0, 1000), None, 2);
+        assert!(hubs.find("a").is_none(), "finding creates nothing");
+        let (name, a) = hubs.pin("a").unwrap();
+        assert_eq!(&*name, "a");
+        let (_, b) = hubs.pin("b").unwrap();
+        assert!(Arc::ptr_eq(hubs.pin("a").unwrap().1.hub(), a.hub()));
+        // At the cap with every hub pinned: refused.
+        assert!(hubs.pin("c").is_err());
+        assert!(hubs.open("c").is_none());
+        // An unpinned hub is a cache: a sweep with no idle time drops it...
+        drop(b);
+        hubs.sweep(Duration::ZERO);
+        assert_eq!(hubs.len(), 1);
+        assert!(hubs.find("b").is_none() && hubs.find("a").is_some());
+        // ...and so does the cap (at most once a second), for a new room.
+        let opened = hubs.open("b").unwrap();
+        assert_eq!(hubs.len(), 2);
+        drop(opened);
+        let now = now_secs() + 1;
+        hubs.pressure_at.store(0, Ordering::Relaxed);
+        let c = hubs.pin("c");
+        assert!(c.is_ok(), "the unpinned hub of b made room");
+        assert!(hubs.find("b").is_none());
+        assert!(hubs.pressure_at.load(Ordering::Relaxed) >= now);
+        // A pinned hub survives any sweep.
+        hubs.sweep(Duration::ZERO);
+        assert!(hubs.find("a").is_some() && hubs.find("c").is_some());
+        drop((a, c));
+    }
+
     #[tokio::test]
     async fn ring_covers_after_first_delivery_and_evicts() {
         let hub = Arc::new(Hub::new(cfg(0, 1000)));
