@@ -15,6 +15,9 @@
 //!   address, WebSocket token times, the auth scheme) through the real server.
 //! - [`hardening_live`]: issue 13's live bounds (stalled resumes, polls of empty
 //!   rooms) and cursors from before a restart (items or `gap`).
+//! - [`hardening_stores`]: issue 13's store cases: kill -9 while archiving
+//!   (replay complete within 10 s of the restart), cursors from before a restart
+//!   get their comments (archiving copies), embedded and Redis.
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
 //! - [`pipeline`]: the same flows and the faults on Kafka and Redis (standalone and Cluster).
 //! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
@@ -29,6 +32,7 @@ mod fanout;
 mod hardening_edge;
 mod hardening_ingest;
 mod hardening_live;
+mod hardening_stores;
 mod hostile_text;
 mod pipeline;
 mod polling;
