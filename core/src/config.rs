@@ -434,6 +434,9 @@ pub struct ReplaySettings {
     /// sorted by (offset_ms, id), which the range API pages through, and each
     /// VOD's DPlayer document, which every `max` is cut from.
     pub rows_cache_bytes: u64,
+    /// How long decoded rows stay cached unused, seconds: a reader paging through
+    /// a segment keeps them; after a spike they go, and their memory with them.
+    pub rows_idle_secs: u64,
     /// Most ArchiveStore loads (a segment, its rows, a whole-recording document)
     /// and document cuts this node runs at once; a request needing one more waits
     /// up to `cold_load_wait_ms`, then gets `503 unavailable` with `Retry-After`.
@@ -459,6 +462,7 @@ impl Default for ReplaySettings {
             document_max_items: 100_000,
             post_visible_ms: 3000,
             rows_cache_bytes: 64 << 20,
+            rows_idle_secs: 30,
             max_cold_loads: 16,
             cold_load_wait_ms: 1000,
         }

@@ -29,6 +29,19 @@ fn order_key(c: &ArchivedComment) -> (i64, u64) {
     (c.offset_ms, c.item.id)
 }
 
+/// About the bytes of `items` once encoded with `fixed` bytes of field names,
+/// numbers and punctuation each: the buffer is sized once (doubling a buffer of
+/// a 100,000-comment segment would hold both copies at once).
+fn encoded_size(items: &[ArchivedComment], fixed: usize) -> usize {
+    items
+        .iter()
+        .map(|c| {
+            let d = &c.item;
+            fixed + d.text.len() + d.user.len() + d.name.len() + d.room.len() + c.vod.len()
+        })
+        .sum()
+}
+
 /// Every comment of one segment, sorted by `(offset_ms, id)`, encoded as the
 /// range API's items.
 #[derive(Debug, Default)]
@@ -41,24 +54,25 @@ pub struct Rows {
 
 impl Rows {
     /// The rows of `items` (the ArchiveStore returns them ordered; sorted here
-    /// if not, so paging never depends on an adapter getting it right).
-    pub fn new(items: &[ArchivedComment]) -> Self {
-        let mut order: Vec<usize> = (0..items.len()).collect();
+    /// if not, so paging never depends on an adapter getting it right). Each
+    /// comment is dropped once encoded, so the load holds little more than one
+    /// copy of the segment at a time.
+    pub fn new(mut items: Vec<ArchivedComment>) -> Self {
         if !items
             .windows(2)
             .all(|w| order_key(&w[0]) <= order_key(&w[1]))
         {
-            order.sort_by_key(|&i| order_key(&items[i]));
+            items.sort_by_key(order_key);
         }
         let mut rows = Rows {
             keys: Vec::with_capacity(items.len()),
             ends: Vec::with_capacity(items.len()),
-            json: String::with_capacity(items.len() * 200),
+            json: String::with_capacity(encoded_size(&items, 170)),
         };
-        for i in order {
-            rows.json.push_str(&items[i].item.to_json());
+        for c in items {
+            rows.keys.push(order_key(&c));
+            rows.json.push_str(&c.item.to_json());
             rows.ends.push(rows.json.len());
-            rows.keys.push(order_key(&items[i]));
         }
         rows.json.shrink_to_fit();
         rows
@@ -132,15 +146,16 @@ pub struct DocBase {
 }
 
 impl DocBase {
-    /// The DPlayer items of `items` (already capped, in `(offset_ms, id)` order).
-    pub fn dplayer(items: &[ArchivedComment]) -> Self {
+    /// The DPlayer items of `items` (already capped, in `(offset_ms, id)`
+    /// order), each comment dropped once encoded.
+    pub fn dplayer(items: Vec<ArchivedComment>) -> Self {
         let mut doc = DocBase {
             items: Vec::with_capacity(items.len()),
-            text: String::with_capacity(items.len() * 100),
+            text: String::with_capacity(encoded_size(&items, 40)),
         };
         for c in items {
             let start = doc.text.len();
-            formats::dplayer_item(&mut doc.text, c);
+            formats::dplayer_item(&mut doc.text, &c);
             doc.items.push(DocItem {
                 offset_ms: c.offset_ms,
                 gift: c.is_gift(),
@@ -231,7 +246,7 @@ pub struct Decoded {
 
 impl Decoded {
     /// A cache of at most `max_bytes`, each entry kept at most `ttl` after its
-    /// last use.
+    /// last use (`replay.rows_idle_secs`).
     pub fn new(max_bytes: u64, ttl: Duration) -> Self {
         Self {
             cache: moka::future::Cache::builder()
@@ -241,6 +256,17 @@ impl Decoded {
                 .build(),
             flights: SingleFlight::default(),
         }
+    }
+
+    /// Drops the entries unused for their idle time now. The cache only does so
+    /// when it is used; after a spike nobody may use it again.
+    pub async fn sweep(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+
+    /// Bytes held (weighed as for the bound).
+    pub fn bytes(&self) -> u64 {
+        self.cache.weighted_size()
     }
 }
 
@@ -333,7 +359,7 @@ mod tests {
             .map(|i| c(100 + i, i as i64 * 10, Kind::Comment))
             .collect();
         items.push(c(5, 10, Kind::Comment));
-        let rows = Rows::new(&items);
+        let rows = Rows::new(items);
         assert_eq!(rows.len(), 11);
         assert_eq!(rows.key(1), (10, 5), "sorted by (offset, id)");
         assert_eq!(rows.key(2), (10, 101));
@@ -362,7 +388,7 @@ mod tests {
                 c(i, i as i64 * 1_000, kind)
             })
             .collect();
-        let doc = DocBase::dplayer(&items);
+        let doc = DocBase::dplayer(items.clone());
         assert_eq!(doc.len(), 50);
         assert_eq!(doc.dplayer_body(50), formats::dplayer_json(&items));
         assert_eq!(doc.dplayer_body(1000), formats::dplayer_json(&items));

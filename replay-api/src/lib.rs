@@ -80,7 +80,28 @@ pub struct Replay {
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 impl Replay {
+    /// The role's state; within a Tokio runtime, also the task that drops
+    /// decoded rows unused for `replay.rows_idle_secs`.
     pub fn new(ctx: Context, ingest: Arc<Ingest>) -> Arc<Self> {
+        let idle = ctx.settings.replay.rows_idle_secs.clamp(1, 5);
+        let replay = Self::build(ctx, ingest);
+        // Expired decoded rows leave even when no request comes to notice; the
+        // task ends with the role.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&replay);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(idle));
+                loop {
+                    tick.tick().await;
+                    let Some(r) = weak.upgrade() else { break };
+                    r.decoded.sweep().await;
+                }
+            });
+        }
+        replay
+    }
+
+    fn build(ctx: Context, ingest: Arc<Ingest>) -> Arc<Self> {
         let s = &ctx.settings.replay;
         let meta = (s.meta_ttl_ms > 0).then(|| {
             moka::future::Cache::builder()
@@ -110,7 +131,7 @@ impl Replay {
             document_cache_control,
             decoded: decoded::Decoded::new(
                 s.rows_cache_bytes,
-                Duration::from_secs(s.ended_ttl_secs.max(1)),
+                Duration::from_secs(s.rows_idle_secs.max(1)),
             ),
             cold: tokio::sync::Semaphore::new(s.max_cold_loads.max(1)),
             cold_wait: Duration::from_millis(s.cold_load_wait_ms),
@@ -121,6 +142,11 @@ impl Replay {
             ctx,
             ingest,
         })
+    }
+
+    /// Bytes of decoded rows and documents held (`replay.rows_cache_bytes`).
+    pub fn decoded_bytes(&self) -> u64 {
+        self.decoded.bytes()
     }
 
     /// Rows the range API has copied into answers since start: what its pages

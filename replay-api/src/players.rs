@@ -110,7 +110,7 @@ async fn dplayer_base(r: &Replay, meta: &VodMeta) -> Result<Arc<decoded::Entry>,
     let key = format!("dp:{}", meta.session.vod);
     decoded::get_or_load(r, key, meta, || async {
         let items = whole_recording(r, meta, max).await?;
-        tokio::task::spawn_blocking(move || DocBase::dplayer(&items))
+        tokio::task::spawn_blocking(move || DocBase::dplayer(items))
             .await
             .map(Data::Doc)
             .map_err(|_| ApiError::unavailable())

@@ -79,7 +79,7 @@ async fn segment_rows(r: &Replay, meta: &VodMeta, n: u32) -> Result<Arc<decoded:
             .await
             .map_err(store_error)?;
         // Encoding 100,000 items takes a while: off the async workers.
-        tokio::task::spawn_blocking(move || Rows::new(&items))
+        tokio::task::spawn_blocking(move || Rows::new(items))
             .await
             .map(Data::Rows)
             .map_err(|_| ApiError::unavailable())

@@ -160,6 +160,38 @@ async fn range_pages_on_a_huge_segment_read_only_what_they_return() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_rows_leave_once_unused() {
+    let node = node_with(None, None, None, |s| s.replay.rows_idle_secs = 1).await;
+    node.session("idle", "r", 600_000, true).await;
+    node.ctx
+        .archive
+        .upsert_comments(&rows("idle", 1, 1_000, 0, 300))
+        .await
+        .unwrap();
+    let page = node.get("/v1/vods/idle/danmaku?limit=1", &[]).await;
+    assert_eq!(ids(&page.json["items"]), vec![1]);
+    // The cache accounts for them at its next maintenance (the sweeper's, each
+    // second here)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while node.replay.decoded_bytes() < 100_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rows are not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and, nobody asking again, drops them within seconds all the same.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while node.replay.decoded_bytes() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rows are still held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_dplayer_maxima_share_one_read_of_the_recording() {
     let node = Arc::new(node().await);
     node.store.slow_ms.store(50, Ordering::SeqCst);
