@@ -229,12 +229,28 @@ impl Data {
 pub struct Entry {
     count: u64,
     ended: bool,
-    pub data: Data,
+    data: Data,
 }
 
 impl Entry {
     fn fresh_for(&self, meta: &VodMeta) -> bool {
         self.count == meta.count && self.ended == meta.ended()
+    }
+
+    /// The segment rows held, if that is what this entry is.
+    pub fn rows(&self) -> Option<&Rows> {
+        match &self.data {
+            Data::Rows(r) => Some(r),
+            Data::Doc(_) => None,
+        }
+    }
+
+    /// The DPlayer document held, if that is what this entry is.
+    pub fn doc(&self) -> Option<&DocBase> {
+        match &self.data {
+            Data::Doc(d) => Some(d),
+            Data::Rows(_) => None,
+        }
     }
 }
 

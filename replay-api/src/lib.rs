@@ -133,7 +133,10 @@ impl Replay {
                 s.rows_cache_bytes,
                 Duration::from_secs(s.rows_idle_secs.max(1)),
             ),
-            cold: tokio::sync::Semaphore::new(s.max_cold_loads.max(1)),
+            cold: tokio::sync::Semaphore::new(
+                s.max_cold_loads
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             cold_wait: Duration::from_millis(s.cold_load_wait_ms),
             cold_refused: metrics::counter!("danmaku_replay_cold_loads_refused_total"),
             settled: moka::sync::Cache::new(100_000),

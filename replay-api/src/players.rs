@@ -218,9 +218,7 @@ async fn dplayer_read(
         // The cut and its gzip hold a document's worth of memory: bounded too.
         let _permit = decoded::cold_permit(r).await?;
         tokio::task::spawn_blocking(move || {
-            let Data::Doc(doc) = &base.data else {
-                return Err(ApiError::unavailable());
-            };
+            let doc = base.doc().ok_or_else(ApiError::unavailable)?;
             Ok(cache::encode_now(doc.dplayer_body(max)))
         })
         .await

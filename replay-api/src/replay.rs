@@ -130,36 +130,16 @@ pub(crate) async fn range(
     };
     let first_seg = segment_of(after.map_or(from, |(o, _)| o.max(from)));
     let last_seg = segment_of(to.saturating_sub(1)).min(last);
-    // One more than the page, to know whether a next page exists.
-    let want = limit + 1;
-    let mut picked: Vec<(Arc<decoded::Entry>, std::ops::Range<usize>)> = Vec::new();
-    let mut taken = 0;
-    for seg in first_seg..=last_seg {
-        let entry = segment_rows(&r, &meta, seg).await?;
-        let Data::Rows(rows) = &entry.data else {
-            return Err(ApiError::unavailable());
-        };
-        let w = rows.window(from, to, after);
-        let n = w.len().min(want - taken);
-        taken += n;
-        if n > 0 {
-            picked.push((entry.clone(), w.start..w.start + n));
-        }
-        if taken == want {
-            break;
-        }
-    }
-    let more = taken > limit;
     let mut body = String::from("{\"items\":[");
-    let mut written = 0;
-    let mut last_key = None;
-    'pages: for (entry, range) in &picked {
-        let Data::Rows(rows) = &entry.data else {
-            continue;
-        };
-        for i in range.clone() {
+    let (mut written, mut more, mut last_key) = (0, false, None);
+    'segments: for seg in first_seg..=last_seg {
+        let entry = segment_rows(&r, &meta, seg).await?;
+        let rows = entry.rows().ok_or_else(ApiError::unavailable)?;
+        for i in rows.window(from, to, after) {
+            // One more than the page tells whether a next page exists.
             if written == limit {
-                break 'pages;
+                more = true;
+                break 'segments;
             }
             if written > 0 {
                 body.push(',');
@@ -169,7 +149,7 @@ pub(crate) async fn range(
             written += 1;
         }
     }
-    r.count_range_rows(taken);
+    r.count_range_rows(written + usize::from(more));
     let next = match (more, last_key) {
         (true, Some((offset_ms, id))) => Some(encode_after(offset_ms, id)),
         _ => None,
