@@ -10,6 +10,12 @@ use danmaku::lifecycle::{shutdown_signal, Server};
 use std::io::Write;
 use std::path::PathBuf;
 
+/// jemalloc, with background threads purging freed pages after its decay time,
+/// so memory taken by a spike goes back to the OS while the server idles
+/// (docs/OPERATIONS.md, "Memory"; docs/BENCHMARKS.md, "Recovery after attacks").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "danmaku",
