@@ -9,8 +9,10 @@
 //! - Connections: at most `server.max_connections` HTTP connections, and
 //!   `server.max_connections_per_ip` from one address (IPv6: one /64). Past a
 //!   cap a small reserve ([`RESERVE`]) reads one request: `/healthz`, `/readyz`
-//!   and `/metrics` are answered, anything else gets `503 unavailable`; past the
-//!   reserve the connection is closed unread. Refusals are counted in
+//!   and `/metrics` are answered, anything else gets `503 unavailable`. A full
+//!   reserve makes room by closing its oldest connection that is not serving
+//!   one of those paths (one that has not sent its request yet is the one a
+//!   slow client holds); only when all are serving is the new one closed unread. Refusals are counted in
 //!   `danmaku_http_connections_refused_total{reason}`. A WebSocket leaves this
 //!   budget once upgraded (`live.max_connections` counts it). `RLIMIT_NOFILE` is
 //!   raised at start to what the caps need ([`raise_nofile`]). Accept errors
@@ -39,7 +41,7 @@ use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -59,10 +61,11 @@ use tower::ServiceExt;
 /// keep-alive connection (hyper closes an idle connection after it).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections past a cap that are still read for one request (health checks).
-pub const RESERVE: usize = 64;
-/// Reserve connections one address may hold at once, so that one client past
-/// its cap cannot take the whole reserve from the health checks of others.
-pub const RESERVE_PER_IP: usize = 16;
+pub const RESERVE: usize = 256;
+/// Reserve connections one address may hold at once: past it, a new one from
+/// that address takes the place of the address's own oldest, so one client
+/// past its cap never takes the reserve from the health checks of others.
+pub const RESERVE_PER_IP: usize = 128;
 /// A reserve connection's request head must arrive within this.
 pub const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A reserve connection is closed after this, answered or not.
@@ -221,7 +224,7 @@ pub async fn serve_with(
         let (permit, over) = match budget.admit(ip) {
             Ok(p) => (p, None),
             Err(reason) => match budget.admit_reserve(ip) {
-                Some(p) => (p, Some(reason)),
+                Some((p, slot)) => (p, Some((reason, slot))),
                 None => {
                     metrics::counter!("danmaku_http_connections_refused_total", "reason" => "reserve_full")
                         .increment(1);
@@ -231,12 +234,11 @@ pub async fn serve_with(
         };
         let _ = tcp.set_nodelay(true);
         let io = TokioIo::new(ConnIo::new(tcp, permit));
-        let served = Arc::new(AtomicBool::new(false));
         let edge = Edge {
             app: app.clone(),
             peer,
             body: opts.body,
-            reserve: over.map(|_| served.clone()),
+            reserve: over.as_ref().map(|(_, slot)| slot.clone()),
         };
         let builder = if over.is_some() { &reserve } else { &normal };
         let conn = builder.serve_connection(io, edge).with_upgrades();
@@ -252,17 +254,19 @@ pub async fn serve_with(
                     }
                 }
             };
-            let result = match over {
+            let result = match &over {
                 None => run.await,
-                Some(_) => tokio::time::timeout(RESERVE_LIFETIME, run)
-                    .await
-                    .unwrap_or(Ok(())),
+                Some((_, slot)) => tokio::select! {
+                    r = tokio::time::timeout(RESERVE_LIFETIME, run) => r.unwrap_or(Ok(())),
+                    // A newer connection took this one's place.
+                    _ = slot.evict.cancelled() => Ok(()),
+                },
             };
             if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            if let Some(reason) = over {
-                if !served.load(Ordering::Relaxed) {
+            if let Some((reason, slot)) = over {
+                if !slot.serving.load(Ordering::Relaxed) {
                     metrics::counter!("danmaku_http_connections_refused_total", "reason" => reason)
                         .increment(1);
                 }
@@ -319,6 +323,40 @@ struct Counts {
     by_ip: HashMap<IpAddr, usize>,
     reserve: usize,
     reserve_by_ip: HashMap<IpAddr, usize>,
+    /// The reserve's connections, oldest first.
+    reserve_queue: VecDeque<Arc<ReserveSlot>>,
+}
+
+/// A reserve connection's place.
+struct ReserveSlot {
+    ip: IpAddr,
+    /// Cancelled when a newer connection takes the place.
+    evict: CancellationToken,
+    /// Set once an operations path is being served: never evicted from then on.
+    serving: AtomicBool,
+    /// Set (under the counts' lock) once the place was given back, by eviction
+    /// or by the connection's end, so that it is given back once.
+    released: AtomicBool,
+}
+
+impl Counts {
+    /// Gives a reserve place back (once).
+    fn release_reserve(&mut self, slot: &Arc<ReserveSlot>) -> bool {
+        if slot.released.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        self.reserve = self.reserve.saturating_sub(1);
+        if let Some(n) = self.reserve_by_ip.get_mut(&slot.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.reserve_by_ip.remove(&slot.ip);
+            }
+        }
+        if let Some(i) = self.reserve_queue.iter().position(|s| Arc::ptr_eq(s, slot)) {
+            self.reserve_queue.remove(i);
+        }
+        true
+    }
 }
 
 impl Budget {
@@ -354,29 +392,50 @@ impl Budget {
         Ok(Permit {
             budget: self.clone(),
             ip,
-            reserve: false,
+            reserve: None,
         })
     }
 
-    /// A reserve connection, if one is free for `ip`.
-    fn admit_reserve(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+    /// A reserve connection for `ip`: a free place, else the place of the
+    /// oldest reserve connection not serving an operations path (of `ip`'s own
+    /// when it holds its share), which is closed; `None` when every candidate
+    /// is serving.
+    fn admit_reserve(self: &Arc<Self>, ip: IpAddr) -> Option<(Permit, Arc<ReserveSlot>)> {
         let mut c = self.counts();
-        if c.reserve >= RESERVE {
-            return None;
+        let own_full = c
+            .reserve_by_ip
+            .get(&ip)
+            .is_some_and(|n| *n >= RESERVE_PER_IP);
+        if own_full || c.reserve >= RESERVE {
+            let oldest = c
+                .reserve_queue
+                .iter()
+                .position(|s| !s.serving.load(Ordering::Relaxed) && (!own_full || s.ip == ip))?;
+            let old = c.reserve_queue[oldest].clone();
+            if c.release_reserve(&old) {
+                metrics::gauge!("danmaku_http_connections").decrement(1.0);
+            }
+            old.evict.cancel();
         }
-        let n = c.reserve_by_ip.entry(ip).or_insert(0);
-        if *n >= RESERVE_PER_IP {
-            return None;
-        }
-        *n += 1;
+        *c.reserve_by_ip.entry(ip).or_insert(0) += 1;
         c.reserve += 1;
+        let slot = Arc::new(ReserveSlot {
+            ip,
+            evict: CancellationToken::new(),
+            serving: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        });
+        c.reserve_queue.push_back(slot.clone());
         drop(c);
         metrics::gauge!("danmaku_http_connections").increment(1.0);
-        Some(Permit {
-            budget: self.clone(),
-            ip,
-            reserve: true,
-        })
+        Some((
+            Permit {
+                budget: self.clone(),
+                ip,
+                reserve: Some(slot.clone()),
+            },
+            slot,
+        ))
     }
 
     fn try_linger(&self) -> bool {
@@ -392,26 +451,28 @@ impl Budget {
 struct Permit {
     budget: Arc<Budget>,
     ip: IpAddr,
-    reserve: bool,
+    /// A reserve connection's place; `None` for a normal connection.
+    reserve: Option<Arc<ReserveSlot>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut guard = self.budget.counts();
-        let c = &mut *guard;
-        let (total, by_ip) = if self.reserve {
-            (&mut c.reserve, &mut c.reserve_by_ip)
+        let mut c = self.budget.counts();
+        if let Some(slot) = &self.reserve {
+            // An evicted connection's place went to the newer one already.
+            if !c.release_reserve(slot) {
+                return;
+            }
         } else {
-            (&mut c.total, &mut c.by_ip)
-        };
-        *total = total.saturating_sub(1);
-        if let Some(n) = by_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                by_ip.remove(&self.ip);
+            c.total = c.total.saturating_sub(1);
+            if let Some(n) = c.by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_ip.remove(&self.ip);
+                }
             }
         }
-        drop(guard);
+        drop(c);
         metrics::gauge!("danmaku_http_connections").decrement(1.0);
     }
 }
@@ -686,8 +747,9 @@ struct Edge {
     /// The client's address, for handlers that key limits on it.
     peer: SocketAddr,
     body: BodyLimits,
-    /// On a reserve connection: set once an operations path was served.
-    reserve: Option<Arc<AtomicBool>>,
+    /// On a reserve connection: its place (marked once an operations path is
+    /// served).
+    reserve: Option<Arc<ReserveSlot>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Edge {
@@ -696,11 +758,11 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if let Some(served) = &self.reserve {
+        if let Some(slot) = &self.reserve {
             if !OPS_PATHS.contains(&req.uri().path()) {
                 return Box::pin(std::future::ready(Ok(at_capacity())));
             }
-            served.store(true, Ordering::Relaxed);
+            slot.serving.store(true, Ordering::Relaxed);
         }
         let limits = self.body;
         let (req, verdict) = if req.body().is_end_stream() {
@@ -833,19 +895,54 @@ mod tests {
         assert_eq!(b.admit(y).err(), Some("max_connections"));
         drop(p1);
         let _p4 = b.admit(x).unwrap();
-        let reserve: Vec<_> = (0..RESERVE_PER_IP)
+
+        // An address holds at most its share: past it, its own oldest goes.
+        let mut from_x: Vec<_> = (0..RESERVE_PER_IP)
             .map(|_| b.admit_reserve(x).unwrap())
             .collect();
+        let (_newest, _) = b.admit_reserve(x).unwrap();
+        assert!(from_x[0].1.evict.is_cancelled(), "x's oldest made room");
+        assert!(from_x[1..].iter().all(|(_, s)| !s.evict.is_cancelled()));
+        assert_eq!(b.counts().reserve_by_ip[&x], RESERVE_PER_IP);
+        // The evicted connection ending gives nothing back twice.
+        drop(from_x.remove(0));
+        assert_eq!(b.counts().reserve, RESERVE_PER_IP);
+
+        // A full reserve closes its oldest connection that is not serving.
+        from_x[0].1.serving.store(true, Ordering::Relaxed);
+        let others: Vec<_> = (0..RESERVE - RESERVE_PER_IP)
+            .map(|i| b.admit_reserve(IpAddr::from([10, 1, 0, i as u8])).unwrap())
+            .collect();
+        assert_eq!(b.counts().reserve, RESERVE);
+        let (_late, _) = b.admit_reserve(y).unwrap();
+        assert!(!from_x[0].1.evict.is_cancelled(), "a serving one stays");
         assert!(
-            b.admit_reserve(x).is_none(),
-            "one address holds at most its share"
+            from_x[1].1.evict.is_cancelled(),
+            "the oldest idle one made room"
         );
-        assert!(b.admit_reserve(y).is_some());
-        drop(reserve);
-        assert!(b.admit_reserve(x).is_some());
+        assert_eq!(b.counts().reserve, RESERVE);
+        drop((from_x, others, _late, _newest));
         let c = b.counts();
         assert_eq!(c.reserve, 0);
-        assert!(c.reserve_by_ip.is_empty() && c.total == 3);
+        assert!(c.reserve_by_ip.is_empty() && c.reserve_queue.is_empty());
+        assert_eq!(c.total, 3);
+    }
+
+    #[test]
+    fn a_reserve_of_serving_connections_refuses() {
+        let b = budget(1, 0);
+        let all: Vec<_> = (0..RESERVE)
+            .map(|i| {
+                let (p, s) = b
+                    .admit_reserve(IpAddr::from([10, 2, (i / 200) as u8, (i % 200) as u8]))
+                    .unwrap();
+                s.serving.store(true, Ordering::Relaxed);
+                (p, s)
+            })
+            .collect();
+        assert!(b.admit_reserve("10.3.0.1".parse().unwrap()).is_none());
+        drop(all);
+        assert!(b.admit_reserve("10.3.0.1".parse().unwrap()).is_some());
     }
 
     #[test]
