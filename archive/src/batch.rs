@@ -143,6 +143,7 @@ mod tests {
             stream_pos_ms: None,
             vod: None,
             offset_ms: None,
+            hidden: false,
         }
     }
 

@@ -1113,6 +1113,7 @@ mod tests {
             stream_pos_ms: None,
             vod: None,
             offset_ms: None,
+            hidden: false,
         };
         let r = ParquetRow::from_danmaku(d, "fallback", Some("v".into()), Some(5));
         assert_eq!(

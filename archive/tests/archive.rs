@@ -76,6 +76,7 @@ fn comment(id: u64, room: &str, ts_ms: i64, text: &str) -> Danmaku {
         stream_pos_ms: None,
         vod: None,
         offset_ms: None,
+        hidden: false,
     }
 }
 

@@ -105,6 +105,7 @@ fn comments(vod: &str, seed: u64, n: usize, span_ms: i64) -> Vec<ArchivedComment
                     stream_pos_ms: None,
                     vod: Some(vod.to_string()),
                     offset_ms: Some(offset),
+                    hidden: false,
                 },
             }
         })

@@ -101,6 +101,11 @@ pub struct Danmaku {
     /// Offset in the VOD, with `vod`.
     #[prost(int64, optional, tag = "12")]
     pub offset_ms: Option<i64>,
+    /// Sent by a shadow-banned user: shown only to that user (their own
+    /// connections and polls), never to others, archived with this flag.
+    /// Absent on the wire (and in client JSON) when false.
+    #[prost(bool, tag = "13")]
+    pub hidden: bool,
 }
 
 impl Danmaku {
@@ -130,6 +135,7 @@ impl Danmaku {
             text: &self.text,
             vod: self.vod.as_deref(),
             offset_ms: self.offset_ms,
+            hidden: self.hidden,
         }
     }
     /// The client JSON as a string.
@@ -155,6 +161,9 @@ pub struct ClientItem<'a> {
     pub vod: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset_ms: Option<i64>,
+    /// Only on a shadow-banned user's own comments (what only they see).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// Room and VOD ids: `[A-Za-z0-9_-]{1,64}`.
@@ -183,6 +192,7 @@ mod tests {
             stream_pos_ms: Some(5),
             vod: None,
             offset_ms: None,
+            hidden: false,
         }
     }
 

@@ -348,6 +348,7 @@ impl Ingest {
             stream_pos_ms: checked.stream_pos_ms,
             vod,
             offset_ms,
+            hidden: false,
         };
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(self.ctx.settings.limits.publish_timeout_ms.max(1));

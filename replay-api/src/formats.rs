@@ -210,6 +210,7 @@ mod tests {
                 stream_pos_ms: None,
                 vod: Some("v".into()),
                 offset_ms: Some(offset),
+                hidden: false,
             },
         }
     }

@@ -815,6 +815,8 @@ fn comment_from_row(vod: &str, row: CommentRow) -> ArchivedComment {
             stream_pos_ms,
             vod: Some(vod.to_string()),
             offset_ms: Some(offset_ms),
+            hidden: false,
+            deletes: None,
         },
     }
 }
@@ -1274,6 +1276,7 @@ mod tests {
                 stream_pos_ms: id.is_multiple_of(3).then_some(offset_ms + 5),
                 vod: Some(vod.into()),
                 offset_ms: Some(offset_ms),
+                hidden: false,
             },
         }
     }

@@ -111,6 +111,7 @@ pub fn comment(id: u64, room: &str, ts_ms: i64, text: &str) -> Danmaku {
         stream_pos_ms: None,
         vod: None,
         offset_ms: None,
+        hidden: false,
     }
 }
 

@@ -128,6 +128,7 @@ pub fn synthetic(n: usize, seed: u64, start_ms: i64, rate: u32, rooms: u32) -> V
             stream_pos_ms: None,
             vod: None,
             offset_ms: None,
+            hidden: false,
         });
     }
     out

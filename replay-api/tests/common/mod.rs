@@ -269,6 +269,7 @@ impl Node {
                     stream_pos_ms: None,
                     vod: Some(vod.into()),
                     offset_ms: Some(*offset),
+                    hidden: false,
                 },
             })
             .collect();
