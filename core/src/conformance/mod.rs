@@ -1,13 +1,15 @@
 //! One conformance suite per port, one named test per guarantee, run against every
 //! adapter so the embedded adapters cannot drift from the distributed ones.
 //!
-//! - [`slice_store`], [`bus`], [`archive_store`], [`replay_cache`], [`notifier`]:
+//! - [`slice_store`], [`bus`], [`archive_store`], [`replay_cache`], [`notifier`],
+//!   [`moderation`]:
 //!   one async function per guarantee of the port of that name, which panics
 //!   saying what broke. Each uses its own random room/group/vod/key names, so the
 //!   cases can share an external server.
 //! - One macro per suite ([`crate::slice_store_suite!`], [`crate::bus_suite!`],
 //!   [`crate::archive_store_suite!`], [`crate::replay_cache_suite!`],
-//!   [`crate::notifier_suite!`]) expands, in an adapter's tests, to a module with
+//!   [`crate::notifier_suite!`], [`crate::moderation_suite!`]) expands, in an
+//!   adapter's tests, to a module with
 //!   one `#[tokio::test]` per guarantee, so a failure names the broken guarantee
 //!   (`slice_store_on_redis::late_timestamps_go_into_the_newest_slice`).
 //!
@@ -21,7 +23,8 @@
 //! `Option<(guard, subject)>`, where `None` skips the test (an external server
 //! that is not configured). The subject is the adapter (a `&subject` must coerce
 //! to `&dyn Port`), for the Notifier a pair `(publisher, viewer)` of pointers to
-//! notifiers (`Arc`, `Box`; both may point at the same in-process notifier).
+//! notifiers (`Arc`, `Box`; both may point at the same in-process notifier), for
+//! the ModerationStore a pair `(writer, reader)` the same way.
 //!
 //! ```text
 //! danmaku_core::slice_store_suite!(
@@ -39,6 +42,7 @@
 
 pub mod archive_store;
 pub mod bus;
+pub mod moderation;
 pub mod notifier;
 pub mod replay_cache;
 pub mod slice_store;

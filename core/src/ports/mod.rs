@@ -5,14 +5,22 @@
 mod archive_store;
 mod bus;
 mod cause;
+mod moderation;
 mod notifier;
 mod object_store;
 mod replay_cache;
 mod slice_store;
 
-pub use archive_store::{ArchiveError, ArchiveErrorKind, ArchiveStore, ArchivedComment};
+pub use archive_store::{
+    ArchiveError, ArchiveErrorKind, ArchiveStore, ArchivedComment, ArchivedDeletion, VodVersion,
+};
 pub use bus::{Bus, BusConsumer, BusError, BusErrorKind, BusRecord, RecordPosition};
 pub use cause::BoxError;
+pub use moderation::{
+    ban_key, now_us, Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore,
+    ModerationChange, ModerationError, ModerationErrorKind, ModerationSnapshot, ModerationStore,
+    Rate, RoomSettings, RoomSettingsPatch, WordList, LOG_KEEP,
+};
 pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError, NotifyErrorKind};
 pub use object_store::{ObjectMeta, ObjectStore, ObjectStoreError, ObjectStoreErrorKind};
 pub use replay_cache::{CachedBody, ReplayCache};
