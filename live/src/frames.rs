@@ -5,9 +5,16 @@
 //! Also [`Frame`]: one batch of a room, encoded once (and deflated once, on
 //! first use) and shared by every connection of the room.
 //!
-//! May import: [`crate::messages`] (the items a frame carries); nothing that
-//! knows about sockets, rooms or connections.
+//! A [`Frame`] also holds the batch as `/sub` sends it ([`Frame::sub_wire`]:
+//! Bilibili packets in a binary frame, one encoding per protocol version),
+//! built on first use, so a room without `/sub` viewers never builds them.
+//!
+//! May import: [`crate::messages`] (the items a frame carries) and the pure
+//! `/sub` codec ([`crate::bili::packet`], [`crate::bili::commands`]); nothing
+//! that knows about sockets, rooms or connections.
 
+use crate::bili::commands;
+use crate::bili::packet::{self, Protover};
 use crate::messages::RingItem;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -167,6 +174,8 @@ pub struct Frame {
     /// The complete WebSocket frame.
     pub wire: Bytes,
     deflated: OnceLock<Bytes>,
+    /// The `/sub` binary frames of [`Frame::items`], by [`Protover::index`].
+    sub: [OnceLock<Bytes>; 3],
 }
 
 impl Frame {
@@ -188,13 +197,33 @@ impl Frame {
             json,
             wire,
             deflated: OnceLock::new(),
+            sub: Default::default(),
         }
+    }
+
+    /// The batch as a `/sub` viewer of `protover` takes it: the items' commands
+    /// as Bilibili packets in one binary WebSocket frame, encoded (and
+    /// compressed) once per frame and protocol version, on first use. Empty
+    /// when no item of the frame has a `/sub` command (likes only, or every
+    /// comment withheld by the display budget).
+    pub fn sub_wire(&self, protover: Protover) -> &Bytes {
+        self.sub[protover.index()].get_or_init(|| sub_frame(protover, &self.items))
     }
 
     /// The frame compressed with permessage-deflate, computed once per frame.
     pub fn deflated(&self) -> &Bytes {
         self.deflated.get_or_init(|| deflate_text_frame(&self.json))
     }
+}
+
+/// The `/sub` binary frame of `items` (empty when none has a command).
+pub fn sub_frame(protover: Protover, items: &[RingItem]) -> Bytes {
+    let cmds = commands::commands(items);
+    if cmds.is_empty() {
+        return Bytes::new();
+    }
+    let batch = packet::encode_batch(protover, cmds.iter().map(|c| c.as_bytes()));
+    encode_frame(opcode::BINARY, &batch, false)
 }
 
 /// One parsed client frame.

@@ -22,6 +22,9 @@
 //!
 //! Beside it:
 //!
+//! - [`bili`]: Bilibili's live protocol: `GET /sub` (its packet codec and
+//!   commands sit beside [`messages`], its connection task beside `upgrade`)
+//!   and `GET /xlive/web-room/v1/index/getDanmuInfo`.
 //! - `poll`: `GET /v1/rooms/{room}/danmaku` (cursor, limit, long poll,
 //!   next_poll_ms); imports [`room`] and [`messages`].
 //! - [`writer`]: Bus consumer group → SliceStore → the Notifier (offsets
@@ -35,6 +38,7 @@
 //!   `Arc<Live>` as their state; nothing below the handlers knows [`Live`].
 
 pub mod bigkeys;
+pub mod bili;
 pub mod frames;
 pub mod messages;
 mod poll;
@@ -398,6 +402,11 @@ pub fn router(live: Arc<Live>) -> Router {
     Router::new()
         .route("/v1/rooms/{room}/ws", get(upgrade::upgrade))
         .route("/v1/admin/bigkeys", get(bigkeys::handler))
+        .route("/sub", get(bili::sub))
+        .route(
+            "/xlive/web-room/v1/index/getDanmuInfo",
+            get(bili::danmu_info),
+        )
         .with_state(live)
         .merge(polling)
 }

@@ -17,6 +17,7 @@
 //! May import: [`crate::frames`] (and through it [`crate::messages`]); never
 //! the room or the upgrade (the room calls in here, not the other way round).
 
+use crate::bili::packet::Protover;
 use crate::frames::Frame;
 use bytes::Bytes;
 use danmaku_core::auth::Claims;
@@ -65,6 +66,9 @@ pub struct Subscriber {
     pub deflate: bool,
     /// The signed-in client's claims (its own withheld comments go to it).
     pub claims: Option<Arc<Claims>>,
+    /// A `/sub` connection: it takes the frames' Bilibili packets of this
+    /// protocol version ([`Frame::sub_wire`]) instead of their JSON.
+    pub sub: Option<Protover>,
     state: Mutex<WriteState>,
     /// The room loop asks the connection's task to take over (or to end).
     pub wake: Notify,
@@ -90,6 +94,7 @@ impl Subscriber {
             stream,
             deflate,
             claims,
+            sub: None,
             state: Mutex::new(WriteState {
                 next,
                 last_sent: 0,
@@ -118,7 +123,7 @@ impl Subscriber {
     pub fn take(&self, f: &Frame, last_sent: u64) -> Take {
         if self.may_hold_own(f) {
             Take::Own
-        } else if f.last_seq <= last_sent {
+        } else if f.last_seq <= last_sent || (self.sub.is_some() && self.bytes_of(f).is_empty()) {
             Take::Skip
         } else if f.first_seq > last_sent {
             Take::Shared
@@ -129,7 +134,9 @@ impl Subscriber {
 
     /// The bytes of `f` this connection takes.
     pub fn bytes_of<'a>(&self, f: &'a Frame) -> &'a Bytes {
-        if self.deflate {
+        if let Some(protover) = self.sub {
+            f.sub_wire(protover)
+        } else if self.deflate {
             f.deflated()
         } else {
             &f.wire
