@@ -6,6 +6,8 @@
 //! - `scripts` (private): the Lua scripts, one hash slot each.
 //! - `store` (private): the SliceStore.
 //! - `notifier` (private): the Notifier.
+//! - `moderation` (private): [`RedisModerationStore`], the shared moderation
+//!   state (its key layout is in its module documentation).
 //!
 //! # Key layout (DESIGN §6)
 //!
@@ -88,11 +90,13 @@
 //! to survive restarts; see the README.
 
 pub mod cache;
+mod moderation;
 mod notifier;
 mod scripts;
 mod store;
 
 pub use cache::{RedisReplayCache, TieredReplayCache};
+pub use moderation::RedisModerationStore;
 pub use notifier::RedisNotifier;
 pub use store::RedisSliceStore;
 

@@ -75,7 +75,7 @@ pub(crate) fn shared_server() -> Arc<RedisServer> {
 }
 
 /// A 3-master Redis Cluster shared by the conformance cases running at the same time.
-fn shared_cluster() -> Arc<RedisCluster> {
+pub(crate) fn shared_cluster() -> Arc<RedisCluster> {
     static SLOT: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
     shared(&SLOT, || RedisCluster::start(3))
 }
