@@ -4,17 +4,23 @@
 //! Every answer carries `X-Content-Type-Options: nosniff`; pages (HTML) also a
 //! Content-Security-Policy ([`PAGE_CSP`]: scripts, styles and connections from
 //! this origin only, no framing) and `X-Frame-Options: DENY` for browsers older
-//! than `frame-ancestors`. The page's script and style are files of their own
+//! than `frame-ancestors`.
+//!
+//! Every answer speaks CORS ([`cors_layer`], API.md "Additions of 2026-12"):
+//! players and pages usually live on another origin than the API. The page's script and style are files of their own
 //! (`/app.js`, `/app.css`) so that the policy needs no `'unsafe-inline'`.
 
 use crate::ops;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use danmaku_core::context::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The role values whose routers the app serves; `None` for a role this node
 /// does not run.
@@ -55,7 +61,9 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
             let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this path does not take that method"}});
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
         })
-        .layer(axum::middleware::map_response(security_headers));
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(cors_layer(&ctx.settings.http))
+        .layer(axum::middleware::from_fn(preflight_no_content));
     // Per-request spans cost a clock read and an allocation per request; only
     // pay for them when someone asked to see them (RUST_LOG=tower_http=debug).
     if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
@@ -70,6 +78,61 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
+
+/// How long a browser may reuse a preflight's answer (Chromium caps it at 2 h).
+const PREFLIGHT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7200);
+
+/// The CORS layer of every endpoint: `http.cors_origins` (`*` or a list), the
+/// methods and request headers the API takes, and the answer headers a page
+/// must be able to read (`ETag` for revalidation, `Retry-After` after 429/503,
+/// `Location` of a 301 to a segment's current version). No credentials: the
+/// API uses no cookies. `Vary` names `Origin` and the preflight headers.
+pub fn cors_layer(http: &danmaku_core::config::HttpSettings) -> CorsLayer {
+    let origins = if http.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked when the configuration loaded; a value that is still not a
+        // header value allows nothing rather than failing the start.
+        AllowOrigin::list(
+            http.cors_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG, header::RETRY_AFTER, header::LOCATION])
+        .max_age(PREFLIGHT_MAX_AGE)
+        .vary([
+            header::ORIGIN,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ])
+}
+
+/// The CORS layer answers every `OPTIONS` itself with `200` and no body;
+/// API.md asks for `204 No Content` there.
+async fn preflight_no_content(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = next.run(request).await;
+    if preflight && response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
+}
 
 fn asset(content_type: &'static str, text: &'static str) -> Response {
     (

@@ -29,6 +29,7 @@ impl Serialize for Secret {
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub http: HttpSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub filter: FilterSettings,
@@ -91,6 +92,56 @@ impl Default for ServerSettings {
             metrics_listen: String::new(),
             metrics_token: Secret::default(),
         }
+    }
+}
+
+/// What every HTTP answer says to browsers (CORS).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Origins whose pages may call the API from a browser
+    /// (`Access-Control-Allow-Origin`), each `scheme://host[:port]` without a
+    /// path; `["*"]` (the default) allows every origin. The API uses no
+    /// cookies, so allowing every origin exposes nothing a page could not
+    /// already read without a browser.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Checks `http.cors_origins` (called when the configuration loads): `"*"`
+    /// alone, or origins of the form `http(s)://host[:port]`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cors_origins.iter().any(|o| o == "*") {
+            if self.cors_origins.len() > 1 {
+                return Err("http.cors_origins: \"*\" must be the only entry".into());
+            }
+            return Ok(());
+        }
+        for origin in &self.cors_origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty()
+                    && host.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')
+                    })
+            });
+            if !valid {
+                return Err(format!(
+                    "http.cors_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -742,6 +793,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.http.check()?;
         for r in &self.server.roles {
             if r != "all" && !ALL_ROLES.contains(&r.as_str()) {
                 return Err(format!(
@@ -942,6 +994,29 @@ mod tests {
         assert!(!s.auth.guest);
         assert_eq!(s.live.slice_ms, 2000);
         assert!(s.runs("ingest") && !s.runs("live"));
+    }
+
+    #[test]
+    fn cors_origins_are_star_alone_or_origins() {
+        let s = Settings::load(None, &env(&[])).unwrap();
+        assert_eq!(s.http.cors_origins, vec!["*".to_string()]);
+        let s = Settings::load(
+            None,
+            &env(&[(
+                "DANMAKU_HTTP__CORS_ORIGINS",
+                "[\"https://site.example\", \"http://127.0.0.1:9000\"]",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(s.http.cors_origins.len(), 2);
+        for bad in [
+            "[\"*\", \"https://a.example\"]",
+            "[\"https://a.example/path\"]",
+            "[\"a.example\"]",
+        ] {
+            let err = Settings::load(None, &env(&[("DANMAKU_HTTP__CORS_ORIGINS", bad)]));
+            assert!(err.is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]
