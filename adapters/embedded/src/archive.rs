@@ -10,11 +10,18 @@
 //!   of id, about 4 s of comments). An upsert reads and rewrites each block it
 //!   touches once and skips the ids already there, wherever their segment.
 //! - `count` is kept per vod and updated once per vod and upsert.
+//! - Deletions remove the row from its chunk (rewritten without it; an emptied
+//!   chunk goes), take one off `count` and add one to the vod's `deleted`
+//!   counter. The id stays in its id block, so a redone upsert skips it; a
+//!   deletion of an id not stored yet puts the id there first (a tombstone), so
+//!   the comment is never stored afterwards.
 
 use super::EmbeddedDb;
 use async_trait::async_trait;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use danmaku_core::ports::{
+    ArchiveError, ArchiveStore, ArchivedComment, ArchivedDeletion, VodVersion,
+};
 use danmaku_core::vod::{segment_of, Session};
 use redb::{ReadableTable, TableDefinition, TableHandle};
 use std::collections::HashMap;
@@ -27,8 +34,10 @@ const BY_ROOM: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("ar
 const CHUNKS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("ar_comment_chunks");
 /// (vod, id >> ID_BLOCK_SHIFT) -> the block's stored ids, sorted, u64 LE each
 const ID_BLOCKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ar_id_blocks");
-/// vod -> comments archived
+/// vod -> comments archived and not deleted
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("ar_counts");
+/// vod -> archived comments deleted so far (never decreases)
+const DELETED: TableDefinition<&str, u64> = TableDefinition::new("ar_deleted");
 
 /// Ids per dedup block: `id >> ID_BLOCK_SHIFT`. Comment ids carry their millisecond
 /// above bit 22, so a block holds about 4 s of a VOD's comments.
@@ -51,6 +60,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(CHUNKS)?;
     txn.open_table(ID_BLOCKS)?;
     txn.open_table(COUNTS)?;
+    txn.open_table(DELETED)?;
     migrate_v1(txn)
 }
 
@@ -328,6 +338,84 @@ fn store(txn: &redb::WriteTransaction, enc: &Encoded) -> Result<(), redb::Error>
     Ok(())
 }
 
+/// Removes comment `id` from the chunks of segment `seg` of `vod` (every
+/// segment when `seg` is `None`); whether it was there.
+fn remove_row(
+    chunks: &mut redb::Table<(&str, u32, u64), &[u8]>,
+    vod: &str,
+    seg: Option<u32>,
+    id: u64,
+) -> Result<bool, redb::Error> {
+    let (lo, hi) = match seg {
+        Some(s) => ((vod, s, 0), (vod, s, u64::MAX)),
+        None => ((vod, 0, 0), (vod, u32::MAX, u64::MAX)),
+    };
+    let mut found: Option<((u32, u64), Vec<u8>)> = None;
+    for e in chunks.range(lo..=hi)? {
+        let (k, v) = e?;
+        let mut hit = false;
+        let mut rest = Vec::new();
+        unpack_rows(v.value(), |off, row_id, data| {
+            if row_id == id {
+                hit = true;
+            } else {
+                pack_row(&mut rest, off, row_id, data);
+            }
+            Ok(())
+        })?;
+        if hit {
+            let (_, s, n) = k.value();
+            found = Some(((s, n), rest));
+            break;
+        }
+    }
+    let Some(((s, n), rest)) = found else {
+        return Ok(false);
+    };
+    if rest.is_empty() {
+        chunks.remove((vod, s, n))?;
+    } else {
+        chunks.insert((vod, s, n), rest.as_slice())?;
+    }
+    Ok(true)
+}
+
+/// Applies `deletions` in one write transaction; returns the rows removed.
+fn delete(
+    txn: &redb::WriteTransaction,
+    deletions: &[ArchivedDeletion],
+) -> Result<u64, redb::Error> {
+    let mut blocks = txn.open_table(ID_BLOCKS)?;
+    let mut chunks = txn.open_table(CHUNKS)?;
+    let mut counts = txn.open_table(COUNTS)?;
+    let mut deleted = txn.open_table(DELETED)?;
+    let mut removed = 0;
+    for d in deletions {
+        let vod = d.vod.as_str();
+        let block = d.id >> ID_BLOCK_SHIFT;
+        let mut ids = match blocks.get((vod, block))? {
+            Some(v) => unpack_ids(v.value())?,
+            None => Vec::new(),
+        };
+        if let Err(at) = ids.binary_search(&d.id) {
+            // Not stored yet: a tombstone keeps a later upsert out.
+            ids.insert(at, d.id);
+            blocks.insert((vod, block), pack_ids(&ids).as_slice())?;
+            continue;
+        }
+        let here = remove_row(&mut chunks, vod, Some(segment_of(d.offset_ms)), d.id)?;
+        if !here && !remove_row(&mut chunks, vod, None, d.id)? {
+            continue; // deleted before (or a tombstone)
+        }
+        removed += 1;
+        let c = counts.get(vod)?.map(|v| v.value()).unwrap_or(0);
+        counts.insert(vod, c.saturating_sub(1))?;
+        let n = deleted.get(vod)?.map(|v| v.value()).unwrap_or(0);
+        deleted.insert(vod, n + 1)?;
+    }
+    Ok(removed)
+}
+
 /// Converts the first layout (a row per comment, a row per id) into chunks and id
 /// blocks, in the transaction that opens the database. Counts keep their table.
 fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
@@ -560,6 +648,43 @@ impl ArchiveStore for EmbeddedArchiveStore {
                     .get(vod.as_str())?
                     .map(|v| v.value())
                     .unwrap_or(0))
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn delete_comments(&self, deletions: &[ArchivedDeletion]) -> Result<u64, ArchiveError> {
+        if deletions.is_empty() {
+            return Ok(0);
+        }
+        let deletions = deletions.to_vec();
+        self.db
+            .run(move |db| {
+                let txn = db.begin_write()?;
+                let removed = delete(&txn, &deletions)?;
+                txn.commit()?;
+                Ok(removed)
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError> {
+        let vod = vod.to_string();
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                let count = r
+                    .open_table(COUNTS)?
+                    .get(vod.as_str())?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                let deleted = r
+                    .open_table(DELETED)?
+                    .get(vod.as_str())?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                Ok(VodVersion { count, deleted })
             })
             .await
             .map_err(err)

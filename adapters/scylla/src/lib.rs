@@ -59,6 +59,20 @@
 //! the same segment at once may each add their rows to a shard that had room for
 //! one of them (by at most one batch).
 //!
+//! # Deletions
+//!
+//! A deletion is a marker row in `deleted_comments` (one small partition per
+//! VOD), never a removal from `comments`: rows are only ever added there, which
+//! the counts above rely on. Before writing the marker the adapter looks the id
+//! up in the shards every generation of the comment's segment would hold it in
+//! (every segment of the VOD if it is not there) and records whether it was
+//! stored (`present`). `read_segment` leaves marked ids out, `upsert_comments`
+//! skips them (so a deletion applied before its comment's upsert keeps it out),
+//! `count` is the observed rows minus the present markers, and the version is
+//! (count, present markers). Applying a deletion again finds its marker and
+//! changes nothing. `last_segment` may name a segment whose every comment was
+//! deleted (reading it gives nothing).
+//!
 //! # Races (no LWT)
 //!
 //! - `create_session` and `end_session` read, then write. Two concurrent creates of
@@ -75,7 +89,9 @@
 use async_trait::async_trait;
 use danmaku_core::config::ScyllaSettings;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment, BoxError};
+use danmaku_core::ports::{
+    ArchiveError, ArchiveStore, ArchivedComment, ArchivedDeletion, BoxError, VodVersion,
+};
 use danmaku_core::vod::{segment_of, Session};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::session::Session as CqlSession;
@@ -368,6 +384,8 @@ struct Statements {
     segments_get: PreparedStatement,
     segment_put: PreparedStatement,
     segment_del: PreparedStatement,
+    deleted_get: PreparedStatement,
+    deleted_put: PreparedStatement,
 }
 
 /// The ScyllaDB ArchiveStore. See the module documentation for the layout, the
@@ -519,6 +537,16 @@ impl ScyllaArchiveStore {
                 write,
             )
             .await?,
+            deleted_get: prepare(
+                format!("SELECT id, present FROM {ks}.deleted_comments WHERE vod = ?"),
+                read,
+            )
+            .await?,
+            deleted_put: prepare(
+                format!("INSERT INTO {ks}.deleted_comments (vod, id, present) VALUES (?, ?, ?)"),
+                write,
+            )
+            .await?,
         };
         Ok(Self {
             session,
@@ -666,6 +694,37 @@ impl ScyllaArchiveStore {
             .read_all(&self.st.comment_ids_get, (vod, segment, shard))
             .await?;
         Ok(rows.into_iter().map(|(id,)| id as u64).collect())
+    }
+
+    /// The deletion markers of `vod`: id -> whether the comment was stored when
+    /// it was deleted.
+    async fn deleted_of(&self, vod: &str) -> Result<HashMap<u64, bool>, ArchiveError> {
+        let rows: Vec<(i64, Option<i32>)> = self.read_all(&self.st.deleted_get, (vod,)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, present)| (id as u64, present.unwrap_or(0) != 0))
+            .collect())
+    }
+
+    /// Whether comment `id` is stored in segment `segment` of `vod` (in any shard
+    /// a generation of the segment would hold it in).
+    async fn stored_in(
+        &self,
+        vod: &str,
+        segment: u32,
+        state: &SegmentState,
+        id: u64,
+    ) -> Result<bool, ArchiveError> {
+        let Ok(seg) = i32::try_from(segment) else {
+            return Ok(false);
+        };
+        let shards: BTreeSet<i32> = state.generations.iter().map(|g| g.shard_of(id)).collect();
+        for shard in shards {
+            if self.ids_in(vod, seg, shard).await?.contains(&id) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Stores the rows of one segment of `vod` (see the module documentation).
@@ -881,8 +940,14 @@ impl ArchiveStore for ScyllaArchiveStore {
         }
         for (vod, segments) in by_vod {
             let states = self.segment_states(vod).await?;
+            let deleted = self.deleted_of(vod).await?;
             let empty = SegmentState::default();
-            for (segment, rows) in segments {
+            for (segment, mut rows) in segments {
+                // Deleted comments stay out, also when redone or deleted first.
+                rows.retain(|r| !deleted.contains_key(&r.item.id));
+                if rows.is_empty() {
+                    continue;
+                }
                 let state = states.get(&segment).unwrap_or(&empty);
                 let prev_rows = segment
                     .checked_sub(1)
@@ -916,14 +981,67 @@ impl ArchiveStore for ScyllaArchiveStore {
         }
         // The whole partition came back; order and trim here.
         out.sort_by_key(|c| (c.offset_ms, c.item.id));
+        let deleted = self.deleted_of(vod).await?;
         let mut seen = HashSet::with_capacity(out.len());
-        out.retain(|c| seen.insert(c.item.id));
+        out.retain(|c| seen.insert(c.item.id) && !deleted.contains_key(&c.item.id));
         Ok(out)
     }
 
     async fn count(&self, vod: &str) -> Result<u64, ArchiveError> {
+        Ok(self.version(vod).await?.count)
+    }
+
+    async fn delete_comments(&self, deletions: &[ArchivedDeletion]) -> Result<u64, ArchiveError> {
+        let mut by_vod: BTreeMap<&str, Vec<&ArchivedDeletion>> = BTreeMap::new();
+        for d in deletions {
+            by_vod.entry(d.vod.as_str()).or_default().push(d);
+        }
+        let mut removed = 0;
+        for (vod, list) in by_vod {
+            let mut known = self.deleted_of(vod).await?;
+            let states = self.segment_states(vod).await?;
+            for d in list {
+                if known.contains_key(&d.id) {
+                    continue; // applied before
+                }
+                let seg = segment_of(d.offset_ms);
+                let mut present = match states.get(&seg) {
+                    Some(state) => self.stored_in(vod, seg, state, d.id).await?,
+                    None => false,
+                };
+                if !present {
+                    // Not where the deletion says: look in the VOD's other segments.
+                    for (&other, state) in states.iter().filter(|(&s, _)| s != seg) {
+                        if self.stored_in(vod, other, state, d.id).await? {
+                            present = true;
+                            break;
+                        }
+                    }
+                }
+                self.session
+                    .execute_unpaged(&self.st.deleted_put, (vod, d.id as i64, i32::from(present)))
+                    .await
+                    .map_err(unavailable)?;
+                known.insert(d.id, present);
+                removed += u64::from(present);
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError> {
         let states = self.segment_states(vod).await?;
-        Ok(states.values().map(|s| s.rows().max(0) as u64).sum())
+        let rows: u64 = states.values().map(|s| s.rows().max(0) as u64).sum();
+        let deleted = self
+            .deleted_of(vod)
+            .await?
+            .values()
+            .filter(|&&present| present)
+            .count() as u64;
+        Ok(VodVersion {
+            count: rows.saturating_sub(deleted),
+            deleted,
+        })
     }
 
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
@@ -1095,7 +1213,7 @@ mod tests {
     #[test]
     fn schema_statements_use_the_keyspace_and_replication() {
         let stmts = schema_statements("dm_test", "{'class': 'NetworkTopologyStrategy', 'dc1': 3}");
-        assert_eq!(stmts.len(), 5);
+        assert_eq!(stmts.len(), 6);
         assert_eq!(
             stmts[0],
             "CREATE KEYSPACE IF NOT EXISTS dm_test WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}"
@@ -1277,6 +1395,7 @@ mod tests {
                 vod: Some(vod.into()),
                 offset_ms: Some(offset_ms),
                 hidden: false,
+                deletes: None,
             },
         }
     }

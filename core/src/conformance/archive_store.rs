@@ -3,7 +3,7 @@
 
 use super::unique;
 use crate::model::{Danmaku, Kind};
-use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment};
+use crate::ports::{ArchiveError, ArchiveStore, ArchivedComment, ArchivedDeletion, VodVersion};
 use crate::vod::Session;
 
 /// Expands to one `#[tokio::test]` per ArchiveStore guarantee; see
@@ -19,6 +19,11 @@ macro_rules! archive_store_suite {
             upserts_are_idempotent
             a_segment_reads_in_offset_then_id_order
             last_segment_is_the_highest_holding_a_comment
+            deleted_comments_are_neither_read_nor_counted
+            deletions_are_idempotent_and_outlast_a_redone_upsert
+            a_deletion_applied_first_keeps_a_later_upsert_out
+            a_deletion_found_at_another_offset
+            the_version_changes_with_every_change_and_never_repeats
             reports_ready
         ]);
     };
@@ -172,6 +177,160 @@ pub async fn last_segment_is_the_highest_holding_a_comment(store: &dyn ArchiveSt
     assert_eq!(store.last_segment(&v1).await.unwrap(), Some(1));
     assert_eq!(store.last_segment(&v2).await.unwrap(), Some(0));
     assert_eq!(store.last_segment(&unique("none")).await.unwrap(), None);
+}
+
+fn deletion(c: &ArchivedComment) -> ArchivedDeletion {
+    ArchivedDeletion {
+        vod: c.vod.clone(),
+        offset_ms: c.offset_ms,
+        id: c.item.id,
+    }
+}
+
+fn ids(rows: &[ArchivedComment]) -> Vec<u64> {
+    rows.iter().map(|c| c.item.id).collect()
+}
+
+/// A deleted comment is not read by `read_segment`, leaves `count`, and counts
+/// in `version().deleted`; other comments and VODs are untouched.
+pub async fn deleted_comments_are_neither_read_nor_counted(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    store.upsert_comments(&rows).await.unwrap();
+    // 10 (segment 0) and 30 (segment 1) of v1.
+    let n = store
+        .delete_comments(&[deletion(&rows[2]), deletion(&rows[0])])
+        .await
+        .unwrap();
+    assert_eq!(n, 2, "two stored comments deleted");
+    assert_eq!(
+        ids(&store.read_segment(&v1, 0).await.unwrap()),
+        vec![40, 20]
+    );
+    assert!(store.read_segment(&v1, 1).await.unwrap().is_empty());
+    assert_eq!(store.count(&v1).await.unwrap(), 2);
+    assert_eq!(
+        store.version(&v1).await.unwrap(),
+        VodVersion {
+            count: 2,
+            deleted: 2
+        }
+    );
+    assert_eq!(store.count(&v2).await.unwrap(), 1, "other vods untouched");
+    assert_eq!(
+        store.version(&v2).await.unwrap(),
+        VodVersion {
+            count: 1,
+            deleted: 0
+        }
+    );
+    assert_eq!(
+        store.version(&unique("none")).await.unwrap(),
+        VodVersion::default()
+    );
+}
+
+/// Deleting again (a redone batch) changes nothing, and upserting a deleted
+/// comment again (a redo of the batch that archived it) does not bring it back.
+pub async fn deletions_are_idempotent_and_outlast_a_redone_upsert(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    store.upsert_comments(&rows).await.unwrap();
+    assert_eq!(
+        store.delete_comments(&[deletion(&rows[1])]).await.unwrap(),
+        1
+    );
+    let after = store.version(&v1).await.unwrap();
+    assert_eq!(
+        store.delete_comments(&[deletion(&rows[1])]).await.unwrap(),
+        0
+    );
+    store.upsert_comments(&rows).await.unwrap();
+    assert_eq!(store.delete_comments(&[]).await.unwrap(), 0);
+    assert_eq!(store.version(&v1).await.unwrap(), after, "nothing changed");
+    assert_eq!(
+        after,
+        VodVersion {
+            count: 3,
+            deleted: 1
+        }
+    );
+    assert_eq!(
+        ids(&store.read_segment(&v1, 0).await.unwrap()),
+        vec![40, 10]
+    );
+}
+
+/// A deletion applied before its comment was upserted keeps the comment out:
+/// not read, not counted, and the version does not move for it.
+pub async fn a_deletion_applied_first_keeps_a_later_upsert_out(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    assert_eq!(
+        store.delete_comments(&[deletion(&rows[3])]).await.unwrap(),
+        0
+    );
+    assert_eq!(store.version(&v1).await.unwrap(), VodVersion::default());
+    store.upsert_comments(&rows).await.unwrap();
+    assert_eq!(
+        ids(&store.read_segment(&v1, 0).await.unwrap()),
+        vec![10, 20]
+    );
+    assert_eq!(
+        store.version(&v1).await.unwrap(),
+        VodVersion {
+            count: 3,
+            deleted: 0
+        }
+    );
+}
+
+/// A deletion whose offset is not where the comment is archived (an offset
+/// clamped differently) still deletes it.
+pub async fn a_deletion_found_at_another_offset(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    store.upsert_comments(&rows).await.unwrap();
+    let mut elsewhere = deletion(&rows[0]);
+    elsewhere.offset_ms = 5;
+    assert_eq!(store.delete_comments(&[elsewhere]).await.unwrap(), 1);
+    assert!(store.read_segment(&v1, 1).await.unwrap().is_empty());
+    assert_eq!(store.count(&v1).await.unwrap(), 3);
+}
+
+/// Every upsert that adds a row and every deletion that removes one gives a
+/// version never seen before for the VOD.
+pub async fn the_version_changes_with_every_change_and_never_repeats(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    let mut seen = vec![store.version(&v1).await.unwrap()];
+    let mut step = |v: VodVersion| {
+        assert!(!seen.contains(&v), "{v:?} seen before: {seen:?}");
+        seen.push(v);
+    };
+    store.upsert_comments(&rows[0..1]).await.unwrap();
+    step(store.version(&v1).await.unwrap());
+    store.delete_comments(&[deletion(&rows[0])]).await.unwrap();
+    step(store.version(&v1).await.unwrap());
+    store.upsert_comments(&rows[1..2]).await.unwrap();
+    step(store.version(&v1).await.unwrap());
+    store.upsert_comments(&rows[2..4]).await.unwrap();
+    step(store.version(&v1).await.unwrap());
+    store.delete_comments(&[deletion(&rows[2])]).await.unwrap();
+    step(store.version(&v1).await.unwrap());
+    assert_eq!(seen.last().unwrap().count, store.count(&v1).await.unwrap());
+    assert_ne!(
+        VodVersion {
+            count: 1,
+            deleted: 12
+        }
+        .token(),
+        VodVersion {
+            count: 11,
+            deleted: 2
+        }
+        .token()
+    );
 }
 
 /// A reachable store says so.

@@ -14,6 +14,47 @@ pub struct ArchivedComment {
     pub item: Danmaku,
 }
 
+/// One deletion to apply to the archive: comment `id` of `vod`, archived at
+/// `offset_ms` (the deleted comment's offset, as its deletion record carries it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedDeletion {
+    pub vod: String,
+    pub offset_ms: i64,
+    pub id: u64,
+}
+
+/// The version of a VOD's archived rows: `count` comments archived and not
+/// deleted, and `deleted`, the number of archived comments deleted so far.
+/// `deleted` never decreases and `count` only grows while `deleted` stays, so a
+/// pair never comes back once the rows changed: it names one state of the rows
+/// (for cache keys and ETags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VodVersion {
+    pub count: u64,
+    pub deleted: u64,
+}
+
+impl VodVersion {
+    /// The version as a short URL-safe token (`<count>.<deleted>` in base 36).
+    pub fn token(&self) -> String {
+        format!("{}.{}", base36(self.count), base36(self.deleted))
+    }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
 /// What kind of failure an [`ArchiveError`] is, for callers that branch on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ArchiveErrorKind {
@@ -127,6 +168,12 @@ impl ArchiveError {
 /// - `upsert_comments` is idempotent by (vod, comment id): redoing a batch after a
 ///   crash stores nothing twice and does not change `count`.
 /// - `read_segment` returns a segment's comments ordered by (offset_ms, id).
+/// - `delete_comments` is idempotent: a deleted comment is never read again, not
+///   counted, and stays deleted when the same comment is upserted again (a redone
+///   batch), also when its deletion was applied before its upsert.
+/// - `version` changes with every change of a VOD's readable rows (an upsert that
+///   adds one, a deletion that removes one) and never comes back to an earlier
+///   value; repeating a write that changes nothing leaves it as it is.
 #[async_trait]
 pub trait ArchiveStore: Send + Sync + 'static {
     /// Registers a new session; `AlreadyExists` if the vod id is taken.
@@ -154,8 +201,19 @@ pub trait ArchiveStore: Send + Sync + 'static {
         segment: u32,
     ) -> Result<Vec<ArchivedComment>, ArchiveError>;
 
-    /// Comments archived for `vod` so far.
+    /// Comments archived for `vod` so far and not deleted.
     async fn count(&self, vod: &str) -> Result<u64, ArchiveError>;
+
+    /// Deletes comments (any VODs) idempotently: each is removed (or marked and
+    /// never read again), leaves `count`, and adds one to its VOD's `deleted` if
+    /// it was stored and not deleted yet. A deletion of a comment not stored yet
+    /// keeps that comment out when it is upserted later. `offset_ms` is where the
+    /// comment was archived (adapters may look elsewhere in the VOD when it is
+    /// not there). Returns how many stored comments were deleted by this call.
+    async fn delete_comments(&self, deletions: &[ArchivedDeletion]) -> Result<u64, ArchiveError>;
+
+    /// The version of `vod`'s rows ([`VodVersion`]); zero for a VOD without rows.
+    async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError>;
 
     /// The highest segment holding a comment of `vod`, if any.
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError>;
