@@ -106,9 +106,21 @@ pub struct Danmaku {
     /// Absent on the wire (and in client JSON) when false.
     #[prost(bool, tag = "13")]
     pub hidden: bool,
+    /// Set on a deletion record: this record takes back comment `deletes` of
+    /// the room (API.md, Moderation). A deletion travels the room's stream like
+    /// a comment (through the Bus, stored in the SliceStore in seq order) so it
+    /// is ordered with the comments and survives crashes like them; it is never
+    /// shown as an item. Its `user` is who deleted, `text` the reason, `ts_ms`
+    /// when, and `vod` / `offset_ms` the deleted comment's when known.
+    #[prost(fixed64, optional, tag = "20")]
+    pub deletes: Option<u64>,
 }
 
 impl Danmaku {
+    /// Whether this record is a deletion ([`Danmaku::deletes`]), not a comment.
+    pub fn is_deletion(&self) -> bool {
+        self.deletes.is_some()
+    }
     /// Protobuf bytes.
     pub fn encode_bytes(&self) -> Bytes {
         Bytes::from(self.encode_to_vec())
@@ -141,6 +153,18 @@ impl Danmaku {
     /// The client JSON as a string.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.to_client()).expect("item serializes")
+    }
+}
+
+/// The id of an encoded comment without decoding the rest: prost writes field
+/// 1 (`fixed64`, key byte `0x09`) first. `None` when the bytes do not start
+/// that way (decode them instead).
+pub fn peek_id(data: &[u8]) -> Option<u64> {
+    match data {
+        [0x09, rest @ ..] if rest.len() >= 8 => {
+            Some(u64::from_le_bytes(rest[..8].try_into().expect("8 bytes")))
+        }
+        _ => None,
     }
 }
 
@@ -193,7 +217,24 @@ mod tests {
             vod: None,
             offset_ms: None,
             hidden: false,
+            deletes: None,
         }
+    }
+
+    #[test]
+    fn the_id_is_read_without_decoding() {
+        let d = sample();
+        assert_eq!(peek_id(&d.encode_bytes()), Some(d.id));
+        let del = Danmaku {
+            deletes: Some(d.id),
+            hidden: true,
+            ..sample()
+        };
+        let back = Danmaku::decode_bytes(&del.encode_bytes()).unwrap();
+        assert!(back.is_deletion() && back.hidden);
+        assert_eq!(peek_id(&del.encode_bytes()), Some(d.id));
+        assert_eq!(peek_id(&[0x09, 1, 2]), None);
+        assert_eq!(peek_id(&[]), None);
     }
 
     #[test]

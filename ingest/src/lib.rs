@@ -349,6 +349,7 @@ impl Ingest {
             vod,
             offset_ms,
             hidden: false,
+            deletes: None,
         };
         let started = std::time::Instant::now();
         let timeout = Duration::from_millis(self.ctx.settings.limits.publish_timeout_ms.max(1));

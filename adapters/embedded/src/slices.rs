@@ -75,6 +75,27 @@ const RETENTION: TableDefinition<&str, i64> = TableDefinition::new("sl_retention
 const EXPIRE_SCAN: usize = 4096;
 /// name -> counter
 const META: TableDefinition<&str, u64> = TableDefinition::new("sl_meta");
+/// (room, comment id) -> kept until (ms): deleted comments, left out of reads
+/// and batches ([`SliceStore::delete_items`]).
+const DELETED: TableDefinition<(&str, u64), i64> = TableDefinition::new("sl_deleted");
+
+/// The ids of `room` deleted (and still kept as such).
+fn deleted_of<T>(table: &T, room: &str) -> Result<std::collections::HashSet<u64>, redb::Error>
+where
+    T: ReadableTable<(&'static str, u64), i64>,
+{
+    let mut out = std::collections::HashSet::new();
+    for e in table.range((room, 0)..=(room, u64::MAX))? {
+        out.insert(e?.0.value().1);
+    }
+    Ok(out)
+}
+
+/// Whether an item's data is one of `deleted` (an id that cannot be read is kept).
+fn is_deleted(deleted: &std::collections::HashSet<u64>, data: &[u8]) -> bool {
+    !deleted.is_empty()
+        && danmaku_core::model::peek_id(data).is_some_and(|id| deleted.contains(&id))
+}
 
 /// The tables of the first layout (an item per row, moved into a batch table when
 /// claimed); [`migrate_v1`] converts a database that still has them.
@@ -101,6 +122,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(KEPT)?;
     txn.open_table(KEPT_EXPIRY)?;
     txn.open_table(RETENTION)?;
+    txn.open_table(DELETED)?;
     migrate_v1(txn)?;
     keep_leased(txn)?;
     release_leases(txn)
@@ -334,6 +356,7 @@ fn read_batch(
     leased: &[Leased],
 ) -> Result<ArchiveBatch, redb::Error> {
     let chunks = txn.open_table(CHUNKS)?;
+    let deleted_table = txn.open_table(DELETED)?;
     // Read room by room (then by slice start), so items come grouped by room.
     let mut order: Vec<&Leased> = leased.iter().collect();
     order.sort_by(|a, b| (a.room.as_str(), a.start_ms).cmp(&(b.room.as_str(), b.start_ms)));
@@ -341,6 +364,7 @@ fn read_batch(
     let mut i = 0;
     while i < order.len() {
         let room = order[i].room.as_str();
+        let deleted = deleted_of(&deleted_table, room)?;
         let mut room_items = Vec::new();
         while i < order.len() && order[i].room == room {
             let l = order[i];
@@ -349,7 +373,11 @@ fn read_batch(
                 room,
                 l.start_ms,
                 l.floor.saturating_add(1)..=l.top,
-                |it| room_items.push(it),
+                |it| {
+                    if !is_deleted(&deleted, &it.data) {
+                        room_items.push(it)
+                    }
+                },
             )?;
             i += 1;
         }
@@ -692,6 +720,46 @@ impl SliceStore for EmbeddedSliceStore {
             .map_err(err)
     }
 
+    async fn delete_items(
+        &self,
+        room: &str,
+        ids: &[u64],
+        keep_ms: i64,
+    ) -> Result<(), SliceError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let room = room.to_string();
+        let ids = ids.to_vec();
+        let now = danmaku_core::now_ms();
+        let until = now.saturating_add(keep_ms.max(0));
+        self.db
+            .run(move |db| {
+                let txn = db.begin_write()?;
+                {
+                    let mut t = txn.open_table(DELETED)?;
+                    for id in ids {
+                        let keep = t.get((room.as_str(), id))?.map_or(until, |v| v.value().max(until));
+                        t.insert((room.as_str(), id), keep)?;
+                    }
+                    // Forget the room's deletions whose items are gone by now.
+                    let old: Vec<u64> = t
+                        .range((room.as_str(), 0)..=(room.as_str(), u64::MAX))?
+                        .filter_map(|e| e.ok())
+                        .filter(|(_, v)| v.value() < now)
+                        .map(|(k, _)| k.value().1)
+                        .collect();
+                    for id in old {
+                        t.remove((room.as_str(), id))?;
+                    }
+                }
+                txn.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(err)
+    }
+
     async fn read_after(
         &self,
         room: &str,
@@ -705,6 +773,7 @@ impl SliceStore for EmbeddedSliceStore {
                 let slices = r.open_table(SLICES)?;
                 let kept = r.open_table(KEPT)?;
                 let chunks = r.open_table(CHUNKS)?;
+                let deleted = deleted_of(&r.open_table(DELETED)?, &room)?;
                 // Every part of the room still held, as (floor, start, top): its
                 // items are the chunks of (room, start) first-seq'd in (floor, top].
                 // Parts hold disjoint seq ranges, so by floor is seq order.
@@ -751,7 +820,10 @@ impl SliceStore for EmbeddedSliceStore {
                         // large append).
                         let chunk = v.value();
                         walk_items(chunk, |seq, ts_ms, data| {
-                            if seq > after && out.len() < limit {
+                            if seq > after
+                                && out.len() < limit
+                                && !is_deleted(&deleted, &chunk[data.clone()])
+                            {
                                 out.push(SliceItem {
                                     seq,
                                     ts_ms,

@@ -100,7 +100,8 @@ end
 return {added, min_due, qv, qc, stats}
 "#;
 
-/// Items of a room after a seq. KEYS: idx. ARGV: prefix, after, limit.
+/// Items of a room after a seq, and the room's deleted ids (the caller leaves
+/// those out). KEYS: idx, del. ARGV: prefix, after, limit. Returns {members, ids}.
 /// Walks the slices whose highest seq is above `after`, in seq order, until
 /// `limit` members are collected (the slices are seq-disjoint, see [`APPEND`]):
 /// live ones (member `<start>:<len>`, key `s:<start>:<len>`) and claimed ones
@@ -117,7 +118,7 @@ for _, id in ipairs(ids) do
   local r = redis.call('ZRANGEBYSCORE', key, '(' .. ARGV[2], '+inf', 'LIMIT', 0, need)
   for _, m in ipairs(r) do out[#out + 1] = m end
 end
-return out
+return {out, redis.call('ZRANGE', KEYS[2], 0, -1)}
 "#;
 
 /// Makes slices due now. KEYS: meta, exp. ARGV: up_to (or "inf" for every

@@ -78,6 +78,13 @@ struct RoomKeys {
     prefix: String,
 }
 
+/// Whether a comment's data is one of `deleted` (the id is read without
+/// decoding: see [`danmaku_core::model::peek_id`]).
+fn is_deleted(deleted: &HashSet<u64>, data: &[u8]) -> bool {
+    !deleted.is_empty()
+        && danmaku_core::model::peek_id(data).is_some_and(|id| deleted.contains(&id))
+}
+
 impl RoomKeys {
     fn new(room: &str) -> Self {
         Self {
@@ -506,18 +513,27 @@ impl RedisSliceStore {
             .map(|s| {
                 let mut c = self.conn.clone();
                 let key = format!("{}b:{id}:{}", room_prefix(&s.room), slice_id(&s));
+                let del = RoomKeys::new(&s.room).k("del");
                 async move {
-                    let members: Vec<Vec<u8>> = ::redis::cmd("ZRANGE")
+                    // The slice and the room's deleted ids (same slot: one trip).
+                    let (members, dels): (Vec<Vec<u8>>, Vec<u64>) = ::redis::pipe()
+                        .cmd("ZRANGE")
                         .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .cmd("ZRANGE")
+                        .arg(del)
                         .arg(0)
                         .arg(-1)
                         .query_async(&mut c)
                         .await
                         .map_err(fail("batch_read"))?;
+                    let dels: HashSet<u64> = dels.into_iter().collect();
                     Ok::<_, SliceError>(
                         members
                             .iter()
                             .filter_map(|m| decode_member(m))
+                            .filter(|i| !is_deleted(&dels, &i.data))
                             .map(|i| (s.room.clone(), i))
                             .collect(),
                     )
@@ -836,21 +852,70 @@ impl SliceStore for RedisSliceStore {
         }
         let keys = RoomKeys::new(room);
         let mut c = self.conn.clone();
-        let members: Vec<Vec<u8>> = self
-            .scripts
-            .read_after
-            .key(keys.k("idx"))
-            .arg(&keys.prefix)
-            .arg(after)
-            .arg(limit)
-            .invoke_async(&mut c)
+        let mut out: Vec<SliceItem> = Vec::new();
+        let mut after = after;
+        // Deleted items are left out; a page short of `limit` because of them
+        // reads on, so a short page always means "nothing more".
+        loop {
+            let want = limit - out.len();
+            let (members, dels): (Vec<Vec<u8>>, Vec<u64>) = self
+                .scripts
+                .read_after
+                .key(keys.k("idx"))
+                .key(keys.k("del"))
+                .arg(&keys.prefix)
+                .arg(after)
+                .arg(want)
+                .invoke_async(&mut c)
+                .await
+                .map_err(fail("read_after"))?;
+            let mut items: Vec<SliceItem> =
+                members.iter().filter_map(|m| decode_member(m)).collect();
+            items.sort_by_key(|i| i.seq);
+            items.dedup_by_key(|i| i.seq);
+            let raw = items.len();
+            let Some(last) = items.last().map(|i| i.seq) else {
+                break;
+            };
+            let dels: HashSet<u64> = dels.into_iter().collect();
+            out.extend(items.into_iter().filter(|i| !is_deleted(&dels, &i.data)));
+            // Fewer than asked: the store has no more.
+            if raw < want || out.len() >= limit {
+                break;
+            }
+            after = last;
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn delete_items(
+        &self,
+        room: &str,
+        ids: &[u64],
+        keep_ms: i64,
+    ) -> Result<(), SliceError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let key = RoomKeys::new(room).k("del");
+        let now = danmaku_core::now_ms();
+        let until = now.saturating_add(keep_ms.max(0));
+        let mut p = ::redis::pipe();
+        p.atomic();
+        // GT: a deletion seen again never shortens how long it is kept.
+        p.cmd("ZADD").arg(&key).arg("GT");
+        for id in ids {
+            p.arg(until).arg(*id);
+        }
+        p.ignore();
+        // The room's deletions whose items are gone by now.
+        p.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(format!("({now}")).ignore();
+        p.cmd("PEXPIRE").arg(&key).arg(keep_ms.max(1)).ignore();
+        let mut c = self.conn.clone();
+        p.query_async::<()>(&mut c)
             .await
-            .map_err(fail("read_after"))?;
-        let mut items: Vec<SliceItem> = members.iter().filter_map(|m| decode_member(m)).collect();
-        items.sort_by_key(|i| i.seq);
-        items.dedup_by_key(|i| i.seq);
-        items.truncate(limit);
-        Ok(items)
+            .map_err(fail("delete_items"))
     }
 
     async fn last_seq(&self, room: &str) -> Result<u64, SliceError> {

@@ -40,6 +40,9 @@ macro_rules! slice_store_suite {
             a_longer_slice_length_applies_from_the_next_slice
             slices_of_a_room_stay_disjoint_in_time_and_seq
             redelivery_after_a_length_change_stores_nothing_twice_and_moves_nothing
+            deleted_items_are_never_read_again_and_pages_fill_past_them
+            an_item_deleted_before_its_append_stays_hidden
+            claimed_batches_leave_deleted_items_out
             reports_ready
         ]);
     };
@@ -1016,4 +1019,99 @@ pub async fn redelivery_after_a_length_change_stores_nothing_twice_and_moves_not
 /// A reachable store says so.
 pub async fn reports_ready(store: &dyn SliceStore) {
     assert!(store.ready().await);
+}
+
+/// A comment item whose data is an encoded comment with id `1_000 + seq` (the
+/// deletion guarantees need real ids; other cases use opaque data).
+fn comment(seq: u64, ts: i64) -> SliceItem {
+    let d = crate::model::Danmaku {
+        id: 1_000 + seq,
+        text: format!("c{seq}"),
+        ts_ms: ts,
+        ..Default::default()
+    };
+    SliceItem {
+        seq,
+        ts_ms: ts,
+        data: d.encode_bytes(),
+    }
+}
+
+fn thirty_comments() -> Vec<SliceItem> {
+    (1..=30)
+        .map(|s| comment(s * 2, BASE + (s as i64 - 1) * 1000))
+        .collect()
+}
+
+/// Deleted comments are left out of every later read, a page is filled past
+/// them (so a reader behind deleted items is never stuck), and deleting again
+/// or deleting an id the room never held changes nothing.
+pub async fn deleted_items_are_never_read_again_and_pages_fill_past_them(
+    store: &dyn SliceStore,
+) {
+    let room = unique("dl");
+    store
+        .append(&room, 10_000, RETENTION, &thirty_comments())
+        .await
+        .unwrap();
+    // Seqs 2, 4, 6 (ids 1002, 1004, 1006) and 20 (id 1020).
+    store
+        .delete_items(&room, &[1002, 1004, 1006, 1020], RETENTION)
+        .await
+        .unwrap();
+    let first = store.read_after(&room, 0, 3).await.unwrap();
+    assert_eq!(seqs(&first), vec![8, 10, 12], "the page fills past deleted items");
+    let one = store.read_after(&room, 0, 1).await.unwrap();
+    assert_eq!(seqs(&one), vec![8]);
+    let all = store.read_after(&room, 0, 1000).await.unwrap();
+    let expected: Vec<u64> = (1..=30)
+        .map(|s| s * 2)
+        .filter(|s| ![2, 4, 6, 20].contains(s))
+        .collect();
+    assert_eq!(seqs(&all), expected);
+    store
+        .delete_items(&room, &[1002, 99_999], RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&store.read_after(&room, 0, 1000).await.unwrap()), expected);
+    let tail = store.read_after(&room, 18, 2).await.unwrap();
+    assert_eq!(seqs(&tail), vec![22, 24]);
+}
+
+/// An id deleted before it is appended (a Bus redelivery of the comment after
+/// its deletion was stored) is never read either.
+pub async fn an_item_deleted_before_its_append_stays_hidden(store: &dyn SliceStore) {
+    let room = unique("dp");
+    store.delete_items(&room, &[1004], RETENTION).await.unwrap();
+    store
+        .append(&room, 10_000, RETENTION, &thirty_comments()[..5])
+        .await
+        .unwrap();
+    let all = store.read_after(&room, 0, 100).await.unwrap();
+    assert_eq!(seqs(&all), vec![2, 6, 8, 10]);
+}
+
+/// A batch claimed after a deletion leaves the deleted comment out.
+pub async fn claimed_batches_leave_deleted_items_out(store: &dyn SliceStore) {
+    let room = unique("db");
+    store
+        .append(&room, 10_000, RETENTION, &thirty_comments())
+        .await
+        .unwrap();
+    store
+        .delete_items(&room, &[1002, 1040], RETENTION)
+        .await
+        .unwrap();
+    let slices = archive_room(store, &room, BASE + 40_000 + RETENTION).await;
+    let archived: Vec<u64> = slices
+        .iter()
+        .flat_map(|(_, items)| items.iter().map(|i| i.seq))
+        .collect();
+    let expected: Vec<u64> = (1..=30)
+        .map(|s| s * 2)
+        .filter(|s| ![2, 40].contains(s))
+        .collect();
+    let mut archived_sorted = archived.clone();
+    archived_sorted.sort_unstable();
+    assert_eq!(archived_sorted, expected);
 }

@@ -209,13 +209,34 @@ pub trait SliceStore: Send + Sync + 'static {
     ) -> Result<AppendOutcome, SliceError>;
 
     /// Up to `limit` items of `room` with `seq > after`, in seq order: items of
-    /// slices not yet claimed, claimed, or archived but within their hot retention.
+    /// slices not yet claimed, claimed, or archived but within their hot retention,
+    /// except deleted ones ([`SliceStore::delete_items`]): a page is filled past
+    /// them, so fewer than `limit` items means nothing more is held.
     async fn read_after(
         &self,
         room: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<SliceItem>, SliceError>;
+
+    /// Records that the comments `ids` of `room` were deleted (API.md,
+    /// Moderation): from the call's return on, [`SliceStore::read_after`] and
+    /// [`SliceStore::claim_batch`] (a redo too) leave them out, for at least
+    /// `keep_ms` (the room's hot retention: by then the items themselves are
+    /// gone). An id deleted before it is appended (a Bus redelivery) is left
+    /// out as well. Deleting an id again, or one the room never held, is a
+    /// no-op. The deletion record itself is appended like a comment by the
+    /// caller, after this call, so a reader that sees it never sees its target.
+    /// The default, for test doubles, refuses.
+    async fn delete_items(
+        &self,
+        room: &str,
+        ids: &[u64],
+        keep_ms: i64,
+    ) -> Result<(), SliceError> {
+        let _ = (room, ids, keep_ms);
+        Err(SliceError::other("delete_items: not supported by this store"))
+    }
 
     /// The highest seq ever appended to `room` (0 if none), even once archived.
     async fn last_seq(&self, room: &str) -> Result<u64, SliceError>;
