@@ -1,5 +1,6 @@
 //! The embedded adapters: Bus, SliceStore and ArchiveStore in one redb database
-//! under the data dir. redb is blocking, so every call runs on the blocking pool
+//! under the data dir, and the ModerationStore in a file of its own
+//! ([`EmbeddedModerationStore`], `moderation.redb`). redb is blocking, so every call runs on the blocking pool
 //! (the Bus batches concurrent publishes into one transaction on a thread of its
 //! own: group commit).
 //!
@@ -41,10 +42,12 @@
 
 mod archive;
 mod bus;
+mod moderation;
 mod slices;
 
 pub use archive::EmbeddedArchiveStore;
 pub use bus::EmbeddedBus;
+pub use moderation::EmbeddedModerationStore;
 pub use slices::EmbeddedSliceStore;
 
 use std::path::Path;
