@@ -288,13 +288,13 @@ impl ModerationStore for EmbeddedModerationStore {
         .map(|_| ())
     }
 
-    async fn word_list(&self) -> Result<WordList, ModerationError> {
+    async fn word_list(&self) -> Result<Option<WordList>, ModerationError> {
         self.run("moderation_words_get", |db| {
             let read = db.begin_read()?;
             let table = read.open_table(WORDS)?;
             match table.get("words")? {
-                Some(v) => parse("word list", v.value()),
-                None => Ok(WordList::default()),
+                Some(v) => parse("word list", v.value()).map(Some),
+                None => Ok(None),
             }
         })
         .await
@@ -352,7 +352,7 @@ impl ModerationStore for EmbeddedModerationStore {
                     .push((k.value().to_string(), parse("settings", v.value())?));
             }
             if let Some(v) = read.open_table(WORDS)?.get("words")? {
-                snap.words = parse("word list", v.value())?;
+                snap.words = Some(parse("word list", v.value())?);
             }
             Ok(snap)
         })

@@ -431,17 +431,16 @@ impl ModerationStore for RedisModerationStore {
             .map_err(unavailable("moderation_words"))
     }
 
-    async fn word_list(&self) -> Result<WordList, ModerationError> {
+    async fn word_list(&self) -> Result<Option<WordList>, ModerationError> {
         let json: Option<String> = ::redis::cmd("GET")
             .arg(self.key("words"))
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable("moderation_words_get"))?;
-        match json {
-            None => Ok(WordList::default()),
-            Some(j) => serde_json::from_str(&j)
-                .map_err(|e| ModerationError::other("word list").with_source(e)),
-        }
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| ModerationError::other("word list").with_source(e))
+        })
+        .transpose()
     }
 
     async fn changes_after(
@@ -524,6 +523,7 @@ impl ModerationStore for RedisModerationStore {
         let words = bulk_str(words).unwrap_or_default();
         if !words.is_empty() {
             snap.words = serde_json::from_str(&words)
+                .map(Some)
                 .map_err(|e| ModerationError::other("word list").with_source(e))?;
         }
         Ok(snap)

@@ -219,19 +219,23 @@ pub async fn the_word_list_is_replaced_whole(
     writer: &dyn ModerationStore,
     reader: &dyn ModerationStore,
 ) {
-    assert_eq!(reader.word_list().await.unwrap(), WordList::default());
+    assert_eq!(reader.word_list().await.unwrap(), None, "unset at first");
     let first = WordList {
         words: vec!["bad".into(), "坏蛋".into()],
         policy: FilterPolicy::Reject,
     };
     writer.set_word_list(&first).await.unwrap();
-    assert_eq!(reader.word_list().await.unwrap(), first);
+    assert_eq!(reader.word_list().await.unwrap(), Some(first));
     let second = WordList {
         words: vec!["worse".into()],
         policy: FilterPolicy::Mask,
     };
     writer.set_word_list(&second).await.unwrap();
-    assert_eq!(reader.word_list().await.unwrap(), second);
+    assert_eq!(reader.word_list().await.unwrap(), Some(second));
+    // An empty list is a list (it overrides the configured one), not "unset".
+    let empty = WordList::default();
+    writer.set_word_list(&empty).await.unwrap();
+    assert_eq!(reader.word_list().await.unwrap(), Some(empty));
 }
 
 /// Each write of bans, settings or words is one change under the next version;
@@ -351,7 +355,7 @@ pub async fn the_snapshot_holds_everything_as_of_its_version(
         .iter()
         .any(|x| x.user == b && x.room.is_none() && x.shadow));
     assert!(snap.settings.contains(&(room.clone(), settings)));
-    assert_eq!(snap.words, words);
+    assert_eq!(snap.words, Some(words));
     let page = reader
         .changes_after(snap.version, 10)
         .await

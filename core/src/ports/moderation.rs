@@ -202,8 +202,8 @@ pub struct ModerationSnapshot {
     pub bans: Vec<Ban>,
     /// Rooms whose settings were ever set.
     pub settings: Vec<(String, RoomSettings)>,
-    /// The word list (empty until one is set).
-    pub words: WordList,
+    /// The word list; `None` until one is set (the configured list applies).
+    pub words: Option<WordList>,
 }
 
 /// An idempotency key: a key holds for one user in one room (live) or one VOD.
@@ -339,8 +339,8 @@ pub trait ModerationStore: Send + Sync + 'static {
     /// Replaces the word list.
     async fn set_word_list(&self, words: &WordList) -> Result<(), ModerationError>;
 
-    /// The word list (empty until set).
-    async fn word_list(&self) -> Result<WordList, ModerationError>;
+    /// The word list; `None` until one is set.
+    async fn word_list(&self) -> Result<Option<WordList>, ModerationError>;
 
     /// At most `limit` changes after version `after`; `None` when the log does not
     /// reach back to `after + 1` or `after` is past the store's version (the
@@ -407,7 +407,7 @@ struct MemoryState {
     log: BTreeMap<u64, ModerationChange>,
     bans: HashMap<String, Ban>,
     settings: HashMap<String, RoomSettings>,
-    words: WordList,
+    words: Option<WordList>,
     /// key -> (fingerprint, id when completed, expires at ms)
     keys: HashMap<IdempotencyKey, (u64, Option<u64>, i64)>,
     /// key -> (TAT µs, expires at µs)
@@ -569,12 +569,12 @@ impl ModerationStore for MemoryModerationStore {
 
     async fn set_word_list(&self, words: &WordList) -> Result<(), ModerationError> {
         let mut s = self.lock();
-        s.words = words.clone();
+        s.words = Some(words.clone());
         s.log(ModerationChange::Words);
         Ok(())
     }
 
-    async fn word_list(&self) -> Result<WordList, ModerationError> {
+    async fn word_list(&self) -> Result<Option<WordList>, ModerationError> {
         Ok(self.lock().words.clone())
     }
 
