@@ -33,6 +33,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub filter: FilterSettings,
+    pub moderation: ModerationSettings,
     pub live: LiveSettings,
     pub archive: ArchiveSettings,
     pub replay: ReplaySettings,
@@ -257,6 +258,33 @@ pub struct FilterSettings {
     pub words_file: Option<PathBuf>,
     /// Mask or reject.
     pub policy: FilterPolicy,
+}
+
+/// Moderation: recalls and how each node follows the shared moderation state
+/// (bans, room settings, the word list; API.md, Moderation).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationSettings {
+    /// How long after sending a viewer may recall (delete) their own comment, seconds.
+    pub recall_secs: u64,
+    /// How often each node reads the shared moderation state's change log, ms
+    /// (a ban, setting or word list made on any node holds on every node within
+    /// about this plus one store round trip).
+    pub sync_ms: u64,
+    /// How old this node's copy of the moderation state may be before sends are
+    /// refused with `503 unavailable` (the store cannot be reached, so a ban made
+    /// elsewhere might be missed: fail closed), ms.
+    pub stale_ms: u64,
+}
+
+impl Default for ModerationSettings {
+    fn default() -> Self {
+        Self {
+            recall_secs: 120,
+            sync_ms: 250,
+            stale_ms: 3_000,
+        }
+    }
 }
 
 /// The live path: slices, hubs, WebSocket and polling.
@@ -800,6 +828,11 @@ impl Settings {
                     "unknown role {r:?}; roles are {ALL_ROLES:?} or \"all\""
                 ));
             }
+        }
+        if self.moderation.sync_ms == 0 || self.moderation.stale_ms <= self.moderation.sync_ms {
+            return Err(
+                "moderation.sync_ms must be positive and below moderation.stale_ms".to_string(),
+            );
         }
         if self.server.node_id > crate::id::MAX_NODE {
             return Err(format!(
