@@ -4,11 +4,12 @@
 //! Every answer carries `X-Content-Type-Options: nosniff`; pages (HTML) also a
 //! Content-Security-Policy ([`PAGE_CSP`]: scripts, styles and connections from
 //! this origin only, no framing) and `X-Frame-Options: DENY` for browsers older
-//! than `frame-ancestors`.
+//! than `frame-ancestors`. The pages' scripts and styles are files of their
+//! own (`/assets/*`, built by `web/build.mjs`), so the policy needs no
+//! `'unsafe-inline'`.
 //!
 //! Every answer speaks CORS ([`cors_layer`], API.md "Additions of 2026-12"):
-//! players and pages usually live on another origin than the API. The page's script and style are files of their own
-//! (`/app.js`, `/app.css`) so that the policy needs no `'unsafe-inline'`.
+//! players and pages usually live on another origin than the API.
 
 use crate::ops;
 use axum::extract::Request;
@@ -47,15 +48,7 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
     }
     app = app
         .merge(ops::router(ctx.clone(), metrics))
-        .route("/", get(|| async { Html(include_str!("web/index.html")) }))
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", include_str!("web/app.js")) }),
-        )
-        .route(
-            "/app.css",
-            get(|| async { asset("text/css; charset=utf-8", include_str!("web/app.css")) }),
-        )
+        .merge(pages(&ctx.settings))
         .fallback(|| async { danmaku_core::error::ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this path does not take that method"}});
@@ -73,10 +66,12 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
 }
 
 /// The Content-Security-Policy of every page: its script, style and
-/// connections (fetch and the WebSocket) from this origin only, nothing else
-/// loaded, and no framing by any site (`frame-ancestors 'none'`).
+/// connections (fetch and the WebSocket) from this origin only, a session's
+/// `video_url` from anywhere (media only), nothing else loaded, and no framing
+/// by any site (`frame-ancestors 'none'`).
 pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+     connect-src 'self'; img-src 'self'; media-src 'self' https: http:; base-uri 'none'; \
+     form-action 'self'; \
      frame-ancestors 'none'";
 
 /// How long a browser may reuse a preflight's answer (Chromium caps it at 2 h).
@@ -134,12 +129,74 @@ async fn preflight_no_content(request: Request, next: Next) -> Response {
     response
 }
 
-fn asset(content_type: &'static str, text: &'static str) -> Response {
+// The pages built by web/build.mjs from web/src/pages (committed under
+// web/dist/pages, so building the binary needs no Node).
+include!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/web/dist/pages/assets.rs"
+));
+
+/// Cache policy of the HTML pages: always revalidated, so a new binary's
+/// pages (naming new hashed assets) are seen at once.
+const HTML_CACHE: &str = "no-cache";
+/// Cache policy of the hashed assets: their names change with their bytes.
+const ASSET_CACHE: &str = "public, max-age=31536000, immutable";
+
+/// The pages for people (API.md "Pages for people"): `/`, `/rooms/{room}`,
+/// `/vods/{vod}`, their assets under `/assets/` and `/favicon.ico`. The
+/// sender limits are written into the pages once, here, so the send box can
+/// show them before anything is sent.
+fn pages(settings: &danmaku_core::config::Settings) -> Router {
+    let fill = |template: &str| -> Arc<str> {
+        let limits = &settings.limits;
+        template
+            .replace("{{max_text_chars}}", &limits.max_text_chars.to_string())
+            .replace("{{user_per_sec}}", &limits.user_per_sec.to_string())
+            .replace("{{user_burst}}", &limits.user_burst.to_string())
+            .into()
+    };
+    let home = fill(WEB_HOME_HTML);
+    let room = fill(WEB_ROOM_HTML);
+    let vod = fill(WEB_VOD_HTML);
+    Router::new()
+        .route("/", get(move || html_page(home.clone())))
+        .route("/rooms/{room}", get(move || html_page(room.clone())))
+        .route("/vods/{vod}", get(move || html_page(vod.clone())))
+        .route("/assets/{file}", get(web_asset))
+        .route(
+            "/favicon.ico",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "image/x-icon"),
+                        (header::CACHE_CONTROL, "public, max-age=86400"),
+                    ],
+                    WEB_FAVICON,
+                )
+            }),
+        )
+}
+
+async fn html_page(page: Arc<str>) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        text,
+        [(header::CACHE_CONTROL, HTML_CACHE)],
+        Html(page.to_string()),
     )
         .into_response()
+}
+
+async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match WEB_ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, ASSET_CACHE),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => danmaku_core::error::ApiError::not_found("asset").into_response(),
+    }
 }
 
 /// `nosniff` on every answer; the page policy on HTML ones.

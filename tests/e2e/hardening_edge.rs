@@ -476,7 +476,19 @@ async fn pages_carry_the_security_headers() {
     );
     assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
     // What the page loads under that policy.
-    for (path, ty) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+    // The page's script and style are hashed files under /assets/ (web/build.mjs).
+    let asset = |ext: &str| {
+        let end = page.text.find(ext).expect("the page loads an asset") + ext.len();
+        let start = page.text[..end]
+            .rfind("/assets/")
+            .expect("assets live under /assets/");
+        page.text[start..end].to_string()
+    };
+    for (path, ty) in [
+        (asset(".js"), "text/javascript"),
+        (asset(".css"), "text/css"),
+    ] {
+        let path = path.as_str();
         let r = app.get(path).await;
         r.expect_status(200, path);
         assert!(

@@ -12,3 +12,4 @@
 mod helpers;
 
 mod cors;
+mod pages;
