@@ -1,13 +1,20 @@
 //! Turning one claimed batch into what gets written: decoding each comment,
 //! aligning it to its VOD session, and encoding the Parquet files. Pure (no I/O),
 //! so it runs on the blocking pool and is unit-tested here.
+//!
+//! Deletion records ([`Danmaku::is_deletion`]) are never archived as comments:
+//! each becomes a row of the batch's deletion files and, when it names a VOD
+//! (or its target is a comment of this batch under one), an ArchiveStore
+//! deletion; comments they delete in the same batch are left out. Hidden
+//! (shadow-banned) comments go to Parquet with their flag, never to the
+//! ArchiveStore, so replay never has them.
 
-use crate::parquet_file::{self, EncodeError};
+use crate::parquet_file::{self, DeletionRow, EncodeError};
 use bytes::Bytes;
 use danmaku_core::model::Danmaku;
-use danmaku_core::ports::{ArchivedComment, SliceItem};
+use danmaku_core::ports::{ArchivedComment, ArchivedDeletion, SliceItem};
 use danmaku_core::vod::{session_for, Session};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A batch's comments, decoded and aligned: each is one Parquet row as it stands
 /// (its `room`, `vod` and `offset_ms` set to what the file gets).
@@ -15,8 +22,13 @@ use std::collections::HashMap;
 pub struct Aligned {
     /// Comments that belong to a VOD (for the ArchiveStore and Parquet).
     pub archived: Vec<ArchivedComment>,
-    /// Comments outside any VOD (Parquet only).
+    /// Comments outside any VOD, and hidden comments with or without one
+    /// (Parquet only).
     pub others: Vec<Danmaku>,
+    /// The batch's deletion records, as rows of its deletion files.
+    pub deletions: Vec<DeletionRow>,
+    /// The deletions to apply to the ArchiveStore (those with a VOD).
+    pub store_deletions: Vec<ArchivedDeletion>,
     /// Records that did not decode and were skipped.
     pub decode_errors: usize,
 }
@@ -25,6 +37,27 @@ impl Aligned {
     /// Comments written to Parquet.
     pub fn rows(&self) -> usize {
         self.archived.len() + self.others.len()
+    }
+
+    /// Leaves out the comments the batch's own deletion records delete, and
+    /// gives a deletion without a VOD the one its target was aligned to here.
+    fn apply_own_deletions(&mut self) {
+        if self.deletions.is_empty() {
+            return;
+        }
+        let deleted: HashSet<u64> = self.deletions.iter().map(|d| d.id).collect();
+        let named: HashSet<u64> = self.store_deletions.iter().map(|d| d.id).collect();
+        for a in &self.archived {
+            if deleted.contains(&a.item.id) && !named.contains(&a.item.id) {
+                self.store_deletions.push(ArchivedDeletion {
+                    vod: a.vod.clone(),
+                    offset_ms: a.offset_ms,
+                    id: a.item.id,
+                });
+            }
+        }
+        self.archived.retain(|a| !deleted.contains(&a.item.id));
+        self.others.retain(|d| !deleted.contains(&d.id));
     }
 }
 
@@ -38,6 +71,9 @@ impl Aligned {
 ///   (without an offset).
 /// - A comment without a room gets the SliceStore's room.
 /// - A record that does not decode is logged and skipped.
+/// - A deletion record is not a comment (see the module documentation); a
+///   comment it deletes in this batch is left out.
+/// - A hidden comment is aligned like any other but goes to `others`.
 pub fn align(
     batch_id: u64,
     items: Vec<(String, SliceItem)>,
@@ -61,6 +97,20 @@ pub fn align(
         };
         if comment.room.is_empty() {
             comment.room.clone_from(room);
+        }
+        if comment.is_deletion() {
+            if let (Some(vod), Some(offset_ms), Some(id)) =
+                (&comment.vod, comment.offset_ms, comment.deletes)
+            {
+                out.store_deletions.push(ArchivedDeletion {
+                    vod: vod.clone(),
+                    offset_ms,
+                    id,
+                });
+            }
+            out.deletions
+                .extend(DeletionRow::from_record(&comment, room));
+            continue;
         }
         let placement = match (&comment.vod, comment.offset_ms) {
             (Some(_), Some(_)) => None,
@@ -102,13 +152,27 @@ pub fn align(
                 comment.offset_ms.unwrap_or_default(),
             ),
         };
+        if comment.hidden {
+            // Archived for analysts, never replayed.
+            out.others.push(comment);
+            continue;
+        }
         out.archived.push(ArchivedComment {
             vod,
             offset_ms,
             item: comment,
         });
     }
+    out.apply_own_deletions();
     out
+}
+
+/// The deletion files of an aligned batch: `(object name, bytes)`, one per day.
+pub fn encode_deletions(
+    batch_id: u64,
+    aligned: &Aligned,
+) -> Result<Vec<(String, Bytes)>, EncodeError> {
+    parquet_file::encode_deletions(batch_id, &aligned.deletions)
 }
 
 /// The Parquet files of an aligned batch: `(object name, bytes)`, one per hour.
@@ -144,6 +208,7 @@ mod tests {
             vod: None,
             offset_ms: None,
             hidden: false,
+            deletes: None,
         }
     }
 
@@ -229,5 +294,66 @@ mod tests {
         let p = align(1, Vec::new(), &HashMap::new(), 0);
         assert!(p.archived.is_empty() && p.rows() == 0);
         assert!(encode(1, &p).unwrap().is_empty());
+    }
+
+    #[test]
+    fn deletions_are_not_comments_and_take_their_targets_out() {
+        let sessions = HashMap::from([("r1".to_string(), vec![session("v1", "r1", T, None, 0)])]);
+        let kept = comment(1, "r1", T + 1_000);
+        let doomed = comment(2, "r1", T + 2_000);
+        let hidden = Danmaku {
+            hidden: true,
+            ..comment(3, "r1", T + 3_000)
+        };
+        // Deletes 2 (this batch) without naming its VOD, and 99 (archived before).
+        let del_here = Danmaku {
+            deletes: Some(2),
+            user: "mod".into(),
+            text: "spam".into(),
+            kind: 3,
+            ..comment(10, "r1", T + 4_000)
+        };
+        let del_old = Danmaku {
+            deletes: Some(99),
+            vod: Some("v1".into()),
+            offset_ms: Some(500),
+            ..comment(11, "r1", T + 5_000)
+        };
+        let items = [&kept, &doomed, &hidden, &del_here, &del_old]
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ("r1".to_string(), item(i as u64 + 1, d)))
+            .collect();
+        let p = align(3, items, &sessions, 0);
+        let archived: Vec<u64> = p.archived.iter().map(|a| a.item.id).collect();
+        assert_eq!(
+            archived,
+            vec![1],
+            "deleted, hidden and deletion records are not stored"
+        );
+        let others: Vec<(u64, bool, Option<&str>)> = p
+            .others
+            .iter()
+            .map(|d| (d.id, d.hidden, d.vod.as_deref()))
+            .collect();
+        assert_eq!(
+            others,
+            vec![(3, true, Some("v1"))],
+            "hidden: Parquet only, aligned"
+        );
+        let ids: Vec<u64> = p.deletions.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![2, 99]);
+        assert_eq!(p.deletions[0].reason.as_deref(), Some("spam"));
+        assert_eq!(p.deletions[0].by, "mod");
+        let mut store: Vec<(u64, &str, i64)> = p
+            .store_deletions
+            .iter()
+            .map(|d| (d.id, d.vod.as_str(), d.offset_ms))
+            .collect();
+        store.sort();
+        assert_eq!(store, vec![(2, "v1", 2_000), (99, "v1", 500)]);
+        let files = encode_deletions(3, &p).unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].0.starts_with("deletions/date=2025-11-24/"));
     }
 }

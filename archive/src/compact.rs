@@ -24,6 +24,12 @@
 //!   Two compactions of one hour at once can write two overlapping files; the next
 //!   run merges them, still keeping each id once.
 //!
+//! Deletions: a run first reads the ids of the deletion files
+//! (`deletions/date=YYYY-MM-DD/*.parquet`) of the hour's day and later days (a
+//! comment is deleted after it was sent) and leaves those rows out of its
+//! output; an hour with a single file is rewritten when that file holds a
+//! deleted id, so running compaction again after a deletion drops it.
+//!
 //! Readers listing the hour between the `put` and the deletes (milliseconds) see
 //! some rows twice; that is the one window plain files cannot close (a table
 //! format such as Iceberg would).
@@ -57,6 +63,8 @@ pub struct CompactReport {
     /// Files deleted because a compacted file already held their rows (left by an
     /// earlier run that stopped before its deletes, or rewritten by a redo).
     pub covered_deleted: usize,
+    /// Rows left out because their comment was deleted (`deletions/`).
+    pub deleted_rows: usize,
 }
 
 /// Why a compaction failed. Nothing is lost on failure: inputs are deleted only
@@ -134,6 +142,48 @@ async fn list_hour(objects: &dyn ObjectStore, dir: &str) -> Result<Vec<String>, 
         .await?;
     names.sort();
     Ok(names)
+}
+
+/// The ids deleted on the day of hour directory `dir` (`date=YYYY-MM-DD/hour=HH`)
+/// or later: every id of the deletion files under `deletions/date=D/` with
+/// `D` at least that day.
+pub async fn deleted_ids_since(
+    objects: &dyn ObjectStore,
+    dir: &str,
+) -> Result<HashSet<u64>, CompactError> {
+    let day = dir.split('/').next().unwrap_or(dir);
+    let prefix = format!("{}/", parquet_file::DELETIONS_DIR);
+    let files: Vec<String> = objects
+        .list(parquet_file::DELETIONS_DIR)
+        .try_filter_map(|m| {
+            let keep = m
+                .path
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(d, f)| {
+                    d.starts_with("date=") && d >= day && f.ends_with(".parquet")
+                });
+            async move { Ok(keep.then_some(m.path)) }
+        })
+        .try_collect()
+        .await?;
+    let mut ids = HashSet::new();
+    for file in files {
+        let bytes = match objects.get(&file).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let rows = tokio::task::spawn_blocking(move || parquet_file::decode_deletions(bytes))
+            .await
+            .map_err(|e| CompactError::Task(e.to_string()))?
+            .map_err(|source| CompactError::Read {
+                file: file.clone(),
+                source,
+            })?;
+        ids.extend(rows.into_iter().map(|r| r.id));
+    }
+    Ok(ids)
 }
 
 /// The key-value metadata of a Parquet object, read from its footer only (two
@@ -267,8 +317,13 @@ pub async fn compact_hour(
         .filter(|n| !n.starts_with(COMPACTED_PREFIX) || lists.contains_key(*n))
         .collect();
     let covered_here: Vec<&String> = names.iter().filter(|n| covered.contains(*n)).collect();
+    let deleted = if inputs.is_empty() {
+        HashSet::new()
+    } else {
+        deleted_ids_since(objects, &dir).await?
+    };
 
-    if inputs.len() > 1 {
+    if inputs.len() > 1 || (inputs.len() == 1 && !deleted.is_empty()) {
         // Read every input, then decode, merge and encode off the async runtime.
         let mut files: Vec<(String, Bytes)> = Vec::with_capacity(inputs.len());
         let mut listed: BTreeSet<String> = BTreeSet::new();
@@ -292,7 +347,8 @@ pub async fn compact_hour(
             .collect::<Vec<_>>()
             .join(",");
         let merged = files.len();
-        let (rows, bytes) = tokio::task::spawn_blocking(move || {
+        let single = merged == 1;
+        let outcome = tokio::task::spawn_blocking(move || {
             let mut decoded = Vec::with_capacity(files.len());
             for (name, bytes) in files {
                 let (rows, _) =
@@ -302,15 +358,24 @@ pub async fn compact_hour(
                     })?;
                 decoded.push(rows);
             }
-            let rows = merge_rows(decoded);
+            let mut rows = merge_rows(decoded);
+            let before = rows.len();
+            rows.retain(|r| !deleted.contains(&r.id));
+            let dropped = before - rows.len();
+            if single && dropped == 0 {
+                return Ok::<_, CompactError>(None); // one file, nothing deleted in it
+            }
             let bytes = parquet_file::encode_sorted(
                 &rows,
                 vec![KeyValue::new(COMPACTED_FROM_KEY.to_string(), manifest)],
             )?;
-            Ok::<_, CompactError>((rows.len(), bytes))
+            Ok(Some((rows.len(), dropped, bytes)))
         })
         .await
         .map_err(|e| CompactError::Task(e.to_string()))??;
+        let Some((rows, dropped, bytes)) = outcome else {
+            return finish(objects, report, &dir, covered_here).await;
+        };
         put_whole(objects, &location(&output), bytes).await?;
         let doomed: Vec<String> = inputs
             .iter()
@@ -320,13 +385,24 @@ pub async fn compact_hour(
         delete_all(objects, doomed).await?;
         report.files_merged = merged;
         report.rows = rows;
+        report.deleted_rows = dropped;
         report.output = Some(format!("{dir}/{output}"));
-        tracing::info!(hour = %dir, files = merged, rows, output = %output, "hour compacted");
+        tracing::info!(hour = %dir, files = merged, rows, deleted_rows = dropped, output = %output, "hour compacted");
     }
+    finish(objects, report, &dir, covered_here).await
+}
+
+/// Deletes the hour's covered files (but the output) and completes the report.
+async fn finish(
+    objects: &dyn ObjectStore,
+    mut report: CompactReport,
+    dir: &str,
+    covered_here: Vec<&String>,
+) -> Result<CompactReport, CompactError> {
     let leftovers: Vec<String> = covered_here
         .iter()
         .filter(|n| report.output.as_deref() != Some(&format!("{dir}/{n}")))
-        .map(|n| location(n))
+        .map(|n| format!("{dir}/{n}"))
         .collect();
     report.covered_deleted = leftovers.len();
     delete_all(objects, leftovers).await?;
@@ -378,7 +454,10 @@ pub async fn list_hours(objects: &dyn ObjectStore) -> Result<Vec<String>, Compac
     let mut listing = objects.list("");
     while let Some(meta) = listing.try_next().await? {
         if let Some((dir, _)) = split_name(&meta.path) {
-            hours.insert(dir.to_string());
+            // Hour directories only (not `deletions/`).
+            if dir.starts_with("date=") {
+                hours.insert(dir.to_string());
+            }
         }
     }
     Ok(hours.into_iter().collect())
@@ -465,6 +544,7 @@ mod tests {
             mode: "scroll",
             color: 0,
             text: format!("t{id}"),
+            hidden: false,
         }
     }
 

@@ -14,9 +14,11 @@
 //!   while archivers write.
 //!
 //! Exactly once: a batch is claimed with a lease, then written in the order
-//! ArchiveStore upsert (idempotent by vod and id) → Parquet `put` (one object per
+//! ArchiveStore upsert (idempotent by vod and id) → ArchiveStore deletions (the
+//! batch's deletion records; idempotent) → Parquet `put` (one object per
 //! hour, named after the hour and the batch id only, so a redo overwrites it with
-//! the same bytes) → `complete_batch`. A crash anywhere before the last step lets
+//! the same bytes; likewise one deletion file per day,
+//! `deletions/date=YYYY-MM-DD/batch-<id>.parquet`) → `complete_batch`. A crash anywhere before the last step lets
 //! the lease expire; the batch is then handed out again with the same id and
 //! contents and redone, which adds nothing twice. A redo after its hour was
 //! compacted deletes the part it rewrote again ([`compact::superseded`]).
@@ -40,7 +42,7 @@
 //! Metrics (no per-room labels): `danmaku_archive_rows_total`,
 //! `danmaku_archive_batches_total`, `danmaku_archive_batch_seconds`,
 //! `danmaku_archive_decode_errors_total`, `danmaku_archive_lease_renewals_total{result}`,
-//! `danmaku_archive_expired_slices_total`.
+//! `danmaku_archive_expired_slices_total`, `danmaku_archive_deletions_total`.
 
 #![warn(missing_docs)]
 
@@ -79,6 +81,9 @@ pub mod metric {
     /// Counter: archived slices deleted from the SliceStore once their hot
     /// retention ended.
     pub const EXPIRED_SLICES_TOTAL: &str = "danmaku_archive_expired_slices_total";
+    /// Counter: deletion records archived (applied to the ArchiveStore where
+    /// they name a VOD, and written to `deletions/`).
+    pub const DELETIONS_TOTAL: &str = "danmaku_archive_deletions_total";
 }
 
 /// What one archived batch wrote.
@@ -90,7 +95,10 @@ pub struct BatchReport {
     pub rows: usize,
     /// Of those, comments stored in the ArchiveStore under a VOD.
     pub vod_rows: usize,
-    /// Object names written, one per hour partition, oldest first.
+    /// Deletion records of the batch (written to `deletions/`).
+    pub deletions: usize,
+    /// Object names written: one per hour partition, oldest first, then one
+    /// deletion file per day.
     pub files: Vec<String>,
 }
 
@@ -275,7 +283,7 @@ pub async fn process_batch(
         metrics::counter!(metric::DECODE_ERRORS_TOTAL).increment(aligned.decode_errors as u64);
     }
 
-    let crashable = aligned.rows() > 0;
+    let crashable = aligned.rows() > 0 || !aligned.deletions.is_empty();
     if crashable {
         crash_point("after_claim");
     }
@@ -283,11 +291,20 @@ pub async fn process_batch(
     // happen before any file is written, as before.
     let encoding = {
         let aligned = aligned.clone();
-        tokio::task::spawn_blocking(move || batch::encode(batch_id, &aligned))
+        tokio::task::spawn_blocking(move || {
+            let mut files = batch::encode(batch_id, &aligned)?;
+            files.extend(batch::encode_deletions(batch_id, &aligned)?);
+            Ok::<_, parquet_file::EncodeError>(files)
+        })
     };
     let (upserted, encoded) =
         tokio::join!(ctx.archive.upsert_comments(&aligned.archived), encoding);
     upserted?;
+    // After the upsert: a redo re-applies them, and the store keeps a deleted
+    // comment out of any later upsert.
+    ctx.archive
+        .delete_comments(&aligned.store_deletions)
+        .await?;
     let encoded_files = encoded.map_err(task)??;
     if crashable {
         crash_point("after_upsert");
@@ -295,7 +312,9 @@ pub async fn process_batch(
     let mut files = Vec::with_capacity(encoded_files.len());
     for (name, bytes) in encoded_files {
         ctx.objects.put(&name, bytes).await?;
-        if compact::superseded(&*ctx.objects, &name).await? {
+        if !name.starts_with(parquet_file::DELETIONS_DIR)
+            && compact::superseded(&*ctx.objects, &name).await?
+        {
             // A redo of a batch whose hour was compacted meanwhile: the rows are
             // in the compacted file already. (Deleting a missing object is Ok.)
             ctx.objects.delete(&name).await?;
@@ -315,12 +334,14 @@ pub async fn process_batch(
     }
 
     metrics::counter!(metric::ROWS_TOTAL).increment(aligned.rows() as u64);
+    metrics::counter!(metric::DELETIONS_TOTAL).increment(aligned.deletions.len() as u64);
     metrics::counter!(metric::BATCHES_TOTAL).increment(1);
     metrics::histogram!(metric::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(BatchReport {
         batch_id,
         rows: aligned.rows(),
         vod_rows: aligned.archived.len(),
+        deletions: aligned.deletions.len(),
         files,
     })
 }

@@ -9,9 +9,15 @@
 //! gives the same bytes, and an object name depends only on the hour and the batch
 //! id, which is what lets a redone batch overwrite its own files instead of adding
 //! rows (DESIGN §8).
+//!
+//! Deletions (API.md, Moderation) have files of their own, one per batch and
+//! day: [`DeletionRow`], [`deletion_schema`], [`encode_deletions`] (named
+//! `deletions/date=YYYY-MM-DD/batch-<batch id>.parquet`, exactly once like the
+//! comment files) and [`decode_deletions`].
 
 use arrow::array::{
-    ArrayRef, Int64Builder, StringBuilder, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Int64Builder, StringBuilder, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -30,7 +36,9 @@ use std::sync::Arc;
 /// File-metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "danmaku.schema_version";
 /// Version of the column layout below; bump it when columns change meaning.
-pub const SCHEMA_VERSION: &str = "1";
+/// Version 2 added `hidden`; [`decode`] still reads version 1 files (every row
+/// not hidden).
+pub const SCHEMA_VERSION: &str = "2";
 /// ZSTD level of every column.
 pub const ZSTD_LEVEL: i32 = 3;
 /// False-positive rate of the bloom filters of compacted files (and of [`encode`]).
@@ -88,6 +96,8 @@ pub struct ParquetRow {
     pub color: u32,
     /// The comment text.
     pub text: String,
+    /// Sent by a shadow-banned user: shown only to its sender, never replayed.
+    pub hidden: bool,
 }
 
 impl ParquetRow {
@@ -121,6 +131,7 @@ impl ParquetRow {
             mode,
             color: d.color,
             text: d.text,
+            hidden: d.hidden,
         }
     }
 }
@@ -151,6 +162,8 @@ pub trait RowView {
     fn color(&self) -> u32;
     /// The `text` column.
     fn text(&self) -> &str;
+    /// The `hidden` column.
+    fn hidden(&self) -> bool;
 }
 
 impl RowView for ParquetRow {
@@ -186,6 +199,9 @@ impl RowView for ParquetRow {
     }
     fn text(&self) -> &str {
         &self.text
+    }
+    fn hidden(&self) -> bool {
+        self.hidden
     }
 }
 
@@ -226,6 +242,9 @@ impl RowView for Danmaku {
     fn text(&self) -> &str {
         &self.text
     }
+    fn hidden(&self) -> bool {
+        self.hidden
+    }
 }
 
 impl<T: RowView + ?Sized> RowView for &T {
@@ -262,6 +281,9 @@ impl<T: RowView + ?Sized> RowView for &T {
     fn text(&self) -> &str {
         (**self).text()
     }
+    fn hidden(&self) -> bool {
+        (**self).hidden()
+    }
 }
 
 /// The Arrow schema of an archive file, column order included.
@@ -282,6 +304,7 @@ pub fn schema() -> SchemaRef {
         Field::new("mode", DataType::Utf8, false),
         Field::new("color", DataType::UInt32, false),
         Field::new("text", DataType::Utf8, false),
+        Field::new("hidden", DataType::Boolean, false),
     ]))
 }
 
@@ -503,6 +526,7 @@ pub fn to_record_batch_in<R: RowView>(
     let mut offset = Int64Builder::with_capacity(n);
     let mut ts = Vec::with_capacity(n);
     let mut color = Vec::with_capacity(n);
+    let mut hidden = Vec::with_capacity(n);
     let mut strings: Vec<StringBuilder> = sizes
         .iter()
         .map(|&bytes| StringBuilder::with_capacity(n, bytes))
@@ -513,6 +537,7 @@ pub fn to_record_batch_in<R: RowView>(
         offset.append_option(r.offset_ms());
         ts.push(r.ts_ms());
         color.push(r.color());
+        hidden.push(r.hidden());
         strings[0].append_value(r.room());
         strings[1].append_option(r.vod());
         strings[2].append_value(r.user());
@@ -539,6 +564,7 @@ pub fn to_record_batch_in<R: RowView>(
         mode,
         Arc::new(UInt32Array::from(color)),
         text,
+        Arc::new(BooleanArray::from(hidden)),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
@@ -623,10 +649,14 @@ pub fn decode(bytes: Bytes) -> Result<(Vec<ParquetRow>, Vec<KeyValue>), DecodeEr
         .iter()
         .find(|k| k.key == SCHEMA_VERSION_KEY)
         .and_then(|k| k.value.as_deref());
-    if version != Some(SCHEMA_VERSION) {
-        return Err(DecodeError::Schema(format!("schema version {version:?}")));
-    }
-    if builder.schema().fields() != schema().fields() {
+    let want = schema();
+    let columns = match version {
+        Some(SCHEMA_VERSION) => &want.fields()[..],
+        // Version 1: the same columns but `hidden`.
+        Some("1") => &want.fields()[..want.fields().len() - 1],
+        _ => return Err(DecodeError::Schema(format!("schema version {version:?}"))),
+    };
+    if &builder.schema().fields()[..] != columns {
         return Err(DecodeError::Schema("unexpected columns".into()));
     }
     let mut out = Vec::with_capacity(builder.metadata().file_metadata().num_rows().max(0) as usize);
@@ -642,6 +672,7 @@ pub fn decode(bytes: Bytes) -> Result<(Vec<ParquetRow>, Vec<KeyValue>), DecodeEr
         let ts = b.column(4).as_primitive::<TimestampMillisecondType>();
         let (user, name, kind, mode) = (strings(5), strings(6), strings(7), strings(8));
         let (color, text) = (b.column(9).as_primitive::<UInt32Type>(), strings(10));
+        let hidden = (b.num_columns() > 11).then(|| b.column(11).as_boolean());
         for i in 0..b.num_rows() {
             let label = |a: &arrow::array::StringArray| {
                 known_label(a.value(i))
@@ -659,6 +690,7 @@ pub fn decode(bytes: Bytes) -> Result<(Vec<ParquetRow>, Vec<KeyValue>), DecodeEr
                 mode: label(mode)?,
                 color: color.value(i),
                 text: text.value(i).to_string(),
+                hidden: hidden.is_some_and(|h| h.value(i)),
             });
         }
     }
@@ -710,6 +742,172 @@ pub fn encode_batch<R: RowView>(
         .collect()
 }
 
+/// Directory of the deletion files.
+pub const DELETIONS_DIR: &str = "deletions";
+/// File-metadata value of [`SCHEMA_VERSION_KEY`] in deletion files.
+pub const DELETION_SCHEMA_VERSION: &str = "deletions-1";
+
+/// One row of a deletion file: comment `id` was deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletionRow {
+    /// The deleted comment's id.
+    pub id: u64,
+    /// Its room.
+    pub room: String,
+    /// Its VOD, when it belonged to one.
+    pub vod: Option<String>,
+    /// When it was deleted, ms since the epoch (the `deleted_at` column, UTC).
+    pub deleted_at_ms: i64,
+    /// Who deleted it (a user id).
+    pub by: String,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+}
+
+impl DeletionRow {
+    /// The row of a deletion record (`d.deletes` set), with the SliceStore's room
+    /// when the record has none. `None` for a record that is not a deletion.
+    pub fn from_record(d: &Danmaku, room: &str) -> Option<Self> {
+        Some(Self {
+            id: d.deletes?,
+            room: if d.room.is_empty() {
+                room.to_string()
+            } else {
+                d.room.clone()
+            },
+            vod: d.vod.clone(),
+            deleted_at_ms: d.ts_ms,
+            by: d.user.clone(),
+            reason: (!d.text.is_empty()).then(|| d.text.clone()),
+        })
+    }
+}
+
+/// The Arrow schema of a deletion file.
+pub fn deletion_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::UInt64, false),
+        Field::new("room", DataType::Utf8, false),
+        Field::new("vod", DataType::Utf8, true),
+        Field::new(
+            "deleted_at",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("by", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, true),
+    ]))
+}
+
+/// The object name of batch `batch_id`'s deletion file for the day holding
+/// `ts_ms`: `deletions/date=YYYY-MM-DD/batch-<batch id, 20 digits>.parquet` (UTC).
+pub fn deletion_path(ts_ms: i64, batch_id: u64) -> String {
+    let day =
+        chrono::DateTime::from_timestamp_millis(ts_ms.div_euclid(24 * HOUR_MS) * 24 * HOUR_MS)
+            .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    format!(
+        "{DELETIONS_DIR}/{}/batch-{batch_id:020}.parquet",
+        day.format("date=%Y-%m-%d")
+    )
+}
+
+/// Every deletion file of batch `batch_id`: `(object name, bytes)`, one per day
+/// the deletions span, oldest first, rows sorted by (room, deleted_at, id).
+/// Deterministic, so a redone batch overwrites its files with the same bytes.
+pub fn encode_deletions(
+    batch_id: u64,
+    rows: &[DeletionRow],
+) -> Result<Vec<(String, Bytes)>, EncodeError> {
+    let mut days: BTreeMap<String, Vec<&DeletionRow>> = BTreeMap::new();
+    for r in rows {
+        days.entry(deletion_path(r.deleted_at_ms, batch_id))
+            .or_default()
+            .push(r);
+    }
+    let mut out = Vec::with_capacity(days.len());
+    for (name, mut rows) in days {
+        rows.sort_by(|a, b| {
+            (a.room.as_str(), a.deleted_at_ms, a.id).cmp(&(b.room.as_str(), b.deleted_at_ms, b.id))
+        });
+        let mut room = StringBuilder::new();
+        let mut vod = StringBuilder::new();
+        let mut by = StringBuilder::new();
+        let mut reason = StringBuilder::new();
+        for r in &rows {
+            room.append_value(&r.room);
+            vod.append_option(r.vod.as_deref());
+            by.append_value(&r.by);
+            reason.append_option(r.reason.as_deref());
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.id))),
+            Arc::new(room.finish()),
+            Arc::new(vod.finish()),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.deleted_at_ms))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(by.finish()),
+            Arc::new(reason.finish()),
+        ];
+        let batch = RecordBatch::try_new(deletion_schema(), columns)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                SCHEMA_VERSION_KEY.to_string(),
+                DELETION_SCHEMA_VERSION.to_string(),
+            )]))
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, deletion_schema(), Some(props))?;
+        writer.write(&batch)?;
+        writer.close()?;
+        out.push((name, Bytes::from(bytes)));
+    }
+    Ok(out)
+}
+
+/// Reads a deletion file back, rows in file order.
+pub fn decode_deletions(bytes: Bytes) -> Result<Vec<DeletionRow>, DecodeError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{TimestampMillisecondType, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let version = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == SCHEMA_VERSION_KEY))
+        .and_then(|k| k.value.clone());
+    if version.as_deref() != Some(DELETION_SCHEMA_VERSION) {
+        return Err(DecodeError::Schema(format!(
+            "deletion file version {version:?}"
+        )));
+    }
+    if builder.schema().fields() != deletion_schema().fields() {
+        return Err(DecodeError::Schema("unexpected deletion columns".into()));
+    }
+    let mut out = Vec::new();
+    for batch in builder.build()? {
+        let b = batch?;
+        let strings = |i: usize| b.column(i).as_string::<i32>();
+        let id = b.column(0).as_primitive::<UInt64Type>();
+        let at = b.column(3).as_primitive::<TimestampMillisecondType>();
+        let (room, vod, by, reason) = (strings(1), strings(2), strings(4), strings(5));
+        for i in 0..b.num_rows() {
+            out.push(DeletionRow {
+                id: id.value(i),
+                room: room.value(i).to_string(),
+                vod: vod.is_valid(i).then(|| vod.value(i).to_string()),
+                deleted_at_ms: at.value(i),
+                by: by.value(i).to_string(),
+                reason: reason.is_valid(i).then(|| reason.value(i).to_string()),
+            });
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,6 +931,7 @@ mod tests {
             mode: "scroll",
             color: 0xFFFFFF,
             text: text.into(),
+            hidden: false,
         }
     }
 
@@ -783,6 +982,7 @@ mod tests {
             let ts = b.column(4).as_primitive::<TimestampMillisecondType>();
             let (user, name, kind, mode) = (s(5), s(6), s(7), s(8));
             let (color, text) = (b.column(9).as_primitive::<UInt32Type>(), s(10));
+            let hidden = b.column(11).as_boolean().clone();
             let leak = |v: &str| -> &'static str { Box::leak(v.to_string().into_boxed_str()) };
             for i in 0..b.num_rows() {
                 out.push(ParquetRow {
@@ -797,6 +997,7 @@ mod tests {
                     mode: leak(mode.value(i)),
                     color: color.value(i),
                     text: text.value(i).into(),
+                    hidden: hidden.value(i),
                 });
             }
         }
@@ -1114,6 +1315,7 @@ mod tests {
             vod: None,
             offset_ms: None,
             hidden: false,
+            deletes: None,
         };
         let r = ParquetRow::from_danmaku(d, "fallback", Some("v".into()), Some(5));
         assert_eq!(
@@ -1124,5 +1326,95 @@ mod tests {
             (r.vod.as_deref(), r.offset_ms, r.color),
             (Some("v"), Some(5), 0x123456)
         );
+    }
+
+    #[test]
+    fn hidden_rows_keep_their_flag_and_version_1_files_still_read() {
+        let rows = vec![
+            ParquetRow {
+                hidden: true,
+                ..row(1, "r", T, "shadow")
+            },
+            row(2, "r", T + 1, "plain"),
+        ];
+        let (back, kv) = decode(encode(&rows).unwrap()).unwrap();
+        assert_eq!(back, rows);
+        assert!(kv
+            .iter()
+            .any(|k| k.key == SCHEMA_VERSION_KEY && k.value.as_deref() == Some("2")));
+        // A file of the first layout: eleven columns, version 1.
+        let old_schema = Arc::new(Schema::new(schema().fields()[..11].to_vec()));
+        let batch = to_record_batch(&rows).unwrap();
+        let old = RecordBatch::try_new(old_schema.clone(), batch.columns()[..11].to_vec()).unwrap();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                SCHEMA_VERSION_KEY.to_string(),
+                "1".to_string(),
+            )]))
+            .build();
+        let mut bytes = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut bytes, old_schema, Some(props)).unwrap();
+        w.write(&old).unwrap();
+        w.close().unwrap();
+        let (back, _) = decode(Bytes::from(bytes)).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(
+            back.iter().all(|r| !r.hidden),
+            "version 1 rows are not hidden"
+        );
+    }
+
+    #[test]
+    fn deletion_files_are_named_by_day_and_batch_and_read_back() {
+        let day = 24 * HOUR_MS;
+        let rows = vec![
+            DeletionRow {
+                id: 9,
+                room: "r2".into(),
+                vod: Some("v1".into()),
+                deleted_at_ms: T + 5,
+                by: "admin".into(),
+                reason: Some("spam <b>".into()),
+            },
+            DeletionRow {
+                id: 7,
+                room: "r1".into(),
+                vod: None,
+                deleted_at_ms: T + day,
+                by: "alice".into(),
+                reason: None,
+            },
+        ];
+        let files = encode_deletions(42, &rows).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "deletions/date=2025-11-24/batch-00000000000000000042.parquet",
+                "deletions/date=2025-11-25/batch-00000000000000000042.parquet"
+            ]
+        );
+        assert_eq!(encode_deletions(42, &rows).unwrap(), files, "deterministic");
+        assert_eq!(
+            decode_deletions(files[0].1.clone()).unwrap(),
+            vec![rows[0].clone()]
+        );
+        assert_eq!(
+            decode_deletions(files[1].1.clone()).unwrap(),
+            vec![rows[1].clone()]
+        );
+        assert!(decode_deletions(encode(&[row(1, "r", T, "x")]).unwrap()).is_err());
+        assert!(decode(files[0].1.clone()).is_err(), "not a comment file");
+        assert!(encode_deletions(1, &[]).unwrap().is_empty());
+        let record = Danmaku {
+            deletes: Some(5),
+            user: "mod".into(),
+            text: String::new(),
+            ts_ms: T,
+            ..Default::default()
+        };
+        let d = DeletionRow::from_record(&record, "room-x").unwrap();
+        assert_eq!((d.id, d.room.as_str(), d.reason), (5, "room-x", None));
+        assert!(DeletionRow::from_record(&Danmaku::default(), "r").is_none());
     }
 }

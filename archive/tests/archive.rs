@@ -77,6 +77,7 @@ fn comment(id: u64, room: &str, ts_ms: i64, text: &str) -> Danmaku {
         vod: None,
         offset_ms: None,
         hidden: false,
+        deletes: None,
     }
 }
 
@@ -187,7 +188,7 @@ fn parquet_rows(dir: &Path) -> Vec<Row> {
             .unwrap_or_default();
         assert!(
             kv.iter()
-                .any(|k| k.key == "danmaku.schema_version" && k.value.as_deref() == Some("1")),
+                .any(|k| k.key == "danmaku.schema_version" && k.value.as_deref() == Some("2")),
             "{file}: schema version"
         );
         for batch in builder.build().unwrap() {

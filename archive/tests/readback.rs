@@ -106,7 +106,7 @@ async fn pyarrow_reads_back_every_row_and_the_file_properties() {
         .any(|c| c["file"].as_str().unwrap().contains("/compacted-")));
     for c in checks {
         let file = c["file"].as_str().unwrap();
-        assert_eq!(c["version"], "1", "{file}: schema version");
+        assert_eq!(c["version"], "2", "{file}: schema version");
         let schema = &c["schema"];
         for (col, ty) in [
             ("id", "uint64"),
@@ -120,6 +120,7 @@ async fn pyarrow_reads_back_every_row_and_the_file_properties() {
             ("mode", "string"),
             ("color", "uint32"),
             ("text", "string"),
+            ("hidden", "bool"),
         ] {
             assert_eq!(schema[col], ty, "{file}: column {col}");
         }

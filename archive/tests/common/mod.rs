@@ -112,6 +112,7 @@ pub fn comment(id: u64, room: &str, ts_ms: i64, text: &str) -> Danmaku {
         vod: None,
         offset_ms: None,
         hidden: false,
+        deletes: None,
     }
 }
 
@@ -177,8 +178,54 @@ pub async fn create_session(
     s
 }
 
-/// Every archive file under `<dir>/archive`, sorted, as paths relative to it.
+/// Every comment file under `<dir>/archive` (not `deletions/`), sorted, as
+/// paths relative to it.
 pub fn archive_files(dir: &Path) -> Vec<String> {
+    every_parquet_file(dir)
+        .into_iter()
+        .filter(|f| !f.starts_with("deletions/"))
+        .collect()
+}
+
+/// Every deletion file under `<dir>/archive/deletions`, sorted, relative to
+/// `<dir>/archive`.
+pub fn deletion_files(dir: &Path) -> Vec<String> {
+    every_parquet_file(dir)
+        .into_iter()
+        .filter(|f| f.starts_with("deletions/"))
+        .collect()
+}
+
+/// Every deletion row of every deletion file.
+pub fn deletion_rows(dir: &Path) -> Vec<parquet_file::DeletionRow> {
+    let root = dir.join("archive");
+    deletion_files(dir)
+        .into_iter()
+        .flat_map(|file| {
+            let bytes = std::fs::read(root.join(&file)).unwrap();
+            parquet_file::decode_deletions(bytes.into())
+                .unwrap_or_else(|e| panic!("{file} does not read back: {e}"))
+        })
+        .collect()
+}
+
+/// A deletion record (as the DELETE handler appends it) of comment `target`.
+pub fn deletion_record(id: u64, target: &Danmaku, vod: Option<(&str, i64)>, ts_ms: i64) -> Danmaku {
+    Danmaku {
+        id,
+        room: target.room.clone(),
+        user: "moderator".into(),
+        ts_ms,
+        kind: Kind::System as i32,
+        text: format!("spam {}", target.id),
+        vod: vod.map(|(v, _)| v.to_string()),
+        offset_ms: vod.map(|(_, o)| o),
+        deletes: Some(target.id),
+        ..Default::default()
+    }
+}
+
+fn every_parquet_file(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
