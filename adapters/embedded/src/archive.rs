@@ -690,6 +690,33 @@ impl ArchiveStore for EmbeddedArchiveStore {
             .map_err(err)
     }
 
+    async fn segments(&self, vod: &str) -> Result<Vec<u32>, ArchiveError> {
+        let vod = vod.to_string();
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                let t = r.open_table(CHUNKS)?;
+                let mut out = Vec::new();
+                let mut from = 0u32;
+                // One lookup per segment: jump past each one found.
+                loop {
+                    let next = t
+                        .range((vod.as_str(), from, 0)..=(vod.as_str(), u32::MAX, u64::MAX))?
+                        .next();
+                    let Some(e) = next.transpose()? else { break };
+                    let seg = e.0.value().1;
+                    out.push(seg);
+                    match seg.checked_add(1) {
+                        Some(n) => from = n,
+                        None => break,
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(err)
+    }
+
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
         let vod = vod.to_string();
         self.db

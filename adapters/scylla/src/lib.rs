@@ -1044,6 +1044,15 @@ impl ArchiveStore for ScyllaArchiveStore {
         })
     }
 
+    async fn segments(&self, vod: &str) -> Result<Vec<u32>, ArchiveError> {
+        let states = self.segment_states(vod).await?;
+        Ok(states
+            .iter()
+            .filter(|(_, s)| s.rows() > 0)
+            .map(|(&segment, _)| segment)
+            .collect())
+    }
+
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
         let states = self.segment_states(vod).await?;
         Ok(states

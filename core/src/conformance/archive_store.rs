@@ -19,6 +19,7 @@ macro_rules! archive_store_suite {
             upserts_are_idempotent
             a_segment_reads_in_offset_then_id_order
             last_segment_is_the_highest_holding_a_comment
+            segments_are_those_holding_comments
             deleted_comments_are_neither_read_nor_counted
             deletions_are_idempotent_and_outlast_a_redone_upsert
             a_deletion_applied_first_keeps_a_later_upsert_out
@@ -331,6 +332,17 @@ pub async fn the_version_changes_with_every_change_and_never_repeats(store: &dyn
         }
         .token()
     );
+}
+
+/// `segments` lists the segments holding comments, ascending, gaps left out.
+pub async fn segments_are_those_holding_comments(store: &dyn ArchiveStore) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let mut rows = rows(&v1, &v2);
+    rows.push(comment(60, &v1, 5 * 360_000 + 1, Kind::Comment));
+    store.upsert_comments(&rows).await.unwrap();
+    assert_eq!(store.segments(&v1).await.unwrap(), vec![0, 1, 5]);
+    assert_eq!(store.segments(&v2).await.unwrap(), vec![0]);
+    assert!(store.segments(&unique("none")).await.unwrap().is_empty());
 }
 
 /// A reachable store says so.
