@@ -10,6 +10,7 @@
 //! | ArchiveStore | `scylla.nodes` | `danmaku_scylla::ScyllaArchiveStore` | `EmbeddedArchiveStore` |
 //! | ReplayCache | `replay.redis_url` | `danmaku_redis::TieredReplayCache` | `MemoryReplayCache` |
 //! | ObjectStore | `archive.url` (`s3://…`) | `danmaku_object_store` on S3 | `danmaku_object_store` on local files under the data dir |
+//! | ModerationStore ([`moderation_store`]) | `redis.url` / `redis.cluster` | `danmaku_redis::RedisModerationStore` | `danmaku_embedded::EmbeddedModerationStore` (`moderation.redb`) |
 //!
 //! A new backend for a port: an adapter crate under `adapters/`, a settings key in
 //! `danmaku_core::config`, and one branch here.
@@ -19,7 +20,9 @@ use danmaku_core::config::Settings;
 use danmaku_core::context::Context;
 use danmaku_core::id::IdGenerator;
 use danmaku_core::memory::{LocalNotifier, MemoryReplayCache};
-use danmaku_core::ports::{ArchiveStore, Bus, Notifier, ObjectStore, ReplayCache, SliceStore};
+use danmaku_core::ports::{
+    ArchiveStore, Bus, ModerationStore, Notifier, ObjectStore, ReplayCache, SliceStore,
+};
 use danmaku_embedded::{EmbeddedArchiveStore, EmbeddedBus, EmbeddedDb, EmbeddedSliceStore};
 use std::sync::Arc;
 
@@ -166,4 +169,34 @@ pub fn object_store(settings: &Settings) -> Result<Arc<dyn ObjectStore>, Context
         &settings.archive,
         &settings.server.data_dir,
     )?)
+}
+
+/// The ModerationStore the settings select: Redis (the SliceStore's, `redis.cluster`
+/// or `redis.url`, keys under `redis.namespace`) when set, else
+/// `<data_dir>/moderation.redb`. The intake's; held outside [`Context`] since only
+/// the ingest checks use it (live and replay reach it through the intake).
+pub fn moderation_store(settings: &Settings) -> Result<Arc<dyn ModerationStore>, ContextError> {
+    let which = if settings.redis.cluster.is_empty() {
+        "redis.url"
+    } else {
+        "redis.cluster"
+    };
+    match danmaku_redis::RedisModerationStore::connect(&settings.redis).map_err(|e| {
+        ContextError::Adapter {
+            which,
+            message: e.to_string(),
+        }
+    })? {
+        Some(store) => Ok(Arc::new(store)),
+        None => {
+            let dir = &settings.server.data_dir;
+            let store = danmaku_embedded::EmbeddedModerationStore::open(dir).map_err(|e| {
+                ContextError::Embedded {
+                    dir: dir.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            Ok(Arc::new(store))
+        }
+    }
 }

@@ -134,7 +134,8 @@ impl Server {
 
         // Live and replay use ingest's checks (auth, validation, limits) for the
         // sends they take, so it exists whichever roles run.
-        let ingest = danmaku_ingest::Ingest::new(ctx.clone())?;
+        let moderation = crate::engines::moderation_store(&s)?;
+        let ingest = danmaku_ingest::Ingest::with_moderation(ctx.clone(), moderation)?;
         let mut roles = Roles {
             ingest: None,
             live: None,

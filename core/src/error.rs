@@ -23,6 +23,8 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Banned,
+    /// A muted room refuses viewers' sends (403; service and admin may send).
+    Muted,
     NotFound,
     VodEnded,
     /// An idempotency key reused with a different body (409).
@@ -51,6 +53,7 @@ impl ErrorCode {
             Unauthorized => "unauthorized",
             Forbidden => "forbidden",
             Banned => "banned",
+            Muted => "muted",
             NotFound => "not_found",
             VodEnded => "vod_ended",
             IdempotencyConflict => "idempotency_conflict",
@@ -64,7 +67,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden | Banned => StatusCode::FORBIDDEN,
+            Forbidden | Banned | Muted => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             VodEnded | IdempotencyConflict => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -143,6 +146,8 @@ mod tests {
     fn statuses_match_api_md() {
         assert_eq!(ErrorCode::BlockedWord.status(), 400);
         assert_eq!(ErrorCode::Banned.status(), 403);
+        assert_eq!(ErrorCode::Muted.status(), 403);
+        assert_eq!(ErrorCode::Muted.as_str(), "muted");
         assert_eq!(ErrorCode::VodEnded.status(), 409);
         assert_eq!(ErrorCode::IdempotencyConflict.status(), 409);
         assert_eq!(

@@ -1,7 +1,7 @@
-//! HTTP routes of the ingest role.
+//! HTTP routes of the ingest role (the admin API is in `admin`).
 
 use crate::json::JsonObject;
-use crate::{Ingest, SendRequest, Target, MAX_BAN_SECS};
+use crate::{Ingest, SendRequest, Target};
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -9,11 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use danmaku_core::auth::{authenticate, Role};
+use danmaku_core::auth::authenticate;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::model::valid_id;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -43,7 +42,15 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/rooms/{room}/danmaku", post(send))
         .route("/v1/auth/guest", post(guest))
-        .route("/v1/admin/rooms/{room}/bans", post(ban))
+        .route(
+            "/v1/rooms/{room}/danmaku/{id}",
+            axum::routing::delete(crate::delete::delete_in_room),
+        )
+        .route(
+            "/v1/vods/{vod}/danmaku/{id}",
+            axum::routing::delete(crate::delete::delete_in_vod),
+        )
+        .merge(crate::admin::routes())
         .with_state(ingest)
 }
 
@@ -139,52 +146,6 @@ async fn guest(
     State(ingest): State<Arc<Ingest>>,
     ClientIp(client): ClientIp,
 ) -> Result<Response, ApiError> {
-    let (token, user) = ingest.mint_guest(client)?;
+    let (token, user) = ingest.mint_guest(client).await?;
     Ok(Json(json!({"token": token, "user": user})).into_response())
-}
-
-#[derive(Deserialize)]
-struct BanRequest {
-    user: String,
-    /// Checked against [`MAX_BAN_SECS`]: a ban end past it would overflow.
-    seconds: u64,
-}
-
-async fn ban(
-    State(ingest): State<Arc<Ingest>>,
-    Path(room): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    check_room(&room)?;
-    let claims = authenticate(&ingest.ctx.signer, &headers, None)?;
-    if claims.role != Role::Admin {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "bans need an admin token",
-        ));
-    }
-    let req: BanRequest =
-        read_json(&headers, body, ingest.ctx.settings.limits.max_body_bytes).await?;
-    if req.user.is_empty() || req.user.len() > 128 {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            "user is a non-empty string",
-        ));
-    }
-    if req.seconds > MAX_BAN_SECS {
-        return Err(ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("seconds is at most {MAX_BAN_SECS} (10 years)"),
-        ));
-    }
-    let until = ingest.ban(&room, &req.user, req.seconds);
-    tracing::info!(
-        room,
-        user = req.user,
-        seconds = req.seconds,
-        by = claims.sub,
-        "ban"
-    );
-    Ok(Json(json!({"room": room, "user": req.user, "until": if req.seconds == 0 { None } else { Some(until) }})).into_response())
 }

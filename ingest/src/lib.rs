@@ -1,24 +1,33 @@
 //! `danmaku-ingest`: the intake of comments.
 //!
-//! - [`Ingest`]: validation, permissions, bans, the sensitive-word [`filter`],
-//!   per-user, per-room and per-address (guest) rate limits, idempotency keys,
-//!   and publishing to the Bus (202 only once the Bus acknowledged durably). The
+//! - [`Ingest`]: validation, permissions, bans (room and global, shadow), room
+//!   settings (mute, slow mode), the sensitive-word [`filter`], per-user,
+//!   per-room and per-address (guest) rate limits, idempotency keys, and
+//!   publishing to the Bus (202 only once the Bus acknowledged durably). The
 //!   live WebSocket's `send` and the replay API's VOD comments call
-//!   [`Ingest::submit`] too, so every path has the same checks.
-//! - [`router`]: `POST /v1/rooms/{room}/danmaku`, `POST /v1/auth/guest`,
-//!   `POST /v1/admin/rooms/{room}/bans`.
+//!   [`Ingest::submit`] too, so every path has the same checks. Everything a
+//!   send is checked against is shared by every node through the
+//!   ModerationStore port.
+//! - [`moderation`]: this node's copy of bans, room settings and the word list,
+//!   kept current from the store's change log; fails closed when it cannot be.
+//! - [`router`]: `POST /v1/rooms/{room}/danmaku`, `POST /v1/auth/guest` and the
+//!   admin API (`admin`: bans, room settings, the word list; every action an
+//!   audit event).
 //! - [`validate`]: the pure checks on a send request, unit-tested.
 //! - [`json`]: request bodies as objects parsed member by member (each bad
 //!   member gets the code of its field).
 //! - [`client`]: the client address of a request (TCP peer or a trusted
 //!   proxy's header) and the key per-address limits count.
-//! - [`idempotency`]: the idempotency keys of the last window.
+//! - [`idempotency`]: the idempotency keys of the last window, in the store.
 
+pub mod admin;
 pub mod client;
+mod delete;
 pub mod filter;
 mod http;
 pub mod idempotency;
 pub mod json;
+pub mod moderation;
 pub mod validate;
 
 pub use http::{check_room, read_json, router};
@@ -27,13 +36,15 @@ use danmaku_core::auth::{Claims, Role};
 use danmaku_core::context::Context;
 use danmaku_core::error::{ApiError, ErrorCode};
 use danmaku_core::model::{Danmaku, Kind};
-use governor::{DefaultKeyedRateLimiter, Quota};
-use idempotency::{IdempotencyStore, Scope};
+use danmaku_core::ports::{
+    Ban, MemoryModerationStore, ModerationError, ModerationStore, Rate, RoomSettings,
+    RoomSettingsPatch, WordList,
+};
+use idempotency::Scope;
+use moderation::BanState;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest ban, seconds: 10 years of 365.25 days. Longer is `invalid_json`.
@@ -102,57 +113,46 @@ impl Target {
     }
 }
 
-/// The intake: holds the limiters, the idempotency window, the filter and the bans.
+/// The intake: the moderation state's local copy (bans, settings, words), and
+/// through the ModerationStore the idempotency keys and the rate limits.
 pub struct Ingest {
     ctx: Context,
-    filter: filter::WordFilter,
-    user_limiter: DefaultKeyedRateLimiter<String>,
-    room_limiter: DefaultKeyedRateLimiter<String>,
-    /// Guest tokens minted, per client address key.
-    guest_token_limiter: DefaultKeyedRateLimiter<String>,
-    /// Sends of all guests together, per client address key.
-    guest_send_limiter: DefaultKeyedRateLimiter<String>,
-    idempotency: IdempotencyStore,
-    /// (room, user) -> banned until (ms)
-    bans: Mutex<HashMap<(String, String), i64>>,
+    moderation: Arc<moderation::Moderation>,
 }
 
-fn quota(per_sec: u32, burst: u32) -> Quota {
-    let per = NonZeroU32::new(per_sec.max(1)).expect("positive");
-    let burst = NonZeroU32::new(burst.max(per_sec).max(1)).expect("positive");
-    Quota::per_second(per).allow_burst(burst)
+/// What a send counts against: the keys of the store's limits.
+fn limit_key(kind: &str, parts: &[&str]) -> String {
+    let mut k = String::from(kind);
+    for p in parts {
+        k.push('\u{0}');
+        k.push_str(p);
+    }
+    k
+}
+
+fn store_failed(e: ModerationError) -> ApiError {
+    tracing::warn!(error = %e, "moderation store failed");
+    ApiError::unavailable()
 }
 
 impl Ingest {
-    /// Builds the intake from the shared context.
+    /// Builds the intake from the shared context with its moderation state in
+    /// this process's memory (tests, benchmarks, one-process tools); a server
+    /// uses [`Ingest::with_moderation`] with the store the settings select.
     pub fn new(ctx: Context) -> Result<Arc<Self>, filter::FilterError> {
+        Self::with_moderation(ctx, Arc::new(MemoryModerationStore::new()))
+    }
+
+    /// Builds the intake on `store`, the moderation state every node shares, and
+    /// starts following its change log (inside a Tokio runtime).
+    pub fn with_moderation(
+        ctx: Context,
+        store: Arc<dyn ModerationStore>,
+    ) -> Result<Arc<Self>, filter::FilterError> {
         let s = &ctx.settings;
-        let filter = filter::WordFilter::from_settings(&s.filter)?;
-        let idempotency = IdempotencyStore::new(
-            Duration::from_secs(s.limits.idempotency_window_secs),
-            1_000_000,
-        );
-        let per_min =
-            NonZeroU32::new(s.limits.guest_tokens_per_ip_per_min.max(1)).expect("positive");
-        Ok(Arc::new(Self {
-            guest_token_limiter: DefaultKeyedRateLimiter::keyed(Quota::per_minute(per_min)),
-            guest_send_limiter: DefaultKeyedRateLimiter::keyed(quota(
-                s.limits.guest_sends_per_ip_per_sec,
-                s.limits.guest_sends_per_ip_burst,
-            )),
-            user_limiter: DefaultKeyedRateLimiter::keyed(quota(
-                s.limits.user_per_sec,
-                s.limits.user_burst,
-            )),
-            room_limiter: DefaultKeyedRateLimiter::keyed(quota(
-                s.limits.room_per_sec,
-                s.limits.room_burst,
-            )),
-            filter,
-            idempotency,
-            bans: Mutex::new(HashMap::new()),
-            ctx,
-        }))
+        let moderation = moderation::Moderation::new(store, &s.filter, &s.moderation)?;
+        moderation.start();
+        Ok(Arc::new(Self { ctx, moderation }))
     }
 
     /// The shared context.
@@ -160,44 +160,109 @@ impl Ingest {
         &self.ctx
     }
 
-    /// Bans `user` from sending to `room` for `seconds` (0 lifts the ban);
-    /// returns the end of the ban, ms. The HTTP API refuses more than
-    /// [`MAX_BAN_SECS`]; here a longer ban saturates, it never wraps into the
-    /// past (which would lift the ban).
-    pub fn ban(&self, room: &str, user: &str, seconds: u64) -> i64 {
-        let ms = i64::try_from(seconds)
-            .ok()
-            .and_then(|s| s.checked_mul(1000))
-            .unwrap_or(i64::MAX);
-        let until = danmaku_core::now_ms().saturating_add(ms);
-        let mut bans = self.bans.lock().expect("bans lock");
-        if seconds == 0 {
-            bans.remove(&(room.to_string(), user.to_string()));
-        } else {
-            bans.insert((room.to_string(), user.to_string()), until);
-        }
-        until
+    /// This node's copy of the moderation state.
+    pub fn moderation(&self) -> &Arc<moderation::Moderation> {
+        &self.moderation
     }
 
-    fn is_banned(&self, room: &str, user: &str) -> bool {
-        let now = danmaku_core::now_ms();
-        let mut bans = self.bans.lock().expect("bans lock");
-        let key = (room.to_string(), user.to_string());
-        match bans.get(&key) {
-            Some(until) if *until > now => true,
-            Some(_) => {
-                bans.remove(&key);
-                false
-            }
-            None => false,
-        }
+    /// `room`'s settings (slow mode, mute, display budget) as this node knows
+    /// them: current within `moderation.sync_ms` of a change on any node.
+    pub fn room_settings(&self, room: &str) -> RoomSettings {
+        self.moderation.room_settings(room)
+    }
+
+    /// Bans `user` from sending to `room` (`None`: every room) for `seconds` (0
+    /// lifts the ban), a shadow ban when `shadow`; `by` is the admin. Returns
+    /// the end of the ban, ms (`None` when lifted). The HTTP API refuses more
+    /// than [`MAX_BAN_SECS`]; here a longer ban saturates, it never wraps into
+    /// the past (which would lift the ban). In force on this node when it
+    /// returns, on every node within `moderation.sync_ms`.
+    pub async fn ban(
+        &self,
+        room: Option<&str>,
+        user: &str,
+        seconds: u64,
+        shadow: bool,
+        by: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        let store = self.moderation.store();
+        let until = if seconds == 0 {
+            store.lift_ban(room, user).await.map_err(store_failed)?;
+            None
+        } else {
+            let ms = i64::try_from(seconds)
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .unwrap_or(i64::MAX);
+            let now = danmaku_core::now_ms();
+            let until = now.saturating_add(ms);
+            store
+                .set_ban(&Ban {
+                    room: room.map(str::to_string),
+                    user: user.to_string(),
+                    until_ms: until,
+                    shadow,
+                    by: by.to_string(),
+                    at_ms: now,
+                })
+                .await
+                .map_err(store_failed)?;
+            Some(until)
+        };
+        self.moderation.sync().await.map_err(store_failed)?;
+        Ok(until)
+    }
+
+    /// The bans of `room` (`None`: the global bans) in force.
+    pub async fn bans(&self, room: Option<&str>) -> Result<Vec<Ban>, ApiError> {
+        self.moderation
+            .store()
+            .bans(room, danmaku_core::now_ms())
+            .await
+            .map_err(store_failed)
+    }
+
+    /// Changes `room`'s settings; in force here when it returns.
+    pub async fn update_room_settings(
+        &self,
+        room: &str,
+        patch: &RoomSettingsPatch,
+    ) -> Result<RoomSettings, ApiError> {
+        let settings = self
+            .moderation
+            .store()
+            .update_room_settings(room, patch)
+            .await
+            .map_err(store_failed)?;
+        self.moderation.sync().await.map_err(store_failed)?;
+        Ok(settings)
+    }
+
+    /// Replaces the word list (`blocked_word` matching); in force here when it
+    /// returns. `invalid_json` if it cannot be compiled.
+    pub async fn set_word_list(&self, words: &WordList) -> Result<(), ApiError> {
+        filter::WordFilter::new(&words.words, words.policy).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the word list cannot be used: {e}"),
+            )
+        })?;
+        self.moderation
+            .store()
+            .set_word_list(words)
+            .await
+            .map_err(store_failed)?;
+        self.moderation.sync().await.map_err(store_failed)
     }
 
     /// Mints a guest token for a client at `client` (`None`: unknown, all
     /// such clients share one budget): `forbidden` when guests are off,
-    /// `rate_limited` past `limits.guest_tokens_per_ip_per_min`. Returns the
-    /// token and the guest's user id.
-    pub fn mint_guest(&self, client: Option<IpAddr>) -> Result<(String, String), ApiError> {
+    /// `rate_limited` past `limits.guest_tokens_per_ip_per_min` (counted in the
+    /// shared store, so on every node together). Returns the token and the
+    /// guest's user id: `guest-` and 64 random bits, so ids do not collide and
+    /// cannot be guessed; bans, slow mode and limits apply to that id, and a
+    /// guest's sends also count against the address (limits.guest_sends_*).
+    pub async fn mint_guest(&self, client: Option<IpAddr>) -> Result<(String, String), ApiError> {
         let auth = &self.ctx.settings.auth;
         if !auth.guest {
             return Err(ApiError::new(
@@ -206,13 +271,19 @@ impl Ingest {
             ));
         }
         let address = client.map_or_else(|| "unknown".to_string(), client::address_key);
+        let per_min = self.ctx.settings.limits.guest_tokens_per_ip_per_min.max(1);
+        let rate = Rate {
+            interval_us: 60_000_000 / u64::from(per_min),
+            burst: per_min,
+        };
         self.check_limit(
-            &self.guest_token_limiter,
-            address.clone(),
+            limit_key("gt", &[&address]),
+            rate,
             "too many guest tokens from this address",
-        )?;
+        )
+        .await?;
         metrics::counter!("danmaku_ingest_guest_tokens_total").increment(1);
-        let user = format!("guest-{:08x}", rand::random::<u32>());
+        let user = format!("guest-{:016x}", rand::random::<u64>());
         let token = self.ctx.signer.issue_guest(
             &user,
             &address,
@@ -222,7 +293,7 @@ impl Ingest {
         Ok((token, user))
     }
 
-    /// Validates, checks permissions, bans, words and limits, then publishes.
+    /// Validates, checks permissions, bans, mute, words and limits, then publishes.
     /// Returns the comment id once the Bus acknowledged it durably. A guest's
     /// sends count against the address its token was minted for; callers that
     /// know the request's address use [`Ingest::submit_from`].
@@ -256,13 +327,32 @@ impl Ingest {
                 ),
             ));
         }
-        if claims.role != Role::Admin && self.is_banned(&room, &claims.sub) {
+        let mut hidden = false;
+        if claims.role != Role::Admin {
+            // Fail closed: a copy that cannot be confirmed current might miss a ban.
+            self.moderation.ensure_fresh().await?;
+            match self.moderation.ban_state(&room, &claims.sub) {
+                BanState::Banned => {
+                    metrics::counter!("danmaku_ingest_refused_total", "reason" => "banned")
+                        .increment(1);
+                    return Err(ApiError::new(
+                        ErrorCode::Banned,
+                        "you are banned from this room",
+                    ));
+                }
+                BanState::Shadow => hidden = true,
+                BanState::None => {}
+            }
+        }
+        let settings = self.moderation.room_settings(&room);
+        if settings.muted && !claims.role.is_privileged() {
+            metrics::counter!("danmaku_ingest_refused_total", "reason" => "muted").increment(1);
             return Err(ApiError::new(
-                ErrorCode::Banned,
-                "you are banned from this room",
+                ErrorCode::Muted,
+                "this room is muted: only the streamer's service and admins may send",
             ));
         }
-        let text = self.filter.apply(&checked.text)?;
+        let text = self.moderation.filter().apply(&checked.text)?;
         let guest_address = claims
             .is_guest()
             .then(|| {
@@ -271,64 +361,103 @@ impl Ingest {
                     .or_else(|| claims.guest.clone())
             })
             .flatten();
+        let send = Send {
+            claims,
+            guest_address,
+            target: &target,
+            checked: &checked,
+            text,
+            hidden,
+            slow_mode_secs: settings.slow_mode_secs,
+        };
         if let Some(key) = checked.idempotency_key.clone() {
             let offset_ms = match &target {
                 Target::Live { .. } => None,
                 Target::Vod { offset_ms, .. } => Some(*offset_ms),
             };
-            // What the comment says, as validated (so `"mode": "scroll"` and
-            // no mode are the same comment), before the word filter.
-            let fingerprint = idempotency::fingerprint((
-                &checked.text,
-                checked.mode as i32,
-                checked.color,
-                checked.kind as i32,
-                checked.stream_pos_ms,
+            let fingerprint = idempotency::fingerprint(&idempotency::Body {
+                text: &checked.text,
+                mode: checked.mode as i32,
+                color: checked.color,
+                kind: checked.kind as i32,
+                stream_pos_ms: checked.stream_pos_ms,
                 offset_ms,
-            ));
-            // Single flight: concurrent retries with the same key wait for the first.
-            return self
-                .idempotency
-                .run(
-                    &claims.sub,
-                    target.scope(),
-                    &key,
-                    fingerprint,
-                    self.limit_and_publish(claims, guest_address, &target, checked, text),
-                )
-                .await;
+            });
+            let publish_timeout = Duration::from_millis(limits.publish_timeout_ms.max(1));
+            let timing = idempotency::Timing {
+                // An unfinished claim outlives any publish of a live node.
+                claim_ttl: publish_timeout + Duration::from_secs(5),
+                window: Duration::from_secs(limits.idempotency_window_secs.max(1)),
+                wait: publish_timeout + Duration::from_secs(1),
+            };
+            // Concurrent retries with the same key, on any node, publish once.
+            return idempotency::run(
+                self.moderation.store().as_ref(),
+                &claims.sub,
+                &target.scope(),
+                &key,
+                fingerprint,
+                timing,
+                self.limit_and_publish(send),
+            )
+            .await;
         }
-        self.limit_and_publish(claims, guest_address, &target, checked, text)
-            .await
+        self.limit_and_publish(send).await
     }
 
-    async fn limit_and_publish(
-        &self,
-        claims: &Claims,
-        guest_address: Option<String>,
-        target: &Target,
-        checked: validate::Checked,
-        text: String,
-    ) -> Result<u64, ApiError> {
+    async fn limit_and_publish(&self, send: Send<'_>) -> Result<u64, ApiError> {
+        let Send {
+            claims,
+            guest_address,
+            target,
+            checked,
+            text,
+            hidden,
+            slow_mode_secs,
+        } = send;
         let room = target.room();
         if !claims.role.is_privileged() {
-            self.check_limit(
-                &self.user_limiter,
-                format!("{room}\u{0}{}", claims.sub),
+            let l = &self.ctx.settings.limits;
+            let user = self.check_limit(
+                limit_key("u", &[room, &claims.sub]),
+                Rate::per_sec(l.user_per_sec, l.user_burst.max(l.user_per_sec)),
                 "you are sending too fast",
-            )?;
-            if let Some(address) = guest_address {
-                self.check_limit(
-                    &self.guest_send_limiter,
-                    address,
-                    "guests at this address are sending too fast",
-                )?;
-            }
-            self.check_limit(
-                &self.room_limiter,
-                room.to_string(),
+            );
+            let guest = async {
+                match &guest_address {
+                    Some(address) => {
+                        self.check_limit(
+                            limit_key("ga", &[address]),
+                            Rate::per_sec(
+                                l.guest_sends_per_ip_per_sec,
+                                l.guest_sends_per_ip_burst.max(l.guest_sends_per_ip_per_sec),
+                            ),
+                            "guests at this address are sending too fast",
+                        )
+                        .await
+                    }
+                    None => Ok(()),
+                }
+            };
+            let room_limit = self.check_limit(
+                limit_key("r", &[room]),
+                Rate::per_sec(l.room_per_sec, l.room_burst.max(l.room_per_sec)),
                 "this room receives too many comments",
-            )?;
+            );
+            // One round trip for the three (pipelined on the store's connection).
+            let (user, guest, room_limit) = tokio::join!(user, guest, room_limit);
+            user?;
+            guest?;
+            room_limit?;
+            // Last, so a send refused by another limit does not start the wait.
+            if slow_mode_secs > 0 {
+                self.check_limit(
+                    limit_key("s", &[room, &claims.sub]),
+                    Rate::once_per(slow_mode_secs),
+                    "slow mode: wait before sending again",
+                )
+                .await?;
+            }
         }
         let now = danmaku_core::now_ms();
         let (vod, offset_ms) = match target {
@@ -348,7 +477,7 @@ impl Ingest {
             stream_pos_ms: checked.stream_pos_ms,
             vod,
             offset_ms,
-            hidden: false,
+            hidden,
             deletes: None,
         };
         let started = std::time::Instant::now();
@@ -358,6 +487,9 @@ impl Ingest {
                 metrics::histogram!("danmaku_ingest_publish_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!("danmaku_ingest_accepted_total").increment(1);
+                if hidden {
+                    metrics::counter!("danmaku_ingest_shadow_accepted_total").increment(1);
+                }
                 Ok(item.id)
             }
             Ok(Err(e)) => {
@@ -375,34 +507,39 @@ impl Ingest {
         }
     }
 
-    fn check_limit(
-        &self,
-        limiter: &DefaultKeyedRateLimiter<String>,
-        key: String,
-        message: &str,
-    ) -> Result<(), ApiError> {
-        match limiter.check_key(&key) {
+    /// One send against `rate` under `key` in the shared store: `rate_limited`
+    /// with the wait when refused, `unavailable` when the store is down.
+    async fn check_limit(&self, key: String, rate: Rate, message: &str) -> Result<(), ApiError> {
+        match self
+            .moderation
+            .store()
+            .take(&key, rate)
+            .await
+            .map_err(store_failed)?
+        {
             Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
+            Err(wait_ms) => {
+                metrics::counter!("danmaku_ingest_refused_total", "reason" => "rate_limited")
+                    .increment(1);
                 Err(ApiError::new(ErrorCode::RateLimited, message)
-                    .retry_after(wait.as_secs_f64().ceil() as u64))
+                    .retry_after(wait_ms.div_ceil(1000).max(1)))
             }
         }
     }
 
-    /// Drops limiter state of idle keys; call periodically.
+    /// Drops ended bans from this node's copy; call periodically.
     pub fn housekeeping(&self) {
-        self.user_limiter.retain_recent();
-        self.room_limiter.retain_recent();
-        self.guest_token_limiter.retain_recent();
-        self.guest_send_limiter.retain_recent();
-        let now = danmaku_core::now_ms();
-        self.bans
-            .lock()
-            .expect("bans lock")
-            .retain(|_, until| *until > now);
+        self.moderation.housekeeping();
     }
+}
+
+/// A send past its checks, on its way to the limits and the Bus.
+struct Send<'a> {
+    claims: &'a Claims,
+    guest_address: Option<String>,
+    target: &'a Target,
+    checked: &'a validate::Checked,
+    text: String,
+    hidden: bool,
+    slow_mode_secs: u32,
 }

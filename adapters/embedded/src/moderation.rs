@@ -15,7 +15,7 @@ use danmaku_core::ports::{
     ModerationError, ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch,
     WordList, LOG_KEEP,
 };
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -423,6 +423,7 @@ impl ModerationStore for EmbeddedModerationStore {
 /// How many completed keys the file holds (tests).
 #[cfg(test)]
 fn stored_keys(store: &EmbeddedModerationStore) -> u64 {
+    use redb::ReadableTableMetadata;
     let read = store.db.begin_read().unwrap();
     read.open_table(KEYS).unwrap().len().unwrap()
 }
