@@ -8,7 +8,7 @@
 # installs those servers and runs them too (`--include-ignored`).
 #
 # It installs what the tests need on a fresh machine: rustfmt and clippy,
-# redis-server and redis-cli from the OS packages (the tests start their own
+# redis-server, redis-cli and prometheus (promtool) from the OS packages (the tests start their own
 # servers on free loopback ports and stop them), and pyarrow + duckdb (independent
 # Parquet readers) and moto[server] (an S3 API server for the s3:// archive tests)
 # from PyPI. Kafka runs as librdkafka's in-process mock cluster and the CQL peer
@@ -26,10 +26,18 @@ need_pkg() { # need_pkg COMMAND PACKAGE...
 }
 need_pkg redis-server redis-server
 need_pkg redis-cli redis-tools
+# promtool and prometheus (tests/ops_artifacts.rs: `promtool check` / `test
+# rules` on infra/prometheus, and a real Prometheus scraping a node on loopback).
+need_pkg promtool prometheus
 python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install -q pyarrow duckdb
 # moto's S3 server (archive.url = s3://...): the tests start `moto_server` (or
 # `python3 -m moto.server`) on free loopback ports; it is not real AWS.
 python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[server]'
+# node and npm, and the real client libraries the tests drive (tests/clients:
+# bilibili-live-ws against /sub, live/tests/sub.rs), pinned by its lockfile.
+need_pkg node nodejs
+need_pkg npm npm
+(cd tests/clients && npm ci --no-audit --no-fund --silent)
 
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi

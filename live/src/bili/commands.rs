@@ -32,6 +32,8 @@ struct Item {
     mode: String,
     color: u32,
     text: String,
+    #[serde(default)]
+    vod: Option<String>,
 }
 
 /// Bilibili's numeric uid for one of our user ids: the id itself when it is a
@@ -61,10 +63,14 @@ pub fn bili_mode(mode: &str) -> u8 {
 }
 
 /// The command of one item, with its cursor; `None` for an item that is not
-/// shown on `/sub` (likes: the batch's like count has no Bilibili command) or
-/// whose JSON does not parse.
+/// shown on `/sub` (likes: the batch's like count has no Bilibili command; a
+/// comment posted on a recording, which travels on its room's log but was not
+/// said live) or whose JSON does not parse.
 pub fn command(item: &RingItem) -> Option<String> {
     let it: Item = serde_json::from_str(&item.json).ok()?;
+    if it.vod.is_some() {
+        return None;
+    }
     let cursor = Cursor(item.seq).encode();
     let v = match it.kind.as_str() {
         "comment" => danmu_msg(&it, &cursor),
@@ -266,6 +272,15 @@ mod tests {
             item(Kind::Comment, Mode::Scroll, "u", "a"),
         ];
         assert_eq!(commands(&items).len(), 1);
+        let on_vod = Danmaku {
+            vod: Some("v1".into()),
+            offset_ms: Some(5),
+            ..Default::default()
+        };
+        assert!(
+            command(&RingItem::from_danmaku(1, &on_vod)).is_none(),
+            "a comment posted on a recording is not live"
+        );
     }
 
     #[test]
