@@ -171,7 +171,10 @@ pub struct Frame {
     pub withheld: Vec<RingItem>,
     /// The JSON message.
     pub json: Bytes,
-    /// The complete WebSocket frame.
+    /// A second message sent right after `json` (the `delete` message of the
+    /// deletion records among the items), if any.
+    pub after: Option<Bytes>,
+    /// The complete WebSocket frame (two frames when there is `after`).
     pub wire: Bytes,
     deflated: OnceLock<Bytes>,
     /// The `/sub` binary frames of [`Frame::items`], by [`Protover::index`].
@@ -188,13 +191,32 @@ impl Frame {
         withheld: Vec<RingItem>,
         json: Bytes,
     ) -> Self {
-        let wire = encode_frame(opcode::TEXT, &json, false);
+        Self::with_after(first_seq, last_seq, items, withheld, json, None)
+    }
+
+    /// [`Frame::new`] with a second message `after` sent right after the batch.
+    pub fn with_after(
+        first_seq: u64,
+        last_seq: u64,
+        items: Vec<RingItem>,
+        withheld: Vec<RingItem>,
+        json: Bytes,
+        after: Option<Bytes>,
+    ) -> Self {
+        let mut wire = encode_frame(opcode::TEXT, &json, false);
+        if let Some(a) = &after {
+            let mut both = Vec::with_capacity(wire.len() + a.len() + 10);
+            both.extend_from_slice(&wire);
+            both.extend_from_slice(&encode_frame(opcode::TEXT, a, false));
+            wire = Bytes::from(both);
+        }
         Self {
             first_seq,
             last_seq,
             items,
             withheld,
             json,
+            after,
             wire,
             deflated: OnceLock::new(),
             sub: Default::default(),
@@ -212,7 +234,14 @@ impl Frame {
 
     /// The frame compressed with permessage-deflate, computed once per frame.
     pub fn deflated(&self) -> &Bytes {
-        self.deflated.get_or_init(|| deflate_text_frame(&self.json))
+        self.deflated.get_or_init(|| match &self.after {
+            None => deflate_text_frame(&self.json),
+            Some(a) => {
+                let mut both = deflate_text_frame(&self.json).to_vec();
+                both.extend_from_slice(&deflate_text_frame(a));
+                Bytes::from(both)
+            }
+        })
     }
 }
 

@@ -34,21 +34,50 @@ pub struct RingItem {
     pub user: Arc<str>,
     /// Comment, gift, like or system: what the display budget looks at.
     pub kind: Kind,
-    /// The item as clients see it (one element of a batch's `items`).
+    /// The item as clients see it (one element of a batch's `items`); for a
+    /// deletion record, its `delete` message.
     pub json: Arc<str>,
+    /// The comment's id.
+    pub id: u64,
+    /// A deletion record: the id of the comment it takes back. Never shown as
+    /// an item: clients get `{"type":"delete"}` (WebSocket) or `deleted` (polls).
+    pub deletes: Option<u64>,
+    /// A shadow-banned sender's comment: shown only to its sender.
+    pub hidden: bool,
 }
 
 impl RingItem {
     /// The item of `d`, stored under `seq`.
     pub fn from_danmaku(seq: u64, d: &Danmaku) -> Self {
+        let json = match d.deletes {
+            Some(target) => delete(&[target]),
+            None => d.to_json(),
+        };
         Self {
             seq,
             ts_ms: d.ts_ms,
             user: Arc::from(d.user.as_str()),
-            kind: d.kind(),
-            json: Arc::from(d.to_json()),
+            kind: if d.deletes.is_some() {
+                Kind::System
+            } else {
+                d.kind()
+            },
+            json: Arc::from(json),
+            id: d.id,
+            deletes: d.deletes,
+            hidden: d.hidden,
         }
     }
+
+    /// Whether clients see this as an item (not a deletion record).
+    pub fn is_shown(&self) -> bool {
+        self.deletes.is_none()
+    }
+}
+
+/// The comments that the deletion records among `items` take back.
+pub fn deleted_ids(items: &[RingItem]) -> Vec<u64> {
+    items.iter().filter_map(|i| i.deletes).collect()
 }
 
 // ---- WebSocket: what the server sends on its own ----
@@ -66,7 +95,7 @@ pub fn batch(items: &[RingItem], cursor: u64, likes: u64) -> String {
     s.push_str("{\"type\":\"batch\",\"cursor\":\"");
     s.push_str(&Cursor(cursor).encode());
     s.push_str("\",\"items\":[");
-    for (n, i) in items.iter().enumerate() {
+    for (n, i) in items.iter().filter(|i| i.is_shown()).enumerate() {
         if n > 0 {
             s.push(',');
         }
@@ -105,7 +134,22 @@ pub fn error(reference: Option<Value>, e: &ApiError) -> Value {
     json!({"type": "error", "ref": reference, "error": {"code": e.code.as_str(), "message": e.message}})
 }
 
-// Messages to come (`delete`, `online`, ...) go here.
+/// `{"type":"delete","ids":[...]}`: comments taken back (API.md, Moderation).
+pub fn delete(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    json!({"type": "delete", "ids": ids}).to_string()
+}
+
+/// The `delete` message of the deletion records among `items`, if any.
+pub fn deletes_of(items: &[RingItem]) -> Option<String> {
+    let ids = deleted_ids(items);
+    (!ids.is_empty()).then(|| delete(&ids))
+}
+
+/// `{"type":"online","count":n}`: the room's viewers over every node.
+pub fn online(count: u64) -> String {
+    json!({"type": "online", "count": count}).to_string()
+}
 
 // ---- HTTP ----
 
@@ -123,7 +167,7 @@ pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64, gap: bool) 
     let mut body =
         String::with_capacity(64 + items.iter().map(|i| i.json.len() + 1).sum::<usize>());
     body.push_str("{\"items\":[");
-    for (n, i) in items.iter().enumerate() {
+    for (n, i) in items.iter().filter(|i| i.is_shown()).enumerate() {
         if n > 0 {
             body.push(',');
         }
@@ -135,6 +179,12 @@ pub fn poll_page(items: &[RingItem], cursor: u64, next_poll_ms: u64, gap: bool) 
     body.push_str(&next_poll_ms.to_string());
     if gap {
         body.push_str(",\"gap\":true");
+    }
+    let deleted = deleted_ids(items);
+    if !deleted.is_empty() {
+        body.push_str(",\"deleted\":");
+        let ids: Vec<String> = deleted.iter().map(u64::to_string).collect();
+        body.push_str(&serde_json::to_string(&ids).expect("strings serialize"));
     }
     body.push('}');
     body
@@ -151,7 +201,43 @@ mod tests {
             user: Arc::from("u"),
             kind: Kind::Comment,
             json: Arc::from(json),
+            id: seq,
+            deletes: None,
+            hidden: false,
         }
+    }
+
+    #[test]
+    fn deletion_records_are_delete_messages_never_items() {
+        let c = |n| Cursor(n).encode();
+        let d = Danmaku {
+            id: 9,
+            deletes: Some(3),
+            ..Default::default()
+        };
+        let del = RingItem::from_danmaku(6, &d);
+        assert!(!del.is_shown());
+        let items = [item(3, r#"{"a":1}"#), del];
+        assert_eq!(
+            batch(&items, 6, 0),
+            format!(
+                r#"{{"type":"batch","cursor":"{}","items":[{{"a":1}}]}}"#,
+                c(6)
+            )
+        );
+        assert_eq!(
+            deletes_of(&items).as_deref(),
+            Some(r#"{"ids":["3"],"type":"delete"}"#)
+        );
+        assert_eq!(deletes_of(&items[..1]), None);
+        assert_eq!(
+            poll_page(&items, 6, 0, false),
+            format!(
+                r#"{{"items":[{{"a":1}}],"cursor":"{}","next_poll_ms":0,"deleted":["3"]}}"#,
+                c(6)
+            )
+        );
+        assert_eq!(online(2), r#"{"count":2,"type":"online"}"#);
     }
 
     #[test]

@@ -103,6 +103,15 @@ pub(crate) async fn poll(
         let rate = hub.as_ref().map_or(0.0, |h| h.rate());
         (next_poll_ms(rate) as f64 * load).min(60_000.0) as u64
     };
+    // A shadow-banned sender's comments reach only that sender (a poll with
+    // their token); everyone else never sees them.
+    let mut items = items;
+    if items.iter().any(|i| i.hidden) {
+        let me = danmaku_core::auth::authenticate(&live.ctx.signer, &headers, q.token.as_deref())
+            .ok()
+            .map(|c| c.sub);
+        items.retain(|i| !i.hidden || me.as_deref() == Some(&*i.user));
+    }
     let body = messages::poll_page(&items, next_cursor, next_poll, gap);
     let mut resp = body.into_response();
     resp.headers_mut().insert(

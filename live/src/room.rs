@@ -343,6 +343,23 @@ impl Hub {
             .filter(|(seq, _)| *seq > st.last_seq)
             .map(|(seq, d)| RingItem::from_danmaku(*seq, d))
             .collect();
+        // A deletion takes its comment out of the ring (nobody who arrives
+        // later gets it) and out of what is still pending (not sent yet).
+        let deleted = messages::deleted_ids(&fresh);
+        if !deleted.is_empty() {
+            st.ring
+                .retain(|i| !deleted.contains(&i.id) || !i.is_shown());
+            st.pending
+                .retain(|i| !deleted.contains(&i.id) || !i.is_shown());
+        }
+        let fresh: Vec<RingItem> = if deleted.is_empty() {
+            fresh
+        } else {
+            fresh
+                .into_iter()
+                .filter(|i| !i.is_shown() || !deleted.contains(&i.id))
+                .collect()
+        };
         let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
             return;
         };
@@ -416,6 +433,15 @@ impl Hub {
         let mut withheld = Vec::new();
         let mut likes = 0u64;
         for it in pending {
+            if it.hidden {
+                // A shadow-banned sender's comment goes to that sender only.
+                withheld.push(it);
+                continue;
+            }
+            if !it.is_shown() {
+                items.push(it);
+                continue;
+            }
             match it.kind {
                 Kind::Like => likes += 1,
                 Kind::Gift | Kind::System => items.push(it),
@@ -432,8 +458,14 @@ impl Hub {
         if !withheld.is_empty() {
             metrics::counter!("danmaku_live_dropped_total").increment(withheld.len() as u64);
         }
-        let json = Bytes::from(messages::batch(&items, last_seq, likes));
-        let frame = Frame::new(first_seq, last_seq, items, withheld, json);
+        // Never an empty batch for deletions alone: then the frame is the
+        // `delete` message (the cursor moves with the next batch).
+        let deletes = messages::deletes_of(&items).map(Bytes::from);
+        let (json, after) = match deletes {
+            Some(d) if likes == 0 && !items.iter().any(RingItem::is_shown) => (d, None),
+            d => (Bytes::from(messages::batch(&items, last_seq, likes)), d),
+        };
+        let frame = Frame::with_after(first_seq, last_seq, items, withheld, json, after);
         metrics::counter!("danmaku_live_frames_total").increment(1);
         Some(Arc::new(frame))
     }

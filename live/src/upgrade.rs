@@ -738,10 +738,21 @@ impl Session {
                 if recent.is_empty() {
                     return Ok(start);
                 }
-                if self.send_text(&messages::batch_of(&recent)).await.is_err() {
+                let last = recent.last().map_or(start, |i| i.seq);
+                let me = self.sub.claims.as_ref().map(|c| c.sub.as_str());
+                let shown: Vec<RingItem> = recent
+                    .into_iter()
+                    .filter(|i| !i.hidden || me == Some(&*i.user))
+                    .collect();
+                if shown.iter().any(RingItem::is_shown)
+                    && self
+                        .send_text(&messages::batch(&shown, last, 0))
+                        .await
+                        .is_err()
+                {
                     return Err(End::Quiet);
                 }
-                Ok(recent.last().map_or(start, |i| i.seq))
+                Ok(last)
             }
         }
     }
@@ -775,7 +786,23 @@ impl Session {
             ) else {
                 return Ok(at);
             };
-            let frame = frames::text_frame(&messages::batch_of(&page.items));
+            // A shadow-banned sender's comments go to that sender only; the
+            // page's deletions follow its batch as a `delete` message.
+            let me = self.sub.claims.as_ref().map(|c| c.sub.as_str());
+            let shown: Vec<RingItem> = page
+                .items
+                .iter()
+                .filter(|i| !i.hidden || me == Some(&*i.user))
+                .cloned()
+                .collect();
+            let mut frame = Vec::new();
+            if shown.iter().any(RingItem::is_shown) {
+                frame = frames::text_frame(&messages::batch(&shown, last, 0)).to_vec();
+            }
+            if let Some(d) = messages::deletes_of(&page.items) {
+                frame.extend_from_slice(&frames::text_frame(&d));
+            }
+            let frame = bytes::Bytes::from(frame);
             drop(page);
             let size = frame.len() as u64;
             if sent > 0 && sent.saturating_add(size) > budget {
@@ -821,6 +848,10 @@ impl Session {
                     .collect();
                 let text = messages::batch(&rest, f.last_seq, 0);
                 self.send_text(&text).await?;
+                if let Some(after) = &f.after {
+                    self.send_text(std::str::from_utf8(after).unwrap_or_default())
+                        .await?;
+                }
             }
             *last_sent = f.last_seq;
         }

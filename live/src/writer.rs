@@ -143,13 +143,14 @@ async fn run_writer(
             let jobs: Vec<Job> = p
                 .rooms
                 .into_iter()
-                .map(|(room, items)| {
+                .map(|(room, items, deletes)| {
                     let len_ms = lengths.len_for(&room, now);
                     let (append, notice) = chains.link(&room, batch_no);
                     Job {
                         room,
                         len_ms,
                         items,
+                        deletes,
                         append,
                         notice,
                     }
@@ -233,6 +234,10 @@ struct Job {
     room: String,
     len_ms: i64,
     items: Vec<SliceItem>,
+    /// Comments the batch's deletion records take back: the SliceStore stops
+    /// serving them before the records are stored (so a reader that sees a
+    /// deletion never sees its comment afterwards).
+    deletes: Vec<u64>,
     /// After the room's previous append (which must have succeeded).
     append: Link,
     /// After the room's previous notice.
@@ -282,7 +287,8 @@ impl GiveUp {
 
 /// A batch decoded and grouped by room.
 struct Prepared {
-    rooms: Vec<(String, Vec<SliceItem>)>,
+    /// Per room: its items, and the comments its deletion records take back.
+    rooms: Vec<(String, Vec<SliceItem>, Vec<u64>)>,
     upto: Vec<RecordPosition>,
     records: usize,
 }
@@ -356,20 +362,29 @@ async fn commit(consumer: &mut dyn BusConsumer, upto: &[RecordPosition]) {
     }
 }
 
+/// The least time the SliceStore keeps a deletion (see [`store_room`]).
+const DELETION_KEEP_MIN_MS: i64 = 24 * 3600 * 1000;
+
 /// Decodes a polled batch (the comment's time picks its slice) and groups it by
 /// room, in seq order; the positions to commit once it is stored.
 fn prepare(records: &[BusRecord]) -> Prepared {
-    let mut by_room: BTreeMap<&str, Vec<SliceItem>> = BTreeMap::new();
+    let mut by_room: BTreeMap<&str, (Vec<SliceItem>, Vec<u64>)> = BTreeMap::new();
     let mut upto: BTreeMap<u32, u64> = BTreeMap::new();
     for r in records {
         let e = upto.entry(r.position.partition).or_insert(0);
         *e = (*e).max(r.position.offset);
         match Danmaku::decode_bytes(&r.payload) {
-            Ok(d) => by_room.entry(r.room.as_str()).or_default().push(SliceItem {
-                seq: r.position.seq(),
-                ts_ms: d.ts_ms,
-                data: r.payload.clone(),
-            }),
+            Ok(d) => {
+                let room = by_room.entry(r.room.as_str()).or_default();
+                if let Some(target) = d.deletes {
+                    room.1.push(target);
+                }
+                room.0.push(SliceItem {
+                    seq: r.position.seq(),
+                    ts_ms: d.ts_ms,
+                    data: r.payload.clone(),
+                })
+            }
             Err(e) => {
                 metrics::counter!("danmaku_writer_decode_errors_total").increment(1);
                 tracing::error!(error = %e, partition = r.position.partition, offset = r.position.offset, "undecodable record skipped");
@@ -379,7 +394,7 @@ fn prepare(records: &[BusRecord]) -> Prepared {
     Prepared {
         rooms: by_room
             .into_iter()
-            .map(|(room, items)| (room.to_string(), items))
+            .map(|(room, (items, deletes))| (room.to_string(), items, deletes))
             .collect(),
         upto: upto
             .into_iter()
@@ -406,6 +421,7 @@ async fn store_all(
             room,
             len_ms,
             items,
+            deletes,
             append,
             notice,
         } = job;
@@ -414,7 +430,7 @@ async fn store_all(
             None => true,
         };
         let out = if ok {
-            store_room(ctx, &room, len_ms, &items, give_up).await
+            store_room(ctx, &room, len_ms, &items, &deletes, give_up).await
         } else {
             None
         };
@@ -447,15 +463,26 @@ async fn store_room(
     room: &str,
     len_ms: i64,
     items: &[SliceItem],
+    deletes: &[u64],
     give_up: &GiveUp,
 ) -> Option<AppendOutcome> {
     let mut backoff = Duration::from_millis(50);
+    let retention = ctx.settings.live.hot_retention_ms;
     loop {
-        match ctx
-            .slices
-            .append(room, len_ms, ctx.settings.live.hot_retention_ms, items)
-            .await
-        {
+        let stored = async {
+            if !deletes.is_empty() {
+                // Kept well past the items' own retention (slices outlive their
+                // end by a slice length, and by any time the archiver is late),
+                // at least a day.
+                let keep = retention
+                    .saturating_add(len_ms)
+                    .saturating_mul(2)
+                    .max(DELETION_KEEP_MIN_MS);
+                ctx.slices.delete_items(room, deletes, keep).await?;
+            }
+            ctx.slices.append(room, len_ms, retention, items).await
+        };
+        match stored.await {
             Ok(out) => return Some(out),
             Err(e) => {
                 metrics::counter!("danmaku_writer_store_errors_total").increment(1);

@@ -826,7 +826,7 @@ pub struct WsClient {
 
 impl WsClient {
     /// Reads one message (handling it) and returns it; `None` on timeout or close.
-    async fn next_frame(&mut self, deadline: Instant) -> Option<Value> {
+    pub async fn next_frame(&mut self, deadline: Instant) -> Option<Value> {
         loop {
             if self.closed {
                 return None;
@@ -891,6 +891,8 @@ impl WsClient {
                 self.gaps.push(value.clone());
             }
             Some("ack") | Some("error") => self.replies.push_back(value.clone()),
+            // Moderation (API.md additions): kept in `frames`.
+            Some("delete") | Some("online") => {}
             _ => panic!("unexpected WebSocket message: {value}"),
         }
     }

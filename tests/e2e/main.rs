@@ -27,6 +27,7 @@ mod helpers;
 mod archive_crash;
 mod archive_s3;
 mod crash;
+mod deletion;
 mod errors;
 mod fanout;
 mod hardening_edge;

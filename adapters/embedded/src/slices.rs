@@ -720,12 +720,7 @@ impl SliceStore for EmbeddedSliceStore {
             .map_err(err)
     }
 
-    async fn delete_items(
-        &self,
-        room: &str,
-        ids: &[u64],
-        keep_ms: i64,
-    ) -> Result<(), SliceError> {
+    async fn delete_items(&self, room: &str, ids: &[u64], keep_ms: i64) -> Result<(), SliceError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -739,7 +734,9 @@ impl SliceStore for EmbeddedSliceStore {
                 {
                     let mut t = txn.open_table(DELETED)?;
                     for id in ids {
-                        let keep = t.get((room.as_str(), id))?.map_or(until, |v| v.value().max(until));
+                        let keep = t
+                            .get((room.as_str(), id))?
+                            .map_or(until, |v| v.value().max(until));
                         t.insert((room.as_str(), id), keep)?;
                     }
                     // Forget the room's deletions whose items are gone by now.
@@ -755,6 +752,18 @@ impl SliceStore for EmbeddedSliceStore {
                 }
                 txn.commit()?;
                 Ok(())
+            })
+            .await
+            .map_err(err)
+    }
+
+    async fn is_deleted(&self, room: &str, id: u64) -> Result<bool, SliceError> {
+        let room = room.to_string();
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                let t = r.open_table(DELETED)?;
+                Ok(t.get((room.as_str(), id))?.is_some())
             })
             .await
             .map_err(err)

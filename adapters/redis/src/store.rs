@@ -889,12 +889,18 @@ impl SliceStore for RedisSliceStore {
         Ok(out)
     }
 
-    async fn delete_items(
-        &self,
-        room: &str,
-        ids: &[u64],
-        keep_ms: i64,
-    ) -> Result<(), SliceError> {
+    async fn is_deleted(&self, room: &str, id: u64) -> Result<bool, SliceError> {
+        let mut c = self.conn.clone();
+        let score: Option<f64> = ::redis::cmd("ZSCORE")
+            .arg(RoomKeys::new(room).k("del"))
+            .arg(id)
+            .query_async(&mut c)
+            .await
+            .map_err(fail("is_deleted"))?;
+        Ok(score.is_some())
+    }
+
+    async fn delete_items(&self, room: &str, ids: &[u64], keep_ms: i64) -> Result<(), SliceError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -910,7 +916,11 @@ impl SliceStore for RedisSliceStore {
         }
         p.ignore();
         // The room's deletions whose items are gone by now.
-        p.cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(format!("({now}")).ignore();
+        p.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .ignore();
         p.cmd("PEXPIRE").arg(&key).arg(keep_ms.max(1)).ignore();
         let mut c = self.conn.clone();
         p.query_async::<()>(&mut c)

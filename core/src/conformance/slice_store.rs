@@ -1046,9 +1046,7 @@ fn thirty_comments() -> Vec<SliceItem> {
 /// Deleted comments are left out of every later read, a page is filled past
 /// them (so a reader behind deleted items is never stuck), and deleting again
 /// or deleting an id the room never held changes nothing.
-pub async fn deleted_items_are_never_read_again_and_pages_fill_past_them(
-    store: &dyn SliceStore,
-) {
+pub async fn deleted_items_are_never_read_again_and_pages_fill_past_them(store: &dyn SliceStore) {
     let room = unique("dl");
     store
         .append(&room, 10_000, RETENTION, &thirty_comments())
@@ -1059,8 +1057,14 @@ pub async fn deleted_items_are_never_read_again_and_pages_fill_past_them(
         .delete_items(&room, &[1002, 1004, 1006, 1020], RETENTION)
         .await
         .unwrap();
+    assert!(store.is_deleted(&room, 1004).await.unwrap());
+    assert!(!store.is_deleted(&room, 1008).await.unwrap());
     let first = store.read_after(&room, 0, 3).await.unwrap();
-    assert_eq!(seqs(&first), vec![8, 10, 12], "the page fills past deleted items");
+    assert_eq!(
+        seqs(&first),
+        vec![8, 10, 12],
+        "the page fills past deleted items"
+    );
     let one = store.read_after(&room, 0, 1).await.unwrap();
     assert_eq!(seqs(&one), vec![8]);
     let all = store.read_after(&room, 0, 1000).await.unwrap();
@@ -1073,7 +1077,10 @@ pub async fn deleted_items_are_never_read_again_and_pages_fill_past_them(
         .delete_items(&room, &[1002, 99_999], RETENTION)
         .await
         .unwrap();
-    assert_eq!(seqs(&store.read_after(&room, 0, 1000).await.unwrap()), expected);
+    assert_eq!(
+        seqs(&store.read_after(&room, 0, 1000).await.unwrap()),
+        expected
+    );
     let tail = store.read_after(&room, 18, 2).await.unwrap();
     assert_eq!(seqs(&tail), vec![22, 24]);
 }

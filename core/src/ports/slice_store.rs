@@ -228,14 +228,18 @@ pub trait SliceStore: Send + Sync + 'static {
     /// no-op. The deletion record itself is appended like a comment by the
     /// caller, after this call, so a reader that sees it never sees its target.
     /// The default, for test doubles, refuses.
-    async fn delete_items(
-        &self,
-        room: &str,
-        ids: &[u64],
-        keep_ms: i64,
-    ) -> Result<(), SliceError> {
+    async fn delete_items(&self, room: &str, ids: &[u64], keep_ms: i64) -> Result<(), SliceError> {
         let _ = (room, ids, keep_ms);
-        Err(SliceError::other("delete_items: not supported by this store"))
+        Err(SliceError::other(
+            "delete_items: not supported by this store",
+        ))
+    }
+
+    /// Whether comment `id` of `room` was deleted ([`SliceStore::delete_items`])
+    /// and the deletion is still kept. The default, for test doubles, says no.
+    async fn is_deleted(&self, room: &str, id: u64) -> Result<bool, SliceError> {
+        let _ = (room, id);
+        Ok(false)
     }
 
     /// The highest seq ever appended to `room` (0 if none), even once archived.

@@ -1,0 +1,246 @@
+//! Deletion and recall (API.md, Moderation), on one node with the embedded
+//! defaults: a deletion reaches a WebSocket viewer as `{"type":"delete"}`,
+//! polls after it carry `deleted` and never the comment, viewers who connect
+//! or resume later never get it; who may delete; and a comment of an ended VOD
+//! deleted after it was archived leaves every replay format.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn delete(app: &TestApp, path: &str, token: &str, body: Body) -> Resp {
+    app.request(Method::DELETE, path, Some(token), body, &[])
+        .await
+}
+
+fn item_ids(v: &Value) -> HashSet<String> {
+    v["items"]
+        .as_array()
+        .map(|a| ids_of(a).into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_comment_is_taken_back_everywhere_live() {
+    let app = spawn_app(&[]).await;
+    let room = "del-live";
+    let admin = app.token("del-admin", "admin").await;
+    let alice = app.token("alice", "viewer").await;
+    let bob = app.token("bob", "viewer").await;
+    let start = app.room_cursor(room).await;
+    let mut viewer = app.ws(room, Some(&start), None).await;
+
+    let a = app.send_text(&alice, room, "keep me").await;
+    let b = app.send_text(&alice, room, "take me back").await;
+    let c = app.send_text(&bob, room, "bob's").await;
+    assert!(viewer.wait_items(3, Duration::from_secs(5)).await);
+
+    // Who may delete: not another viewer; unknown ids are 404.
+    delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/{c}"),
+        &alice,
+        Body::None,
+    )
+    .await
+    .expect_error(403, "forbidden", "a viewer deleting another's comment");
+    delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/123"),
+        &admin,
+        Body::None,
+    )
+    .await
+    .expect_error(404, "not_found", "an id the room does not hold");
+    delete(
+        &app,
+        &format!("/v1/rooms/other-room/danmaku/{b}"),
+        &admin,
+        Body::None,
+    )
+    .await
+    .expect_error(404, "not_found", "another room's comment");
+
+    // Alice recalls her own (within moderation.recall_secs), an admin deletes Bob's.
+    let r = delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/{b}"),
+        &alice,
+        Body::Json(json!({"reason": "typo"})),
+    )
+    .await;
+    r.expect_status(200, "recall");
+    assert_eq!(r.json, json!({"id": b, "deleted": true}));
+    let r = delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/{c}"),
+        &admin,
+        Body::None,
+    )
+    .await;
+    r.expect_status(200, "admin delete");
+    // Again: still 200.
+    delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/{c}"),
+        &admin,
+        Body::None,
+    )
+    .await
+    .expect_status(200, "deleting again");
+
+    // The viewer gets the deletions in stream order.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut deleted: Vec<String> = Vec::new();
+    while deleted.len() < 2 && Instant::now() < deadline {
+        if viewer.next_frame(deadline).await.is_none() {
+            break;
+        }
+        deleted = viewer
+            .frames
+            .iter()
+            .filter(|f| f["type"] == "delete")
+            .flat_map(|f| f["ids"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+    }
+    assert_eq!(deleted, vec![b.clone(), c.clone()], "{:?}", viewer.frames);
+
+    // A poll from before: the comments without the deleted ones, and `deleted`.
+    let page = app.poll(room, Some(&start), Some(100), None).await;
+    let ids = item_ids(&page);
+    assert!(ids.contains(&a), "{page}");
+    assert!(!ids.contains(&b) && !ids.contains(&c), "{page}");
+    let listed: HashSet<String> = page["deleted"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(listed, HashSet::from([b.clone(), c.clone()]), "{page}");
+    // Limit 1 from before: never stuck behind a deleted item.
+    let mut cursor = start.clone();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let p = app.poll(room, Some(&cursor), Some(1), None).await;
+        seen.extend(ids_of(p["items"].as_array().unwrap()));
+        let next = p["cursor"].as_str().unwrap().to_string();
+        if next == cursor {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen, vec![a.clone()]);
+
+    // A viewer resuming from before, and one arriving now, never get them.
+    let mut late = app.ws(room, Some(&start), None).await;
+    late.settle(Duration::from_millis(500)).await;
+    let got: HashSet<String> = late.item_ids().into_iter().collect();
+    assert_eq!(got, HashSet::from([a.clone()]), "{:?}", late.frames);
+    let fresh = app.ws(room, None, None).await;
+    let mut fresh = fresh;
+    fresh.settle(Duration::from_millis(300)).await;
+    for id in fresh.item_ids() {
+        assert!(id != b && id != c, "a new viewer got a deleted comment");
+    }
+    let recent = app.poll(room, None, None, None).await;
+    let ids = item_ids(&recent);
+    assert!(!ids.contains(&b) && !ids.contains(&c), "{recent}");
+
+    // After the recall window a viewer may no longer recall.
+    drop(viewer);
+    let app2 = spawn_app(&[("DANMAKU_MODERATION__RECALL_SECS", "0")]).await;
+    let carol = app2.token("carol", "viewer").await;
+    let d = app2.send_text(&carol, "del-late", "too late").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    delete(
+        &app2,
+        &format!("/v1/rooms/del-late/danmaku/{d}"),
+        &carol,
+        Body::None,
+    )
+    .await
+    .expect_error(403, "forbidden", "a recall after the window");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_archived_comment_leaves_every_replay_format() {
+    let app = spawn_app(&[]).await;
+    let room = "del-vod";
+    let svc = app.token("del-svc", "service").await;
+    let resp = app
+        .post(&format!("/v1/rooms/{room}/sessions"), Some(&svc), json!({}))
+        .await;
+    resp.expect_status(201, "POST sessions");
+    let vod = resp.json["vod"].as_str().unwrap().to_string();
+    let keep = app.send_text(&svc, room, "stays in the replay").await;
+    let gone = app.send_text(&svc, room, "deleted after the end").await;
+    app.post(&format!("/v1/vods/{vod}/end"), Some(&svc), json!({}))
+        .await
+        .expect_status(200, "POST end");
+    // Archived within 10 s of the end.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seg = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+        if item_ids(&seg.json).len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not archived: {}", seg.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+    let etag_before = before.header("etag");
+
+    let admin = app.token("del-admin", "admin").await;
+    delete(
+        &app,
+        &format!("/v1/vods/{vod}/danmaku/{gone}"),
+        &admin,
+        Body::None,
+    )
+    .await
+    .expect_status(200, "DELETE on the VOD");
+    delete(
+        &app,
+        &format!("/v1/vods/{vod}/danmaku/999"),
+        &admin,
+        Body::None,
+    )
+    .await
+    .expect_error(404, "not_found", "an id the VOD does not hold");
+
+    // Within the replay nodes' view renewal (replay.meta_ttl_ms, 1 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seg = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
+        let ids = item_ids(&seg.json);
+        if !ids.contains(&gone) {
+            assert!(ids.contains(&keep), "{}", seg.text);
+            assert_ne!(seg.header("etag"), etag_before, "a new ETag");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still served: {}", seg.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let range = app
+        .get(&format!("/v1/vods/{vod}/danmaku?from_ms=0&to_ms=3600000"))
+        .await;
+    let ids = item_ids(&range.json);
+    assert!(
+        ids.contains(&keep) && !ids.contains(&gone),
+        "{}",
+        range.text
+    );
+    let xml = app.get(&format!("/v1/vods/{vod}/bilibili.xml")).await;
+    assert!(xml.text.contains("stays in the replay"), "{}", xml.text);
+    assert!(!xml.text.contains("deleted after the end"), "{}", xml.text);
+    let dp = app.get(&format!("/dplayer/v3/?id={vod}")).await;
+    assert!(dp.text.contains("stays in the replay"), "{}", dp.text);
+    assert!(!dp.text.contains("deleted after the end"), "{}", dp.text);
+}
