@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// The id of the deletion in the tree of [`archive_tree`].
+const DELETED: u64 = 4242;
+
 /// Archives comments over hours 15 and 16 (two rooms, one VOD, hostile texts),
 /// compacts hour 16, and returns the comments as archived (vod/offset set).
 async fn archive_tree(dir: &Path) -> Vec<Danmaku> {
@@ -24,6 +27,10 @@ async fn archive_tree(dir: &Path) -> Vec<Danmaku> {
     let r2 = comments(&ctx, "r2", T - 50_000, 2_300, 60);
     append(&ctx, "r1", &r1).await;
     append(&ctx, "r2", &r2).await;
+    // A deletion (of a comment never archived here), so deletions/ exists and
+    // the readers must keep it apart from the comments.
+    let ghost = comment(DELETED, "r2", T, "never sent");
+    append(&ctx, "r2", &[deletion_record(9, &ghost, None, T + 200_000)]).await;
     drain(&ctx, Duration::from_secs(20)).await.unwrap();
     let report = compact_hour(&*ctx.objects, "2025-11-24T16").await.unwrap();
     assert!(report.files_merged > 1);
@@ -52,6 +59,7 @@ fn expected_row(d: &Danmaku) -> Value {
         "mode": d.mode().as_str(),
         "color": d.color,
         "text": d.text,
+        "hidden": d.hidden,
     })
 }
 
@@ -59,7 +67,7 @@ const PYARROW_SCRIPT: &str = r#"
 import json, sys, glob, os
 import pyarrow as pa, pyarrow.parquet as pq, pyarrow.dataset as ds
 root = sys.argv[1]
-files = sorted(glob.glob(os.path.join(root, "*", "*", "*.parquet")))
+files = sorted(glob.glob(os.path.join(root, "date=*", "*", "*.parquet")))
 checks = []
 for f in files:
     pf = pq.ParquetFile(f)
@@ -79,7 +87,8 @@ for f in files:
     checks.append({"file": os.path.relpath(f, root), "rows": md.num_rows,
                    "version": kv.get("danmaku.schema_version"), "columns": cols,
                    "schema": {fl.name: str(fl.type) for fl in pf.schema_arrow}})
-dataset = ds.dataset(root, format="parquet", partitioning="hive")
+dataset = ds.dataset(root, format="parquet", partitioning="hive",
+                     ignore_prefixes=[".", "_", "deletions"])
 table = dataset.to_table()
 table = table.set_column(table.schema.get_field_index("ts"), "ts", table["ts"].cast(pa.int64()))
 rows = table.to_pylist()
@@ -219,11 +228,14 @@ async fn duckdb_runs_the_readme_queries_and_reads_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let sent = archive_tree(dir.path()).await;
     let blocks = readme_sql();
-    assert_eq!(blocks.len(), 4, "setup + three queries in docs/ANALYSTS.md");
+    assert_eq!(blocks.len(), 5, "setup + four queries in docs/ANALYSTS.md");
     let archive = dir.path().join("archive");
     let setup = blocks[0].replace("data/archive", archive.to_str().unwrap());
     assert_ne!(setup, blocks[0], "the setup names data/archive");
-    let mut queries: Vec<String> = blocks[1..].to_vec();
+    let mut queries: Vec<String> = blocks[1..]
+        .iter()
+        .map(|b| b.replace("data/archive", archive.to_str().unwrap()))
+        .collect();
     // Our own row-for-row read and the partition column types, through the view.
     queries.push(
         "SELECT id::VARCHAR, room, vod, offset_ms, epoch_ms(ts), \"user\", name, kind, mode, color, text \
@@ -279,6 +291,20 @@ async fn duckdb_runs_the_readme_queries_and_reads_every_row() {
         .collect();
     assert_eq!(results[2], Value::Array(want), "comments containing a word");
 
+    // 4. Deletions, with the comments viewers can still see.
+    assert_eq!(
+        results[3],
+        json!([[
+            DELETED,
+            "r2",
+            null,
+            "moderator",
+            format!("spam {DELETED}"),
+            sent.len()
+        ]]),
+        "deletions"
+    );
+
     // Every row, every column.
     let mut by_id: Vec<&Danmaku> = sent.iter().collect();
     by_id.sort_by_key(|d| d.id);
@@ -301,14 +327,14 @@ async fn duckdb_runs_the_readme_queries_and_reads_every_row() {
             ])
         })
         .collect();
-    assert_eq!(results[3], Value::Array(want), "DuckDB row for row");
+    assert_eq!(results[4], Value::Array(want), "DuckDB row for row");
     assert_eq!(
-        results[4],
+        results[5],
         json!([["DATE", "INTEGER"]]),
         "typed hive partitions"
     );
     assert_eq!(
-        results[5],
+        results[6],
         json!([[sent.len(), sent.len()]]),
         "each id once"
     );
