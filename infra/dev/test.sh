@@ -11,7 +11,7 @@
 # redis-server, redis-cli and prometheus (promtool) from the OS packages (the tests start their own
 # servers on free loopback ports and stop them), and pyarrow + duckdb (independent
 # Parquet readers) and moto[server] (an S3 API server for the s3:// archive tests)
-# from PyPI. Kafka runs as librdkafka's in-process mock cluster and the CQL peer
+# from PyPI, web/'s npm packages and Chromium (tests/web). Kafka runs as librdkafka's in-process mock cluster and the CQL peer
 # in-process, so they need no install.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +38,12 @@ python3 -c 'import moto.server' 2>/dev/null || python3 -m pip install -q 'moto[s
 need_pkg node nodejs
 need_pkg npm npm
 (cd tests/clients && npm ci --no-audit --no-fund --silent)
+# The web SDK and pages (web/): its build and test tools, playwright-core and
+# the players the browser tests load (DPlayer, ArtPlayer + its danmuku plugin,
+# weizhenye/Danmaku), pinned by web/package-lock.json; Debian's Chromium for
+# tests/web (playwright-core drives /usr/bin/chromium; no browser download).
+(cd web && npm ci --no-audit --no-fund --silent)
+need_pkg chromium chromium
 
 if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
 if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi

@@ -11,5 +11,6 @@
 #[path = "../e2e/helpers.rs"]
 mod helpers;
 
+mod browser;
 mod cors;
 mod pages;

@@ -17,9 +17,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-VNB3CKRJ.js")),
     ),
     (
-        "room-2Y72YE2X.js",
+        "room-43PQVSXP.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-2Y72YE2X.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-43PQVSXP.js")),
     ),
     (
         "style-KV6HYCJW.css",

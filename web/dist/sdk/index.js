@@ -295,6 +295,7 @@ var LiveClient = class extends Emitter {
     }
     this.ws = ws;
     this.wire(ws, generation);
+    this.setState("connecting", "websocket");
   }
   wire(ws, generation) {
     ws.onmessage = (event) => {

@@ -258,6 +258,8 @@ export class LiveClient extends Emitter<LiveEvents> {
     }
     this.ws = ws;
     this.wire(ws, generation);
+    // An attempt in flight: a reconnect button does not start another.
+    this.setState("connecting", "websocket");
   }
 
   private wire(ws: WebSocket, generation: number): void {
