@@ -18,6 +18,8 @@
 //! - [`hardening_stores`]: issue 13's store cases: kill -9 while archiving
 //!   (replay complete within 10 s of the restart), cursors from before a restart
 //!   get their comments (archiving copies), embedded and Redis.
+//! - [`moderation_nodes`]: bans, idempotency keys, slow mode and mute shared by
+//!   two ingest nodes on Kafka and Redis (issue 14).
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
 //! - [`pipeline`]: the same flows and the faults on Kafka and Redis (standalone and Cluster).
 //! - [`replay_formats`]: stream_pos_ms, posting on a recording, Bilibili XML, DPlayer.
@@ -35,6 +37,7 @@ mod hardening_ingest;
 mod hardening_live;
 mod hardening_stores;
 mod hostile_text;
+mod moderation_nodes;
 mod pipeline;
 mod polling;
 mod replay_formats;
