@@ -129,6 +129,9 @@ pub struct GuardedBody<B> {
     received: usize,
     trailers: Option<hyper::HeaderMap>,
     state: State,
+    /// Hand each frame on as it arrives (a copy, so hyper's buffer goes)
+    /// instead of one buffer: a body the handler streams ([`GuardedBody::streaming`]).
+    streaming: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -152,6 +155,17 @@ impl<B> GuardedBody<B> {
             received: 0,
             trailers: None,
             state: State::Reading,
+            streaming: false,
+        }
+    }
+
+    /// [`GuardedBody::new`] for a handler that reads the body as a stream
+    /// (imports): the same bounds, but each frame is handed on as it arrives,
+    /// so the body is never held whole.
+    pub fn streaming(inner: B, limits: BodyLimits, verdict: Arc<Verdict>) -> Self {
+        Self {
+            streaming: true,
+            ..Self::new(inner, limits, verdict)
         }
     }
 
@@ -205,13 +219,19 @@ where
                         }
                         // Copy and let the frame go: it is a view of hyper's
                         // read buffer and would keep all of it alive.
-                        this.buf.extend_from_slice(&data);
+                        let copy = this.streaming.then(|| Bytes::copy_from_slice(&data));
+                        if !this.streaming {
+                            this.buf.extend_from_slice(&data);
+                        }
                         drop(data);
                         if let Some(sleep) = this.sleep.as_mut() {
                             let next = this.limits.deadline(this.start, this.received);
                             if next != sleep.deadline() {
                                 sleep.as_mut().reset(next);
                             }
+                        }
+                        if let Some(copy) = copy {
+                            return Poll::Ready(Some(Ok(Frame::data(copy))));
                         }
                     }
                     Err(frame) => {

@@ -37,6 +37,7 @@ pub struct Settings {
     pub live: LiveSettings,
     pub archive: ArchiveSettings,
     pub replay: ReplaySettings,
+    pub import: ImportSettings,
     pub bus: BusSettings,
     pub kafka: KafkaSettings,
     pub redis: RedisSettings,
@@ -544,6 +545,28 @@ impl Default for ReplaySettings {
             rows_idle_secs: 30,
             max_cold_loads: 16,
             cold_load_wait_ms: 1000,
+        }
+    }
+}
+
+/// Importing recordings' comments (`POST /v1/vods/{vod}/import`, `danmaku
+/// import`): the document is streamed, never held whole.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImportSettings {
+    /// Largest document, bytes (`413 payload_too_large` above).
+    pub max_bytes: u64,
+    /// Longest time one import may take to arrive, seconds (the body is read
+    /// as it is imported, so this covers the import's own work too); the
+    /// minimum rate of `limits.body_min_bytes_per_sec` applies as for every body.
+    pub body_timeout_secs: u64,
+}
+
+impl Default for ImportSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            body_timeout_secs: 600,
         }
     }
 }

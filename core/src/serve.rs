@@ -97,6 +97,9 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
     /// Request body bounds (`limits.max_body_bytes`, `limits.body_*`).
     pub body: BodyLimits,
+    /// Bounds of an import's body (`POST /v1/vods/{vod}/import`:
+    /// `import.max_bytes`, `import.body_timeout_secs`), streamed to its handler.
+    pub import_body: BodyLimits,
     /// Descriptors other connections of this process may hold (the upgraded
     /// WebSockets: `live.max_connections`), for [`raise_nofile`].
     pub other_fds: u64,
@@ -110,6 +113,11 @@ impl ServeOptions {
             max_connections_per_ip: s.server.max_connections_per_ip,
             max_header_bytes: s.server.max_header_bytes,
             body: BodyLimits::from_settings(s),
+            import_body: BodyLimits {
+                max_bytes: usize::try_from(s.import.max_bytes).unwrap_or(usize::MAX),
+                timeout: std::time::Duration::from_secs(s.import.body_timeout_secs.max(1)),
+                min_bytes_per_sec: s.limits.body_min_bytes_per_sec,
+            },
             other_fds: if s.runs("live") {
                 s.live.max_connections as u64
             } else {
@@ -238,6 +246,7 @@ pub async fn serve_with(
             app: app.clone(),
             peer,
             body: opts.body,
+            import_body: opts.import_body,
             reserve: over.as_ref().map(|(_, slot)| slot.clone()),
         };
         let builder = if over.is_some() { &reserve } else { &normal };
@@ -747,9 +756,23 @@ struct Edge {
     /// The client's address, for handlers that key limits on it.
     peer: SocketAddr,
     body: BodyLimits,
+    /// Bounds of an import's body, streamed to its handler.
+    import_body: BodyLimits,
     /// On a reserve connection: its place (marked once an operations path is
     /// served).
     reserve: Option<Arc<ReserveSlot>>,
+}
+
+/// `POST /v1/vods/{vod}/import`: the one body streamed to its handler, within
+/// its own bounds ([`ServeOptions::import_body`]).
+fn is_import<B>(req: &Request<B>) -> bool {
+    req.method() == axum::http::Method::POST
+        && req
+            .uri()
+            .path()
+            .strip_prefix("/v1/vods/")
+            .and_then(|rest| rest.strip_suffix("/import"))
+            .is_some_and(|vod| !vod.is_empty() && !vod.contains('/'))
 }
 
 impl hyper::service::Service<Request<Incoming>> for Edge {
@@ -764,13 +787,20 @@ impl hyper::service::Service<Request<Incoming>> for Edge {
             }
             slot.serving.store(true, Ordering::Relaxed);
         }
-        let limits = self.body;
+        let import = is_import(&req);
+        let limits = if import { self.import_body } else { self.body };
         let (req, verdict) = if req.body().is_end_stream() {
             (req.map(axum::body::Body::new), None)
         } else {
             let verdict = Arc::new(Verdict::default());
             let v = verdict.clone();
-            let req = req.map(|b| axum::body::Body::new(GuardedBody::new(b, limits, v)));
+            let req = req.map(|b| {
+                axum::body::Body::new(if import {
+                    GuardedBody::streaming(b, limits, v)
+                } else {
+                    GuardedBody::new(b, limits, v)
+                })
+            });
             (req, Some(verdict))
         };
         let mut req = req;

@@ -6,6 +6,8 @@
 //!   segments, with ETag / 304 / Cache-Control, served from the
 //!   [`danmaku_core::ports::ReplayCache`].
 //! - `players`: Bilibili XML and DPlayer's v3 API (read and post).
+//! - [`import`]: `POST /v1/vods/{vod}/import`: Bilibili and BililiveRecorder
+//!   XML documents, streamed, idempotent, the durable path of VOD posts.
 //! - `post`: comments posted on a recording (`POST /v1/vods/{vod}/danmaku`), with
 //!   read-your-writes and cache invalidation.
 //! - [`cache`]: keys, the per-VOD view, single-flight loads, encoding and the
@@ -15,11 +17,19 @@
 //! - [`settle`]: when an ended VOD's segments may be `immutable`.
 //! - [`density`]: the density cap (pure, unit-tested).
 //! - [`formats`]: native JSON, Bilibili XML and DPlayer encodings (pure, unit-tested).
+//!
+//! Deletions and shadow bans: every body comes from [`read_segment`], which
+//! never hands out a hidden comment, and every cache key carries the VOD's
+//! version (archived and deleted counts), so once a deletion is applied to the
+//! ArchiveStore no format serves the comment under a fresh view. [`forget`]
+//! drops this node's view at once (the DELETE handler calls it); other nodes
+//! take a new view within `replay.meta_ttl_ms`.
 
 pub mod cache;
 pub mod decoded;
 pub mod density;
 pub mod formats;
+pub mod import;
 mod players;
 mod post;
 mod replay;
@@ -41,7 +51,7 @@ use std::time::Duration;
 pub struct Replay {
     pub ctx: Context,
     pub ingest: Arc<Ingest>,
-    /// Each VOD's session and archived count, for `replay.meta_ttl_ms` (None = off).
+    /// Each VOD's session and version, for `replay.meta_ttl_ms` (None = off).
     meta: Option<moka::future::Cache<String, Arc<cache::VodMeta>>>,
     /// Loads in flight, one per cache key.
     flights: cache::SingleFlight,
@@ -185,6 +195,7 @@ pub fn router(replay: Arc<Replay>) -> Router {
             "/v1/vods/{vod}/danmaku",
             get(replay::range).post(post::post_vod),
         )
+        .route("/v1/vods/{vod}/import", post(import::import))
         .route("/v1/vods/{vod}/segments/{n}", get(replay::segment))
         .route("/v1/vods/{vod}/bilibili.xml", get(players::bilibili))
         .route(
@@ -207,6 +218,33 @@ pub(crate) fn check_vod(vod: &str) -> Result<(), ApiError> {
             "vod ids match [A-Za-z0-9_-]{1,64}",
         ))
     }
+}
+
+/// Drops this node's cached view of `vod` (session, version, the segment
+/// bodies served under it), so the next request reads the ArchiveStore's
+/// current version: call it after changing the VOD's rows on this node (a
+/// deletion applied, a post). Bodies cached under the old version are never
+/// served again (every key carries the version); other nodes notice within
+/// `replay.meta_ttl_ms`.
+pub async fn forget(replay: &Replay, vod: &str) {
+    cache::forget_meta(replay, vod).await;
+}
+
+/// Segment `n` of `vod` from the ArchiveStore, without hidden (shadow-banned)
+/// comments: every replay body is built from this.
+pub(crate) async fn read_segment(
+    r: &Replay,
+    vod: &str,
+    n: u32,
+) -> Result<Vec<danmaku_core::ports::ArchivedComment>, ApiError> {
+    let mut rows = r
+        .ctx
+        .archive
+        .read_segment(vod, n)
+        .await
+        .map_err(store_error)?;
+    rows.retain(|c| !c.item.hidden && !c.item.is_deletion());
+    Ok(rows)
 }
 
 pub(crate) fn store_error(e: danmaku_core::ports::ArchiveError) -> ApiError {
