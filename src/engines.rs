@@ -10,6 +10,7 @@
 //! | ArchiveStore | `scylla.nodes` | `danmaku_scylla::ScyllaArchiveStore` | `EmbeddedArchiveStore` |
 //! | ReplayCache | `replay.redis_url` | `danmaku_redis::TieredReplayCache` | `MemoryReplayCache` |
 //! | ObjectStore | `archive.url` (`s3://…`) | `danmaku_object_store` on S3 | `danmaku_object_store` on local files under the data dir |
+//! | Presence (online counts) | `redis.url` / `redis.cluster` | `danmaku_redis::RedisPresence` | `MemoryPresence` (one process) |
 //! | ModerationStore ([`moderation_store`]) | `redis.url` / `redis.cluster` | `danmaku_redis::RedisModerationStore` | `danmaku_embedded::EmbeddedModerationStore` (`moderation.redb`) |
 //!
 //! A new backend for a port: an adapter crate under `adapters/`, a settings key in
@@ -146,6 +147,18 @@ impl EngineSelection {
             Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes))
         };
 
+        // Presence: the live Redis when redis.url / redis.cluster is set.
+        let presence: Arc<dyn danmaku_core::ports::Presence> =
+            match danmaku_redis::RedisPresence::connect(&settings.redis).map_err(|e| {
+                ContextError::Adapter {
+                    which: "redis.url",
+                    message: e.to_string(),
+                }
+            })? {
+                Some(p) => Arc::new(p),
+                None => Arc::new(danmaku_core::ports::MemoryPresence::default()),
+            };
+
         let secret = load_secret(&settings.auth.secret.0, &dir).map_err(ContextError::Secret)?;
         let objects = object_store(&settings)?;
         Ok(Context {
@@ -153,6 +166,7 @@ impl EngineSelection {
             slices,
             notifier,
             archive,
+            presence,
             objects,
             cache,
             signer: TokenSigner::new(secret.as_bytes()),

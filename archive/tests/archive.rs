@@ -46,6 +46,7 @@ fn context_and_db(dir: &Path, tweak: impl FnOnce(&mut Settings)) -> (Context, Em
         slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
         notifier: Arc::new(danmaku_core::memory::LocalNotifier::new(16)),
         archive: Arc::new(EmbeddedArchiveStore::new(db.clone())),
+        presence: Arc::new(danmaku_core::ports::MemoryPresence::default()),
         objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"k"),

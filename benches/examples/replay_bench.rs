@@ -106,6 +106,7 @@ fn comments(vod: &str, seed: u64, n: usize, span_ms: i64) -> Vec<ArchivedComment
                     vod: Some(vod.to_string()),
                     offset_ms: Some(offset),
                     hidden: false,
+                    deletes: None,
                 },
             }
         })

@@ -6,7 +6,7 @@
 use crate::auth::TokenSigner;
 use crate::config::Settings;
 use crate::id::IdGenerator;
-use crate::ports::{ArchiveStore, Bus, Notifier, ObjectStore, ReplayCache, SliceStore};
+use crate::ports::{ArchiveStore, Bus, Notifier, ObjectStore, Presence, ReplayCache, SliceStore};
 use std::sync::Arc;
 
 /// Everything the roles share.
@@ -18,6 +18,8 @@ pub struct Context {
     /// Tells live nodes about new items of their rooms.
     pub notifier: Arc<dyn Notifier>,
     pub archive: Arc<dyn ArchiveStore>,
+    /// Per-room viewer counts over every live node.
+    pub presence: Arc<dyn Presence>,
     /// Where the archive's Parquet files go.
     pub objects: Arc<dyn ObjectStore>,
     pub cache: Arc<dyn ReplayCache>,

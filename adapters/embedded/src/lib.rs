@@ -122,6 +122,7 @@ pub mod testkit {
             slices: Arc::new(EmbeddedSliceStore::new(db.clone()).with_unsynced_appends()),
             notifier: Arc::new(LocalNotifier::new(1024)),
             archive: Arc::new(EmbeddedArchiveStore::new(db)),
+            presence: Arc::new(danmaku_core::ports::MemoryPresence::default()),
             objects: danmaku_object_store::open(&settings.archive, &dir).expect("object store"),
             cache: Arc::new(MemoryReplayCache::new(settings.replay.cache_bytes)),
             signer: TokenSigner::new(secret.as_bytes()),

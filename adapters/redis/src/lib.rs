@@ -8,6 +8,8 @@
 //! - `notifier` (private): the Notifier.
 //! - `moderation` (private): [`RedisModerationStore`], the shared moderation
 //!   state (its key layout is in its module documentation).
+//! - `presence` (private): [`RedisPresence`], per-room viewer counts over every
+//!   live node (its keys are in its module documentation).
 //!
 //! # Key layout (DESIGN §6)
 //!
@@ -92,12 +94,14 @@
 pub mod cache;
 mod moderation;
 mod notifier;
+mod presence;
 mod scripts;
 mod store;
 
 pub use cache::{RedisReplayCache, TieredReplayCache};
 pub use moderation::RedisModerationStore;
 pub use notifier::RedisNotifier;
+pub use presence::RedisPresence;
 pub use store::RedisSliceStore;
 
 /// redis-server and a 3-node Redis Cluster on free loopback ports, for tests.

@@ -494,3 +494,27 @@ fn slices_are_assigned_in_order_and_never_backwards() {
     );
     assert_eq!(head2.last, 8, "6 was a redelivery");
 }
+
+danmaku_core::presence_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+    presence_on_redis,
+    async {
+        let server = shared_server();
+        let p = crate::RedisPresence::connect(&settings_single(&server.url()))
+            .expect("settings")
+            .expect("redis.url set");
+        (server, p)
+    }
+);
+
+danmaku_core::presence_suite!(
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+    presence_on_a_redis_cluster(flavor = "multi_thread", worker_threads = 2),
+    async {
+        let cluster = shared_cluster();
+        let p = crate::RedisPresence::connect(&settings_cluster(&cluster.urls()))
+            .expect("settings")
+            .expect("redis.cluster set");
+        (cluster, p)
+    }
+);

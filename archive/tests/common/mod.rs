@@ -69,6 +69,7 @@ pub async fn context(
         slices: Arc::new(EmbeddedSliceStore::new(db.clone())),
         notifier: Arc::new(danmaku_core::memory::LocalNotifier::new(16)),
         archive,
+        presence: Arc::new(danmaku_core::ports::MemoryPresence::default()),
         objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"k"),

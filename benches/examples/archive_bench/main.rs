@@ -451,6 +451,7 @@ async fn context(dir: &std::path::Path, slices: Slices<'_>, archive: Archive<'_>
         slices,
         notifier: Arc::new(LocalNotifier::new(16)),
         archive,
+        presence: Arc::new(danmaku_core::ports::MemoryPresence::default()),
         objects: danmaku_object_store::open_url("", dir).expect("objects"),
         cache: Arc::new(MemoryReplayCache::new(1 << 20)),
         signer: TokenSigner::new(b"bench"),

@@ -129,6 +129,7 @@ pub fn synthetic(n: usize, seed: u64, start_ms: i64, rate: u32, rooms: u32) -> V
             vod: None,
             offset_ms: None,
             hidden: false,
+            deletes: None,
         });
     }
     out

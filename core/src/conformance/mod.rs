@@ -2,7 +2,7 @@
 //! adapter so the embedded adapters cannot drift from the distributed ones.
 //!
 //! - [`slice_store`], [`bus`], [`archive_store`], [`replay_cache`], [`notifier`],
-//!   [`moderation`]:
+//!   [`moderation`], [`presence`]:
 //!   one async function per guarantee of the port of that name, which panics
 //!   saying what broke. Each uses its own random room/group/vod/key names, so the
 //!   cases can share an external server.
@@ -44,6 +44,7 @@ pub mod archive_store;
 pub mod bus;
 pub mod moderation;
 pub mod notifier;
+pub mod presence;
 pub mod replay_cache;
 pub mod slice_store;
 

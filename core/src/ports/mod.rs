@@ -8,6 +8,7 @@ mod cause;
 mod moderation;
 mod notifier;
 mod object_store;
+mod presence;
 mod replay_cache;
 mod slice_store;
 
@@ -23,6 +24,7 @@ pub use moderation::{
 };
 pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError, NotifyErrorKind};
 pub use object_store::{ObjectMeta, ObjectStore, ObjectStoreError, ObjectStoreErrorKind};
+pub use presence::{MemoryPresence, Presence, PresenceError};
 pub use replay_cache::{CachedBody, ReplayCache};
 pub use slice_store::{
     AppendOutcome, ArchiveBatch, KeyScanPage, KeyStat, SliceError, SliceErrorKind, SliceItem,
