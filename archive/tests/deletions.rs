@@ -49,7 +49,7 @@ async fn an_archived_comment_is_deleted(store: Store<'_>) {
         Some(("v1", before[&target.id])),
         T + 120_000,
     );
-    append(&ctx, "r1", &[del.clone()]).await;
+    append(&ctx, "r1", std::slice::from_ref(&del)).await;
     archive_all(&ctx).await;
 
     let after = archived(&ctx, "v1").await;
