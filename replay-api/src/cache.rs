@@ -1,10 +1,14 @@
 //! How the replay API uses the [`danmaku_core::ports::ReplayCache`]:
 //!
-//! - [`VodMeta`]: a node's view of a VOD (its session and archived count), cached
-//!   in-process for `replay.meta_ttl_ms` so a cache hit costs no ArchiveStore read;
-//! - cache keys that carry the VOD's archived count, so a new archived row gives
-//!   every body of the VOD a new key (never a stale body), plus explicit
-//!   invalidation when a comment is posted on the recording ([`Keys`]);
+//! - [`VodMeta`]: a node's view of a VOD (its session and version: archived
+//!   count and deleted count, [`VodVersion`]), cached in-process for
+//!   `replay.meta_ttl_ms` so a cache hit costs no ArchiveStore read;
+//! - cache keys that carry the VOD's version, so a new archived row or a
+//!   deletion gives every body of the VOD a new key (never a stale body), plus
+//!   explicit invalidation when a comment is posted on the recording or deleted
+//!   ([`Keys`], [`forget_meta`]);
+//! - [`segment_version`]: the `version` of a segment's versioned URL (API.md,
+//!   Segment versions), derived from the VOD's version;
 //! - [`SingleFlight`]: one ArchiveStore read per key under a stampede;
 //! - [`Hot`]: the segment bodies served under each fresh view, so a repeated
 //!   segment request costs one map lookup (no key formatting, no second cache);
@@ -16,7 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use danmaku_core::error::ApiError;
-use danmaku_core::ports::CachedBody;
+use danmaku_core::ports::{CachedBody, VodVersion};
 use danmaku_core::vod::Session;
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,8 +32,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub struct VodMeta {
     pub session: Session,
-    /// Comments archived for the VOD when the view was taken.
-    pub count: u64,
+    /// The VOD's rows when the view was taken (archived and deleted counts).
+    pub version: VodVersion,
     /// When the view was taken.
     pub taken: Instant,
     /// Whether the VOD ended and everything of it the SliceStore held at the end
@@ -42,10 +46,10 @@ pub struct VodMeta {
 
 impl VodMeta {
     /// A view taken now.
-    pub fn new(session: Session, count: u64, settled: bool) -> Self {
+    pub fn new(session: Session, version: VodVersion, settled: bool) -> Self {
         Self {
             session,
-            count,
+            version,
             taken: Instant::now(),
             settled,
             last_segment: tokio::sync::OnceCell::new(),
@@ -96,7 +100,7 @@ impl Keys<'_> {
             "seg:v1:{}:{}:{}:{}:{}",
             m.session.vod,
             n,
-            m.count,
+            m.version.token(),
             m.state(),
             self.density_cap
         )
@@ -108,7 +112,7 @@ impl Keys<'_> {
         format!(
             "xml:v1:{}:{}:{}:{}:{}",
             m.session.vod,
-            m.count,
+            m.version.token(),
             m.state(),
             self.density_cap,
             max
@@ -121,7 +125,7 @@ impl Keys<'_> {
         format!(
             "dp:v1:{}:{}:{}:{}:{}",
             m.session.vod,
-            m.count,
+            m.version.token(),
             m.state(),
             self.density_cap,
             max
@@ -143,8 +147,13 @@ pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
         // Settled before counting: the count then covers at least what was
         // archived when the SliceStore was seen without the VOD's comments.
         let settled = crate::settle::settled(r, &session).await;
-        let count = r.ctx.archive.count(vod).await.map_err(crate::store_error)?;
-        Ok::<_, ApiError>(Arc::new(VodMeta::new(session, count, settled)))
+        let version = r
+            .ctx
+            .archive
+            .version(vod)
+            .await
+            .map_err(crate::store_error)?;
+        Ok::<_, ApiError>(Arc::new(VodMeta::new(session, version, settled)))
     };
     match &r.meta {
         None => load.await,
@@ -155,13 +164,53 @@ pub async fn meta(r: &Replay, vod: &str) -> Result<Arc<VodMeta>, ApiError> {
     }
 }
 
-/// Drops this node's view of `vod` (it ended, or a comment was posted on it),
-/// with the segment bodies served under it.
+/// Drops this node's view of `vod` (it ended, a comment was posted on it or
+/// deleted from it), with the segment bodies served under it.
 pub async fn forget_meta(r: &Replay, vod: &str) {
     r.hot.forget(vod);
     if let Some(cache) = &r.meta {
         cache.invalidate(vod).await;
     }
+}
+
+/// The `version` of every segment's versioned URL under `version` and the
+/// density cap `cap` (a segment's body depends on both): the VOD's version
+/// token, then the cap in base 36. Any change of the VOD's rows gives every
+/// segment a new version (after the end that is a post or a deletion: rare).
+pub fn segment_version(version: &VodVersion, cap: usize) -> String {
+    format!("{}.{}", version.token(), radix36(cap as u64))
+}
+
+/// The VOD version a [`segment_version`] string was made from, if it is one.
+pub fn parse_segment_version(v: &str) -> Option<VodVersion> {
+    let mut parts = v.split('.');
+    let count = u64::from_str_radix(parts.next()?, 36).ok()?;
+    let deleted = u64::from_str_radix(parts.next()?, 36).ok()?;
+    parts.next()?;
+    parts
+        .next()
+        .is_none()
+        .then_some(VodVersion { count, deleted })
+}
+
+/// Whether `a` is a later state of a VOD's rows than `b` (deletions only grow;
+/// with the same deletions, the count only grows).
+pub fn newer(a: &VodVersion, b: &VodVersion) -> bool {
+    (a.deleted, a.count) > (b.deleted, b.count)
+}
+
+fn radix36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
 }
 
 /// A segment body ready to serve: both encodings and the ETag header.
@@ -600,9 +649,44 @@ mod tests {
                 ended_at: Some(1),
                 latency_ms: 0,
             },
-            count,
+            VodVersion { count, deleted: 0 },
             true,
         ))
+    }
+
+    #[test]
+    fn segment_versions_name_the_vod_version_and_the_cap() {
+        let v = VodVersion {
+            count: 1_000,
+            deleted: 37,
+        };
+        let s = segment_version(&v, 6000);
+        assert_eq!(s, "rs.11.4mo");
+        assert_eq!(parse_segment_version(&s), Some(v));
+        assert_ne!(s, segment_version(&v, 100), "the cap changes the body");
+        for bad in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "-1.0.0",
+            "z!.0.0",
+            "zzzzzzzzzzzzzzzzz.0.0",
+        ] {
+            assert_eq!(parse_segment_version(bad), None, "{bad:?}");
+        }
+        let later = VodVersion {
+            count: 999,
+            deleted: 38,
+        };
+        assert!(newer(&later, &v) && !newer(&v, &later) && !newer(&v, &v));
+        assert!(newer(
+            &VodVersion {
+                count: 1_001,
+                deleted: 37
+            },
+            &v
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!   the store again.
 //! - [`Decoded`]: the bytes-bounded cache of both (`replay.rows_cache_bytes`): one
 //!   entry per segment or VOD, valid for one version of the VOD (its archived
-//!   count and whether it ended) and replaced by the next; one load per entry
+//!   and deleted counts, and whether it ended) and replaced by the next; one load per entry
 //!   and version under a stampede ([`get_or_load`]).
 //! - [`cold_permit`]: the bound on ArchiveStore loads and document cuts running at
 //!   once (`replay.max_cold_loads`), with `503 unavailable` + `Retry-After` past it.
@@ -18,7 +18,7 @@ use crate::cache::{SingleFlight, VodMeta};
 use crate::density::Capped;
 use crate::{formats, Replay};
 use danmaku_core::error::{ApiError, ErrorCode};
-use danmaku_core::ports::ArchivedComment;
+use danmaku_core::ports::{ArchivedComment, VodVersion};
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
@@ -227,14 +227,14 @@ impl Data {
 /// One cached value with the version of the VOD it was read at.
 #[derive(Debug)]
 pub struct Entry {
-    count: u64,
+    version: VodVersion,
     ended: bool,
     data: Data,
 }
 
 impl Entry {
     fn fresh_for(&self, meta: &VodMeta) -> bool {
-        self.count == meta.count && self.ended == meta.ended()
+        self.version == meta.version && self.ended == meta.ended()
     }
 
     /// The segment rows held, if that is what this entry is.
@@ -305,7 +305,7 @@ where
             return Ok(e);
         }
     }
-    let flight = format!("{key}@{}:{}", meta.count, meta.ended());
+    let flight = format!("{key}@{}:{}", meta.version.token(), meta.ended());
     d.flights
         .run(&flight, async {
             if let Some(e) = d.cache.get(&key).await {
@@ -316,7 +316,7 @@ where
             let _permit = cold_permit(r).await?;
             let data = load().await?;
             let entry = Arc::new(Entry {
-                count: meta.count,
+                version: meta.version,
                 ended: meta.ended(),
                 data,
             });

@@ -211,6 +211,7 @@ mod tests {
                 vod: Some("v".into()),
                 offset_ms: Some(offset),
                 hidden: false,
+                deletes: None,
             },
         }
     }

@@ -29,7 +29,7 @@ use crate::cache::{self, cached, respond, Keys, VodMeta};
 use crate::decoded::{self, Data, DocBase};
 use crate::density::{cap_segment, cap_strict};
 use crate::post::post_on_recording;
-use crate::{check_vod, formats, store_error, Replay};
+use crate::{check_vod, formats, Replay};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -65,12 +65,7 @@ async fn whole_recording(
     let cap = r.ctx.settings.replay.density_cap;
     let segments: Vec<Vec<ArchivedComment>> = futures::stream::iter(0..=last)
         .map(|n| async move {
-            let rows = r
-                .ctx
-                .archive
-                .read_segment(vod, n)
-                .await
-                .map_err(store_error)?;
+            let rows = crate::read_segment(r, vod, n).await?;
             Ok::<_, ApiError>(cap_segment(rows, cap, n))
         })
         .buffered(4)

@@ -10,9 +10,9 @@
 use crate::cache::{self, cached, respond, respond_parts, Keys, VodMeta};
 use crate::decoded::{self, Data, Rows};
 use crate::density::cap_segment;
-use crate::{check_vod, formats, store_error, Replay, IMMUTABLE};
+use crate::{check_vod, formats, Replay, IMMUTABLE};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -72,12 +72,7 @@ fn decode_after(s: &str) -> Option<(i64, u64)> {
 async fn segment_rows(r: &Replay, meta: &VodMeta, n: u32) -> Result<Arc<decoded::Entry>, ApiError> {
     let vod = &meta.session.vod;
     decoded::get_or_load(r, format!("rows:{vod}:{n}"), meta, || async {
-        let items = r
-            .ctx
-            .archive
-            .read_segment(vod, n)
-            .await
-            .map_err(store_error)?;
+        let items = crate::read_segment(r, vod, n).await?;
         // Encoding 100,000 items takes a while: off the async workers.
         tokio::task::spawn_blocking(move || Rows::new(items))
             .await
@@ -187,12 +182,7 @@ async fn load_segment(r: &Replay, meta: &VodMeta, n: u32) -> Result<CachedBody, 
     cached(r, key, r.cache_ttl(ended), || async {
         let _permit = decoded::cold_permit(r).await?;
         let vod = &meta.session.vod;
-        let rows = r
-            .ctx
-            .archive
-            .read_segment(vod, n)
-            .await
-            .map_err(store_error)?;
+        let rows = crate::read_segment(r, vod, n).await?;
         let capped = cap_segment(rows, cap, n);
         let (start, end) = segment_range(n);
         debug_assert!(capped
@@ -216,18 +206,67 @@ fn beyond_recording(r: &Replay, session: &Session, n: u32) -> bool {
     n > last
 }
 
-/// `Cache-Control` of a segment: immutable once the VOD ended and everything the
-/// SliceStore held of it is archived ([`crate::settle`]), and `replay.settle_secs`
-/// passed since the end; else the live `max-age`.
-fn segment_cache_control(r: &Replay, meta: &VodMeta) -> HeaderValue {
+/// Whether the VOD's segments may be cached for long: it ended, everything the
+/// SliceStore held of it is archived ([`crate::settle`]), and
+/// `replay.settle_secs` passed since the end.
+fn settled_for_caches(r: &Replay, meta: &VodMeta) -> bool {
     let settle_ms = r.ctx.settings.replay.settle_secs.saturating_mul(1000) as i64;
     match meta.session.ended_at {
-        Some(_) if meta.settled && settle_ms == 0 => HeaderValue::from_static(IMMUTABLE),
-        Some(end) if meta.settled && danmaku_core::now_ms() >= end.saturating_add(settle_ms) => {
-            HeaderValue::from_static(IMMUTABLE)
+        Some(end) if meta.settled => {
+            settle_ms == 0 || danmaku_core::now_ms() >= end.saturating_add(settle_ms)
         }
-        _ => r.live_cache_control.clone(),
+        _ => false,
     }
+}
+
+/// `Cache-Control` of a segment (API.md, Segment versions): a settled VOD's
+/// versioned URL is immutable, its plain URL gets
+/// `replay.document_max_age_secs` (clients revalidate with the ETag); a VOD
+/// still live or settling keeps the live `max-age` everywhere.
+fn segment_cache_control(r: &Replay, meta: &VodMeta, versioned: bool) -> HeaderValue {
+    match (settled_for_caches(r, meta), versioned) {
+        (true, true) => HeaderValue::from_static(IMMUTABLE),
+        (true, false) => r.document_cache_control.clone(),
+        (false, _) => r.live_cache_control.clone(),
+    }
+}
+
+/// The current `version` of the VOD's segments in `meta` (API.md, Segment versions).
+pub(crate) fn current_version(r: &Replay, meta: &VodMeta) -> String {
+    cache::segment_version(&meta.version, r.ctx.settings.replay.density_cap)
+}
+
+/// `301` to segment `n`'s URL at `version`, keeping a `token` the request had.
+/// Kept by caches for the live `max-age` only: the target moves on with the
+/// next version (a version never comes back, so the redirect is never wrong,
+/// only one step behind).
+fn moved(r: &Replay, vod: &str, n: u32, version: &str, token: Option<&str>) -> Response {
+    let mut location = format!("/v1/vods/{vod}/segments/{n}?v={version}");
+    if let Some(t) = token {
+        location.push_str("&token=");
+        location.push_str(&percent_encode(t));
+    }
+    let mut resp = StatusCode::MOVED_PERMANENTLY.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("percent-encoded ascii"),
+    );
+    h.insert(header::CACHE_CONTROL, r.live_cache_control.clone());
+    resp
+}
+
+/// `s` with every byte outside RFC 3986's unreserved set percent-encoded.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Segment number `n` of a path: decimal digits without sign, spaces or leading
@@ -244,11 +283,19 @@ pub(crate) fn segment_number(n: &str) -> Result<u32, ApiError> {
     })
 }
 
-/// The `?token=` of a request (read only when reading needs a token).
-fn query_token(uri: &Uri) -> Option<String> {
-    Query::<RangeQuery>::try_from_uri(uri)
-        .ok()
-        .and_then(|q| q.0.token)
+/// The query of a segment request: `?v=` (a version) and `?token=`.
+#[derive(Deserialize, Default)]
+struct SegmentQuery {
+    v: Option<String>,
+    token: Option<String>,
+}
+
+/// The segment query of a request; a malformed query counts as none (the
+/// version and the token are then absent).
+fn segment_query(uri: &Uri) -> SegmentQuery {
+    Query::<SegmentQuery>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default()
 }
 
 pub(crate) async fn segment(
@@ -258,24 +305,44 @@ pub(crate) async fn segment(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_vod(&vod)?;
+    let q = segment_query(&uri);
     if r.ctx.settings.auth.require_token_to_read {
-        let token = query_token(&uri);
-        check_read_access(true, &r.ctx.signer, &headers, token.as_deref())?;
+        check_read_access(true, &r.ctx.signer, &headers, q.token.as_deref())?;
     }
     let n = segment_number(&n)?;
+    let wanted = q.v.as_deref().filter(|v| !v.is_empty());
     // The hot path: this segment was served under the VOD's current view.
     if let Some((meta, hot)) = r.hot.get(&vod, n) {
-        r.hits.increment(1);
-        return Ok(respond_parts(
-            &hot.body,
-            &hot.gzip,
-            hot.etag,
-            "application/json",
-            segment_cache_control(&r, &meta),
-            &headers,
-        ));
+        let current = wanted.is_none_or(|v| v == current_version(&r, &meta));
+        if current {
+            r.hits.increment(1);
+            return Ok(respond_parts(
+                &hot.body,
+                &hot.gzip,
+                hot.etag,
+                "application/json",
+                segment_cache_control(&r, &meta, wanted.is_some()),
+                &headers,
+            ));
+        }
     }
-    let meta = cache::meta(&r, &vod).await?;
+    let mut meta = cache::meta(&r, &vod).await?;
+    if let Some(v) = wanted {
+        if v != current_version(&r, &meta) {
+            // A version newer than this node's view (listed by a node that saw
+            // the change first, or after a change on another node): look again.
+            let ahead = cache::parse_segment_version(v)
+                .is_some_and(|asked| cache::newer(&asked, &meta.version));
+            if ahead {
+                cache::forget_meta(&r, &vod).await;
+                meta = cache::meta(&r, &vod).await?;
+            }
+            let current = current_version(&r, &meta);
+            if v != current {
+                return Ok(moved(&r, &vod, n, &current, q.token.as_deref()));
+            }
+        }
+    }
     let body = if beyond_recording(&r, &meta.session, n) {
         encode_segment(&vod, n, &[])
     } else {
@@ -286,7 +353,7 @@ pub(crate) async fn segment(
     Ok(respond(
         &body,
         "application/json",
-        segment_cache_control(&r, &meta),
+        segment_cache_control(&r, &meta, wanted.is_some()),
         &headers,
     ))
 }

@@ -165,8 +165,18 @@ pub(crate) async fn get(
         .await
         .map_err(store_error)?
         .ok_or_else(|| ApiError::not_found("vod"))?;
-    let count = r.ctx.archive.count(&vod).await.map_err(store_error)?;
-    Ok(Json(session_json(&s, Some(count))).into_response())
+    // Read fresh (not the cached view): a page loads this first, then the
+    // segments by their versioned URLs (API.md, Segment versions).
+    let version = r.ctx.archive.version(&vod).await.map_err(store_error)?;
+    let segments = r.ctx.archive.segments(&vod).await.map_err(store_error)?;
+    let segment_version =
+        crate::cache::segment_version(&version, r.ctx.settings.replay.density_cap);
+    let mut v = session_json(&s, Some(version.count));
+    v["segments"] = segments
+        .iter()
+        .map(|n| json!({"n": n, "version": segment_version}))
+        .collect();
+    Ok(Json(v).into_response())
 }
 
 pub(crate) async fn list(

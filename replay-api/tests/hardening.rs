@@ -444,12 +444,14 @@ async fn an_ended_vod_is_immutable_only_once_its_slices_are_archived() {
     for id in batches {
         node.ctx.slices.complete_batch(id).await.unwrap();
     }
-    let r = node.get("/v1/vods/st/segments/0", &[]).await;
+    let r = node.get(&node.versioned("st", 0).await, &[]).await;
     assert_eq!(r.json["items"].as_array().unwrap().len(), 3, "{}", r.text);
     assert_eq!(
         header(&r, "cache-control"),
         "public, max-age=31536000, immutable"
     );
+    let plain = node.get("/v1/vods/st/segments/0", &[]).await;
+    assert_eq!(header(&plain, "cache-control"), "public, max-age=10");
 
     // Comments of the room outside the session (before its start, or after its
     // end: the next session's) do not hold it back.
@@ -461,7 +463,7 @@ async fn an_ended_vod_is_immutable_only_once_its_slices_are_archived() {
         &[(1, s2.started_at - 5_000), (2, end2 + 1), (3, end2 + 500)],
     )
     .await;
-    let r = node.get("/v1/vods/st2/segments/0", &[]).await;
+    let r = node.get("/v1/vods/st2/segments/0?v=0.0.4mo", &[]).await;
     assert_eq!(
         header(&r, "cache-control"),
         "public, max-age=31536000, immutable"

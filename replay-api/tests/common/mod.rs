@@ -12,7 +12,10 @@ use danmaku_core::auth::Role;
 use danmaku_core::config::Settings;
 use danmaku_core::context::Context;
 use danmaku_core::model::{Danmaku, Kind, Mode};
-use danmaku_core::ports::{ArchiveError, ArchiveStore, ArchivedComment, ReplayCache, SliceItem};
+use danmaku_core::ports::{
+    ArchiveError, ArchiveStore, ArchivedComment, ArchivedDeletion, ReplayCache, SliceItem,
+    VodVersion,
+};
 use danmaku_core::vod::Session;
 use danmaku_replay_api::{router, Replay};
 use serde_json::Value;
@@ -58,6 +61,15 @@ impl ArchiveStore for Counting {
     }
     async fn count(&self, vod: &str) -> Result<u64, ArchiveError> {
         self.inner.count(vod).await
+    }
+    async fn delete_comments(&self, d: &[ArchivedDeletion]) -> Result<u64, ArchiveError> {
+        self.inner.delete_comments(d).await
+    }
+    async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError> {
+        self.inner.version(vod).await
+    }
+    async fn segments(&self, vod: &str) -> Result<Vec<u32>, ArchiveError> {
+        self.inner.segments(vod).await
     }
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
         self.inner.last_segment(vod).await
@@ -270,10 +282,39 @@ impl Node {
                     vod: Some(vod.into()),
                     offset_ms: Some(*offset),
                     hidden: false,
+                    deletes: None,
                 },
             })
             .collect();
         self.ctx.archive.upsert_comments(&rows).await.unwrap();
+    }
+
+    /// The `segments` of `GET /v1/vods/{vod}`: (n, version).
+    pub async fn segment_versions(&self, vod: &str) -> Vec<(u64, String)> {
+        let r = self.get(&format!("/v1/vods/{vod}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.json["segments"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no segments: {}", r.text))
+            .iter()
+            .map(|s| {
+                (
+                    s["n"].as_u64().unwrap(),
+                    s["version"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// The versioned URL of segment `n` as `GET /v1/vods/{vod}` lists it.
+    pub async fn versioned(&self, vod: &str, n: u64) -> String {
+        let (_, v) = self
+            .segment_versions(vod)
+            .await
+            .into_iter()
+            .find(|(m, _)| *m == n)
+            .unwrap_or_else(|| panic!("segment {n} of {vod} not listed"));
+        format!("/v1/vods/{vod}/segments/{n}?v={v}")
     }
 
     pub fn reads(&self) -> usize {
