@@ -1,7 +1,8 @@
 //! The command line's work apart from serving: loading the settings (file then
 //! `DANMAKU_*` environment), printing a signed token, printing the effective
-//! configuration, and the archive maintenance commands. `src/main.rs` parses the
-//! flags and calls these.
+//! configuration, the archive maintenance commands, and `import` (a recording's
+//! comments sent to a running server). `src/main.rs` parses the flags and calls
+//! these.
 
 use anyhow::{bail, Context as _};
 use danmaku_core::auth::{load_secret, Role, TokenSigner};
@@ -89,6 +90,66 @@ pub async fn archive_compact(settings: &Settings, hour: &str) -> anyhow::Result<
         report.output.as_deref().unwrap_or("(nothing to do)")
     );
     Ok(())
+}
+
+/// `danmaku import FILE --vod VOD`: streams the Bilibili or BililiveRecorder
+/// XML document `file` to `POST /v1/vods/{vod}/import` of the server at
+/// `server` (`http://host:port`; default: `server.listen` of the settings),
+/// with `token` or, without one, a service token minted from the configured
+/// secret. Returns the server's answer (`{"imported": n, "skipped": n}`).
+pub async fn import(
+    settings: &Settings,
+    file: &Path,
+    vod: &str,
+    server: Option<&str>,
+    token: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !danmaku_core::model::valid_id(vod) {
+        bail!("vod ids match [A-Za-z0-9_-]{{1,64}}: {vod:?}");
+    }
+    let token = match token {
+        Some(t) => t,
+        None => self::token(settings, "import", None, "service", "1h")?,
+    };
+    let server = server.unwrap_or(&settings.server.listen);
+    let authority = server
+        .strip_prefix("http://")
+        .unwrap_or(server)
+        .trim_end_matches('/');
+    if authority.contains('/') || server.starts_with("https://") {
+        bail!("--server is http://host:port (a node, or a proxy in front of one), not {server:?}");
+    }
+    let mut doc = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let len = doc.metadata().await?.len();
+    let mut conn = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    let head = format!(
+        "POST /v1/vods/{vod}/import HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/xml\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await?;
+    // The server may answer early (a refusal) and stop reading: its answer
+    // still comes back.
+    let sent = tokio::io::copy(&mut doc, &mut conn).await;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .await
+        .context("reading the answer")?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no HTTP answer from {authority}"))?;
+    let status = head.split(' ').nth(1).unwrap_or("?");
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| body.into());
+    if status != "200" {
+        bail!("import refused: HTTP {status} {json}");
+    }
+    sent.context("sending the document")?;
+    Ok(json)
 }
 
 /// Overrides of `serve`'s flags on top of the loaded settings.

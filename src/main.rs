@@ -1,7 +1,8 @@
 //! The `danmaku` binary: the command line only. `serve` runs any subset of the
 //! roles in one process (the library's [`danmaku::lifecycle::Server`]); `token`
 //! prints a signed token; `config` prints the effective configuration; `archive`
-//! runs archive maintenance. The work lives in the library (`src/commands.rs`).
+//! runs archive maintenance; `import` sends a recording's comments (Bilibili or
+//! BililiveRecorder XML) to a running server. The work lives in the library (`src/commands.rs`).
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,29 @@ enum Cmd {
     /// Archive maintenance: ScyllaDB schema and Parquet compaction.
     #[command(subcommand)]
     Archive(ArchiveCmd),
+    /// Import a Bilibili or BililiveRecorder XML file into a VOD of a running
+    /// server (POST /v1/vods/{vod}/import).
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The XML document.
+    file: PathBuf,
+    /// The VOD to add the comments to.
+    #[arg(long)]
+    vod: String,
+    /// The server, http://host:port (default: server.listen of the configuration).
+    #[arg(long)]
+    server: Option<String>,
+    /// A service or admin token (default: one minted from the configured secret).
+    #[arg(long, env = "DANMAKU_TOKEN")]
+    token: Option<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory holding the generated secret, when none is configured.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +146,21 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Config(args) => {
             print!("{}", commands::load_settings(args.config)?.to_toml());
+            Ok(())
+        }
+        Cmd::Import(args) => {
+            let mut settings = commands::load_settings(args.config)?;
+            if let Some(d) = args.data_dir {
+                settings.server.data_dir = d;
+            }
+            let answer = tokio::runtime::Runtime::new()?.block_on(commands::import(
+                &settings,
+                &args.file,
+                &args.vod,
+                args.server.as_deref(),
+                args.token,
+            ))?;
+            println!("{answer}");
             Ok(())
         }
         Cmd::Archive(cmd) => tokio::runtime::Runtime::new()?.block_on(async {
