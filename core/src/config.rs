@@ -500,8 +500,10 @@ pub struct ReplaySettings {
     /// `max-age` instead of `immutable`, on top of the rule that they are
     /// `immutable` only once the VOD is archived (0 = as soon as it is).
     pub settle_secs: u64,
-    /// `max-age` of the whole-VOD documents (Bilibili XML, DPlayer) of an ended
-    /// VOD, seconds (they change when someone posts on the recording).
+    /// `max-age` of the whole-VOD documents (Bilibili XML, DPlayer) and of the
+    /// plain segment URLs of an ended VOD, seconds (they change when someone
+    /// posts on the recording or a comment is deleted; only a segment's
+    /// versioned URL is immutable: API.md, Segment versions).
     pub document_max_age_secs: u64,
     /// Most comments in one whole-VOD document (Bilibili XML, DPlayer), after each
     /// segment's density cap; spread evenly over the recording, gifts first.

@@ -612,17 +612,19 @@ async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
     let before = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
     before.expect_status(200, "segment 0");
     let old_etag = before.header("etag").expect("ETag");
+    // The plain URL revalidates (API.md, Segment versions).
     assert_eq!(
         before.header("cache-control").as_deref(),
-        Some("public, max-age=31536000, immutable")
+        Some("public, max-age=10")
     );
-    // The segment is in the replay Redis (the second tier), under the VOD's count.
+    // The segment is in the replay Redis (the second tier), under the VOD's
+    // version (archived count, deleted count).
     let remote =
         danmaku_redis::RedisReplayCache::connect(&redis.url(), "dmr:", Duration::from_secs(1))
             .await
             .expect("replay redis");
     use danmaku_core::ports::ReplayCache;
-    let key = format!("seg:v1:{vod}:0:1:E:6000");
+    let key = format!("seg:v1:{vod}:0:1.0:E:6000");
     assert!(
         remote.get(&key).await.is_some(),
         "segment 0 not in Redis under {key}"
@@ -649,8 +651,8 @@ async fn replay_formats_a_vod_comment_on_an_ended_vod_changes_its_segment() {
         remote.get(&key).await.is_none(),
         "the old key is invalidated in Redis"
     );
-    // The very next request serves it, with a new ETag (still immutable: each
-    // version is; docs/PLAYERS.md explains).
+    // The very next request serves it, with a new ETag (and a new segment
+    // version: API.md, Segment versions).
     let after = app.get(&format!("/v1/vods/{vod}/segments/0")).await;
     let ids: Vec<String> = ids_of(after.json["items"].as_array().unwrap());
     assert!(

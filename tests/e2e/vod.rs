@@ -268,8 +268,8 @@ async fn vod_session_replays_every_comment_at_its_offset() {
         .unwrap_or_else(|| panic!("segment 0 has no ETag; headers {:?}", segment.headers));
     assert_eq!(
         segment.header("cache-control").as_deref(),
-        Some("public, max-age=31536000, immutable"),
-        "Cache-Control of a segment of an ended VOD"
+        Some("public, max-age=10"),
+        "Cache-Control of a plain segment URL of an ended VOD (API.md, Segment versions)"
     );
     let again = app
         .get_with(
