@@ -6,7 +6,9 @@
 //!   restarts (kill -9);
 //! - a retry with the same idempotency key on B answers A's id, and the room
 //!   holds the comment once; the same key with another text is 409;
-//! - slow mode and mute set through A hold on B within 2 s.
+//! - slow mode and mute set through A hold on B within 2 s;
+//! - a Redis outage fails closed (503, a banned user never gets through) and
+//!   the bans outlive it (Redis with its append-only file).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -267,4 +269,85 @@ async fn moderation_holds_across_ingest_nodes() {
         .await,
         "service in a muted room",
     );
+}
+
+/// A Redis outage: sends fail closed with 503 once the node's copy is older
+/// than `moderation.stale_ms` (a banned user never gets through, nor anyone:
+/// a ban made meanwhile could be missed); admins still send; after Redis is back
+/// (append-only file: the bans kept) sends flow again and the ban still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+async fn a_redis_outage_fails_closed() {
+    let kafka = TestKafka::start();
+    let topic = unique_topic("e2e-mod-outage");
+    kafka.create_topic(&topic, 2).await;
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let ns = format!("mod{}", unique());
+    let app = spawn_with(&env(&kafka, &topic, &redis, &ns, "1", r#"["ingest"]"#)).await;
+    let admin = app.token("root", "admin").await;
+    let alice = app.token("alice", "viewer").await;
+    let mallory = app.token("mallory", "viewer").await;
+    let room = format!("out{}", unique());
+    app.post(
+        "/v1/admin/bans",
+        Some(&admin),
+        json!({"user": "mallory", "seconds": 3600}),
+    )
+    .await
+    .expect_status(200, "global ban");
+    accepted_id(
+        &app.send(Some(&alice), &room, json!({"text": "before"}))
+            .await,
+        "before the outage",
+    );
+
+    redis.kill();
+    // Within stale_ms (3 s) plus a refresh attempt (1 s), everyone but admins gets 503.
+    let started = Instant::now();
+    loop {
+        let r = app
+            .send(Some(&alice), &room, json!({"text": "during"}))
+            .await;
+        if r.status == 503 {
+            r.expect_error(503, "unavailable", "alice during the outage");
+            assert!(r.header("retry-after").is_some(), "503 carries Retry-After");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "sends still accepted {:?} into the outage: {} {}",
+            started.elapsed(),
+            r.status,
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = app
+        .send(Some(&mallory), &room, json!({"text": "let me in"}))
+        .await;
+    assert_ne!(
+        r.status, 202,
+        "a banned user never gets through: {}",
+        r.json
+    );
+    accepted_id(
+        &app.send(
+            Some(&admin),
+            &room,
+            json!({"text": "admin during the outage"}),
+        )
+        .await,
+        "admins still send",
+    );
+
+    redis.restart();
+    let took = until(&app, &alice, &room, Duration::from_secs(15), |r| {
+        r.status == 202
+    })
+    .await
+    .expect("sends never recovered after Redis came back");
+    eprintln!("sends recovered {took:?} after Redis came back");
+    app.send(Some(&mallory), &room, json!({"text": "x"}))
+        .await
+        .expect_error(403, "banned", "the ban survived the outage");
 }
