@@ -631,12 +631,17 @@ pub async fn import_document<R: AsyncBufRead + Unpin>(
     let mut duplicates = 0u64;
     let mut chunk: Vec<ArchivedComment> = Vec::with_capacity(CHUNK);
     loop {
-        let next = parser.next().await.map_err(|e| {
-            if let ImportError::Body(io) = &e {
-                tracing::debug!(error = %io, vod = session.vod, "import body failed");
+        let next = match parser.next().await {
+            Ok(next) => next,
+            Err(e) => {
+                if let ImportError::Body(io) = &e {
+                    tracing::debug!(error = %io, vod = session.vod, "import body failed");
+                }
+                // What came before the error is imported, as documented.
+                store(r, &mut chunk).await?;
+                return Err(e.to_api());
             }
-            e.to_api()
-        })?;
+        };
         let Some(entry) = next else { break };
         let id = entry_id(&session.vod, session.started_at, &entry);
         if known

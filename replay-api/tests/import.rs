@@ -161,6 +161,15 @@ async fn refusals_say_why() {
         message.starts_with("malformed XML at line 3, column "),
         "{message}"
     );
+    // What came before the error is in.
+    let range = node.get("/v1/vods/v/danmaku?limit=10", &[]).await;
+    let texts: Vec<&str> = range.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["ok"]);
 }
 
 /// Sends `body` to `path` through the real server loop; returns status and body.
