@@ -20,7 +20,10 @@
 //!   scrape, or in [`NOT_IN_A_FRESH_EMBEDDED_SCRAPE`] with the reason and
 //!   present in the source;
 //! - with Debian's `prometheus` package (`#[ignore]` otherwise): `promtool
-//!   check` and `promtool test rules`, and a real Prometheus scraping a node.
+//!   check` and `promtool test rules`, and a real Prometheus scraping a node;
+//! - with Debian's `nginx-light` (`#[ignore]` otherwise): the proxy's config
+//!   run by a real nginx, each request reaching the role it belongs to (stub
+//!   upstreams), and a WebSocket and a send through it to a running node.
 
 #[path = "e2e/helpers.rs"]
 mod helpers;
@@ -2515,4 +2518,307 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The proxy's routing through a real nginx (Debian's nginx-light)
+// ---------------------------------------------------------------------------
+
+/// One request as a stub upstream saw it: method, path, X-Forwarded-For.
+type Seen = (String, String, String);
+
+/// A stub upstream that answers every request with its own name and records
+/// what it got.
+async fn stub_upstream(
+    name: &'static str,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, Seen)>>>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request head (and its body, by Content-Length) at a time.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let mut lines = head.lines();
+                    let mut first = lines.next().unwrap_or("").split(' ');
+                    let method = first.next().unwrap_or("").to_string();
+                    let path = first.next().unwrap_or("").to_string();
+                    let mut xff = String::new();
+                    let mut length = 0usize;
+                    for l in lines {
+                        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+                        match k.trim().to_ascii_lowercase().as_str() {
+                            "x-forwarded-for" => xff = v.trim().to_string(),
+                            "content-length" => length = v.trim().parse().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                    while buf.len() < end + 4 + length {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    seen.lock().unwrap().push((name, (method, path, xff)));
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if sock.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Starts nginx (one process, no daemon) on the routing of
+/// infra/compose/nginx.conf with each upstream's servers replaced.
+async fn start_nginx(dir: &Path, upstreams: &[(&str, String)]) -> (tokio::process::Child, u16) {
+    let mut conf = read("infra/compose/nginx.conf");
+    for (name, addr) in upstreams {
+        let start = conf.find(&format!("upstream {name} {{")).unwrap();
+        let end = start + conf[start..].find('}').unwrap();
+        let block: String = conf[start..end]
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("server "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let block = block.replacen('{', &format!("{{\n    server {addr};"), 1);
+        conf.replace_range(start..end, &block);
+    }
+    let port = free_port();
+    conf = conf
+        .replace(
+            "worker_processes auto;",
+            "worker_processes 1;\nmaster_process off;",
+        )
+        .replace(
+            "pid /tmp/nginx.pid;",
+            &format!("pid {}/nginx.pid;", dir.display()),
+        )
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+        .replace("/tmp/nginx-client-body", &format!("{}/body", dir.display()))
+        .replace("/tmp/nginx-proxy", &format!("{}/proxy", dir.display()))
+        .replace(
+            "events {",
+            &format!("error_log {}/error.log;\nevents {{", dir.display()),
+        );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = tokio::process::Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-g")
+        .arg("daemon off;")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nginx (Debian's nginx-light)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen within 10 s: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, port)
+}
+
+#[tokio::test]
+#[ignore = "needs nginx (Debian's nginx-light)"]
+async fn nginx_sends_each_request_to_its_role() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut upstreams = Vec::new();
+    for name in ["ingest", "live", "replay"] {
+        let port = stub_upstream(name, seen.clone()).await;
+        upstreams.push((name, format!("127.0.0.1:{port}")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, port) = start_nginx(dir.path(), &upstreams).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let cases = [
+        ("POST", "/v1/rooms/r1/danmaku", Some("ingest")),
+        (
+            "GET",
+            "/v1/rooms/r1/danmaku?cursor=x&wait_ms=0",
+            Some("live"),
+        ),
+        ("GET", "/v1/rooms/r1/ws", Some("live")),
+        ("GET", "/sub", Some("live")),
+        ("POST", "/v1/auth/guest", Some("ingest")),
+        ("POST", "/v1/admin/rooms/r1/bans", Some("ingest")),
+        ("GET", "/v1/admin/bigkeys", Some("live")),
+        ("POST", "/v1/rooms/r1/sessions", Some("replay")),
+        ("GET", "/v1/rooms/r1/vods", Some("replay")),
+        ("GET", "/v1/vods/v1", Some("replay")),
+        ("POST", "/v1/vods/v1/end", Some("replay")),
+        ("GET", "/v1/vods/v1/segments/0", Some("replay")),
+        ("POST", "/v1/vods/v1/danmaku", Some("replay")),
+        ("GET", "/dplayer/v3/?id=v1", Some("replay")),
+        ("GET", "/", Some("live")),
+        ("GET", "/metrics", None),
+        ("GET", "/healthz", None),
+    ];
+    for (method, path, want) in cases {
+        seen.lock().unwrap().clear();
+        let req = http.request(
+            method.parse().unwrap(),
+            format!("http://127.0.0.1:{port}{path}"),
+        );
+        let req = if method == "POST" {
+            req.body("{}")
+        } else {
+            req
+        };
+        let resp = req
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        let got = seen.lock().unwrap().clone();
+        match want {
+            Some(role) => {
+                assert_eq!(status, 200, "{method} {path}: {body}");
+                assert_eq!(body, role, "{method} {path} went to {body}, not {role}");
+                assert_eq!(got.len(), 1, "{method} {path}: {got:?}");
+                let (m, p, xff) = &got[0].1;
+                assert_eq!(
+                    (m.as_str(), p.as_str()),
+                    (method, path),
+                    "{method} {path} forwarded as is"
+                );
+                // The client's header first, the address nginx saw last (the
+                // one limits.trusted_proxy_header counts).
+                assert_eq!(
+                    xff, "203.0.113.9, 127.0.0.1",
+                    "{method} {path}: X-Forwarded-For"
+                );
+            }
+            None => {
+                assert_eq!(status, 404, "{method} {path} must not be public");
+                assert!(got.is_empty(), "{method} {path} reached {got:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nginx (Debian's nginx-light)"]
+async fn nginx_carries_websockets_and_sends_to_a_node() {
+    use futures::StreamExt;
+    let app = helpers::spawn_app(&[
+        ("DANMAKU_LIMITS__TRUSTED_PROXY_HEADER", "x-forwarded-for"),
+        ("DANMAKU_SERVER__MAX_CONNECTIONS_PER_IP", "0"),
+    ])
+    .await;
+    let node = app.base_url.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let upstreams = [
+        ("ingest", node.clone()),
+        ("live", node.clone()),
+        ("replay", node.clone()),
+    ];
+    let (_nginx, port) = start_nginx(dir.path(), &upstreams).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/v1/rooms/proxied/ws"))
+            .await
+            .expect("WebSocket upgrade through nginx");
+    let next_json = |m: tokio_tungstenite::tungstenite::Message| -> Value {
+        serde_json::from_str(m.to_text().unwrap()).unwrap()
+    };
+    let hello = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("hello within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next_json(hello)["type"], "hello");
+
+    let guest: Value = http
+        .post(format!("{base}/v1/auth/guest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = s(&guest["token"], "guest token").to_string();
+    let sent = http
+        .post(format!("{base}/v1/rooms/proxied/danmaku"))
+        .bearer_auth(&token)
+        .json(&json!({"text": "through the proxy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status().as_u16(), 202, "send through nginx");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let msg = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            ws.next(),
+        )
+        .await
+        .expect("the comment over the proxied WebSocket within 10 s")
+        .unwrap()
+        .unwrap();
+        if !msg.is_text() {
+            continue;
+        }
+        let v = next_json(msg);
+        if v["type"] == "batch"
+            && v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["text"] == "through the proxy")
+        {
+            break;
+        }
+    }
+    // A poll through the proxy sees it too.
+    let poll: Value = http
+        .get(format!("{base}/v1/rooms/proxied/danmaku?limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(poll["items"].is_array(), "poll through nginx: {poll}");
 }

@@ -8,7 +8,7 @@
 # installs those servers and runs them too (`--include-ignored`).
 #
 # It installs what the tests need on a fresh machine: rustfmt and clippy,
-# redis-server, redis-cli and prometheus (promtool) from the OS packages (the tests start their own
+# redis-server, redis-cli, prometheus (promtool) and nginx from the OS packages (the tests start their own
 # servers on free loopback ports and stop them), and pyarrow + duckdb (independent
 # Parquet readers) and moto[server] (an S3 API server for the s3:// archive tests)
 # from PyPI, web/'s npm packages and Chromium (tests/web). Kafka runs as librdkafka's in-process mock cluster and the CQL peer
@@ -29,6 +29,8 @@ need_pkg redis-cli redis-tools
 # promtool and prometheus (tests/ops_artifacts.rs: `promtool check` / `test
 # rules` on infra/prometheus, and a real Prometheus scraping a node on loopback).
 need_pkg promtool prometheus
+# nginx, for the proxy's routing (infra/compose/nginx.conf) in the same tests.
+need_pkg nginx nginx-light
 python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install -q pyarrow duckdb
 # moto's S3 server (archive.url = s3://...): the tests start `moto_server` (or
 # `python3 -m moto.server`) on free loopback ports; it is not real AWS.
