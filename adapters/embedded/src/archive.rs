@@ -14,7 +14,8 @@
 //!   chunk goes), take one off `count` and add one to the vod's `deleted`
 //!   counter. The id stays in its id block, so a redone upsert skips it; a
 //!   deletion of an id not stored yet puts the id there first (a tombstone), so
-//!   the comment is never stored afterwards.
+//!   the comment is never stored afterwards. Applied deletions are kept by
+//!   (vod, id), so applying one again (a redone batch) is one lookup.
 
 use super::EmbeddedDb;
 use async_trait::async_trait;
@@ -38,6 +39,8 @@ const ID_BLOCKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("ar_
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("ar_counts");
 /// vod -> archived comments deleted so far (never decreases)
 const DELETED: TableDefinition<&str, u64> = TableDefinition::new("ar_deleted");
+/// (vod, id) -> () for every deletion applied
+const DELETED_IDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("ar_deleted_ids");
 
 /// Ids per dedup block: `id >> ID_BLOCK_SHIFT`. Comment ids carry their millisecond
 /// above bit 22, so a block holds about 4 s of a VOD's comments.
@@ -61,6 +64,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(ID_BLOCKS)?;
     txn.open_table(COUNTS)?;
     txn.open_table(DELETED)?;
+    txn.open_table(DELETED_IDS)?;
     migrate_v1(txn)
 }
 
@@ -354,20 +358,23 @@ fn remove_row(
     for e in chunks.range(lo..=hi)? {
         let (k, v) = e?;
         let mut hit = false;
-        let mut rest = Vec::new();
+        unpack_rows(v.value(), |_, row_id, _| {
+            hit |= row_id == id;
+            Ok(())
+        })?;
+        if !hit {
+            continue;
+        }
+        let mut rest = Vec::with_capacity(v.value().len());
         unpack_rows(v.value(), |off, row_id, data| {
-            if row_id == id {
-                hit = true;
-            } else {
+            if row_id != id {
                 pack_row(&mut rest, off, row_id, data);
             }
             Ok(())
         })?;
-        if hit {
-            let (_, s, n) = k.value();
-            found = Some(((s, n), rest));
-            break;
-        }
+        let (_, s, n) = k.value();
+        found = Some(((s, n), rest));
+        break;
     }
     let Some(((s, n), rest)) = found else {
         return Ok(false);
@@ -389,9 +396,13 @@ fn delete(
     let mut chunks = txn.open_table(CHUNKS)?;
     let mut counts = txn.open_table(COUNTS)?;
     let mut deleted = txn.open_table(DELETED)?;
+    let mut applied = txn.open_table(DELETED_IDS)?;
     let mut removed = 0;
     for d in deletions {
         let vod = d.vod.as_str();
+        if applied.insert((vod, d.id), ())?.is_some() {
+            continue; // applied before
+        }
         let block = d.id >> ID_BLOCK_SHIFT;
         let mut ids = match blocks.get((vod, block))? {
             Some(v) => unpack_ids(v.value())?,
@@ -405,7 +416,7 @@ fn delete(
         }
         let here = remove_row(&mut chunks, vod, Some(segment_of(d.offset_ms)), d.id)?;
         if !here && !remove_row(&mut chunks, vod, None, d.id)? {
-            continue; // deleted before (or a tombstone)
+            continue; // not stored (only its id was): nothing to remove
         }
         removed += 1;
         let c = counts.get(vod)?.map(|v| v.value()).unwrap_or(0);
