@@ -7,9 +7,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-7W5DXY7A.js")),
     ),
     (
-        "chunk-RE67HAU3.js",
+        "chunk-MPXBGUKX.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-RE67HAU3.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-MPXBGUKX.js")),
     ),
     (
         "home-VNB3CKRJ.js",
@@ -17,9 +17,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-VNB3CKRJ.js")),
     ),
     (
-        "room-43PQVSXP.js",
+        "room-N2K2CUKP.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-43PQVSXP.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-N2K2CUKP.js")),
     ),
     (
         "style-KV6HYCJW.css",
@@ -27,9 +27,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-KV6HYCJW.css")),
     ),
     (
-        "vod-JSRDNUMV.js",
+        "vod-DSQB5E4V.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-JSRDNUMV.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-DSQB5E4V.js")),
     ),
 ];
 pub(crate) const WEB_HOME_HTML: &str =

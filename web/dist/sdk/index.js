@@ -173,10 +173,11 @@ var LiveClient = class extends Emitter {
     __publicField(this, "probeTimer", null);
     __publicField(this, "pollAbort", null);
     __publicField(this, "pending", /* @__PURE__ */ new Map());
+    /** The socket each pending send went out on (its close fails them). */
+    __publicField(this, "pendingSocket", /* @__PURE__ */ new Map());
     __publicField(this, "nextRef", 0);
     __publicField(this, "seen", /* @__PURE__ */ new Set());
     __publicField(this, "seenOrder", []);
-    __publicField(this, "pendingSocket", /* @__PURE__ */ new Map());
     this.options = options;
     this.cursor = options.cursor;
     this.backoff = new Backoff(options.backoff);
@@ -216,6 +217,7 @@ var LiveClient = class extends Emitter {
       p.reject(new ApiError(0, "closed", "the client was closed"));
       this.pending.delete(ref);
     }
+    this.pendingSocket.clear();
     this.setState("closed", null);
   }
   /**
@@ -348,6 +350,7 @@ var LiveClient = class extends Emitter {
         const pending = this.pending.get(ref);
         if (!pending) break;
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         clearTimeout(pending.timer);
         if (msg.type === "ack") pending.resolve({ id: String(msg.id) });
         else {
@@ -492,6 +495,7 @@ var LiveClient = class extends Emitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         reject(new ApiError(0, "timeout", "no answer to the send"));
       }, this.options.ackTimeoutMs ?? 5e3);
       this.pending.set(ref, { resolve, reject, timer });
@@ -500,6 +504,7 @@ var LiveClient = class extends Emitter {
         ws.send(JSON.stringify({ type: "send", ref, ...body }));
       } catch {
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         clearTimeout(timer);
         reject(new ApiError(0, "network", "the connection closed"));
       }

@@ -110,6 +110,8 @@ export declare class LiveClient extends Emitter<LiveEvents> {
     private probeTimer;
     private pollAbort;
     private readonly pending;
+    /** The socket each pending send went out on (its close fails them). */
+    private readonly pendingSocket;
     private nextRef;
     private readonly seen;
     private readonly seenOrder;
@@ -158,7 +160,6 @@ export declare class LiveClient extends Emitter<LiveEvents> {
     private runProbe;
     private deliver;
     private sendOverSocket;
-    private readonly pendingSocket;
     /** A socket closed: its sends will not be acked; they retry (same key). */
     private failPendingOn;
     private sendOverHttp;

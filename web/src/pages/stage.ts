@@ -1,15 +1,14 @@
 /**
- * The stage: comments flying over the video (or a dark area) in lanes that
- * never overlap. Scrolling comments share a lane only when the one before has
- * fully entered and the new one cannot catch it before it leaves; top and
- * bottom comments hold a lane for their time on screen. When no lane is free
- * the comment is dropped (the display budget), never stacked.
+ * The stage: comments flying over the video (or a dark area) in rows that
+ * never overlap ({@link Lanes} picks the row). When no row is free the
+ * comment is dropped (the display budget), never stacked.
  *
  * Text is set with `textContent` (never parsed as HTML); motion uses the Web
  * Animations API, which the pages' CSP allows (no inline styles in markup).
  */
 import { colorToCss } from "../sdk/color.js";
 import type { Mode } from "../sdk/types.js";
+import { Lanes } from "./lanes.js";
 
 /** What the stage shows of a comment. */
 export interface StageComment {
@@ -21,13 +20,6 @@ export interface StageComment {
   mine?: boolean;
   /** Offset in a recording (kept as `data-offset` for tests and tools). */
   offsetMs?: number;
-}
-
-interface Lane {
-  /** When the last comment's tail has entered (scroll) or it left (top/bottom). */
-  freeAt: number;
-  /** When the last comment leaves the screen. */
-  leaveAt: number;
 }
 
 /** Stage settings. */
@@ -48,9 +40,7 @@ export class Stage {
   private readonly fixedMs: number;
   private readonly laneHeight: number;
   private readonly maxOnScreen: number;
-  private scrollLanes: Lane[] = [];
-  private topLanes: Lane[] = [];
-  private bottomLanes: Lane[] = [];
+  private readonly lanes: Lanes;
   private readonly live = new Set<{ node: HTMLElement; animation: Animation }>();
   private readonly measure: CanvasRenderingContext2D | null;
   private paused = false;
@@ -66,6 +56,7 @@ export class Stage {
     this.fixedMs = options.fixedMs ?? 4000;
     this.laneHeight = options.laneHeight ?? 30;
     this.maxOnScreen = options.maxOnScreen ?? 300;
+    this.lanes = new Lanes(this.scrollMs, this.fixedMs);
     this.measure = document.createElement("canvas").getContext("2d");
     if (this.measure) this.measure.font = getComputedStyle(el).font || "24px sans-serif";
   }
@@ -83,21 +74,8 @@ export class Stage {
     if (this.live.size >= this.maxOnScreen) return this.drop();
     const now = this.clock();
     const textWidth = this.textWidth(comment.text);
-    let lane: number;
-    if (comment.mode === "scroll") {
-      const speed = (width + textWidth) / this.scrollMs;
-      lane = this.pick(this.scrollLanes, lanes, (l) => now >= l.freeAt && l.leaveAt <= now + width / speed);
-      if (lane < 0) return this.drop();
-      this.scrollLanes[lane] = {
-        freeAt: now + (textWidth + 16) / speed,
-        leaveAt: now + this.scrollMs,
-      };
-    } else {
-      const list = comment.mode === "top" ? this.topLanes : this.bottomLanes;
-      lane = this.pick(list, lanes, (l) => now >= l.leaveAt);
-      if (lane < 0) return this.drop();
-      list[lane] = { freeAt: now + this.fixedMs, leaveAt: now + this.fixedMs };
-    }
+    const lane = this.lanes.place(comment.mode, now, width, lanes, textWidth);
+    if (lane < 0) return this.drop();
 
     const node = document.createElement("div");
     node.className = "dm dm-" + comment.mode + (comment.mine ? " dm-mine" : "");
@@ -105,13 +83,13 @@ export class Stage {
     node.style.color = colorToCss(comment.color);
     if (comment.id) node.dataset.id = comment.id;
     if (comment.offsetMs !== undefined) node.dataset.offset = String(comment.offsetMs);
-    const y = comment.mode === "bottom" ? height - (lane + 1) * this.laneHeight : lane * this.laneHeight;
+    const y = lane * this.laneHeight;
     node.style.top = y + "px";
     this.el.appendChild(node);
 
     const frames =
       comment.mode === "scroll"
-        ? [{ transform: `translateX(${width}px)` }, { transform: `translateX(${-textWidth - 8}px)` }]
+        ? [{ transform: `translateX(${width}px)` }, { transform: `translateX(${-textWidth}px)` }]
         : [{ transform: "translateX(-50%)" }, { transform: "translateX(-50%)" }];
     const animation = node.animate(frames, {
       duration: comment.mode === "scroll" ? this.scrollMs : this.fixedMs,
@@ -148,9 +126,7 @@ export class Stage {
       entry.node.remove();
     }
     this.live.clear();
-    this.scrollLanes = [];
-    this.topLanes = [];
-    this.bottomLanes = [];
+    this.lanes.clear();
   }
 
   /** Freezes the comments in place (the recording paused). */
@@ -166,27 +142,13 @@ export class Stage {
     if (!this.paused) return;
     const pausedFor = performance.now() - this.pausedAt;
     this.paused = false;
-    for (const lanes of [this.scrollLanes, this.topLanes, this.bottomLanes]) {
-      for (const l of lanes) {
-        if (!l) continue;
-        l.freeAt += pausedFor;
-        l.leaveAt += pausedFor;
-      }
-    }
+    this.lanes.shift(pausedFor);
     for (const entry of this.live) entry.animation.play();
   }
 
   /** Lane times are wall times (comments fly at one speed whatever the playback rate). */
   private clock(): number {
     return performance.now();
-  }
-
-  private pick(list: Lane[], lanes: number, free: (lane: Lane) => boolean): number {
-    for (let i = 0; i < lanes; i++) {
-      const lane = list[i];
-      if (!lane || free(lane)) return i;
-    }
-    return -1;
   }
 
   private drop(): boolean {

@@ -123,6 +123,8 @@ export class LiveClient extends Emitter<LiveEvents> {
   private probeTimer: ReturnType<typeof setTimeout> | null = null;
   private pollAbort: AbortController | null = null;
   private readonly pending = new Map<string, PendingSend>();
+  /** The socket each pending send went out on (its close fails them). */
+  private readonly pendingSocket = new Map<string, WebSocket>();
   private nextRef = 0;
   private readonly seen = new Set<string>();
   private readonly seenOrder: string[] = [];
@@ -172,6 +174,7 @@ export class LiveClient extends Emitter<LiveEvents> {
       p.reject(new ApiError(0, "closed", "the client was closed"));
       this.pending.delete(ref);
     }
+    this.pendingSocket.clear();
     this.setState("closed", null);
   }
 
@@ -315,6 +318,7 @@ export class LiveClient extends Emitter<LiveEvents> {
         const pending = this.pending.get(ref);
         if (!pending) break;
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         clearTimeout(pending.timer);
         if (msg.type === "ack") pending.resolve({ id: String(msg.id) });
         else {
@@ -471,21 +475,21 @@ export class LiveClient extends Emitter<LiveEvents> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         reject(new ApiError(0, "timeout", "no answer to the send"));
       }, this.options.ackTimeoutMs ?? 5_000);
       this.pending.set(ref, { resolve, reject, timer });
-      (this.pendingSocket as Map<string, WebSocket>).set(ref, ws);
+      this.pendingSocket.set(ref, ws);
       try {
         ws.send(JSON.stringify({ type: "send", ref, ...body }));
       } catch {
         this.pending.delete(ref);
+        this.pendingSocket.delete(ref);
         clearTimeout(timer);
         reject(new ApiError(0, "network", "the connection closed"));
       }
     });
   }
-
-  private readonly pendingSocket = new Map<string, WebSocket>();
 
   /** A socket closed: its sends will not be acked; they retry (same key). */
   private failPendingOn(ws: WebSocket): void {
