@@ -427,3 +427,45 @@ async fn large_objects_go_up_in_parts_and_read_back_whole() {
         );
     }
 }
+
+/// Deletions on S3: the deletion file lands under `prefix/deletions/`, once, and
+/// compaction of the hour (listing that prefix on S3) drops the deleted row.
+#[tokio::test]
+#[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
+async fn deletions_on_s3_are_recorded_once_and_compaction_drops_them() {
+    let s3 = S3Server::start();
+    let prefix = S3Server::fresh_prefix("deletions");
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, _db) = s3_context(dir.path(), &s3, &prefix, |s| s.archive.batch_slices = 1).await;
+    create_session(&ctx, "v1", "r1", T, 0).await;
+    let c = comments(&ctx, "r1", T + 1_000, 3_000, 8);
+    append(&ctx, "r1", &c).await;
+    drain(&ctx, Duration::from_secs(20)).await.unwrap();
+    let offsets = archived(&ctx, "v1").await;
+    let target = &c[2];
+    let del = deletion_record(
+        ctx.ids.next_id(T + 90_000),
+        target,
+        Some(("v1", offsets[&target.id])),
+        T + 90_000,
+    );
+    append(&ctx, "r1", &[del]).await;
+    drain(&ctx, Duration::from_secs(20)).await.unwrap();
+    let deletions: Vec<String> = keys(&*ctx.objects)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("deletions/"))
+        .collect();
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    assert!(deletions[0].starts_with("deletions/date=2025-11-24/batch-"));
+    assert!(!archived(&ctx, "v1").await.contains_key(&target.id));
+    assert_eq!(
+        compact::list_hours(&*ctx.objects).await.unwrap(),
+        vec![DIR_16.to_string()],
+        "deletions/ is not an hour"
+    );
+    let report = compact_hour(&*ctx.objects, HOUR_16).await.unwrap();
+    assert_eq!(report.deleted_rows, 1, "{report:?}");
+    let kept: Vec<Danmaku> = c.iter().filter(|d| d.id != target.id).cloned().collect();
+    assert_s3_exactly(&*ctx.objects, &kept).await;
+}
