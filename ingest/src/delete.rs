@@ -81,7 +81,20 @@ pub(crate) async fn delete_in_room(
         }),
         None => find_archived_in_room(&ingest, &room, id).await?,
     };
-    let found = found.ok_or_else(|| ApiError::not_found("comment"))?;
+    let Some(found) = found else {
+        // Deleted meanwhile (a concurrent deletion being stored) is still 200.
+        return if ingest
+            .ctx
+            .slices
+            .is_deleted(&room, id)
+            .await
+            .map_err(store)?
+        {
+            Ok(deleted(id))
+        } else {
+            Err(ApiError::not_found("comment"))
+        };
+    };
     apply(&ingest, &claims, &room, found, reason).await
 }
 
@@ -128,7 +141,19 @@ pub(crate) async fn delete_in_vod(
             None => None,
         },
     };
-    let found = found.ok_or_else(|| ApiError::not_found("comment"))?;
+    let Some(found) = found else {
+        return if ingest
+            .ctx
+            .slices
+            .is_deleted(&room, id)
+            .await
+            .map_err(store)?
+        {
+            Ok(deleted(id))
+        } else {
+            Err(ApiError::not_found("comment"))
+        };
+    };
     apply(&ingest, &claims, &room, found, reason).await
 }
 

@@ -59,6 +59,7 @@ use danmaku_core::ports::SliceItem;
 use danmaku_ingest::Ingest;
 use messages::RingItem;
 use room::{Hub, HubConfig, Hubs, RingRead};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,12 @@ pub struct Live {
     polls_this_second: AtomicU64,
     polls_per_sec: AtomicU64,
 }
+
+/// How long a live node's Presence report counts (it reports every second):
+/// a crashed node's viewers leave the counts within this.
+const PRESENCE_TTL_SECS: u64 = 4;
+/// Viewers get `{"type":"online"}` when the count changes, at most this often.
+pub const ONLINE_EVERY_SECS: u32 = 5;
 
 /// One page of a room's items after a cursor, as this node can answer it.
 #[derive(Debug, Default)]
@@ -197,11 +204,98 @@ impl Live {
             .notifier
             .take_receiver()
             .map(|rx| tokio::spawn(self.clone().deliver_notices(rx)));
+        let presence = tokio::spawn(self.clone().presence_loop(writer_stop.clone()));
         writer::run(self.ctx.clone(), self.bigkeys.clone(), writer_stop, grace).await;
         sweeper.abort();
+        presence.abort();
         if let Some(n) = notices {
             // The writer has drained; let the last notices reach the hubs.
             let _ = tokio::time::timeout(Duration::from_millis(200), n).await;
+        }
+    }
+
+    /// Every second: reports this node's viewers per room to the Presence
+    /// (the rooms whose count changed; everything at start), reads each room's
+    /// count over every node for its hub (viewers get `online` on a change, at
+    /// most every [`ONLINE_EVERY_SECS`]), and applies the rooms' display budgets
+    /// from their settings.
+    async fn presence_loop(self: Arc<Self>, stop: CancellationToken) {
+        let node = format!("{:016x}", rand::random::<u64>());
+        let ttl = Duration::from_secs(PRESENCE_TTL_SECS);
+        let mut reported: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut full = true;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => {
+                    // Leave at once rather than after the TTL.
+                    let gone: Vec<(String, u64)> =
+                        reported.keys().map(|r| (r.to_string(), 0)).collect();
+                    let _ = self.ctx.presence.report(&node, &gone, true, ttl).await;
+                    return;
+                }
+            }
+            let rooms = self.hubs.rooms();
+            let mut changes: Vec<(String, u64)> = Vec::new();
+            let mut now: HashMap<Arc<str>, u64> = HashMap::with_capacity(rooms.len());
+            for (room, hub) in &rooms {
+                let n = hub.viewers() as u64;
+                if n > 0 {
+                    now.insert(room.clone(), n);
+                }
+                if full || reported.get(room).copied().unwrap_or(0) != n {
+                    changes.push((room.to_string(), n));
+                }
+                hub.set_budget(self.ingest.room_settings(room).display_budget_per_sec);
+            }
+            for room in reported.keys().filter(|r| !now.contains_key(*r)) {
+                if !rooms.iter().any(|(r, _)| r == room) {
+                    changes.push((room.to_string(), 0));
+                }
+            }
+            match self.ctx.presence.report(&node, &changes, full, ttl).await {
+                Ok(()) => {
+                    reported = now;
+                    full = false;
+                }
+                Err(e) => {
+                    metrics::counter!("danmaku_presence_errors_total").increment(1);
+                    tracing::warn!(error = %e, "presence report failed");
+                    full = true;
+                    continue;
+                }
+            }
+            let watched: Vec<(Arc<str>, Arc<Hub>)> =
+                rooms.into_iter().filter(|(_, h)| h.viewers() > 0).collect();
+            for chunk in watched.chunks(1000) {
+                let names: Vec<String> = chunk.iter().map(|(r, _)| r.to_string()).collect();
+                match self.ctx.presence.online(&names).await {
+                    Ok(counts) => {
+                        for ((_, hub), n) in chunk.iter().zip(counts) {
+                            hub.set_online(n, ONLINE_EVERY_SECS);
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!("danmaku_presence_errors_total").increment(1);
+                        tracing::warn!(error = %e, "presence read failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The room's viewers over every node (`GET /v1/rooms/{room}`): this
+    /// node's hub when it has one, else the Presence.
+    pub async fn online(&self, room: &str) -> u64 {
+        match self.ctx.presence.online(&[room.to_string()]).await {
+            Ok(v) => v.first().copied().unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(error = %e, room, "presence read failed");
+                self.hubs.find(room).map_or(0, |h| h.online())
+            }
         }
     }
 
@@ -401,6 +495,7 @@ pub fn router(live: Arc<Live>) -> Router {
         .with_state(live.clone());
     Router::new()
         .route("/v1/rooms/{room}/ws", get(upgrade::upgrade))
+        .route("/v1/rooms/{room}", get(room_info))
         .route("/v1/admin/bigkeys", get(bigkeys::handler))
         .route("/sub", get(bili::sub))
         .route(
@@ -409,6 +504,29 @@ pub fn router(live: Arc<Live>) -> Router {
         )
         .with_state(live)
         .merge(polling)
+}
+
+/// `GET /v1/rooms/{room}`: `{"room", "online", "settings"}` (API.md,
+/// Moderation): the viewers over every node and the room's settings as this
+/// node knows them (the display budget resolved to its value).
+async fn room_info(
+    axum::extract::State(live): axum::extract::State<Arc<Live>>,
+    axum::extract::Path(room): axum::extract::Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    danmaku_ingest::check_room(&room)?;
+    let s = live.ingest.room_settings(&room);
+    let online = live.online(&room).await;
+    Ok(axum::Json(serde_json::json!({
+        "room": room,
+        "online": online,
+        "settings": {
+            "slow_mode_secs": s.slow_mode_secs,
+            "muted": s.muted,
+            "display_budget_per_sec": s
+                .display_budget_per_sec
+                .unwrap_or(live.ctx.settings.live.display_budget_per_sec),
+        },
+    })))
 }
 
 /// Parses an optional `?cursor=`: `invalid_cursor` if present and not ours.

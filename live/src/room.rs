@@ -44,7 +44,7 @@ use bytes::Bytes;
 use danmaku_core::model::{Danmaku, Kind};
 use danmaku_core::ports::Notifier;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -119,6 +119,15 @@ pub struct Hub {
     /// Wakes the room's write loop: a new frame, or a ping is due.
     fanout_wake: Notify,
     ping_due: AtomicBool,
+    /// The room's viewers over every node, as last read from the Presence.
+    online: AtomicU64,
+    /// The room's display budget (comments/s): `live.display_budget_per_sec`
+    /// unless the room's settings say otherwise ([`Hub::set_budget`]).
+    budget: AtomicU32,
+    /// The `online` message the write loop sends next, if one is due.
+    online_due: Mutex<Option<Bytes>>,
+    /// The count last sent to viewers, and when (`now_secs`; 0 = never).
+    online_sent: Mutex<(u64, u32)>,
     closing: AtomicBool,
     seq: watch::Sender<u64>,
     /// Connections and long polls holding the hub ([`HubPin`]): a pinned hub is
@@ -190,6 +199,10 @@ impl Hub {
             }),
             fanout_wake: Notify::new(),
             ping_due: AtomicBool::new(false),
+            online: AtomicU64::new(0),
+            budget: AtomicU32::new(cfg.budget_per_sec),
+            online_due: Mutex::new(None),
+            online_sent: Mutex::new((0, 0)),
             closing: AtomicBool::new(false),
             seq,
             pins: AtomicUsize::new(0),
@@ -320,6 +333,45 @@ impl Hub {
         self.closing.load(Ordering::Relaxed)
     }
 
+    /// The room's viewers over every node (this node's own until the first
+    /// Presence read).
+    pub fn online(&self) -> u64 {
+        self.online
+            .load(Ordering::Relaxed)
+            .max(self.viewers() as u64)
+    }
+
+    /// Takes the room's count over every node: when it differs from what the
+    /// viewers were last told and that was at least `every_secs` ago, an
+    /// `online` message goes to every JSON viewer (change-driven, rate-bounded).
+    pub fn set_online(&self, count: u64, every_secs: u32) {
+        self.online.store(count, Ordering::Relaxed);
+        let now = now_secs();
+        let mut sent = self.online_sent.lock().expect("online lock");
+        if sent.0 == count || (sent.1 != 0 && now.saturating_sub(sent.1) < every_secs) {
+            return;
+        }
+        *sent = (count, now);
+        drop(sent);
+        let msg = frames::text_frame(&messages::online(count));
+        *self.online_due.lock().expect("online lock") = Some(msg);
+        if !self.subs().list.is_empty() {
+            self.fanout_wake.notify_one();
+        }
+    }
+
+    /// The room's display budget from its settings (`None`: the configured one).
+    pub fn set_budget(&self, per_sec: Option<u32>) {
+        self.budget.store(
+            per_sec.unwrap_or(self.cfg.budget_per_sec),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn take_online_due(&self) -> Option<Bytes> {
+        self.online_due.lock().expect("online lock").take()
+    }
+
     fn take_ping_due(&self) -> bool {
         self.ping_due.swap(false, Ordering::Relaxed)
     }
@@ -423,7 +475,7 @@ impl Hub {
         }
         st.last_flush = Some(tokio::time::Instant::now());
         let pending = std::mem::take(&mut st.pending);
-        let budget = self.cfg.budget_per_sec as f64;
+        let budget = self.budget.load(Ordering::Relaxed) as f64;
         st.tokens = (st.tokens + now.duration_since(st.tokens_at).as_secs_f64() * budget)
             .min(budget.max(1.0));
         st.tokens_at = now;
@@ -688,6 +740,14 @@ impl Hubs {
         });
     }
 
+    /// Every room of this node with its hub.
+    pub fn rooms(&self) -> Vec<(Arc<str>, Arc<Hub>)> {
+        self.map()
+            .iter()
+            .map(|(r, h)| (r.clone(), h.clone()))
+            .collect()
+    }
+
     fn all(&self) -> Vec<Arc<Hub>> {
         self.map().values().cloned().collect()
     }
@@ -735,6 +795,9 @@ async fn write_loop(hub: Arc<Hub>) {
         if hub.take_ping_due() {
             ping_round(&hub, &subs).await;
         }
+        if let Some(msg) = hub.take_online_due() {
+            online_round(&subs, &msg).await;
+        }
         let (mut base, mut frames) = hub.recent_frames(MAX_FRAMES_PER_WRITE);
         let mut end = base + frames.len() as u64;
         if !frames.is_empty() {
@@ -764,6 +827,20 @@ async fn write_loop(hub: Arc<Hub>) {
 }
 
 /// Dead-peer check and pings for every connection of the room.
+/// The `online` message to every JSON viewer that is not behind (best effort,
+/// like a ping: a viewer whose socket is busy gets the next change).
+async fn online_round(subs: &[Arc<Subscriber>], msg: &Bytes) {
+    let mut writes = 0usize;
+    for s in subs.iter().filter(|s| s.sub.is_none()) {
+        if s.ping(msg) {
+            writes += 1;
+            if writes.is_multiple_of(WRITES_PER_YIELD) {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
 async fn ping_round(hub: &Hub, subs: &[Arc<Subscriber>]) {
     let every = hub.ping_every_secs();
     let now = now_secs();

@@ -244,3 +244,49 @@ async fn a_deleted_archived_comment_leaves_every_replay_format() {
     assert!(dp.text.contains("stays in the replay"), "{}", dp.text);
     assert!(!dp.text.contains("deleted after the end"), "{}", dp.text);
 }
+
+/// `GET /v1/rooms/{room}` counts the room's WebSocket viewers and shows its
+/// settings; viewers get `{"type":"online"}` when the count changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_are_counted_and_told_the_online_count() {
+    let app = spawn_app(&[]).await;
+    let room = "online-1";
+    let info = app.get(&format!("/v1/rooms/{room}")).await;
+    info.expect_status(200, "GET room");
+    assert_eq!(info.json["room"], room);
+    assert_eq!(info.json["online"], 0, "{}", info.text);
+    assert_eq!(info.json["settings"]["muted"], false, "{}", info.text);
+    assert!(info.json["settings"]["display_budget_per_sec"].is_u64());
+    let mut a = app.ws(room, None, None).await;
+    let mut b = app.ws(room, None, None).await;
+    // Reported every second; read back within a few.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let info = app.get(&format!("/v1/rooms/{room}")).await;
+        if info.json["online"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 2: {}", info.text);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (name, ws) in [("a", &mut a), ("b", &mut b)] {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            if ws
+                .frames
+                .iter()
+                .any(|f| f["type"] == "online" && f["count"] == 2)
+            {
+                break;
+            }
+            assert!(
+                ws.next_frame(deadline).await.is_some(),
+                "viewer {name} was never told 2: {:?}",
+                ws.frames
+            );
+        }
+    }
+    app.get("/v1/rooms/bad%20room")
+        .await
+        .expect_error(400, "invalid_room", "a bad room id");
+}
