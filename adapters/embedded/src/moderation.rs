@@ -25,6 +25,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("mod_meta");
 const LOG: TableDefinition<u64, &str> = TableDefinition::new("mod_log");
 /// `<room or *>\0<user>` → ban JSON.
 const BANS: TableDefinition<&str, &str> = TableDefinition::new("mod_bans");
+/// (ban end ms, ban key): the bans by end, for the sweep.
+const BANS_BY_END: TableDefinition<(i64, &str), ()> = TableDefinition::new("mod_bans_end");
 /// room → settings JSON.
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("mod_settings");
 /// `words` → word list JSON.
@@ -77,6 +79,7 @@ impl EmbeddedModerationStore {
             txn.open_table(META)?;
             txn.open_table(LOG)?;
             txn.open_table(BANS)?;
+            txn.open_table(BANS_BY_END)?;
             txn.open_table(SETTINGS)?;
             txn.open_table(WORDS)?;
             txn.open_table(KEYS)?;
@@ -152,24 +155,37 @@ impl EmbeddedModerationStore {
     }
 }
 
-/// Removes up to [`SWEEP`] ended bans.
+/// Removes up to [`SWEEP`] ended bans (through their index by end).
 fn sweep_bans(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     let now = danmaku_core::now_ms();
     let mut bans = txn.open_table(BANS)?;
-    let mut ended = Vec::new();
-    for row in bans.iter()? {
-        let (k, v) = row?;
-        if let Ok(b) = serde_json::from_str::<Ban>(v.value()) {
-            if b.until_ms <= now {
-                ended.push(k.value().to_string());
-                if ended.len() >= SWEEP {
-                    break;
-                }
-            }
-        }
+    let mut by_end = txn.open_table(BANS_BY_END)?;
+    let ended: Vec<(i64, String)> = by_end
+        .range(..=(now, ""))?
+        .take(SWEEP)
+        .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+        .collect::<Result<_, _>>()?;
+    for (end, key) in ended {
+        by_end.remove((end, key.as_str()))?;
+        bans.remove(key.as_str())?;
     }
-    for k in ended {
-        bans.remove(k.as_str())?;
+    Ok(())
+}
+
+/// Writes (`Some`) or removes (`None`) the ban under `key`, keeping its index by end.
+fn put_ban(txn: &redb::WriteTransaction, key: &str, ban: Option<&Ban>) -> Result<(), redb::Error> {
+    let mut bans = txn.open_table(BANS)?;
+    let mut by_end = txn.open_table(BANS_BY_END)?;
+    let old = match bans.remove(key)? {
+        Some(v) => Some(parse::<Ban>("ban", v.value())?),
+        None => None,
+    };
+    if let Some(old) = old {
+        by_end.remove((old.until_ms, key))?;
+    }
+    if let Some(ban) = ban {
+        bans.insert(key, json(ban).as_str())?;
+        by_end.insert((ban.until_ms, key), ())?;
     }
     Ok(())
 }
@@ -195,10 +211,7 @@ impl ModerationStore for EmbeddedModerationStore {
     async fn set_ban(&self, ban: &Ban) -> Result<(), ModerationError> {
         let ban = ban.clone();
         self.logged("moderation_ban", move |txn| {
-            txn.open_table(BANS)?.insert(
-                ban_key(ban.room.as_deref(), &ban.user).as_str(),
-                json(&ban).as_str(),
-            )?;
+            put_ban(txn, &ban_key(ban.room.as_deref(), &ban.user), Some(&ban))?;
             Ok((json(&ModerationChange::Ban(ban)), String::new()))
         })
         .await
@@ -209,8 +222,7 @@ impl ModerationStore for EmbeddedModerationStore {
         let room = room.map(str::to_string);
         let user = user.to_string();
         self.logged("moderation_unban", move |txn| {
-            txn.open_table(BANS)?
-                .remove(ban_key(room.as_deref(), &user).as_str())?;
+            put_ban(txn, &ban_key(room.as_deref(), &user), None)?;
             Ok((json(&ModerationChange::Unban { room, user }), String::new()))
         })
         .await
@@ -437,6 +449,30 @@ mod tests {
         let store = Arc::new(EmbeddedModerationStore::open(dir.path()).unwrap());
         (dir, (store.clone(), store))
     });
+
+    /// Ended bans leave the file with the next write (through the index by end),
+    /// a replaced ban leaves no stale index entry behind.
+    #[tokio::test]
+    async fn ended_bans_are_swept() {
+        use redb::ReadableTableMetadata;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedModerationStore::open(dir.path()).unwrap();
+        let now = danmaku_core::now_ms();
+        let ban = |user: &str, until_ms: i64| Ban {
+            room: Some("r".into()),
+            user: user.into(),
+            until_ms,
+            shadow: false,
+            by: "a".into(),
+            at_ms: now,
+        };
+        store.set_ban(&ban("old", now - 1)).await.unwrap();
+        store.set_ban(&ban("kept", now + 60_000)).await.unwrap();
+        store.set_ban(&ban("kept", now + 120_000)).await.unwrap();
+        let read = store.db.begin_read().unwrap();
+        assert_eq!(read.open_table(BANS).unwrap().len().unwrap(), 1);
+        assert_eq!(read.open_table(BANS_BY_END).unwrap().len().unwrap(), 1);
+    }
 
     #[test]
     fn keys_decode_back() {
