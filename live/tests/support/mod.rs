@@ -146,7 +146,13 @@ pub async fn next_json(ws: &mut Ws) -> Option<Value> {
             .await
             .ok()??
         {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                // Online counts come when viewers change; these tests follow items.
+                if v["type"] != "online" {
+                    return Some(v);
+                }
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
@@ -322,7 +328,12 @@ impl RawClient {
         loop {
             let (op, p) = self.next().await?;
             match op {
-                1 => return Some(serde_json::from_slice(&p).unwrap()),
+                1 => {
+                    let v: Value = serde_json::from_slice(&p).unwrap();
+                    if v["type"] != "online" {
+                        return Some(v);
+                    }
+                }
                 8 => return None,
                 _ => continue,
             }
