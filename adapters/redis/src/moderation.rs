@@ -668,6 +668,44 @@ mod tests {
         }
     );
 
+    /// A Redis that is down answers `Unavailable` (the intake then fails closed),
+    /// and the same handle works again once it is back.
+    #[tokio::test]
+    #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
+    async fn a_down_redis_is_unavailable_then_recovers() {
+        use danmaku_core::ports::ModerationErrorKind;
+        let mut server = crate::testkit::RedisServer::start();
+        let (store, _) = pair(RedisSettings {
+            url: server.url(),
+            response_timeout_ms: 500,
+            connect_timeout_ms: 500,
+            ..Default::default()
+        });
+        store.changes_after(0, 10).await.unwrap();
+        server.kill();
+        let e = store.changes_after(0, 10).await.unwrap_err();
+        assert_eq!(e.kind(), ModerationErrorKind::Unavailable, "{e}");
+        let e = store.take("k", Rate::once_per(1)).await.unwrap_err();
+        assert_eq!(e.kind(), ModerationErrorKind::Unavailable);
+        server.restart();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match store.snapshot(0).await {
+                Ok(snap) => {
+                    assert_eq!(
+                        snap.version, 0,
+                        "a Redis without persistence comes back empty"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
     #[test]
     fn globs_match_only_themselves() {
         assert_eq!(glob_escape("*\u{0}a?b"), "\\*\u{0}a\\?b");
