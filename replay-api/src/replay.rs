@@ -330,12 +330,22 @@ pub(crate) async fn segment(
     if let Some(v) = wanted {
         if v != current_version(&r, &meta) {
             // A version newer than this node's view (listed by a node that saw
-            // the change first, or after a change on another node): look again.
+            // the change first, or after a change on another node): if the
+            // store moved on, take a new view. A made-up version costs one
+            // read and evicts nothing.
             let ahead = cache::parse_segment_version(v)
                 .is_some_and(|asked| cache::newer(&asked, &meta.version));
             if ahead {
-                cache::forget_meta(&r, &vod).await;
-                meta = cache::meta(&r, &vod).await?;
+                let fresh = r
+                    .ctx
+                    .archive
+                    .version(&vod)
+                    .await
+                    .map_err(crate::store_error)?;
+                if fresh != meta.version {
+                    cache::forget_meta(&r, &vod).await;
+                    meta = cache::meta(&r, &vod).await?;
+                }
             }
             let current = current_version(&r, &meta);
             if v != current {
