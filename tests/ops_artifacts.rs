@@ -1915,6 +1915,55 @@ const NOT_IN_A_FRESH_EMBEDDED_SCRAPE: &[(&str, &str)] = &[
         "danmaku_replay_cold_loads_refused_total",
         "past replay.max_cold_loads",
     ),
+    (
+        "danmaku_ingest_refused_total",
+        "a send refused by a ban, a mute or a rate limit",
+    ),
+    (
+        "danmaku_moderation_stale_refusals_total",
+        "the moderation store did not answer in time",
+    ),
+    (
+        "danmaku_ingest_shadow_accepted_total",
+        "a send of a shadow-banned user",
+    ),
+    (
+        "danmaku_ingest_idempotent_replays_total",
+        "a retry with a known idempotency key",
+    ),
+    (
+        "danmaku_ingest_idempotency_unrecorded_total",
+        "an idempotency key the store could not record",
+    ),
+    (
+        "danmaku_admin_actions_total",
+        "an admin action (ban, mute, ...)",
+    ),
+    (
+        "danmaku_deletions_total",
+        "a comment deleted by a moderator",
+    ),
+    (
+        "danmaku_embedded_errors_total",
+        "a failed embedded moderation-store operation",
+    ),
+    (
+        "danmaku_archive_deletions_total",
+        "a deletion applied to the archive",
+    ),
+    (
+        "danmaku_replay_imported_total",
+        "comments imported into a VOD",
+    ),
+    (
+        "danmaku_sub_auth_total",
+        "a Bilibili /sub connection authenticating",
+    ),
+    ("danmaku_sub_gaps_total", "a /sub resume past what is held"),
+    (
+        "danmaku_sub_ignored_packets_total",
+        "a /sub packet of an unknown operation",
+    ),
 ];
 
 /// Series that are not the server's: Prometheus' own `up`, the blackbox

@@ -80,6 +80,17 @@ ingest = dashboard("danmaku-ingest", "danmaku / ingest", [
               desc="alert DanmakuHigh503Rate above 1 %"),
         panel("Guest tokens minted /s", [("sum(rate(danmaku_ingest_guest_tokens_total[5m]))", "guest tokens")], "reqps"),
     ]),
+    ("Moderation and idempotency", [
+        panel("Sends refused by reason /s", [("sum by (reason) (rate(danmaku_ingest_refused_total[5m]))", "{{reason}}"),
+                                             ("sum(rate(danmaku_moderation_stale_refusals_total[5m]))", "moderation state stale (503)")], "reqps",
+              desc="bans, mutes and rate limits; stale: the moderation store did not answer"),
+        panel("Shadow-accepted and idempotent replays /s", [("sum(rate(danmaku_ingest_shadow_accepted_total[5m]))", "shadow-accepted"),
+                                                            ("sum(rate(danmaku_ingest_idempotent_replays_total[5m]))", "idempotent replays"),
+                                                            ("sum(rate(danmaku_ingest_idempotency_unrecorded_total[5m]))", "keys not recorded")], "reqps"),
+        panel("Admin actions and deletions /s", [("sum by (action) (rate(danmaku_admin_actions_total[5m]))", "{{action}}"),
+                                                 ("sum by (by) (rate(danmaku_deletions_total[5m]))", "deletions by {{by}}")], "ops"),
+        panel("Embedded moderation store errors /s", [("sum by (op) (rate(danmaku_embedded_errors_total[5m]))", "{{op}}")], "ops"),
+    ]),
     ("HTTP edge", [
         panel("HTTP connections open", [("sum by (instance) (danmaku_http_connections)", "{{instance}}")]),
         panel("Connections refused /s", [("sum by (reason) (rate(danmaku_http_connections_refused_total[1m]))", "{{reason}}")], "reqps"),
@@ -106,6 +117,11 @@ live = dashboard("danmaku-live", "danmaku / live", [
         panel("Resumes: backlog bytes held", [("sum by (instance) (danmaku_ws_resume_bytes)", "{{instance}}"),
                                               ], "bytes"),
         panel("Resumes cut by resume_max_bytes /s", [("sum(rate(danmaku_ws_resume_over_budget_total[5m]))", "over budget")], "ops"),
+    ]),
+    ("Bilibili /sub", [
+        panel("/sub authentications /s", [("sum by (result) (rate(danmaku_sub_auth_total[5m]))", "{{result}}")], "ops"),
+        panel("/sub gaps and ignored packets /s", [("sum(rate(danmaku_sub_gaps_total[5m]))", "gaps"),
+                                                   ("sum(rate(danmaku_sub_ignored_packets_total[5m]))", "ignored packets")], "ops"),
     ]),
     ("Writer (Bus -> SliceStore)", [
         panel("Records stored /s", [("sum by (instance) (rate(danmaku_writer_records_total[1m]))", "{{instance}}")], "ops"),
@@ -139,6 +155,8 @@ archive = dashboard("danmaku-archive", "danmaku / archive", [
         panel("Lease renewals /s", [("sum by (result) (rate(danmaku_archive_lease_renewals_total[5m]))", "{{result}}")], "ops"),
         panel("Expired slices and decode errors /s", [("sum(rate(danmaku_archive_expired_slices_total[5m]))", "expired slices"),
                                                       ("sum(rate(danmaku_archive_decode_errors_total[5m]))", "decode errors")], "ops"),
+        panel("Deletions applied to the archive /s", [("sum(rate(danmaku_archive_deletions_total[5m]))", "deletions")], "ops",
+              desc="comments deleted by moderators, applied to the ArchiveStore and Parquet"),
     ]),
 ])
 
@@ -154,8 +172,9 @@ replay = dashboard("danmaku-replay", "danmaku / replay-api", [
     ]),
     ("Reads and posts", [
         panel("Range rows served /s", [("sum by (instance) (rate(danmaku_replay_range_rows_total[5m]))", "{{instance}}")], "ops"),
-        panel("VOD posts /s", [("sum(rate(danmaku_replay_vod_comments_total[5m]))", "posted"),
-                               ("sum(rate(danmaku_replay_post_not_visible_total[5m]))", "not visible within post_visible_ms")], "ops"),
+        panel("VOD posts and imports /s", [("sum(rate(danmaku_replay_vod_comments_total[5m]))", "posted"),
+                                           ("sum(rate(danmaku_replay_post_not_visible_total[5m]))", "not visible within post_visible_ms"),
+                                           ("sum(rate(danmaku_replay_imported_total[5m]))", "imported")], "ops"),
     ]),
 ])
 
