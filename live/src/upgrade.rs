@@ -877,13 +877,10 @@ struct Acks {
     rx: mpsc::Receiver<String>,
 }
 
-#[derive(Deserialize)]
+/// A client's message: its `type`, `ref` and the send fields.
 struct ClientMessage {
-    #[serde(rename = "type")]
     kind: String,
-    #[serde(default, rename = "ref")]
     reference: Option<serde_json::Value>,
-    #[serde(flatten)]
     send: SendRequest,
 }
 
@@ -893,17 +890,31 @@ async fn handle_client_message(
     claims: Option<&Claims>,
     raw: &str,
 ) -> serde_json::Value {
-    let msg: ClientMessage = match serde_json::from_str(raw) {
-        Ok(m) => m,
-        Err(_) => {
-            return error_reply(
-                None,
-                ApiError::new(
-                    ErrorCode::InvalidJson,
-                    "messages are JSON objects with a type",
-                ),
-            )
-        }
+    // Member by member, as the HTTP body is: each bad send field gets the code
+    // of its field (a color of 1e400 is invalid_color, not invalid_json).
+    let bad = || {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            "messages are JSON objects with a type",
+        )
+    };
+    let mut obj = match danmaku_ingest::json::JsonObject::parse(raw) {
+        Ok(o) => o,
+        Err(_) => return error_reply(None, bad()),
+    };
+    let reference = obj.take("ref", ErrorCode::InvalidJson).ok().flatten();
+    let kind = match obj.take("type", ErrorCode::InvalidJson) {
+        Ok(Some(serde_json::Value::String(k))) => k,
+        _ => return error_reply(reference, bad()),
+    };
+    let send = match SendRequest::from_object(&mut obj) {
+        Ok(s) => s,
+        Err(e) => return error_reply(reference, e),
+    };
+    let msg = ClientMessage {
+        kind,
+        reference,
+        send,
     };
     let reference = msg.reference.clone();
     if msg.kind != "send" {

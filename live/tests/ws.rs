@@ -445,3 +445,45 @@ async fn two_servers_in_one_process_keep_their_own_big_key_registries() {
     }
     assert_eq!(events(&b).await, Vec::<Value>::new());
 }
+
+/// A WebSocket `send` is read member by member like the HTTP body: a bad field
+/// gets the code of its field, with the message's `ref`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_send_fields_get_their_own_codes() {
+    let srv = start(|_| {}).await;
+    let token = srv.token("sender");
+    let (mut ws, _) = connect(&srv.url("codes", &format!("?token={token}"))).await;
+    let cases = [
+        (
+            r#"{"type":"send","ref":1,"text":"x","color":1e400}"#,
+            "invalid_color",
+        ),
+        (
+            r#"{"type":"send","ref":2,"text":"x","mode":1e400}"#,
+            "invalid_mode",
+        ),
+        (
+            r#"{"type":"send","ref":3,"text":"x","color":-1}"#,
+            "invalid_color",
+        ),
+        (
+            r#"{"type":"send","ref":4,"text":"x","kind":"nope"}"#,
+            "invalid_kind",
+        ),
+        (r#"[{"type":"send","ref":5,"text":"x"}]"#, "invalid_json"),
+        (r#"{"type":"nope","ref":6}"#, "invalid_json"),
+    ];
+    for (n, (raw, code)) in cases.into_iter().enumerate() {
+        ws.send(Message::Text(raw.into())).await.unwrap();
+        let v = next_json(&mut ws).await.expect("a reply");
+        assert_eq!(v["type"], "error", "{raw}: {v}");
+        assert_eq!(v["error"]["code"], code, "{raw}: {v}");
+        // The ref is read even when another member is out of range; an array
+        // is no message, so it has none.
+        if raw.starts_with('[') {
+            assert_eq!(v["ref"], Value::Null, "{raw}: {v}");
+        } else {
+            assert_eq!(v["ref"], n as u64 + 1, "{raw}: {v}");
+        }
+    }
+}
