@@ -143,7 +143,7 @@ const HTML_CACHE: &str = "no-cache";
 const ASSET_CACHE: &str = "public, max-age=31536000, immutable";
 
 /// The pages for people (API.md "Pages for people"): `/`, `/rooms/{room}`,
-/// `/vods/{vod}`, their assets under `/assets/` and `/favicon.ico`. The
+/// `/vods/{vod}`, `/admin` (asks for an admin token), their assets under `/assets/` and `/favicon.ico`. The
 /// sender limits are written into the pages once, here, so the send box can
 /// show them before anything is sent.
 fn pages(settings: &danmaku_core::config::Settings) -> Router {
@@ -158,10 +158,12 @@ fn pages(settings: &danmaku_core::config::Settings) -> Router {
     let home = fill(WEB_HOME_HTML);
     let room = fill(WEB_ROOM_HTML);
     let vod = fill(WEB_VOD_HTML);
+    let admin = fill(WEB_ADMIN_HTML);
     Router::new()
         .route("/", get(move || html_page(home.clone())))
         .route("/rooms/{room}", get(move || html_page(room.clone())))
         .route("/vods/{vod}", get(move || html_page(vod.clone())))
+        .route("/admin", get(move || html_page(admin.clone())))
         .route("/assets/{file}", get(web_asset))
         .route(
             "/favicon.ico",

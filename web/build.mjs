@@ -32,7 +32,7 @@ execFileSync(
 );
 
 // ---- the pages -------------------------------------------------------------
-const pages = ["home", "room", "vod"];
+const pages = ["home", "room", "vod", "admin"];
 const result = await build({
   entryPoints: [...pages.map((p) => join(root, `src/pages/${p}.ts`)), join(root, "src/pages/style.css")],
   outdir: out("pages/assets"),

@@ -65,3 +65,9 @@ fn live_room_page() {
 fn replay_page() {
     run_in_web("node", &["--test", "e2e/vod.test.mjs"]);
 }
+
+#[test]
+#[ignore = "needs chromium and npm (npm ci in web/)"]
+fn admin_page() {
+    run_in_web("node", &["--test", "e2e/admin.test.mjs"]);
+}

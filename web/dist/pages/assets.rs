@@ -2,14 +2,29 @@
 // The pages' hashed assets, served under /assets/ as immutable.
 pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
     (
+        "admin-ZNBOHHV6.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/admin-ZNBOHHV6.js")),
+    ),
+    (
         "chunk-7W5DXY7A.js",
         "text/javascript; charset=utf-8",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-7W5DXY7A.js")),
     ),
     (
-        "chunk-MPXBGUKX.js",
+        "chunk-CDVCK5Y2.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-MPXBGUKX.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-CDVCK5Y2.js")),
+    ),
+    (
+        "chunk-M2IWKO5N.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-M2IWKO5N.js")),
+    ),
+    (
+        "chunk-MJ2WAVBE.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-MJ2WAVBE.js")),
     ),
     (
         "home-VNB3CKRJ.js",
@@ -17,19 +32,19 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-VNB3CKRJ.js")),
     ),
     (
-        "room-N2K2CUKP.js",
+        "room-JAVG5CKU.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-N2K2CUKP.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-JAVG5CKU.js")),
     ),
     (
-        "style-KV6HYCJW.css",
+        "style-DNN3RC2S.css",
         "text/css; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-KV6HYCJW.css")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-DNN3RC2S.css")),
     ),
     (
-        "vod-DSQB5E4V.js",
+        "vod-26BKDA2C.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-DSQB5E4V.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-26BKDA2C.js")),
     ),
 ];
 pub(crate) const WEB_HOME_HTML: &str =
@@ -38,5 +53,7 @@ pub(crate) const WEB_ROOM_HTML: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/room.html"));
 pub(crate) const WEB_VOD_HTML: &str =
     include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/vod.html"));
+pub(crate) const WEB_ADMIN_HTML: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/admin.html"));
 pub(crate) const WEB_FAVICON: &[u8] =
     include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/favicon.ico"));
