@@ -63,8 +63,11 @@ pub trait Presence: Send + Sync + 'static {
 /// defaults): the same guarantees, within one process.
 #[derive(Default)]
 pub struct MemoryPresence {
-    nodes: Mutex<HashMap<String, (Instant, HashMap<String, u64>)>>,
+    nodes: Mutex<HashMap<String, NodeReport>>,
 }
+
+/// One node's report: until when it counts, and its rooms' viewers.
+type NodeReport = (Instant, HashMap<String, u64>);
 
 #[async_trait]
 impl Presence for MemoryPresence {
