@@ -136,7 +136,7 @@ fn check_simple(resp: &crate::helpers::Resp, what: &str) {
         "{what}: allow-origin in {:?}",
         resp.headers
     );
-    assert!(vary(&resp).contains("origin"), "{what}: vary");
+    assert!(vary(resp).contains("origin"), "{what}: vary");
     let exposed = lower(resp.header("access-control-expose-headers"));
     for h in ["etag", "retry-after"] {
         assert!(
