@@ -18,6 +18,10 @@
 //! - [`hardening_stores`]: issue 13's store cases: kill -9 while archiving
 //!   (replay complete within 10 s of the restart), cursors from before a restart
 //!   get their comments (archiving copies), embedded and Redis.
+//! - [`deletion`]: deletion and recall on one node (viewers, polls, resumes,
+//!   every replay format of an ended VOD) and online counts (issue 14).
+//! - [`moderation_live_nodes`]: deletions and online counts across two live
+//!   nodes on Kafka and Redis, and a deletion surviving kill -9 (issue 14).
 //! - [`moderation_nodes`]: bans, idempotency keys, slow mode and mute shared by
 //!   two ingest nodes on Kafka and Redis (issue 14).
 //! - [`hostile_text`]: markup, quotes, emoji and CJK verbatim; control chars rejected.
@@ -37,6 +41,7 @@ mod hardening_ingest;
 mod hardening_live;
 mod hardening_stores;
 mod hostile_text;
+mod moderation_live_nodes;
 mod moderation_nodes;
 mod pipeline;
 mod polling;
