@@ -437,4 +437,29 @@ mod tests {
         let body = axum::body::Body::from(vec![b'x'; 10]);
         assert_eq!(read_limited(body, 10).await.unwrap().len(), 10);
     }
+
+    #[tokio::test]
+    async fn streaming_hands_each_frame_on_within_the_bounds() {
+        let (mut tx, rx) = futures::channel::mpsc::channel(8);
+        let verdict = Arc::new(Verdict::default());
+        let mut body =
+            GuardedBody::streaming(StreamBody(rx), limits(10, 10_000, 0), verdict.clone());
+        tx.try_send(Bytes::from_static(b"abc")).unwrap();
+        let first = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(first, "abc", "handed on before the body ends");
+        tx.try_send(Bytes::from_static(b"0123456789")).unwrap();
+        assert_eq!(
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+                .await
+                .unwrap()
+                .unwrap_err(),
+            BodyError::TooLarge { limit: 10 }
+        );
+        assert_eq!(verdict.get(10), Some(BodyError::TooLarge { limit: 10 }));
+    }
 }

@@ -46,11 +46,14 @@ use quick_xml::Reader;
 use serde_json::json;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 
 /// Comments published (and upserted) at once.
 const CHUNK: usize = 512;
+/// Chunks being stored at once while the document is parsed further.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// Segments whose ids an import keeps in memory at once (documents are mostly
 /// in time order: the current segment and its neighbours).
 const SEGMENTS_HELD: usize = 8;
@@ -616,8 +619,11 @@ impl Known {
 }
 
 /// Imports the document `body` into the VOD `meta` names.
+///
+/// Chunks are stored while the next ones are parsed (at most
+/// [`CHUNKS_IN_FLIGHT`] at once): a Bus's group commit then covers several.
 pub async fn import_document<R: AsyncBufRead + Unpin>(
-    r: &Replay,
+    r: &Arc<Replay>,
     meta: &cache::VodMeta,
     body: R,
 ) -> Result<Outcome, ApiError> {
@@ -630,6 +636,7 @@ pub async fn import_document<R: AsyncBufRead + Unpin>(
     let mut out = Outcome::default();
     let mut duplicates = 0u64;
     let mut chunk: Vec<ArchivedComment> = Vec::with_capacity(CHUNK);
+    let mut flight = Flight::default();
     loop {
         let next = match parser.next().await {
             Ok(next) => next,
@@ -638,7 +645,8 @@ pub async fn import_document<R: AsyncBufRead + Unpin>(
                     tracing::debug!(error = %io, vod = session.vod, "import body failed");
                 }
                 // What came before the error is imported, as documented.
-                store(r, &mut chunk).await?;
+                flight.push(r, std::mem::take(&mut chunk)).await?;
+                flight.finish().await?;
                 return Err(e.to_api());
             }
         };
@@ -674,14 +682,58 @@ pub async fn import_document<R: AsyncBufRead + Unpin>(
             item,
         });
         if chunk.len() == CHUNK {
-            store(r, &mut chunk).await?;
             out.imported += CHUNK as u64;
+            flight
+                .push(r, std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)))
+                .await?;
         }
     }
     out.imported += chunk.len() as u64;
-    store(r, &mut chunk).await?;
+    flight.push(r, chunk).await?;
+    flight.finish().await?;
     out.skipped = parser.skipped + duplicates;
     Ok(out)
+}
+
+/// Chunks being stored, at most [`CHUNKS_IN_FLIGHT`].
+#[derive(Default)]
+struct Flight(tokio::task::JoinSet<Result<(), ApiError>>);
+
+impl Flight {
+    /// Starts storing `chunk`, after waiting for a place.
+    async fn push(&mut self, r: &Arc<Replay>, chunk: Vec<ArchivedComment>) -> Result<(), ApiError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        while self.0.len() >= CHUNKS_IN_FLIGHT {
+            self.next().await?;
+        }
+        let r = r.clone();
+        self.0.spawn(async move {
+            let mut chunk = chunk;
+            store(&r, &mut chunk).await
+        });
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<(), ApiError> {
+        match self.0.join_next().await {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "import store task failed");
+                Err(ApiError::unavailable())
+            }
+        }
+    }
+
+    /// Waits for every chunk in flight.
+    async fn finish(&mut self) -> Result<(), ApiError> {
+        while !self.0.is_empty() {
+            self.next().await?;
+        }
+        Ok(())
+    }
 }
 
 /// Publishes a chunk on the Bus (concurrently: ids carry the order), then
@@ -691,7 +743,7 @@ async fn store(r: &Replay, chunk: &mut Vec<ArchivedComment>) -> Result<(), ApiEr
         return Ok(());
     }
     let bus = r.ctx.bus.clone();
-    for part in chunk.chunks(64) {
+    for part in chunk.chunks(CHUNK) {
         let publishes: Vec<_> = part
             .iter()
             .map(|c| bus.publish(&c.item.room, c.item.encode_bytes()))
@@ -737,7 +789,7 @@ fn body_reader(body: Body, max: u64) -> impl AsyncBufRead + Unpin {
 
 /// `POST /v1/vods/{vod}/import` (service/admin): see the module doc.
 pub(crate) async fn import(
-    State(r): State<std::sync::Arc<Replay>>,
+    State(r): State<Arc<Replay>>,
     Path(vod): Path<String>,
     headers: HeaderMap,
     body: Body,
