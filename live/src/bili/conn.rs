@@ -764,8 +764,11 @@ impl Session {
                     return end;
                 }
             }
-            if self.inbound.buf.capacity() > 64 * 1024 && self.inbound.buf.is_empty() {
+            // An idle connection holds no buffer (a heartbeat every 30 s
+            // would otherwise keep 4 KiB per viewer).
+            if self.inbound.buf.is_empty() && !self.inbound.open {
                 self.inbound.buf = Vec::new();
+                self.inbound.message = Vec::new();
             }
             let stream = &self.sub.stream;
             let buf = &mut self.inbound.buf;
