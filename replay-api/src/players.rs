@@ -7,8 +7,9 @@
 //! Both are whole-recording documents: every segment's density-capped set, in
 //! (offset_ms, id) order, at most `replay.document_max_items` (DPlayer's `max`
 //! lowers that), cached like segments (body + gzip + ETag, keys that change with
-//! the archived count), with ETag / 304 and a short `max-age` (they change when
-//! someone posts on the recording).
+//! the VOD's version: archived and deleted counts), with ETag / 304 and a short
+//! `max-age` (they change when someone posts on the recording or a comment is
+//! deleted).
 //!
 //! The whole recording is read once per version of the VOD: Bilibili's document
 //! has one body per version; DPlayer's is kept decoded ([`DocBase`]) and every
