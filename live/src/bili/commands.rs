@@ -67,6 +67,10 @@ pub fn bili_mode(mode: &str) -> u8 {
 /// comment posted on a recording, which travels on its room's log but was not
 /// said live) or whose JSON does not parse.
 pub fn command(item: &RingItem) -> Option<String> {
+    // A deletion record: the comment it takes back, as Bilibili recalls one.
+    if let Some(id) = item.deletes {
+        return Some(recall_danmu_msg(id));
+    }
     let it: Item = serde_json::from_str(&item.json).ok()?;
     if it.vod.is_some() {
         return None;
@@ -291,6 +295,19 @@ mod tests {
         assert!(numeric_uid("alice") < 1 << 53);
         assert_ne!(numeric_uid("alice"), numeric_uid("bob"));
         assert_eq!(numeric_uid("alice"), numeric_uid("alice"));
+    }
+
+    #[test]
+    fn a_deletion_record_is_a_recall() {
+        let d = Danmaku {
+            id: 9,
+            deletes: Some(7263549816238080001),
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_str(&command(&RingItem::from_danmaku(5, &d)).unwrap()).unwrap();
+        assert_eq!(v["cmd"], "RECALL_DANMU_MSG");
+        assert_eq!(v["data"]["target_id_str"], "7263549816238080001");
     }
 
     #[test]

@@ -34,10 +34,10 @@ use serde_json::json;
 use std::sync::Arc;
 
 /// The online count of a room as `/sub` reports it (heartbeat replies,
-/// `WATCHED_CHANGE`): this node's viewers of the room for now. The one place
-/// to change when a cross-node count exists.
+/// `WATCHED_CHANGE`): the room's viewers over every live node (the Presence,
+/// read every second; this node's own until the first read).
 pub fn online_count(hub: &Hub) -> u32 {
-    u32::try_from(hub.viewers()).unwrap_or(u32::MAX)
+    u32::try_from(hub.online()).unwrap_or(u32::MAX)
 }
 
 #[derive(Deserialize)]
@@ -70,10 +70,11 @@ pub fn host_and_port(host_header: Option<&str>) -> Option<(String, u16)> {
 }
 
 /// `GET /xlive/web-room/v1/index/getDanmuInfo?id={room}`: Bilibili's lookup of
-/// the broadcast hosts, answered with this server (as the client reached it),
-/// so clients that look the host up first find `/sub` here.
+/// the broadcast hosts, answered with this server (`live.sub_public_host`, else
+/// the host the client reached), so clients that look the host up first find
+/// `/sub` here.
 pub(crate) async fn danmu_info(
-    State(_live): State<Arc<Live>>,
+    State(live): State<Arc<Live>>,
     Query(q): Query<InfoQuery>,
     headers: HeaderMap,
 ) -> Response {
@@ -86,7 +87,12 @@ pub(crate) async fn danmu_info(
             .into_response();
         }
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let configured = &live.ctx.settings.live.sub_public_host;
+    let host = if configured.is_empty() {
+        headers.get(header::HOST).and_then(|v| v.to_str().ok())
+    } else {
+        Some(configured.as_str())
+    };
     let Some((host, port)) = host_and_port(host) else {
         return danmaku_core::error::ApiError::new(
             danmaku_core::error::ErrorCode::InvalidJson,
