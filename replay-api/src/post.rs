@@ -112,6 +112,9 @@ pub(crate) async fn post_on_recording(
     if let Some(before) = before.filter(|_| fresh) {
         let wait = Duration::from_millis(r.ctx.settings.replay.post_visible_ms);
         match find_in_slices(r, &room, before, id, wait).await {
+            // A shadow-banned poster's comment is never replayed (the archiver
+            // keeps it in Parquet only): nothing to store here.
+            Some(item) if item.hidden => {}
             Some(item) => {
                 let row = ArchivedComment {
                     vod: session.vod.clone(),
