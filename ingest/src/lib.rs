@@ -344,7 +344,12 @@ impl Ingest {
                 BanState::None => {}
             }
         }
-        let settings = self.moderation.room_settings(&room);
+        // Room modes (mute, slow mode) are the live chat's; comments on a
+        // recording are not held by them (bans are).
+        let settings = match &target {
+            Target::Live { .. } => self.moderation.room_settings(&room),
+            Target::Vod { .. } => RoomSettings::default(),
+        };
         if settings.muted && !claims.role.is_privileged() {
             metrics::counter!("danmaku_ingest_refused_total", "reason" => "muted").increment(1);
             return Err(ApiError::new(

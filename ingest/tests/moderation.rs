@@ -371,6 +371,24 @@ async fn mute_and_slow_mode_hold_on_every_node() {
             .status,
         StatusCode::ACCEPTED
     );
+    // Room modes hold the live chat, not comments on the room's recordings.
+    let claims = b.ctx.signer.verify(&viewer).unwrap();
+    let on_vod = b
+        .ingest
+        .submit(
+            &claims,
+            danmaku_ingest::Target::Vod {
+                room: "r1".into(),
+                vod: "v1".into(),
+                offset_ms: 5_000,
+            },
+            danmaku_ingest::SendRequest {
+                text: Some("on the recording".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(on_vod.is_ok(), "{on_vod:?}");
     assert_eq!(
         b.ingest.room_settings("r1"),
         RoomSettings {
