@@ -330,6 +330,9 @@ pub struct LiveSettings {
     pub max_connections: usize,
     /// Origins allowed to open WebSockets (exact `Origin` values); empty = any.
     pub allowed_origins: Vec<String>,
+    /// The host and port `GET /xlive/web-room/v1/index/getDanmuInfo` names
+    /// for `/sub` (`host:port`); empty = the request's `Host` header.
+    pub sub_public_host: String,
     /// Poll requests per second this node serves comfortably; above it
     /// `next_poll_ms` grows so every client slows down together.
     pub poll_capacity_per_sec: u32,
@@ -400,6 +403,7 @@ impl Default for LiveSettings {
             ping_interval_secs: 30,
             max_connections: 100_000,
             allowed_origins: Vec::new(),
+            sub_public_host: String::new(),
             poll_capacity_per_sec: 20_000,
             write_timeout_ms: 10_000,
             ws_send_buffer_bytes: 0,

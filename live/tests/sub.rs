@@ -338,6 +338,23 @@ async fn get_danmu_info_names_this_server() {
         v["data"]["host_list"][0],
         json!({"host": "danmaku.example", "port": 8443, "wss_port": 8443, "ws_port": 8443})
     );
+    // A configured public host wins over the Host header.
+    let srv = start(|s| s.live.sub_public_host = "live.example.org:443".into()).await;
+    let resp = danmaku_live::router(srv.live.clone())
+        .oneshot(
+            Request::get("/xlive/web-room/v1/index/getDanmuInfo?id=1")
+                .header("host", "10.0.0.5:8080")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"]["host_list"][0]["host"], "live.example.org");
+    assert_eq!(v["data"]["host_list"][0]["port"], 443);
 }
 
 /// The display budget applies as on the JSON WebSocket: a flood is cut to the

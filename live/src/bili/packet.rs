@@ -418,4 +418,38 @@ mod tests {
             );
         }
     }
+
+    /// Hostile bytes never panic and never allocate what they claim; what
+    /// the encoder writes always decodes back.
+    #[test]
+    fn random_bytes_are_errors_or_packets_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..64);
+            let mut buf: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+            // Often a plausible header, so the body paths run too.
+            if n >= HEADER_LEN && rng.gen_bool(0.7) {
+                buf[..4].copy_from_slice(&(n as u32).to_be_bytes());
+                buf[4..6].copy_from_slice(&16u16.to_be_bytes());
+                buf[6..8].copy_from_slice(&rng.gen_range(0u16..4).to_be_bytes());
+            }
+            if let Ok(packets) = decode_message(&buf, 1024) {
+                assert!(packets.iter().all(|p| p.body.len() <= 1024));
+            }
+        }
+        for _ in 0..200 {
+            let bodies: Vec<Vec<u8>> = (0..rng.gen_range(0..20))
+                .map(|_| (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect())
+                .collect();
+            for pv in [Protover::Plain, Protover::Zlib, Protover::Brotli] {
+                let wire = encode_batch(pv, bodies.iter().map(Vec::as_slice));
+                let back = decode_message(&wire, 1 << 20).unwrap();
+                assert_eq!(
+                    back.iter().map(|p| &p.body).collect::<Vec<_>>(),
+                    bodies.iter().collect::<Vec<_>>()
+                );
+            }
+        }
+    }
 }
