@@ -11,7 +11,7 @@
 //! - [`moderation`]: this node's copy of bans, room settings and the word list,
 //!   kept current from the store's change log; fails closed when it cannot be.
 //! - [`router`]: `POST /v1/rooms/{room}/danmaku`, `POST /v1/auth/guest` and the
-//!   admin API (`admin`: bans, room settings, the word list; every action an
+//!   admin API ([`admin`]: bans, room settings, the word list; every action an
 //!   audit event).
 //! - [`validate`]: the pure checks on a send request, unit-tested.
 //! - [`json`]: request bodies as objects parsed member by member (each bad
