@@ -8,9 +8,18 @@
 //! ```bash
 //! cargo build --release -p danmaku
 //! cargo run --release -p danmaku-benches --example bili_bench -- \
-//!     [bytes|import|all] [--bin target/release/danmaku] [--comments 10000] \
-//!     [--rate 1000] [--import 1000000]
+//!     [bytes|import|fanout|all] [--bin target/release/danmaku] [--comments 10000] \
+//!     [--rate 1000] [--import 1000000] [--viewers 5000] [--secs 20] [--sample 50]
 //! ```
+//!
+//! `fanout`: `--viewers` JSON WebSocket viewers of one room, then (a fresh
+//! server) as many `/sub` viewers with protover 3, each run receiving `--rate`
+//! comments/s for `--secs` from one publisher WebSocket. Every viewer reads
+//! everything; one in `--sample` decodes (JSON, or packets and brotli) and
+//! measures each comment's latency from the time in its text. Prints
+//! deliveries/s (the sampled viewers' comments scaled to all viewers, and the
+//! share of viewers that received as many bytes as the sampled median), p50
+//! and p99 latency, and the server's CPU (user + system) per second.
 //!
 //! `bytes`: one viewer of each kind in one room (raw sockets counting every
 //! byte after the handshake), `--comments` comments of 20 characters (mixed
@@ -131,9 +140,14 @@ async fn raw_ws(addr: &str, path: &str, deflate: bool, first: &[u8]) -> TcpStrea
     s
 }
 
-/// A masked binary frame holding one `/sub` auth packet.
+/// A masked binary frame holding one `/sub` auth packet for room `bench`.
 fn sub_auth(protover: u8) -> Vec<u8> {
-    let body = format!(r#"{{"roomid":"bench","protover":{protover}}}"#);
+    sub_auth_room(protover, "bench")
+}
+
+/// A masked binary frame holding one `/sub` auth packet.
+fn sub_auth_room(protover: u8, room: &str) -> Vec<u8> {
+    let body = format!(r#"{{"roomid":"{room}","protover":{protover}}}"#);
     let mut packet = Vec::new();
     packet.extend_from_slice(&((16 + body.len()) as u32).to_be_bytes());
     packet.extend_from_slice(&[0, 16, 0, 1, 0, 0, 0, 7, 0, 0, 0, 1]);
@@ -290,6 +304,198 @@ async fn import_throughput(bin: &str, n: usize) {
     drop(srv);
 }
 
+/// One viewer's reading: bytes, and for a sampled viewer, the comments
+/// decoded and their latencies (µs).
+#[derive(Default)]
+struct Reading {
+    bytes: u64,
+    comments: u64,
+    latencies: Vec<u64>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The send time in a comment's text (`t=<µs> ...`).
+fn sent_us(text: &str) -> Option<u64> {
+    text.strip_prefix("t=")?.split(' ').next()?.parse().ok()
+}
+
+/// Reads a viewer's socket until `stop`, decoding when `sample`.
+async fn view(
+    mut s: TcpStream,
+    sub: bool,
+    sample: bool,
+    stop: tokio_util::sync::CancellationToken,
+) -> Reading {
+    let mut r = Reading::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut tmp = vec![0u8; 1 << 16];
+    loop {
+        let n = tokio::select! {
+            n = s.read(&mut tmp) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
+            _ = stop.cancelled() => break,
+        };
+        r.bytes += n as u64;
+        if !sample {
+            continue;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        // Whole WebSocket frames (server frames are unmasked).
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (len, hdr) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n if n < 126 => (n as usize, 2),
+                _ => break,
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            let op = buf[0] & 0x0f;
+            let payload = &buf[hdr..hdr + len];
+            let now = now_us();
+            let mut texts: Vec<String> = Vec::new();
+            if sub && op == 2 {
+                if let Ok(packets) = danmaku_live::bili::packet::decode_message(payload, 1 << 24) {
+                    for p in packets {
+                        if let Ok(v) = serde_json::from_slice::<Value>(&p.body) {
+                            if v["cmd"] == "DANMU_MSG" {
+                                texts.push(v["info"][1].as_str().unwrap_or("").to_string());
+                            }
+                        }
+                    }
+                }
+            } else if !sub && op == 1 {
+                if let Ok(v) = serde_json::from_slice::<Value>(payload) {
+                    if v["type"] == "batch" {
+                        for i in v["items"].as_array().into_iter().flatten() {
+                            texts.push(i["text"].as_str().unwrap_or("").to_string());
+                        }
+                    }
+                }
+            }
+            for t in texts {
+                if let Some(sent) = sent_us(&t) {
+                    r.comments += 1;
+                    r.latencies.push(now.saturating_sub(sent));
+                }
+            }
+            buf.drain(..hdr + len);
+        }
+    }
+    r
+}
+
+/// CPU seconds (user + system) of process `pid` so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the command: state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn fanout_run(bin: &str, sub: bool, viewers: usize, rate: usize, secs: u64, sample: usize) {
+    let data = tempfile::tempdir().unwrap();
+    let srv = start(bin, data.path()).await;
+    let pid = srv.child.id().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(viewers);
+    for i in 0..viewers {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (addr, stop) = (srv.addr.clone(), stop.clone());
+        let sample = i % sample.max(1) == 0;
+        tasks.push(tokio::spawn(async move {
+            let s = if sub {
+                raw_ws(&addr, "/sub", false, &sub_auth_room(3, "fan")).await
+            } else {
+                raw_ws(&addr, "/v1/rooms/fan/ws", false, b"").await
+            };
+            drop(permit);
+            view(s, sub, sample, stop).await
+        }));
+    }
+    // Every viewer connected (the permits all returned).
+    let _ = sem.acquire_many(200).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let url = format!("ws://{}/v1/rooms/fan/ws?token={}", srv.addr, srv.token);
+    let (publisher, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut tx, mut rx) = futures::StreamExt::split(publisher);
+    tokio::spawn(async move { while let Some(Ok(_)) = futures::StreamExt::next(&mut rx).await {} });
+    let cpu0 = cpu_secs(pid);
+    let started = Instant::now();
+    let total = rate * secs as usize;
+    let tick = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    for i in 0..total {
+        tokio::time::sleep_until((started + tick * i as u32).into()).await;
+        let text = format!("t={} 弹幕 {i}", now_us());
+        let msg = serde_json::json!({"type": "send", "ref": i, "text": text}).to_string();
+        futures::SinkExt::send(&mut tx, tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
+    }
+    let sending = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu = cpu_secs(pid) - cpu0;
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    let mut readings = Vec::with_capacity(viewers);
+    for t in tasks {
+        readings.push(t.await.unwrap());
+    }
+    let sampled: Vec<&Reading> = readings.iter().step_by(sample.max(1)).collect();
+    let mut bytes: Vec<u64> = sampled.iter().map(|r| r.bytes).collect();
+    bytes.sort();
+    let median = bytes[bytes.len() / 2];
+    let complete = readings
+        .iter()
+        .filter(|r| r.bytes * 100 >= median * 99)
+        .count();
+    let per_viewer = sampled.iter().map(|r| r.comments).sum::<u64>() as f64 / sampled.len() as f64;
+    let mut lat: Vec<u64> = sampled
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "{:18} {viewers} viewers x {rate}/s for {sending:.1} s: {:.2} M deliveries/s ({:.1} % of offered; {complete}/{viewers} viewers got the median bytes), p50 {:.1} ms, p99 {:.1} ms, server CPU {:.2} s/s",
+        if sub { "/sub brotli" } else { "JSON WebSocket" },
+        per_viewer * viewers as f64 / sending / 1e6,
+        per_viewer / total as f64 * 100.0,
+        pct(0.5),
+        pct(0.99),
+        cpu / elapsed,
+    );
+    drop(srv);
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -309,5 +515,11 @@ async fn main() {
     }
     if matches!(what.as_str(), "import" | "all") {
         import_throughput(&bin, num(&args, "--import", 1_000_000)).await;
+    }
+    if matches!(what.as_str(), "fanout" | "all") {
+        let (viewers, rate) = (num(&args, "--viewers", 5000), num(&args, "--rate", 1000));
+        let (secs, sample) = (num(&args, "--secs", 20) as u64, num(&args, "--sample", 50));
+        fanout_run(&bin, false, viewers, rate, secs, sample).await;
+        fanout_run(&bin, true, viewers, rate, secs, sample).await;
     }
 }
