@@ -65,6 +65,7 @@ pub(crate) async fn delete_in_room(
     let claims = authenticate(&ingest.ctx.signer, &headers, None)?;
     let reason = reason(&ingest, &headers, body).await?;
     let id = parse_id(&id)?;
+    viewer_may_try(&ingest, &claims, id)?;
     if ingest
         .ctx
         .slices
@@ -79,7 +80,10 @@ pub(crate) async fn delete_in_room(
             archived: vod_of_hot(&ingest, &item).await?,
             item,
         }),
-        None => find_archived_in_room(&ingest, &room, id).await?,
+        None => {
+            let everywhere = claims.role != Role::Viewer;
+            find_archived_in_room(&ingest, &room, id, everywhere).await?
+        }
     };
     let Some(found) = found else {
         // Deleted meanwhile (a concurrent deletion being stored) is still 200.
@@ -111,6 +115,7 @@ pub(crate) async fn delete_in_vod(
     let claims = authenticate(&ingest.ctx.signer, &headers, None)?;
     let reason = reason(&ingest, &headers, body).await?;
     let id = parse_id(&id)?;
+    viewer_may_try(&ingest, &claims, id)?;
     let session = ingest
         .ctx
         .archive
@@ -128,7 +133,8 @@ pub(crate) async fn delete_in_vod(
     {
         return Ok(deleted(id));
     }
-    let found = match find_in_vod(&ingest, &session, id).await? {
+    let everywhere = claims.role != Role::Viewer;
+    let found = match find_in_vod(&ingest, &session, id, everywhere).await? {
         Some(f) => Some(f),
         None => match find_hot(&ingest, &room, id).await? {
             Some(item) => {
@@ -155,6 +161,29 @@ pub(crate) async fn delete_in_vod(
         };
     };
     apply(&ingest, &claims, &room, found, reason).await
+}
+
+/// A viewer may only recall a comment of theirs sent within the recall
+/// window, so an id whose time is older cannot be theirs to delete: refused
+/// before any lookup (a made-up old id never costs a VOD read).
+fn viewer_may_try(ingest: &Ingest, claims: &Claims, id: u64) -> Result<(), ApiError> {
+    if claims.role != Role::Viewer {
+        return Ok(());
+    }
+    let window = ingest
+        .ctx
+        .settings
+        .moderation
+        .recall_secs
+        .saturating_mul(1000) as i64;
+    let sent = danmaku_core::id::id_time_ms(id);
+    if danmaku_core::now_ms().saturating_sub(sent) > window.saturating_add(SKEW_MS) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a viewer may recall only their own comments within the recall window",
+        ));
+    }
+    Ok(())
 }
 
 fn deleted(id: u64) -> Json<Value> {
@@ -349,6 +378,7 @@ async fn find_archived_in_room(
     ingest: &Ingest,
     room: &str,
     id: u64,
+    everywhere: bool,
 ) -> Result<Option<Found>, ApiError> {
     let at = danmaku_core::id::id_time_ms(id);
     let sessions = ingest
@@ -361,7 +391,7 @@ async fn find_archived_in_room(
         .iter()
         .filter(|s| s.started_at - SKEW_MS <= at && s.ended_at.is_none_or(|e| at <= e + SKEW_MS))
     {
-        if let Some(f) = find_in_vod(ingest, s, id).await? {
+        if let Some(f) = find_in_vod(ingest, s, id, everywhere).await? {
             return Ok(Some(f));
         }
     }
@@ -369,11 +399,13 @@ async fn find_archived_in_room(
 }
 
 /// The comment `id` archived in `session`'s VOD: the segment its time
-/// predicts first, then every other one (a VOD post may sit anywhere).
+/// predicts first, then (`everywhere`) every other one (a VOD post may sit
+/// anywhere).
 async fn find_in_vod(
     ingest: &Ingest,
     session: &danmaku_core::vod::Session,
     id: u64,
+    everywhere: bool,
 ) -> Result<Option<Found>, ApiError> {
     let store = &ingest.ctx.archive;
     let Some(last) = store.last_segment(&session.vod).await.map_err(archive)? else {
@@ -382,7 +414,10 @@ async fn find_in_vod(
     let at = danmaku_core::id::id_time_ms(id);
     let predicted =
         danmaku_core::vod::segment_of(at - session.started_at - session.latency_ms).min(last);
-    let order = std::iter::once(predicted).chain((0..=last).filter(|n| *n != predicted));
+    // A VOD post may sit at any offset; only service and admin tokens (who
+    // may delete any comment) pay for a search past the predicted segment.
+    let others = if everywhere { last + 1 } else { 0 };
+    let order = std::iter::once(predicted).chain((0..others).filter(|n| *n != predicted));
     for n in order {
         let rows = store.read_segment(&session.vod, n).await.map_err(archive)?;
         if let Some(r) = rows.into_iter().find(|r| r.item.id == id) {

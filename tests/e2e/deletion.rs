@@ -56,6 +56,15 @@ async fn a_deleted_comment_is_taken_back_everywhere_live() {
     )
     .await
     .expect_error(404, "not_found", "an id the room does not hold");
+    // A viewer naming an id older than the recall window: refused unlooked.
+    delete(
+        &app,
+        &format!("/v1/rooms/{room}/danmaku/123"),
+        &alice,
+        Body::None,
+    )
+    .await
+    .expect_error(403, "forbidden", "a viewer naming an old id");
     delete(
         &app,
         &format!("/v1/rooms/other-room/danmaku/{b}"),
