@@ -94,7 +94,12 @@ export class Server {
     if (!proc || proc.exitCode !== null) return;
     const exited = new Promise((r) => proc.once("exit", r));
     proc.kill("SIGTERM");
-    await Promise.race([exited, sleep(60_000)]);
+    // A timer left pending would keep this test process alive after the tests.
+    let timer;
+    const limit = new Promise((r) => (timer = setTimeout(r, 60_000)));
+    await Promise.race([exited, limit]);
+    clearTimeout(timer);
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
     this.proc = null;
   }
 

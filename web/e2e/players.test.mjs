@@ -68,6 +68,7 @@ function checkTimes(kind, seen) {
     const entry = seen.find((s) => s.text === "c" + offset);
     assert.ok(entry, `${kind}: c${offset} shown (saw ${JSON.stringify(seen)})`);
     const late = entry.t - offset / 1000;
+    console.log(`${kind}: c${offset} shown ${late.toFixed(3)} s after its offset`);
     assert.ok(late >= -0.1 && late <= 0.75, `${kind}: c${offset} at ${entry.t}s (${late.toFixed(3)} s late)`);
   }
   const hostile = seen.find((s) => s.text === HOSTILE);
