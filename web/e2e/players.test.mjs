@@ -1,6 +1,8 @@
 // DPlayer 1.27, ArtPlayer 5.4 + artplayer-plugin-danmuku and
 // weizhenye/Danmaku on a page of ANOTHER origin load an ended VOD's comments
-// at the right times (CORS), and DPlayer's send is stored.
+// at the right times (CORS), and DPlayer's send is stored. "Right" is from
+// 0.25 s early (ArtPlayer's plugin shows comments up to ~0.09 s ahead) to
+// 0.75 s late (measured: DPlayer 0.008 s, weizhenye/Danmaku 0.017 s late).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -69,7 +71,7 @@ function checkTimes(kind, seen) {
     assert.ok(entry, `${kind}: c${offset} shown (saw ${JSON.stringify(seen)})`);
     const late = entry.t - offset / 1000;
     console.log(`${kind}: c${offset} shown ${late.toFixed(3)} s after its offset`);
-    assert.ok(late >= -0.1 && late <= 0.75, `${kind}: c${offset} at ${entry.t}s (${late.toFixed(3)} s late)`);
+    assert.ok(late >= -0.25 && late <= 0.75, `${kind}: c${offset} at ${entry.t}s (${late.toFixed(3)} s late)`);
   }
   const hostile = seen.find((s) => s.text === HOSTILE);
   assert.ok(hostile, `${kind}: the hostile text is shown as text`);
