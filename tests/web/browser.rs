@@ -71,3 +71,9 @@ fn replay_page() {
 fn admin_page() {
     run_in_web("node", &["--test", "e2e/admin.test.mjs"]);
 }
+
+#[test]
+#[ignore = "needs chromium and npm (npm ci in web/)"]
+fn polling_fallback_and_sdk_in_node() {
+    run_in_web("node", &["--test", "e2e/fallback.test.mjs"]);
+}
