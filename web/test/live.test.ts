@@ -121,6 +121,21 @@ describe("LiveClient over WebSocket", () => {
 });
 
 describe("LiveClient polling fallback", () => {
+  it("a WebSocket that never says hello counts as failed and polling takes over", async () => {
+    const fetcher = fakeFetch(() => json({ items: [], cursor: "p", next_poll_ms: 1000 }));
+    const { live } = client({ helloTimeoutMs: 3000, wsRetryFromPollingMs: 600_000 }, fetcher.fn);
+    live.connect();
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(FakeSocket.instances[0].closedByClient).toBe(true);
+    expect(live.status.state).toBe("reconnecting");
+    await vi.advanceTimersByTimeAsync(50);
+    expect(FakeSocket.instances.length).toBe(2);
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(live.status.transport).toBe("polling");
+    expect(fetcher.calls.length).toBeGreaterThan(0);
+    live.close();
+  });
+
   it("polls when WebSockets fail before hello, honours next_poll_ms, and goes back", async () => {
     const polls: string[] = [];
     const fetcher = fakeFetch(({ url }) => {

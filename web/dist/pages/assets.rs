@@ -2,19 +2,14 @@
 // The pages' hashed assets, served under /assets/ as immutable.
 pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
     (
-        "admin-ZNBOHHV6.js",
+        "admin-37TXPMTS.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/admin-ZNBOHHV6.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/admin-37TXPMTS.js")),
     ),
     (
         "chunk-7W5DXY7A.js",
         "text/javascript; charset=utf-8",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-7W5DXY7A.js")),
-    ),
-    (
-        "chunk-CDVCK5Y2.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-CDVCK5Y2.js")),
     ),
     (
         "chunk-M2IWKO5N.js",
@@ -27,14 +22,19 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-MJ2WAVBE.js")),
     ),
     (
+        "chunk-TXCQC766.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-TXCQC766.js")),
+    ),
+    (
         "home-VNB3CKRJ.js",
         "text/javascript; charset=utf-8",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-VNB3CKRJ.js")),
     ),
     (
-        "room-JAVG5CKU.js",
+        "room-2FNDZZHO.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-JAVG5CKU.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-2FNDZZHO.js")),
     ),
     (
         "style-DNN3RC2S.css",

@@ -170,6 +170,8 @@ var LiveClient = class extends Emitter {
     __publicField(this, "probe", null);
     __publicField(this, "probeDelayMs");
     __publicField(this, "timer", null);
+    /** A socket that neither opens nor fails (a proxy holding it) is given up. */
+    __publicField(this, "helloTimer", null);
     __publicField(this, "probeTimer", null);
     __publicField(this, "pollAbort", null);
     __publicField(this, "pending", /* @__PURE__ */ new Map());
@@ -250,6 +252,7 @@ var LiveClient = class extends Emitter {
     this.generation++;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.clearHelloTimer();
     this.pollAbort?.abort();
     this.pollAbort = null;
     const ws = this.ws;
@@ -297,7 +300,19 @@ var LiveClient = class extends Emitter {
     }
     this.ws = ws;
     this.wire(ws, generation);
+    this.helloTimer = setTimeout(() => {
+      this.helloTimer = null;
+      if (generation !== this.generation || this.wsHello) return;
+      this.ws = null;
+      this.failPendingOn(ws);
+      closeQuietly(ws);
+      this.onSocketClosed(generation, false);
+    }, this.options.helloTimeoutMs ?? 1e4);
     this.setState("connecting", "websocket");
+  }
+  clearHelloTimer() {
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    this.helloTimer = null;
   }
   wire(ws, generation) {
     ws.onmessage = (event) => {
@@ -306,6 +321,7 @@ var LiveClient = class extends Emitter {
     };
     ws.onclose = () => {
       if (generation !== this.generation) return;
+      this.clearHelloTimer();
       const hadHello = this.wsHello;
       this.ws = null;
       this.wsHello = false;
@@ -324,6 +340,7 @@ var LiveClient = class extends Emitter {
     }
     switch (msg.type) {
       case "hello":
+        this.clearHelloTimer();
         this.wsHello = true;
         this.wsFailures = 0;
         this.backoff.reset();

@@ -82,6 +82,8 @@ export interface LiveOptions {
     wsFailuresBeforePolling?: number;
     /** While polling, how often a WebSocket is tried again, ms (default 30,000). */
     wsRetryFromPollingMs?: number;
+    /** How long a WebSocket may take to say hello before it counts as failed, ms (default 10,000). */
+    helloTimeoutMs?: number;
     /** How long a WebSocket send waits for its ack, ms (default 5,000). */
     ackTimeoutMs?: number;
     /** Tries of one send, the first included (default 4). */
@@ -107,6 +109,8 @@ export declare class LiveClient extends Emitter<LiveEvents> {
     private probe;
     private probeDelayMs;
     private timer;
+    /** A socket that neither opens nor fails (a proxy holding it) is given up. */
+    private helloTimer;
     private probeTimer;
     private pollAbort;
     private readonly pending;
@@ -145,6 +149,7 @@ export declare class LiveClient extends Emitter<LiveEvents> {
     private socketUrl;
     private newSocket;
     private openSocket;
+    private clearHelloTimer;
     private wire;
     private onSocketMessage;
     private onSocketClosed;

@@ -72,6 +72,8 @@ export interface LiveOptions {
   wsFailuresBeforePolling?: number;
   /** While polling, how often a WebSocket is tried again, ms (default 30,000). */
   wsRetryFromPollingMs?: number;
+  /** How long a WebSocket may take to say hello before it counts as failed, ms (default 10,000). */
+  helloTimeoutMs?: number;
   /** How long a WebSocket send waits for its ack, ms (default 5,000). */
   ackTimeoutMs?: number;
   /** Tries of one send, the first included (default 4). */
@@ -120,6 +122,8 @@ export class LiveClient extends Emitter<LiveEvents> {
   private probe: WebSocket | null = null;
   private probeDelayMs: number;
   private timer: ReturnType<typeof setTimeout> | null = null;
+  /** A socket that neither opens nor fails (a proxy holding it) is given up. */
+  private helloTimer: ReturnType<typeof setTimeout> | null = null;
   private probeTimer: ReturnType<typeof setTimeout> | null = null;
   private pollAbort: AbortController | null = null;
   private readonly pending = new Map<string, PendingSend>();
@@ -210,6 +214,7 @@ export class LiveClient extends Emitter<LiveEvents> {
     this.generation++;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.clearHelloTimer();
     this.pollAbort?.abort();
     this.pollAbort = null;
     const ws = this.ws;
@@ -261,8 +266,21 @@ export class LiveClient extends Emitter<LiveEvents> {
     }
     this.ws = ws;
     this.wire(ws, generation);
+    this.helloTimer = setTimeout(() => {
+      this.helloTimer = null;
+      if (generation !== this.generation || this.wsHello) return;
+      this.ws = null;
+      this.failPendingOn(ws);
+      closeQuietly(ws);
+      this.onSocketClosed(generation, false);
+    }, this.options.helloTimeoutMs ?? 10_000);
     // An attempt in flight: a reconnect button does not start another.
     this.setState("connecting", "websocket");
+  }
+
+  private clearHelloTimer(): void {
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    this.helloTimer = null;
   }
 
   private wire(ws: WebSocket, generation: number): void {
@@ -272,6 +290,7 @@ export class LiveClient extends Emitter<LiveEvents> {
     };
     ws.onclose = () => {
       if (generation !== this.generation) return;
+      this.clearHelloTimer();
       const hadHello = this.wsHello;
       this.ws = null;
       this.wsHello = false;
@@ -292,6 +311,7 @@ export class LiveClient extends Emitter<LiveEvents> {
     }
     switch (msg.type) {
       case "hello":
+        this.clearHelloTimer();
         this.wsHello = true;
         this.wsFailures = 0;
         this.backoff.reset();
