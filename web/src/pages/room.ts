@@ -11,6 +11,8 @@ import { Stage } from "./stage.js";
 import { byId, element, errorInWords, getToken, idFromPath, rememberRoom, sendForm } from "./common.js";
 
 const LOG_LINES = 100;
+/** Items waiting for the next frame at most (a hidden tab gets no frames). */
+const MAX_QUEUED = 2000;
 
 const STATE_WORDS: Record<string, string> = {
   idle: "not connected",
@@ -53,8 +55,29 @@ async function main(): Promise<void> {
     stateEl.dataset.transport = transport ?? "";
     reconnect.hidden = state === "open" || state === "polling";
   });
+  // Items are drawn once per frame: a busy room's many batches cost one
+  // layout, and the log keeps only its last lines.
+  let queue: Item[] = [];
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    const items = queue;
+    queue = [];
+    for (const item of items) {
+      stage.add({ id: item.id, text: item.text, mode: item.mode, color: item.color, mine: mine.has(item.id) });
+    }
+    const lines = document.createDocumentFragment();
+    for (const item of items.slice(-LOG_LINES).reverse()) lines.append(logLine(item));
+    log.prepend(lines);
+    while (log.childElementCount > LOG_LINES) log.lastElementChild?.remove();
+  };
   live.on("batch", ({ items }) => {
-    for (const item of items) show(item, stage, log, mine.has(item.id));
+    queue.push(...items);
+    if (queue.length > MAX_QUEUED) queue = queue.slice(-MAX_QUEUED);
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
   });
   live.on("delete", ({ ids }) => {
     stage.remove(ids);
@@ -99,13 +122,11 @@ async function main(): Promise<void> {
   });
 }
 
-function show(item: Item, stage: Stage, log: HTMLElement, mine: boolean): void {
-  stage.add({ id: item.id, text: item.text, mode: item.mode, color: item.color, mine });
+function logLine(item: Item): HTMLLIElement {
   const line = element("li");
   line.dataset.id = item.id;
   line.append(element("span", item.name || item.user, "who"), element("span", item.text, "what"));
-  log.prepend(line);
-  while (log.childElementCount > LOG_LINES) log.lastElementChild?.remove();
+  return line;
 }
 
 /** The open session's video, when it has one; the dark stage otherwise. */
