@@ -42,9 +42,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-DNN3RC2S.css")),
     ),
     (
-        "vod-26BKDA2C.js",
+        "vod-H4D6TAN7.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-26BKDA2C.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-H4D6TAN7.js")),
     ),
 ];
 pub(crate) const WEB_HOME_HTML: &str =

@@ -13,6 +13,8 @@ import { byId, clock, errorInWords, getToken, idFromPath, link, sendForm } from 
 /** A jump larger than this (or backwards) is a seek: the stage clears. */
 const SEEK_MS = 1500;
 const HEAT_BUCKETS = 200;
+/** How often a recording still live rereads the playhead's segment, ms. */
+const LIVE_REVALIDATE_MS = 5000;
 
 /** The playhead: a video's, or a clock's when there is no video. */
 interface Player {
@@ -135,6 +137,13 @@ async function main(): Promise<void> {
   seekBar.addEventListener("input", () => player.seek((Number(seekBar.value) / 1000) * duration()));
 
   void drawHeatmap(replay, byId<HTMLCanvasElement>("heat"));
+  if (session.ended_at === null) {
+    // A recording still live grows: revalidate the playhead's segment (a 304
+    // while nothing changed).
+    setInterval(() => {
+      void replay.revalidate(ReplayClient.segmentOf(player.time())).catch(() => false);
+    }, LIVE_REVALIDATE_MS);
+  }
 
   let last = player.time();
   let segment = -1;
