@@ -272,7 +272,19 @@ async fn apply(
         Err(_) => return Err(ApiError::unavailable()),
     }
     // Accepted: the Bus holds it, so it is applied everywhere even if what
-    // follows fails. Replay stops serving an archived comment at once.
+    // follows fails. Reads by cursor stop serving it now, not only once the
+    // writer stored the record (the writer does this again: idempotent).
+    let keep = ingest
+        .ctx
+        .settings
+        .live
+        .hot_retention_ms
+        .saturating_mul(2)
+        .max(24 * 3600 * 1000);
+    if let Err(e) = ingest.ctx.slices.delete_items(room, &[item.id], keep).await {
+        tracing::warn!(error = %e, room, "deletion not applied to the slice store yet; the writer will");
+    }
+    // Replay stops serving an archived comment at once.
     if let (Some(vod), Some(offset_ms)) = (vod, offset_ms) {
         let d = ArchivedDeletion {
             vod: vod.clone(),
