@@ -283,3 +283,184 @@ impl Drop for AofCluster {
         }
     }
 }
+
+/// The uid the partitionable live node runs as: a partition is an iptables
+/// rule dropping that uid's packets to the Redis ports on loopback.
+pub const PARTITION_UID: u32 = 65534;
+
+/// Why a partition cannot be made here, or None when it can: it needs root,
+/// `iptables` that answers, and `setpriv` (to run the node as another uid).
+/// `CHAOS_PARTITION=0` turns it off.
+pub fn partition_unavailable() -> Option<String> {
+    if std::env::var("CHAOS_PARTITION").as_deref() == Ok("0") {
+        return Some("turned off (CHAOS_PARTITION=0)".into());
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        return Some(format!("not running as root (uid {uid})"));
+    }
+    let works = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !works("iptables", &["-L", "OUTPUT", "-n"]) {
+        return Some("iptables is missing or not permitted".into());
+    }
+    if !works("setpriv", &["--version"]) {
+        return Some("setpriv is missing".into());
+    }
+    None
+}
+
+/// iptables rules that drop [`PARTITION_UID`]'s packets to the given ports on
+/// loopback (the Redis masters): a partition between that node and Redis.
+/// Dropped (not refused), like a network that lost its route; removed on
+/// [`Partition::heal`] or drop.
+pub struct Partition {
+    ports: Vec<u16>,
+}
+
+fn rule(op: &str, port: u16) -> bool {
+    Command::new("iptables")
+        .args([
+            op,
+            "OUTPUT",
+            "-o",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+        ])
+        .args([
+            "-m",
+            "owner",
+            "--uid-owner",
+            &PARTITION_UID.to_string(),
+            "-j",
+            "DROP",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl Partition {
+    /// Adds the rules.
+    pub fn cut(ports: &[u16]) -> Self {
+        let mut me = Self { ports: Vec::new() };
+        for &p in ports {
+            assert!(rule("-A", p), "iptables -A for port {p} failed");
+            me.ports.push(p);
+        }
+        me
+    }
+
+    /// Removes the rules.
+    pub fn heal(&mut self) {
+        for p in std::mem::take(&mut self.ports) {
+            while rule("-D", p) {}
+        }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+impl AofCluster {
+    /// The masters' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(p, _, _)| *p).collect()
+    }
+}
+
+/// A `danmaku serve` process run as [`PARTITION_UID`] (through `setpriv`),
+/// with its own data dir; killed on drop.
+pub struct UidNode {
+    /// Killed when dropped (`kill_on_drop`).
+    _child: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// Its stderr.
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl UidNode {
+    /// Starts the binary with `env` (plus `RUST_LOG=info`, no inherited
+    /// `DANMAKU_*`) and waits for its `listening on` line.
+    pub async fn start(env: &[(String, String)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::Builder::new()
+            .prefix("danmaku-chaos-uid-")
+            .tempdir()
+            .expect("temp dir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        for p in [dir.path(), data.as_path()] {
+            std::os::unix::fs::chown(p, Some(PARTITION_UID), Some(PARTITION_UID))
+                .expect("chown the data dir");
+        }
+        let log_path = dir.path().join("server.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = tokio::process::Command::new("setpriv");
+        let id = PARTITION_UID.to_string();
+        cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+            .arg(crate::helpers::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("DANMAKU_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info");
+        let mut child = cmd.spawn().expect("setpriv danmaku serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.trim().strip_prefix("listening on ") {
+                    return Some(url.trim().to_string());
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| {
+            panic!(
+                "the node run as uid {id} did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            _child: child,
+            base_url: url,
+            log_path,
+            _dir: dir,
+        }
+    }
+}
