@@ -8,7 +8,7 @@
 # installs those servers and runs them too (`--include-ignored`).
 #
 # It installs what the tests need on a fresh machine: rustfmt and clippy,
-# redis-server, redis-cli, prometheus (promtool) and nginx from the OS packages (the tests start their own
+# redis-server, redis-cli, prometheus (promtool), nginx and iptables from the OS packages (the tests start their own
 # servers on free loopback ports and stop them), and pyarrow + duckdb (independent
 # Parquet readers) and moto[server] (an S3 API server for the s3:// archive tests)
 # from PyPI, web/'s npm packages and Chromium (tests/web). Kafka runs as librdkafka's in-process mock cluster and the CQL peer
@@ -31,6 +31,9 @@ need_pkg redis-cli redis-tools
 need_pkg promtool prometheus
 # nginx, for the proxy's routing (infra/compose/nginx.conf) in the same tests.
 need_pkg nginx nginx-light
+# iptables, for the chaos suite's partition between a live node and Redis
+# (infra/chaos/, run as root; without it that fault is skipped and the report says so).
+need_pkg iptables iptables
 python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install -q pyarrow duckdb
 # moto's S3 server (archive.url = s3://...): the tests start `moto_server` (or
 # `python3 -m moto.server`) on free loopback ports; it is not real AWS.
