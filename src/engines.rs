@@ -61,7 +61,11 @@ impl EngineSelection {
             dir: dir.display().to_string(),
             message: e.to_string(),
         };
-        let db = EmbeddedDb::open(&dir).map_err(embedded_err)?;
+        let db = EmbeddedDb::open_with_cache(
+            &dir,
+            settings.server.embedded_cache_mb.saturating_mul(1 << 20),
+        )
+        .map_err(embedded_err)?;
 
         // Bus: Kafka when kafka.brokers is set.
         let bus: Arc<dyn Bus> = if !settings.kafka.brokers.is_empty() {

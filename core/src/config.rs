@@ -71,6 +71,10 @@ pub struct ServerSettings {
     pub max_connections_per_ip: usize,
     /// Largest request head (request line and headers), bytes; past it `431`.
     pub max_header_bytes: usize,
+    /// Page cache of the embedded database (`danmaku.redb`: the embedded Bus,
+    /// SliceStore and ArchiveStore), MiB. It never shrinks: this bounds what a
+    /// burst of cold reads (replay loading an archived segment) keeps.
+    pub embedded_cache_mb: usize,
     /// A separate address for `/metrics` (and `/healthz`, `/readyz`), e.g.
     /// `127.0.0.1:9090`; empty = `/metrics` on `listen`.
     pub metrics_listen: String,
@@ -91,6 +95,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             max_connections_per_ip: 1024,
             max_header_bytes: 16 * 1024,
+            embedded_cache_mb: 1024,
             metrics_listen: String::new(),
             metrics_token: Secret::default(),
         }

@@ -68,8 +68,16 @@ impl std::fmt::Debug for EmbeddedDb {
 impl EmbeddedDb {
     /// Opens (or creates) `<dir>/danmaku.redb` and its tables.
     pub fn open(dir: &Path) -> Result<Self, redb::Error> {
+        Self::open_with_cache(dir, 1 << 30)
+    }
+
+    /// [`EmbeddedDb::open`] with a page cache of at most `cache_bytes`
+    /// (`server.embedded_cache_mb`).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Self, redb::Error> {
         std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
-        let db = redb::Database::create(dir.join("danmaku.redb"))?;
+        let db = redb::Database::builder()
+            .set_cache_size(cache_bytes.max(1 << 20))
+            .create(dir.join("danmaku.redb"))?;
         let txn = db.begin_write()?;
         bus::create_tables(&txn)?;
         slices::create_tables(&txn)?;
