@@ -7,7 +7,10 @@
 //! - [`AofCluster`]: a 3-master Redis Cluster of `redis-server` processes with
 //!   `appendonly yes` and `appendfsync always`, whose masters can be killed
 //!   (`kill -9`) and restarted on the same port and directory (their AOF and
-//!   `nodes.conf`), so they rejoin the cluster with their data.
+//!   `nodes.conf`), so they rejoin the cluster with their data;
+//! - [`UidNode`] and [`Partition`]: a `danmaku` node run as another uid, and
+//!   iptables rules that drop that uid's packets to the Redis ports (a
+//!   partition between that node and Redis, when running as root).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
