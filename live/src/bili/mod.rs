@@ -132,4 +132,60 @@ mod tests {
         assert_eq!(hp(""), None);
         assert_eq!(host_and_port(None), None);
     }
+
+    /// A room's batch as `/sub` takes it: one binary frame per protocol
+    /// version, built once; empty when nothing in it has a command.
+    #[test]
+    fn frames_carry_sub_bytes_built_once_per_version() {
+        use crate::frames::Frame;
+        use crate::messages::RingItem;
+        use danmaku_core::model::{Danmaku, Kind};
+        let item = |seq: u64, kind: Kind| {
+            let d = Danmaku {
+                id: seq,
+                user: "u".into(),
+                kind: kind as i32,
+                text: format!("t{seq}"),
+                ..Default::default()
+            };
+            RingItem::from_danmaku(seq, &d)
+        };
+        let f = Frame::new(
+            1,
+            3,
+            vec![item(1, Kind::Comment), item(3, Kind::Gift)],
+            Vec::new(),
+            bytes::Bytes::from_static(b"{}"),
+        );
+        for pv in [
+            packet::Protover::Plain,
+            packet::Protover::Zlib,
+            packet::Protover::Brotli,
+        ] {
+            let wire = f.sub_wire(pv);
+            assert_eq!(wire[0], 0x82, "one final binary frame");
+            assert!(std::ptr::eq(wire, f.sub_wire(pv)), "built once");
+            let hdr = match wire[1] {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            let packets = packet::decode_message(&wire[hdr..], 1 << 20).unwrap();
+            let cmds: Vec<String> = packets
+                .iter()
+                .map(|p| {
+                    serde_json::from_slice::<serde_json::Value>(&p.body).unwrap()["cmd"].to_string()
+                })
+                .collect();
+            assert_eq!(cmds, ["\"DANMU_MSG\"", "\"SEND_GIFT\""]);
+        }
+        let likes_only = Frame::new(
+            4,
+            4,
+            vec![item(4, Kind::Like)],
+            Vec::new(),
+            bytes::Bytes::from_static(b"{}"),
+        );
+        assert!(likes_only.sub_wire(packet::Protover::Brotli).is_empty());
+    }
 }
