@@ -242,6 +242,7 @@ async fn ensure_demo_session(ctx: &Context) -> Result<(), danmaku_core::ports::A
             started_at: now,
             ended_at: None,
             latency_ms: 0,
+            video_url: None,
         })
         .await
 }

@@ -35,6 +35,7 @@ async fn shutdown_archives_every_acknowledged_comment_in_order() {
             started_at: now - 1_000,
             ended_at: None,
             latency_ms: 0,
+            video_url: None,
         })
         .await
         .unwrap();

@@ -233,6 +233,7 @@ mod tests {
             started_at,
             ended_at,
             latency_ms,
+            video_url: None,
         }
     }
 

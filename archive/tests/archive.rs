@@ -128,6 +128,7 @@ async fn create_session(
         started_at,
         ended_at: None,
         latency_ms,
+        video_url: None,
     };
     ctx.archive.create_session(&s).await.unwrap();
     s

@@ -123,6 +123,7 @@ async fn ended_vod(ctx: &Context, vod: &str, seed: u64, n: usize) {
         started_at: now - 3_600_000,
         ended_at: None,
         latency_ms: 0,
+        video_url: None,
     };
     ctx.archive
         .create_session(&session)

@@ -116,6 +116,7 @@ async fn seed(args: &[String]) {
         started_at: now - 600_000,
         ended_at: None,
         latency_ms: 0,
+        video_url: None,
     };
     ctx.archive.create_session(&session).await.expect("session");
     ctx.archive.end_session("huge", now).await.expect("end");

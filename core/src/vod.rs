@@ -17,6 +17,9 @@ pub struct Session {
     pub ended_at: Option<i64>,
     /// How late viewers see the stream; subtracted when aligning comments.
     pub latency_ms: i64,
+    /// The recording or stream the pages play (an http(s) URL), if any.
+    #[serde(default)]
+    pub video_url: Option<String>,
 }
 
 impl Session {
@@ -120,6 +123,7 @@ mod tests {
             started_at: start,
             ended_at: end,
             latency_ms: lat,
+            video_url: None,
         }
     }
 

@@ -648,6 +648,7 @@ mod tests {
                 started_at: 0,
                 ended_at: Some(1),
                 latency_ms: 0,
+                video_url: None,
             },
             VodVersion { count, deleted: 0 },
             true,

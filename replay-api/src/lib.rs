@@ -189,7 +189,8 @@ pub fn router(replay: Arc<Replay>) -> Router {
     Router::new()
         .route("/v1/rooms/{room}/sessions", post(sessions::start))
         .route("/v1/rooms/{room}/vods", get(sessions::list))
-        .route("/v1/vods/{vod}", get(sessions::get))
+        .route("/v1/vods", get(sessions::list_all))
+        .route("/v1/vods/{vod}", get(sessions::get).patch(sessions::patch))
         .route("/v1/vods/{vod}/end", post(sessions::end))
         .route(
             "/v1/vods/{vod}/danmaku",

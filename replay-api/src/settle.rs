@@ -127,6 +127,7 @@ mod tests {
             started_at: 1_000,
             ended_at: end,
             latency_ms: 0,
+            video_url: None,
         }
     }
 

@@ -24,13 +24,17 @@ use danmaku_core::ports::{
     ArchiveError, ArchiveStore, ArchivedComment, ArchivedDeletion, VodVersion,
 };
 use danmaku_core::vod::{segment_of, Session};
-use redb::{ReadableTable, TableDefinition, TableHandle};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use std::collections::HashMap;
 
 /// vod -> session JSON
 const VODS: TableDefinition<&str, &[u8]> = TableDefinition::new("ar_vods");
 /// (room, started_at, vod) -> ()
 const BY_ROOM: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("ar_vods_by_room");
+/// (started_at, vod) -> () for every session (the listing across rooms)
+const BY_START: TableDefinition<(i64, &str), ()> = TableDefinition::new("ar_vods_by_start");
+/// (started_at, vod) -> () for every session not ended yet
+const OPEN: TableDefinition<(i64, &str), ()> = TableDefinition::new("ar_vods_open");
 /// (vod, segment, chunk no) -> packed rows sorted by (offset, id) (see [`pack_row`])
 const CHUNKS: TableDefinition<(&str, u32, u64), &[u8]> = TableDefinition::new("ar_comment_chunks");
 /// (vod, id >> ID_BLOCK_SHIFT) -> the block's stored ids, sorted, u64 LE each
@@ -65,7 +69,47 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(COUNTS)?;
     txn.open_table(DELETED)?;
     txn.open_table(DELETED_IDS)?;
+    index_sessions(txn)?;
     migrate_v1(txn)
+}
+
+/// Fills [`BY_START`] and [`OPEN`] from [`VODS`] in a database written before
+/// they existed (they are empty while sessions are not); otherwise nothing.
+fn index_sessions(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let vods = txn.open_table(VODS)?;
+    let mut by_start = txn.open_table(BY_START)?;
+    let mut open = txn.open_table(OPEN)?;
+    if !by_start.is_empty()? || vods.is_empty()? {
+        return Ok(());
+    }
+    for e in vods.iter()? {
+        let (_, v) = e?;
+        let s = decode_session(v.value())?;
+        by_start.insert((s.started_at, s.vod.as_str()), ())?;
+        if s.ended_at.is_none() {
+            open.insert((s.started_at, s.vod.as_str()), ())?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to `limit` sessions of `index` (keyed by (started_at, vod)), newest first.
+fn list_sessions(
+    db: &redb::Database,
+    index: TableDefinition<(i64, &str), ()>,
+    limit: usize,
+) -> Result<Vec<Session>, redb::Error> {
+    let r = db.begin_read()?;
+    let index = r.open_table(index)?;
+    let vods = r.open_table(VODS)?;
+    let mut out = Vec::new();
+    for e in index.iter()?.rev().take(limit) {
+        let (k, _) = e?;
+        if let Some(v) = vods.get(k.value().1)? {
+            out.push(decode_session(v.value())?);
+        }
+    }
+    Ok(out)
 }
 
 /// The embedded ArchiveStore.
@@ -508,6 +552,12 @@ impl ArchiveStore for EmbeddedArchiveStore {
                     vods.insert(s.vod.as_str(), json.as_slice())?;
                     txn.open_table(BY_ROOM)?
                         .insert((s.room.as_str(), s.started_at, s.vod.as_str()), ())?;
+                    txn.open_table(BY_START)?
+                        .insert((s.started_at, s.vod.as_str()), ())?;
+                    if s.ended_at.is_none() {
+                        txn.open_table(OPEN)?
+                            .insert((s.started_at, s.vod.as_str()), ())?;
+                    }
                 }
                 txn.commit()?;
                 Ok(Outcome::Ok(()))
@@ -541,6 +591,8 @@ impl ArchiveStore for EmbeddedArchiveStore {
                     s.ended_at = Some(ended_at.max(s.started_at));
                     let json = serde_json::to_vec(&s).expect("session serializes");
                     vods.insert(vod.as_str(), json.as_slice())?;
+                    txn.open_table(OPEN)?
+                        .remove((s.started_at, s.vod.as_str()))?;
                     s
                 };
                 txn.commit()?;
@@ -593,6 +645,56 @@ impl ArchiveStore for EmbeddedArchiveStore {
                 }
                 Ok(out)
             })
+            .await
+            .map_err(err)
+    }
+
+    async fn set_video_url(
+        &self,
+        vod: &str,
+        video_url: Option<&str>,
+    ) -> Result<Session, ArchiveError> {
+        let vod = vod.to_string();
+        let url = video_url.map(str::to_string);
+        let out = self
+            .db
+            .run(move |db| {
+                let txn = db.begin_write()?;
+                let session = {
+                    let mut vods = txn.open_table(VODS)?;
+                    let Some(mut s) = vods
+                        .get(vod.as_str())?
+                        .map(|v| decode_session(v.value()))
+                        .transpose()?
+                    else {
+                        return Ok(Outcome::Err(ArchiveError::NotFound));
+                    };
+                    s.video_url = url;
+                    let json = serde_json::to_vec(&s).expect("session serializes");
+                    vods.insert(vod.as_str(), json.as_slice())?;
+                    s
+                };
+                txn.commit()?;
+                Ok(Outcome::Ok(session))
+            })
+            .await
+            .map_err(err)?;
+        match out {
+            Outcome::Ok(s) => Ok(s),
+            Outcome::Err(e) => Err(e),
+        }
+    }
+
+    async fn recent_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError> {
+        self.db
+            .run(move |db| list_sessions(db, BY_START, limit))
+            .await
+            .map_err(err)
+    }
+
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError> {
+        self.db
+            .run(move |db| list_sessions(db, OPEN, limit))
             .await
             .map_err(err)
     }
@@ -773,6 +875,50 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    /// A database written before the listing indexes existed (sessions, no
+    /// `BY_START`/`OPEN` rows) gets them when opened: every session listed,
+    /// the open ones live.
+    #[tokio::test]
+    async fn sessions_of_an_older_database_are_indexed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = |vod: &str, started_at: i64| Session {
+            vod: vod.into(),
+            room: "r".into(),
+            started_at,
+            ended_at: None,
+            latency_ms: 0,
+            video_url: None,
+        };
+        {
+            let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+            store.create_session(&session("a", 1_000)).await.unwrap();
+            store.create_session(&session("b", 2_000)).await.unwrap();
+            store.end_session("a", 1_500).await.unwrap();
+            // As an older version left it: no index tables.
+            store
+                .db
+                .run(|db| {
+                    let txn = db.begin_write()?;
+                    txn.delete_table(BY_START)?;
+                    txn.delete_table(OPEN)?;
+                    txn.commit()?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        let recent: Vec<_> = store.recent_sessions(10).await.unwrap();
+        let vods: Vec<_> = recent.iter().map(|s| s.vod.as_str()).collect();
+        assert_eq!(vods, ["b", "a"]);
+        let open = store.open_sessions(10).await.unwrap();
+        assert_eq!(open, vec![session("b", 2_000)]);
+        // Opening again changes nothing.
+        drop(store);
+        let store = EmbeddedArchiveStore::new(EmbeddedDb::open(dir.path()).unwrap());
+        assert_eq!(store.recent_sessions(10).await.unwrap(), recent);
     }
 
     fn keys(rows: &[ArchivedComment]) -> Vec<(i64, u64)> {

@@ -18,6 +18,13 @@
 //! - `vods` (by vod) and `vods_by_room` (by room, every session field), written
 //!   together in a logged batch; `sessions_by_room` reads the room's partition and
 //!   sorts newest first here.
+//! - `vod_video` (by vod): a session's `video_url`, read beside `vods` (and for
+//!   each session a listing returns).
+//! - `vods_by_day` (by the UTC day a session started) and `vods_open` (one
+//!   partition: the sessions not ended), written in the same logged batch as
+//!   `vods`: the listings across rooms. `recent_sessions` reads days from
+//!   tomorrow (a clock ahead) back [`RECENT_DAYS`] days, stopping once it has
+//!   enough.
 //! - `comments`, partitioned by `(vod, segment, shard)` and clustered by
 //!   `(offset_ms, id)`.
 //! - `vod_segments`, one small partition per VOD: the shard generations of each
@@ -384,6 +391,14 @@ struct Statements {
     segments_get: PreparedStatement,
     segment_put: PreparedStatement,
     segment_del: PreparedStatement,
+    video_get: PreparedStatement,
+    video_put: PreparedStatement,
+    video_del: PreparedStatement,
+    by_day_put: PreparedStatement,
+    by_day_get: PreparedStatement,
+    open_put: PreparedStatement,
+    open_del: PreparedStatement,
+    open_get: PreparedStatement,
     deleted_get: PreparedStatement,
     deleted_put: PreparedStatement,
 }
@@ -402,6 +417,33 @@ pub struct ScyllaArchiveStore {
 
 type SessionRow = (Option<String>, Option<i64>, Option<i64>, Option<i64>);
 type ByRoomRow = (i64, String, Option<i64>, Option<i64>);
+/// `vods_by_day`: started_at, vod, room, ended_at, latency_ms.
+type ByDayRow = (i64, String, Option<String>, Option<i64>, Option<i64>);
+/// `vods_open`: started_at, vod, room, latency_ms.
+type OpenRow = (i64, String, Option<String>, Option<i64>);
+
+/// How many days back `recent_sessions` looks (`vods_by_day`).
+pub const RECENT_DAYS: i64 = 31;
+/// Milliseconds per `vods_by_day` partition.
+const DAY_MS: i64 = 86_400_000;
+/// The only partition of `vods_open`.
+const OPEN_BUCKET: i32 = 0;
+/// Concurrent reads when filling a listing's `video_url`s or reading days.
+const LIST_CONCURRENCY: usize = 8;
+
+/// The `vods_by_day` partition of a session started at `started_at`.
+fn day_of(started_at: i64) -> i32 {
+    started_at
+        .div_euclid(DAY_MS)
+        .clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
+/// Newest first by (started_at, vod), at most `limit`.
+fn newest_first(mut list: Vec<Session>, limit: usize) -> Vec<Session> {
+    list.sort_by(|a, b| (b.started_at, &b.vod).cmp(&(a.started_at, &a.vod)));
+    list.truncate(limit);
+    list
+}
 type CommentRow = (
     i64,
     i64,
@@ -537,6 +579,46 @@ impl ScyllaArchiveStore {
                 write,
             )
             .await?,
+            video_get: prepare(
+                format!("SELECT video_url FROM {ks}.vod_video WHERE vod = ?"),
+                read,
+            )
+            .await?,
+            video_put: prepare(
+                format!("INSERT INTO {ks}.vod_video (vod, video_url) VALUES (?, ?)"),
+                write,
+            )
+            .await?,
+            video_del: prepare(
+                format!("DELETE FROM {ks}.vod_video WHERE vod = ?"),
+                write,
+            )
+            .await?,
+            by_day_put: prepare(
+                format!("INSERT INTO {ks}.vods_by_day (day, started_at, vod, room, ended_at, latency_ms) VALUES (?, ?, ?, ?, ?, ?)"),
+                write,
+            )
+            .await?,
+            by_day_get: prepare(
+                format!("SELECT started_at, vod, room, ended_at, latency_ms FROM {ks}.vods_by_day WHERE day = ?"),
+                read,
+            )
+            .await?,
+            open_put: prepare(
+                format!("INSERT INTO {ks}.vods_open (bucket, started_at, vod, room, latency_ms) VALUES (?, ?, ?, ?, ?)"),
+                write,
+            )
+            .await?,
+            open_del: prepare(
+                format!("DELETE FROM {ks}.vods_open WHERE bucket = ? AND started_at = ? AND vod = ?"),
+                write,
+            )
+            .await?,
+            open_get: prepare(
+                format!("SELECT started_at, vod, room, latency_ms FROM {ks}.vods_open WHERE bucket = ?"),
+                read,
+            )
+            .await?,
             deleted_get: prepare(
                 format!("SELECT id, present FROM {ks}.deleted_comments WHERE vod = ?"),
                 read,
@@ -616,7 +698,10 @@ impl ScyllaArchiveStore {
     }
 
     async fn session_row(&self, vod: &str) -> Result<Option<Session>, ArchiveError> {
-        let rows: Vec<SessionRow> = self.read_all(&self.st.vod_get, (vod,)).await?;
+        let (rows, video_url) = futures::try_join!(
+            self.read_all::<SessionRow>(&self.st.vod_get, (vod,)),
+            self.video_url(vod)
+        )?;
         Ok(rows
             .into_iter()
             .next()
@@ -626,16 +711,38 @@ impl ScyllaArchiveStore {
                 started_at: started_at.unwrap_or(0),
                 ended_at,
                 latency_ms: latency_ms.unwrap_or(0),
+                video_url,
             }))
     }
 
-    /// Writes `s` to both session tables at once (a logged batch).
+    /// The `video_url` of `vod` (`vod_video`), if set.
+    async fn video_url(&self, vod: &str) -> Result<Option<String>, ArchiveError> {
+        let rows: Vec<(Option<String>,)> = self.read_all(&self.st.video_get, (vod,)).await?;
+        Ok(rows.into_iter().next().and_then(|(url,)| url))
+    }
+
+    /// Fills in the `video_url` of every session of `list` (reads at most
+    /// [`LIST_CONCURRENCY`] at once).
+    async fn with_video_urls(&self, list: Vec<Session>) -> Result<Vec<Session>, ArchiveError> {
+        futures::stream::iter(list.into_iter().map(|mut s| async move {
+            s.video_url = self.video_url(&s.vod).await?;
+            Ok::<_, ArchiveError>(s)
+        }))
+        .buffered(LIST_CONCURRENCY)
+        .try_collect()
+        .await
+    }
+
+    /// Writes `s` to the session tables at once (a logged batch): `vods`,
+    /// `vods_by_room`, `vods_by_day`, and `vods_open` (a row while it is open,
+    /// deleted once it ended). `video_url` is written by `set_video_url` alone.
     async fn put_session(&self, s: &Session) -> Result<(), ArchiveError> {
         let mut batch = Batch::new(BatchType::Logged);
         batch.append_statement(self.st.vod_put.clone());
         batch.append_statement(self.st.by_room_put.clone());
+        batch.append_statement(self.st.by_day_put.clone());
         batch.set_consistency(self.write_consistency);
-        let values = (
+        let common = (
             (
                 s.vod.as_str(),
                 s.room.as_str(),
@@ -647,14 +754,38 @@ impl ScyllaArchiveStore {
                 s.room.as_str(),
                 s.started_at,
                 s.vod.as_str(),
+                s.ended_at,
+                s.latency_ms,
+            ),
+            (
+                day_of(s.started_at),
+                s.started_at,
+                s.vod.as_str(),
+                s.room.as_str(),
                 s.ended_at,
                 s.latency_ms,
             ),
         );
-        self.session
-            .batch(&batch, values)
-            .await
-            .map_err(unavailable)?;
+        let result = if s.ended_at.is_none() {
+            batch.append_statement(self.st.open_put.clone());
+            let open = (
+                OPEN_BUCKET,
+                s.started_at,
+                s.vod.as_str(),
+                s.room.as_str(),
+                s.latency_ms,
+            );
+            self.session
+                .batch(&batch, (common.0, common.1, common.2, open))
+                .await
+        } else {
+            batch.append_statement(self.st.open_del.clone());
+            let open = (OPEN_BUCKET, s.started_at, s.vod.as_str());
+            self.session
+                .batch(&batch, (common.0, common.1, common.2, open))
+                .await
+        };
+        result.map_err(unavailable)?;
         Ok(())
     }
 
@@ -920,12 +1051,92 @@ impl ArchiveStore for ScyllaArchiveStore {
                 started_at,
                 ended_at,
                 latency_ms: latency_ms.unwrap_or(0),
+                video_url: None,
             })
             .collect();
         // Newest first, sorted here: the server's clustering order is not relied on.
         out.sort_by(|a, b| (b.started_at, &b.vod).cmp(&(a.started_at, &a.vod)));
         out.truncate(limit);
-        Ok(out)
+        self.with_video_urls(out).await
+    }
+
+    async fn set_video_url(
+        &self,
+        vod: &str,
+        video_url: Option<&str>,
+    ) -> Result<Session, ArchiveError> {
+        let Some(mut s) = self.session_row(vod).await? else {
+            return Err(ArchiveError::NotFound);
+        };
+        // Cleared by deleting the row (not by writing a null).
+        match video_url {
+            Some(url) => {
+                self.session
+                    .execute_unpaged(&self.st.video_put, (vod, url))
+                    .await
+            }
+            None => {
+                self.session
+                    .execute_unpaged(&self.st.video_del, (vod,))
+                    .await
+            }
+        }
+        .map_err(unavailable)?;
+        s.video_url = video_url.map(str::to_string);
+        Ok(s)
+    }
+
+    async fn recent_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // From tomorrow (a clock ahead of ours) back RECENT_DAYS days, a few days
+        // at a time, until `limit` sessions are found.
+        let newest = day_of(danmaku_core::now_ms()).saturating_add(1);
+        let days: Vec<i32> = (0..=RECENT_DAYS as i32)
+            .map(|back| newest.saturating_sub(back))
+            .collect();
+        let mut out = Vec::new();
+        for chunk in days.chunks(LIST_CONCURRENCY) {
+            let reads = chunk
+                .iter()
+                .map(|&day| self.read_all::<ByDayRow>(&self.st.by_day_get, (day,)));
+            for rows in futures::future::try_join_all(reads).await? {
+                out.extend(rows.into_iter().map(
+                    |(started_at, vod, room, ended_at, latency_ms)| Session {
+                        vod,
+                        room: room.unwrap_or_default(),
+                        started_at,
+                        ended_at,
+                        latency_ms: latency_ms.unwrap_or(0),
+                        video_url: None,
+                    },
+                ));
+            }
+            if out.len() >= limit {
+                break; // every later chunk holds older days
+            }
+        }
+        self.with_video_urls(newest_first(out, limit)).await
+    }
+
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<OpenRow> = self.read_all(&self.st.open_get, (OPEN_BUCKET,)).await?;
+        let list = rows
+            .into_iter()
+            .map(|(started_at, vod, room, latency_ms)| Session {
+                vod,
+                room: room.unwrap_or_default(),
+                started_at,
+                ended_at: None,
+                latency_ms: latency_ms.unwrap_or(0),
+                video_url: None,
+            })
+            .collect();
+        self.with_video_urls(newest_first(list, limit)).await
     }
 
     async fn upsert_comments(&self, rows: &[ArchivedComment]) -> Result<(), ArchiveError> {
@@ -1222,7 +1433,7 @@ mod tests {
     #[test]
     fn schema_statements_use_the_keyspace_and_replication() {
         let stmts = schema_statements("dm_test", "{'class': 'NetworkTopologyStrategy', 'dc1': 3}");
-        assert_eq!(stmts.len(), 6);
+        assert_eq!(stmts.len(), 9);
         assert_eq!(
             stmts[0],
             "CREATE KEYSPACE IF NOT EXISTS dm_test WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3}"

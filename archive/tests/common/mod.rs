@@ -174,6 +174,7 @@ pub async fn create_session(
         started_at,
         ended_at: None,
         latency_ms,
+        video_url: None,
     };
     ctx.archive.create_session(&s).await.unwrap();
     s

@@ -183,6 +183,7 @@ fn comments(n: usize) -> (Vec<Danmaku>, Vec<Session>) {
             started_at: T - 60_000,
             ended_at: None,
             latency_ms: 1_500,
+            video_url: None,
         })
         .collect();
     (comments, sessions)

@@ -16,6 +16,9 @@ macro_rules! archive_store_suite {
             creating_a_taken_vod_fails
             sessions_by_room_come_newest_first_up_to_the_limit
             a_session_ends_once
+            the_video_url_is_set_and_cleared_and_read_everywhere
+            recent_sessions_span_rooms_newest_first
+            open_sessions_are_those_not_ended
             upserts_are_idempotent
             a_segment_reads_in_offset_then_id_order
             last_segment_is_the_highest_holding_a_comment
@@ -37,7 +40,28 @@ fn session(vod: &str, room: &str, started_at: i64, latency_ms: i64) -> Session {
         started_at,
         ended_at: None,
         latency_ms,
+        video_url: None,
     }
+}
+
+/// Server time now, ms: listings across rooms may look back only so far.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether `list` is newest first by (started_at, vod).
+fn newest_first(list: &[Session]) -> bool {
+    list.windows(2)
+        .all(|w| (w[0].started_at, &w[0].vod) >= (w[1].started_at, &w[1].vod))
+}
+
+/// The sessions of `list` whose vod is one of `vods`, in the order of `list`.
+fn only<'a>(list: &'a [Session], vods: &[&str]) -> Vec<&'a Session> {
+    list.iter()
+        .filter(|s| vods.contains(&s.vod.as_str()))
+        .collect()
 }
 
 fn comment(id: u64, vod: &str, offset: i64, kind: Kind) -> ArchivedComment {
@@ -131,6 +155,115 @@ pub async fn a_session_ends_once(store: &dyn ArchiveStore) {
         store.end_session(&unique("nope"), 1).await,
         Err(ArchiveError::NotFound)
     ));
+}
+
+/// `set_video_url` sets and clears the URL, changes nothing else, works on an
+/// ended session, and every read of the session returns it; `NotFound` for an
+/// unknown vod.
+pub async fn the_video_url_is_set_and_cleared_and_read_everywhere(store: &dyn ArchiveStore) {
+    let room = unique("ar");
+    let s = session(&unique("v"), &room, now_ms() - 5_000, 100);
+    store.create_session(&s).await.unwrap();
+    assert_eq!(
+        store.get_session(&s.vod).await.unwrap().unwrap().video_url,
+        None
+    );
+    let url = "https://cdn.example/live/a.m3u8?x=1&y=\u{e9}";
+    let set = store.set_video_url(&s.vod, Some(url)).await.unwrap();
+    let want = Session {
+        video_url: Some(url.to_string()),
+        ..s.clone()
+    };
+    assert_eq!(set, want);
+    assert_eq!(store.get_session(&s.vod).await.unwrap(), Some(want.clone()));
+    assert_eq!(
+        store.sessions_by_room(&room, 10).await.unwrap(),
+        vec![want.clone()]
+    );
+    let recent = store.recent_sessions(10_000).await.unwrap();
+    assert_eq!(only(&recent, &[&s.vod]), vec![&want]);
+    let open = store.open_sessions(10_000).await.unwrap();
+    assert_eq!(only(&open, &[&s.vod]), vec![&want]);
+    // Ending keeps it; it can still be changed afterwards (the recording).
+    let ended = store
+        .end_session(&s.vod, s.started_at + 4_000)
+        .await
+        .unwrap();
+    assert_eq!(ended.video_url.as_deref(), Some(url));
+    let other = "http://vod.example/a.mp4";
+    let changed = store.set_video_url(&s.vod, Some(other)).await.unwrap();
+    assert_eq!(changed.ended_at, ended.ended_at);
+    assert_eq!(changed.video_url.as_deref(), Some(other));
+    let recent = store.recent_sessions(10_000).await.unwrap();
+    assert_eq!(only(&recent, &[&s.vod]), vec![&changed]);
+    let cleared = store.set_video_url(&s.vod, None).await.unwrap();
+    assert_eq!(
+        cleared,
+        Session {
+            video_url: None,
+            ..changed
+        }
+    );
+    assert_eq!(
+        store.get_session(&s.vod).await.unwrap(),
+        Some(cleared.clone())
+    );
+    assert_eq!(
+        store.sessions_by_room(&room, 10).await.unwrap(),
+        vec![cleared]
+    );
+    assert!(matches!(
+        store.set_video_url(&unique("nope"), Some(url)).await,
+        Err(ArchiveError::NotFound)
+    ));
+}
+
+/// `recent_sessions` lists every room's sessions, live and ended, newest first
+/// by (started_at, vod), at most `limit`.
+pub async fn recent_sessions_span_rooms_newest_first(store: &dyn ArchiveStore) {
+    let now = now_ms();
+    let a = session(&unique("v"), &unique("ar"), now - 30_000, 0);
+    let b = session(&unique("v"), &unique("ar"), now - 20_000, 0);
+    let c = session(&unique("v"), &unique("ar"), now - 10_000, 0);
+    // Created out of order; b ends.
+    store.create_session(&c).await.unwrap();
+    store.create_session(&a).await.unwrap();
+    store.create_session(&b).await.unwrap();
+    let b = store.end_session(&b.vod, now - 15_000).await.unwrap();
+    let list = store.recent_sessions(10_000).await.unwrap();
+    assert!(newest_first(&list), "newest first: {list:?}");
+    assert_eq!(only(&list, &[&a.vod, &b.vod, &c.vod]), vec![&c, &b, &a]);
+    for limit in [0, 1, 2] {
+        let short = store.recent_sessions(limit).await.unwrap();
+        assert!(short.len() <= limit);
+        assert!(newest_first(&short));
+    }
+    // A session started a minute ago is among the newest unless as many others
+    // started since.
+    let one = store.recent_sessions(1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one[0].started_at >= c.started_at, "{one:?}");
+}
+
+/// `open_sessions` lists the sessions not ended, of every room, newest first;
+/// an ended session leaves the list at once.
+pub async fn open_sessions_are_those_not_ended(store: &dyn ArchiveStore) {
+    let now = now_ms();
+    let a = session(&unique("v"), &unique("ar"), now - 30_000, 0);
+    let b = session(&unique("v"), &unique("ar"), now - 20_000, 0);
+    let c = session(&unique("v"), &unique("ar"), now - 10_000, 0);
+    for s in [&a, &b, &c] {
+        store.create_session(s).await.unwrap();
+    }
+    let list = store.open_sessions(10_000).await.unwrap();
+    assert!(newest_first(&list), "newest first: {list:?}");
+    assert!(list.iter().all(|s| s.ended_at.is_none()));
+    assert_eq!(only(&list, &[&a.vod, &b.vod, &c.vod]), vec![&c, &b, &a]);
+    store.end_session(&b.vod, now - 15_000).await.unwrap();
+    let list = store.open_sessions(10_000).await.unwrap();
+    assert_eq!(only(&list, &[&a.vod, &b.vod, &c.vod]), vec![&c, &a]);
+    assert!(store.open_sessions(0).await.unwrap().is_empty());
+    assert!(store.open_sessions(1).await.unwrap().len() <= 1);
 }
 
 /// Upserting the same comments again (a redone batch) stores nothing twice.

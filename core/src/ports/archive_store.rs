@@ -171,6 +171,12 @@ impl ArchiveError {
 /// - `delete_comments` is idempotent: a deleted comment is never read again, not
 ///   counted, and stays deleted when the same comment is upserted again (a redone
 ///   batch), also when its deletion was applied before its upsert.
+/// - `set_video_url` changes only the session's `video_url`; every read of the
+///   session (`get_session`, `sessions_by_room`, `recent_sessions`,
+///   `open_sessions`) returns the new value.
+/// - `recent_sessions` lists sessions of every room, newest first by
+///   (`started_at`, `vod`); `open_sessions` lists those not ended, in the same
+///   order. Ending a session takes it out of `open_sessions` at once.
 /// - `version` changes with every change of a VOD's readable rows (an upsert that
 ///   adds one, a deletion that removes one) and never comes back to an earlier
 ///   value; repeating a write that changes nothing leaves it as it is.
@@ -190,6 +196,24 @@ pub trait ArchiveStore: Send + Sync + 'static {
         room: &str,
         limit: usize,
     ) -> Result<Vec<Session>, ArchiveError>;
+
+    /// Sets (`Some`) or clears (`None`) the session's `video_url` and returns
+    /// the session; `NotFound`. Allowed on ended sessions too (the recording is
+    /// often published after the end).
+    async fn set_video_url(
+        &self,
+        vod: &str,
+        video_url: Option<&str>,
+    ) -> Result<Session, ArchiveError>;
+
+    /// Sessions of every room (live and ended), newest first by (`started_at`,
+    /// `vod`), at most `limit`. An adapter may look back only so far (the
+    /// ScyllaDB one: 31 days); older sessions are found by room.
+    async fn recent_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError>;
+
+    /// Sessions not ended yet (live), of every room, newest first by
+    /// (`started_at`, `vod`), at most `limit`.
+    async fn open_sessions(&self, limit: usize) -> Result<Vec<Session>, ArchiveError>;
 
     /// Stores comments (any VODs) idempotently.
     async fn upsert_comments(&self, rows: &[ArchivedComment]) -> Result<(), ArchiveError>;

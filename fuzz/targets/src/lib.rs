@@ -588,6 +588,7 @@ fn replay_node() -> &'static ReplayNode {
                 started_at: now - 2_000_000,
                 ended_at: None,
                 latency_ms: 0,
+                video_url: None,
             };
             ctx.archive.create_session(&session).await.expect("session");
             let rows: Vec<ArchivedComment> = VOD_COMMENTS

@@ -49,6 +49,15 @@ impl ArchiveStore for Counting {
     async fn sessions_by_room(&self, room: &str, n: usize) -> Result<Vec<Session>, ArchiveError> {
         self.inner.sessions_by_room(room, n).await
     }
+    async fn set_video_url(&self, vod: &str, url: Option<&str>) -> Result<Session, ArchiveError> {
+        self.inner.set_video_url(vod, url).await
+    }
+    async fn recent_sessions(&self, n: usize) -> Result<Vec<Session>, ArchiveError> {
+        self.inner.recent_sessions(n).await
+    }
+    async fn open_sessions(&self, n: usize) -> Result<Vec<Session>, ArchiveError> {
+        self.inner.open_sessions(n).await
+    }
     async fn upsert_comments(&self, rows: &[ArchivedComment]) -> Result<(), ArchiveError> {
         self.inner.upsert_comments(rows).await
     }
@@ -249,6 +258,7 @@ impl Node {
             started_at: now - ago_ms,
             ended_at: None,
             latency_ms: 0,
+            video_url: None,
         };
         self.ctx.archive.create_session(&s).await.unwrap();
         if end {
