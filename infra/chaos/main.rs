@@ -88,6 +88,8 @@ impl Plan {
 #[derive(Default)]
 struct Viewer {
     room: usize,
+    /// The live node it started on, and the one it is on now.
+    first_node: usize,
     node: usize,
     /// The last cursor (hello, batch or gap).
     cursor: Option<String>,
@@ -103,6 +105,8 @@ struct Viewer {
 /// An acknowledged comment.
 struct Acked {
     room: usize,
+    /// When it was sent (ms since the epoch).
+    sent_ms: i64,
 }
 
 /// One injected fault.
@@ -196,7 +200,13 @@ impl Shared {
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("202 without a numeric id: {body}"));
-        self.acked.lock().unwrap().insert(id, Acked { room });
+        self.acked.lock().unwrap().insert(
+            id,
+            Acked {
+                room,
+                sent_ms: sent,
+            },
+        );
         Some(id)
     }
 
@@ -572,6 +582,7 @@ async fn chaos_suite() {
             for _ in 0..plan.viewers_per_room_per_node {
                 viewers.push(Mutex::new(Viewer {
                     room,
+                    first_node: node,
                     node,
                     ..Viewer::default()
                 }));
@@ -845,7 +856,12 @@ async fn chaos_suite() {
             .collect()
     };
     let acked_total: usize = acked_by_room.iter().map(HashSet::len).sum();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Until every viewer has everything, or nothing new arrived for 30 s
+    // (a late comment is not a lost one; one that never comes is), at most
+    // 10 minutes.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut last_total, mut last_progress) = (0usize, Instant::now());
+    let final_wait_started = Instant::now();
     loop {
         let done = sh.viewers.iter().all(|v| {
             let v = v.lock().unwrap();
@@ -853,11 +869,20 @@ async fn chaos_suite() {
                 .iter()
                 .all(|id| v.seen.contains_key(id))
         });
-        if done || Instant::now() > deadline {
+        let total: usize = sh
+            .viewers
+            .iter()
+            .map(|v| v.lock().unwrap().seen.len())
+            .sum();
+        if total != last_total {
+            (last_total, last_progress) = (total, Instant::now());
+        }
+        if done || Instant::now() > deadline || last_progress.elapsed() > Duration::from_secs(30) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let final_wait_secs = final_wait_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await; // late repeats would show now
     sh.stop_viewers.store(true, Ordering::Relaxed);
     for t in viewer_tasks {
@@ -979,10 +1004,43 @@ async fn chaos_suite() {
         let v = v.lock().unwrap();
         let (lost, dup, extra) = tally(&acked_by_room[v.room], &v.seen);
         if lost + dup > 0 {
+            // Which ones: when they were sent, and whether the room's other
+            // viewers got them.
+            let acked = sh.acked.lock().unwrap();
+            let mut missing: Vec<(i64, u64)> = acked_by_room[v.room]
+                .iter()
+                .filter(|id| !v.seen.contains_key(id))
+                .map(|id| (acked[id].sent_ms, *id))
+                .collect();
+            missing.sort_unstable();
+            let others = |id: u64| {
+                sh.viewers
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, o)| *j != i && o.lock().unwrap().room == v.room)
+                    .filter(|(_, o)| o.lock().unwrap().seen.contains_key(&id))
+                    .count()
+            };
+            let shown: Vec<String> = missing
+                .iter()
+                .take(6)
+                .map(|&(sent, id)| {
+                    format!(
+                        "{id} sent at +{:.1} s{} (got by {} other viewers of the room)",
+                        (sent - load_started) as f64 / 1000.0,
+                        if during(sent) { " during a fault" } else { "" },
+                        others(id)
+                    )
+                })
+                .collect();
             failures.push(format!(
-                "viewer {i} (room {}, now on live {}): {lost} lost, {dup} duplicated",
+                "viewer {i} (room {}, started on live {}, now on live {}, {} connections): \
+                 {lost} lost, {dup} duplicated; lost: {}",
                 v.room,
-                v.node + 1
+                v.first_node + 1,
+                v.node + 1,
+                v.connects,
+                shown.join("; ")
             ));
         }
         v_lost += lost;
@@ -1056,7 +1114,11 @@ async fn chaos_suite() {
         "send->viewer p99 during faults (sent between injection and heal of a fault on the live path): {}",
         p99(lat_in)
     );
-    let _ = writeln!(w, "total run time {:.1} s", started.elapsed().as_secs_f64());
+    let _ = writeln!(
+        w,
+        "final wait for the viewers {final_wait_secs:.1} s; total run time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(faults);
     println!("{out}");
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-report.txt");
