@@ -77,3 +77,9 @@ fn admin_page() {
 fn polling_fallback_and_sdk_in_node() {
     run_in_web("node", &["--test", "e2e/fallback.test.mjs"]);
 }
+
+#[test]
+#[ignore = "needs chromium and npm (npm ci in web/)"]
+fn home_page_lists_live_rooms_and_recordings() {
+    run_in_web("node", &["--test", "e2e/home.test.mjs"]);
+}

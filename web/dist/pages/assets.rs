@@ -27,9 +27,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-TXCQC766.js")),
     ),
     (
-        "home-VNB3CKRJ.js",
+        "home-SBG3QE4O.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-VNB3CKRJ.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-SBG3QE4O.js")),
     ),
     (
         "room-RI72YVDZ.js",

@@ -1,43 +1,74 @@
 /**
- * `/`: live rooms and recent recordings. The API has no list of every room,
- * so the page lists the rooms it knows: the demo room, `?rooms=a,b` and the
- * rooms this browser visited, each with its sessions (`GET
- * /v1/rooms/{room}/vods`): an open one makes the room live.
+ * `/`: live rooms and recent recordings. The list comes from `GET /v1/vods`
+ * (the sessions not ended, and the recent ended ones, of every room). Rooms
+ * named in the address (`?rooms=a,b`), the demo room and the rooms this
+ * browser visited are looked up too (`GET /v1/rooms/{room}/vods`): they still
+ * show when the listing is unavailable (an older server, a store that does not
+ * answer), and a room's sessions older than the listing looks back.
  */
 import type { Session } from "../sdk/types.js";
 import { byId, clock, element, ID_PATTERN, link, rememberedRooms } from "./common.js";
+
+/** Sessions per list asked of `GET /v1/vods` (and shown). */
+const LIMIT = 30;
+
+async function getJson<T>(path: string): Promise<T | null> {
+  try {
+    const response = await fetch(path);
+    if (!response.ok) return null;
+    return (await response.json()) as T;
+  } catch {
+    return null;
+  }
+}
 
 async function main(): Promise<void> {
   const extra = (new URLSearchParams(location.search).get("rooms") ?? "").split(",");
   const rooms = [...new Set(["demo", ...extra, ...rememberedRooms()])].filter((r) => ID_PATTERN.test(r));
   const liveList = byId("live-rooms");
   const vodList = byId("recent-vods");
-  const recent: Session[] = [];
-  await Promise.all(
-    rooms.map(async (room) => {
-      try {
-        const response = await fetch(`/v1/rooms/${encodeURIComponent(room)}/vods`);
-        if (!response.ok) return;
-        const { vods } = (await response.json()) as { vods: Session[] };
-        const open = vods.find((v) => v.ended_at === null);
-        if (open) {
-          const li = element("li");
-          li.append(link(`/rooms/${encodeURIComponent(room)}`, room), element("span", " live since " + new Date(open.started_at).toLocaleTimeString(), "meta"));
-          liveList.append(li);
-        }
-        recent.push(...vods.filter((v) => v.ended_at !== null).slice(0, 10));
-      } catch {
-        // One room failing does not hide the others.
-      }
-    }),
-  );
+  // Newest session per live room; ended sessions by vod (no duplicates).
+  const live = new Map<string, Session>();
+  const recent = new Map<string, Session>();
+  const add = (s: Session): void => {
+    if (s.ended_at === null) {
+      const known = live.get(s.room);
+      if (!known || known.started_at < s.started_at) live.set(s.room, s);
+    } else {
+      recent.set(s.vod, s);
+    }
+  };
+  const listing = getJson<{ live: Session[]; recent: Session[] }>(`/v1/vods?limit=${LIMIT}`).then((list) => {
+    if (!list) return;
+    for (const s of [...(list.live ?? []), ...(list.recent ?? [])]) add(s);
+  });
+  const known = rooms.map(async (room) => {
+    const list = await getJson<{ vods: Session[] }>(`/v1/rooms/${encodeURIComponent(room)}/vods`);
+    // One room failing does not hide the others.
+    for (const s of (list?.vods ?? []).slice(0, 10)) add(s);
+  });
+  await Promise.all([listing, ...known]);
+
+  const liveSorted = [...live.values()].sort((a, b) => b.started_at - a.started_at);
+  for (const s of liveSorted.slice(0, LIMIT)) {
+    const li = element("li");
+    li.append(
+      link(`/rooms/${encodeURIComponent(s.room)}`, s.room),
+      element("span", " live since " + new Date(s.started_at).toLocaleTimeString() + (s.video_url ? ", with video" : ""), "meta"),
+    );
+    liveList.append(li);
+  }
   if (!liveList.childElementCount) liveList.append(element("li", "No room is live right now.", "meta"));
-  recent.sort((a, b) => (b.ended_at ?? 0) - (a.ended_at ?? 0));
-  for (const v of recent.slice(0, 30)) {
+  const recentSorted = [...recent.values()].sort((a, b) => (b.ended_at ?? 0) - (a.ended_at ?? 0));
+  for (const v of recentSorted.slice(0, LIMIT)) {
     const li = element("li");
     li.append(
       link(`/vods/${encodeURIComponent(v.vod)}`, v.vod),
-      element("span", ` room ${v.room}, ${clock((v.ended_at ?? v.started_at) - v.started_at)}`, "meta"),
+      element(
+        "span",
+        ` room ${v.room}, ${clock((v.ended_at ?? v.started_at) - v.started_at)}` + (v.video_url ? ", with video" : ""),
+        "meta",
+      ),
     );
     vodList.append(li);
   }
