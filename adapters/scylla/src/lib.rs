@@ -1587,6 +1587,61 @@ mod tests {
             .expect("connect")
     }
 
+    /// A keyspace made before `vod_video`, `vods_by_day` and `vods_open`
+    /// existed: migrate adds them (twice is the same as once) and keeps its
+    /// sessions; an old session reads with no `video_url` and takes one.
+    #[tokio::test]
+    async fn migrating_a_keyspace_from_before_the_session_listings() {
+        let server = CqlTestServer::start();
+        let settings = server.settings(&format!("t{}", rand::random::<u32>()));
+        let new_tables = ["vod_video", "vods_by_day", "vods_open"];
+        let session = open_session(&settings).await.expect("session");
+        let ks = &settings.keyspace;
+        for statement in schema_statements(ks, settings.replication.trim()) {
+            if new_tables
+                .iter()
+                .any(|t| statement.contains(&format!(" {ks}.{t} ")))
+            {
+                continue;
+            }
+            session.query_unpaged(statement.as_str(), ()).await.unwrap();
+        }
+        session
+            .query_unpaged(
+                format!("INSERT INTO {ks}.vods (vod, room, started_at, ended_at, latency_ms) VALUES (?, ?, ?, ?, ?)"),
+                ("old", "r", 1000_i64, None::<i64>, 0_i64),
+            )
+            .await
+            .unwrap();
+        migrate(&settings).await.expect("migrate adds the tables");
+        migrate(&settings).await.expect("and again");
+        let store = ScyllaArchiveStore::connect(&settings)
+            .await
+            .expect("connect");
+        let old = store.get_session("old").await.unwrap().expect("kept");
+        assert_eq!(
+            (old.room.as_str(), old.started_at, old.video_url),
+            ("r", 1000, None)
+        );
+        let url = "https://cdn.example/old.mp4";
+        let set = store.set_video_url("old", Some(url)).await.unwrap();
+        assert_eq!(set.video_url.as_deref(), Some(url));
+        assert_eq!(
+            store
+                .get_session("old")
+                .await
+                .unwrap()
+                .unwrap()
+                .video_url
+                .as_deref(),
+            Some(url)
+        );
+        // Listed by room only: it predates the listing tables.
+        assert!(store.open_sessions(10).await.unwrap().is_empty());
+        store.end_session("old", 2000).await.unwrap();
+        assert!(store.open_sessions(10).await.unwrap().is_empty());
+    }
+
     danmaku_core::archive_store_suite!(archive_store_on_kassandra, async {
         let server = CqlTestServer::start();
         let store = store_on(&server, |_| {}).await;
