@@ -496,10 +496,33 @@ fn mock_kafka_process() {
     }
 }
 
+/// The suite at the sizes of the environment (the short run by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and redis-cli (bash infra/dev/test.sh installs them)"]
 async fn chaos_suite() {
-    let plan = Plan::from_env();
+    run_suite(Plan::from_env()).await;
+}
+
+/// The suite at 100,000 comments, 500/s, 16 rooms: it fails (live viewers
+/// miss comments whose notice was lost; docs/OPERATIONS.md, "Chaos suite",
+/// "Known failure"), so it runs only with `CHAOS_HEAVY=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known failure: live viewers miss comments whose notice was lost (docs/OPERATIONS.md, Chaos suite); runs only with CHAOS_HEAVY=1"]
+async fn chaos_suite_heavy() {
+    if std::env::var("CHAOS_HEAVY").as_deref() != Ok("1") {
+        eprintln!("chaos_suite_heavy: skipped (set CHAOS_HEAVY=1 to run it)");
+        return;
+    }
+    run_suite(Plan {
+        comments: 100_000,
+        rate: 500,
+        rooms: 16,
+        viewers_per_room_per_node: 1,
+    })
+    .await;
+}
+
+async fn run_suite(plan: Plan) {
     let started = Instant::now();
     let scratch = tempfile::Builder::new()
         .prefix("danmaku-chaos-")
