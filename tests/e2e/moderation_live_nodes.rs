@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use danmaku_kafka::{unique_topic, TestKafka};
 use danmaku_redis::testkit::RedisServer;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::*;
 
