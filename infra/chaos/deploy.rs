@@ -391,6 +391,19 @@ impl AofCluster {
     }
 }
 
+impl Drop for UidNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "---- danmaku server log of the uid {PARTITION_UID} node, last 80 lines ----\n{}\n---- end of log ----",
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
+        }
+    }
+}
+
 /// A `danmaku serve` process run as [`PARTITION_UID`] (through `setpriv`),
 /// with its own data dir; killed on drop.
 pub struct UidNode {

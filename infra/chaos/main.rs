@@ -1143,6 +1143,9 @@ async fn run_suite(plan: Plan) {
         started.elapsed().as_secs_f64()
     );
     drop(faults);
+    if !failures.is_empty() {
+        let _ = writeln!(out, "FAILED:\n{}", failures.join("\n"));
+    }
     println!("{out}");
     let report = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaos-report.txt");
     let _ = std::fs::write(&report, &out);
