@@ -44,6 +44,82 @@ const SWEEP: usize = 64;
 pub struct EmbeddedModerationStore {
     db: Arc<redb::Database>,
     memory: Arc<MemoryModerationStore>,
+    committer: Arc<Committer>,
+}
+
+/// A completed idempotency key on its way to the file.
+struct Completion {
+    key: String,
+    fingerprint: u64,
+    id: u64,
+    expires: i64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Group commit of completed keys: a thread of its own writes every completion
+/// waiting at once in one fsynced transaction (a completion is answered only
+/// once on disk), so concurrent keyed sends share an fsync, as the embedded
+/// Bus's publishes do.
+struct Committer {
+    tx: Option<tokio::sync::mpsc::Sender<Completion>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, which releases the database.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Completions written in one transaction at most.
+const GROUP: usize = 1024;
+
+fn commit_loop(db: Arc<redb::Database>, mut rx: tokio::sync::mpsc::Receiver<Completion>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let result = write_completions(&db, &batch).map_err(|e| e.to_string());
+        for c in batch {
+            let _ = c.done.send(result.clone());
+        }
+    }
+}
+
+fn write_completions(db: &redb::Database, batch: &[Completion]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut keys = txn.open_table(KEYS)?;
+        let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
+        for c in batch {
+            let value = (c.fingerprint, c.id, c.expires);
+            if let Some(old) = keys.insert(c.key.as_str(), value)? {
+                let (_, _, old_expires) = old.value();
+                by_expiry.remove((old_expires, c.key.as_str()))?;
+            }
+            by_expiry.insert((c.expires, c.key.as_str()), ())?;
+        }
+        // Forget up to SWEEP keys past their window.
+        let now = danmaku_core::now_ms();
+        let expired: Vec<(i64, String)> = by_expiry
+            .range(..(now, ""))?
+            .take(SWEEP)
+            .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+            .collect::<Result<_, _>>()?;
+        for (at, k) in expired {
+            by_expiry.remove((at, k.as_str()))?;
+            keys.remove(k.as_str())?;
+        }
+    }
+    Ok(txn.commit()?)
 }
 
 impl std::fmt::Debug for EmbeddedModerationStore {
@@ -101,9 +177,22 @@ impl EmbeddedModerationStore {
         }
         drop(keys);
         drop(read);
+        let db = Arc::new(db);
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * GROUP);
+        let thread = {
+            let db = db.clone();
+            std::thread::Builder::new()
+                .name("moderation-commit".into())
+                .spawn(move || commit_loop(db, rx))
+                .map_err(redb::Error::Io)?
+        };
         Ok(Self {
-            db: Arc::new(db),
+            db,
             memory,
+            committer: Arc::new(Committer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
         })
     }
 
@@ -387,33 +476,27 @@ impl ModerationStore for EmbeddedModerationStore {
         id: u64,
         window_ms: u64,
     ) -> Result<(), ModerationError> {
-        let encoded = key.encoded();
         let expires = danmaku_core::now_ms().saturating_add(window_ms as i64);
-        self.run("moderation_complete", move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut keys = txn.open_table(KEYS)?;
-                let mut by_expiry = txn.open_table(KEYS_BY_EXPIRY)?;
-                if let Some(old) = keys.insert(encoded.as_str(), (fingerprint, id, expires))? {
-                    let (_, _, old_expires) = old.value();
-                    by_expiry.remove((old_expires, encoded.as_str()))?;
-                }
-                by_expiry.insert((expires, encoded.as_str()), ())?;
-                // Forget up to SWEEP keys past their window.
-                let now = danmaku_core::now_ms();
-                let expired: Vec<(i64, String)> = by_expiry
-                    .range(..(now, ""))?
-                    .take(SWEEP)
-                    .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
-                    .collect::<Result<_, _>>()?;
-                for (at, k) in expired {
-                    by_expiry.remove((at, k.as_str()))?;
-                    keys.remove(k.as_str())?;
-                }
+        let (done, written) = tokio::sync::oneshot::channel();
+        let completion = Completion {
+            key: key.encoded(),
+            fingerprint,
+            id,
+            expires,
+            done,
+        };
+        let closed = || ModerationError::other("moderation_complete: the committer stopped");
+        let tx = self.committer.tx.as_ref().ok_or_else(closed)?;
+        tx.send(completion).await.map_err(|_| closed())?;
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics::counter!("danmaku_embedded_errors_total", "op" => "moderation_complete")
+                    .increment(1);
+                return Err(ModerationError::unavailable("moderation_complete").with_source(e));
             }
-            Ok(txn.commit()?)
-        })
-        .await?;
+            Err(_) => return Err(closed()),
+        }
         self.memory.complete_now(key, fingerprint, id, window_ms);
         Ok(())
     }
