@@ -51,7 +51,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 
 /// Comments published (and upserted) at once.
-const CHUNK: usize = 512;
+const CHUNK: usize = 4096;
 /// Chunks being stored at once while the document is parsed further.
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// Segments whose ids an import keeps in memory at once (documents are mostly
