@@ -92,6 +92,8 @@ pub struct Live {
 /// How long a live node's Presence report counts (it reports every second):
 /// a crashed node's viewers leave the counts within this.
 const PRESENCE_TTL_SECS: u64 = 4;
+/// How long a resync of a room retries a failing store before giving up.
+const RESYNC_GIVE_UP: Duration = Duration::from_secs(60);
 /// Viewers get `{"type":"online"}` when the count changes, at most this often.
 pub const ONLINE_EVERY_SECS: u32 = 5;
 
@@ -321,24 +323,41 @@ impl Live {
         }
     }
 
+    ///
+    /// A resync follows a notifier outage, so the store may be failing too: a
+    /// failed read is retried with backoff (100 ms doubling to 2 s) for as long
+    /// as the hub exists, up to [`RESYNC_GIVE_UP`]: giving up at the first
+    /// error left the hub's viewers without the items whose notices were lost
+    /// (found by the chaos suite).
     async fn resync(&self, room: &str) {
         let Some(hub) = self.hubs.find(room) else {
             return;
         };
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
         let mut at = hub.last_seq();
         if at == 0 {
-            match self.ctx.slices.last_seq(room).await {
-                Ok(last) => hub.settle_floor(last),
-                Err(e) => tracing::warn!(error = %e, room, "resync failed"),
+            loop {
+                match self.ctx.slices.last_seq(room).await {
+                    Ok(last) => return hub.settle_floor(last),
+                    Err(e) => tracing::warn!(error = %e, room, "resync failed; retrying"),
+                }
+                if !self.resync_may_retry(room, started, &mut backoff).await {
+                    return;
+                }
             }
-            return;
         }
         loop {
             let page = match self.ctx.slices.read_after(room, at, 1000).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, room, "resync failed");
-                    return;
+                    tracing::warn!(error = %e, room, "resync failed; retrying");
+                    metrics::counter!("danmaku_live_resync_retries_total").increment(1);
+                    if !self.resync_may_retry(room, started, &mut backoff).await {
+                        tracing::error!(room, "resync given up; viewers resume by cursor");
+                        return;
+                    }
+                    continue;
                 }
             };
             let Some(last) = page.last().map(|s| s.seq) else {
@@ -351,6 +370,23 @@ impl Live {
             hub.deliver(&items);
             at = last;
         }
+    }
+
+    /// Waits out `backoff` (then doubles it, at most 2 s); whether a resync of
+    /// `room` begun at `started` should try again (its hub still exists, the
+    /// server is not shutting down, [`RESYNC_GIVE_UP`] not reached).
+    async fn resync_may_retry(
+        &self,
+        room: &str,
+        started: std::time::Instant,
+        backoff: &mut Duration,
+    ) -> bool {
+        if started.elapsed() > RESYNC_GIVE_UP || self.shutdown.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        self.hubs.find(room).is_some()
     }
 
     /// Up to `limit` items of `room` after `cursor`: from the hub's ring when it

@@ -440,10 +440,22 @@ async fn store_all(
             prev.await;
         }
         if out.is_some() {
-            if let Err(e) = ctx.notifier.publish(&room, &items).await {
-                // Viewers catch up from the SliceStore; nothing stored is lost.
-                metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
-                tracing::warn!(error = %e, room, "notify failed");
+            // A notice that cannot be sent is retried a few times; past that,
+            // live nodes catch up from the SliceStore when their subscription
+            // comes back (a resync), so nothing stored is lost.
+            let mut wait = Duration::from_millis(100);
+            for attempt in 0..4 {
+                match ctx.notifier.publish(&room, &items).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
+                        tracing::warn!(error = %e, room, attempt, "notify failed");
+                        if attempt < 3 {
+                            tokio::time::sleep(wait).await;
+                            wait *= 2;
+                        }
+                    }
+                }
             }
         }
         let _ = notice.done.send(true);
