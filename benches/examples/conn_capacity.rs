@@ -42,8 +42,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message};
 
 const RELAXED: Ordering = Ordering::Relaxed;
-/// Most comments one run can number.
-const MAX_SEQ: usize = 1 << 17;
+/// Most comments one run can number (a viewer keeps a bit per comment).
+const MAX_SEQ: usize = 1 << 13;
 /// Latency buckets of 100 µs: up to 30 s, then one overflow bucket.
 const BUCKETS: usize = 300_000;
 /// Phases: 0 = none, then for each round a steady window and a storm.
@@ -136,6 +136,17 @@ fn listen_overflows() -> (u64, u64) {
     out
 }
 
+/// CPU time of process `pid` (user + system), seconds.
+fn cpu_secs(pid: usize) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -167,7 +178,7 @@ struct Shared {
     connect_errors: AtomicU64,
     closed_by_server: AtomicU64,
     gaps: AtomicU64,
-    missing: AtomicU64,
+    reordered: AtomicU64,
     duplicates: AtomicU64,
     last_seq_sent: AtomicU32,
     phase: AtomicU8,
@@ -193,7 +204,7 @@ impl Shared {
             connect_errors: AtomicU64::new(0),
             closed_by_server: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
-            missing: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             last_seq_sent: AtomicU32::new(0),
             phase: AtomicU8::new(0),
@@ -252,13 +263,32 @@ async fn open(src: Ipv4Addr, server: SocketAddr, url: &str) -> Result<Ws, OpenEr
     }
 }
 
+/// What one viewer received: a bit per comment number, how many, and a hash
+/// of their order (every viewer of the room must get the same sequence).
+struct Seen {
+    bits: Vec<u64>,
+    count: u32,
+    order: u64,
+    max: u32,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Self {
+            bits: vec![0; MAX_SEQ / 64],
+            count: 0,
+            order: 0xcbf2_9ce4_8422_2325,
+            max: 0,
+        }
+    }
+}
+
 /// What a viewer does with one message; `Err` = reconnect (with the cursor).
 fn on_message(
     text: &str,
     sh: &Shared,
     cursor: &mut Option<String>,
-    last_seq: &mut u32,
-    msgs: u32,
+    seen: &mut Seen,
 ) -> Result<(), ()> {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
         return Ok(());
@@ -280,27 +310,20 @@ fn on_message(
                     if seq == 0 || seq as usize >= MAX_SEQ {
                         continue;
                     }
-                    if seq <= *last_seq {
-                        if sh.duplicates.fetch_add(1, RELAXED) < 5 {
-                            let batch: Vec<&str> = items
-                                .iter()
-                                .filter_map(|i| i["text"].as_str())
-                                .map(|t| t.split(' ').nth(1).unwrap_or("?"))
-                                .collect();
-                            println!("  out of order: comment {seq} after {} (in a batch of comments {batch:?}, after {msgs} messages on this connection)", *last_seq);
-                        }
+                    let (w, b) = (seq as usize / 64, 1u64 << (seq % 64));
+                    if seen.bits[w] & b != 0 {
+                        sh.duplicates.fetch_add(1, RELAXED);
                         continue;
                     }
-                    if seq > *last_seq + 1 && sh.missing.load(RELAXED) < 5 {
-                        let batch: Vec<&str> = items
-                            .iter()
-                            .filter_map(|i| i["text"].as_str())
-                            .map(|t| t.split(' ').nth(1).unwrap_or("?"))
-                            .collect();
-                        println!("  skipped: comment {seq} after {} (in a batch of comments {batch:?}, after {msgs} messages on this connection)", *last_seq);
+                    seen.bits[w] |= b;
+                    seen.count += 1;
+                    seen.order = (seen.order ^ seq as u64).wrapping_mul(0x100_0000_01b3);
+                    if seq < seen.max {
+                        // Room order is the order the intake accepted, which
+                        // need not be the order the publisher sent in.
+                        sh.reordered.fetch_add(1, RELAXED);
                     }
-                    sh.missing.fetch_add((seq - *last_seq - 1) as u64, RELAXED);
-                    *last_seq = seq;
+                    seen.max = seen.max.max(seq);
                     let ph = sh.phase_of_seq[seq as usize].load(RELAXED) as usize;
                     let b = ((now.saturating_sub(sent)) / 100).min(BUCKETS as u64) as usize;
                     sh.hist[ph][b].fetch_add(1, RELAXED);
@@ -324,8 +347,7 @@ fn on_message(
 }
 
 /// One viewer: connect, read, and on each new `epoch` drop the socket and
-/// reconnect with the last cursor, until `STOP`; returns the number of the
-/// last comment it received.
+/// reconnect with the last cursor, until `STOP`; returns what it received.
 async fn viewer(
     src: Ipv4Addr,
     server: SocketAddr,
@@ -333,9 +355,9 @@ async fn viewer(
     sh: Arc<Shared>,
     mut epoch: watch::Receiver<u32>,
     handshakes: Arc<Semaphore>,
-) -> u32 {
+) -> Seen {
     let mut cursor: Option<String> = None;
-    let mut last_seq = 0u32;
+    let mut seen = Seen::new();
     let mut storm = false;
     loop {
         let url = match &cursor {
@@ -362,19 +384,18 @@ async fn viewer(
                 }
             }
             if *epoch.borrow() == STOP {
-                return last_seq;
+                return seen;
             }
         };
         // The hello first.
         let mut hello = false;
-        let mut msgs = 0u32;
         loop {
             let msg = tokio::select! {
                 biased;
                 r = epoch.changed() => {
                     if r.is_err() || *epoch.borrow_and_update() == STOP {
                         if hello { sh.open.fetch_sub(1, RELAXED); }
-                        return last_seq;
+                        return seen;
                     }
                     // A storm: drop this socket at once and come back.
                     if hello { sh.open.fetch_sub(1, RELAXED); }
@@ -396,7 +417,6 @@ async fn viewer(
                 }
                 Some(Ok(_)) => continue,
             };
-            msgs += 1;
             if !hello {
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 if v["type"] == "hello" {
@@ -415,7 +435,7 @@ async fn viewer(
                     continue;
                 }
             }
-            if on_message(&text, &sh, &mut cursor, &mut last_seq, msgs).is_err() {
+            if on_message(&text, &sh, &mut cursor, &mut seen).is_err() {
                 if hello {
                     sh.open.fetch_sub(1, RELAXED);
                 }
@@ -423,7 +443,7 @@ async fn viewer(
             }
         }
         if *epoch.borrow() == STOP {
-            return last_seq;
+            return seen;
         }
     }
 }
@@ -603,7 +623,15 @@ async fn main() {
         let steady = 1 + 2 * r;
         sh.phase.store(steady as u8, RELAXED);
         let open_at_start = sh.open.load(RELAXED);
+        let (cs0, ct0, tw0) = (
+            cpu_secs(server_pid),
+            cpu_secs(std::process::id() as usize),
+            Instant::now(),
+        );
         tokio::time::sleep(Duration::from_secs(window)).await;
+        let w = tw0.elapsed().as_secs_f64();
+        let cpu_server = 100.0 * (cpu_secs(server_pid) - cs0) / w;
+        let cpu_tool = 100.0 * (cpu_secs(std::process::id() as usize) - ct0) / w;
         // Comments of the window's last second may still be on their way.
         let storm_ph = steady + 1;
         sh.phase.store(storm_ph as u8, RELAXED);
@@ -617,7 +645,7 @@ async fn main() {
             sh.percentile(steady, 100.0),
         );
         println!(
-            "round {}: broadcast {sent} comments to {open_at_start} viewers: delivered {got} ({pct:.2} %), latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; loadavg {}",
+            "round {}: broadcast {sent} comments to {open_at_start} viewers: delivered {got} ({pct:.2} %), latency p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; CPU server {cpu_server:.0} %, load tool {cpu_tool:.0} %; loadavg {}",
             r + 1,
             loadavg()
         );
@@ -677,26 +705,30 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let last = sh.last_seq_sent.load(RELAXED);
     let total_delivered: u64 = sh.delivered.iter().map(|d| d.load(RELAXED)).sum();
+    epoch_tx.send_replace(STOP);
+    let (mut missing, mut complete) = (0u64, 0usize);
+    let mut orders: std::collections::HashMap<u64, usize> = Default::default();
+    for t in tasks {
+        let Ok(seen) = t.await else { continue };
+        missing += (last - seen.count.min(last)) as u64;
+        if seen.count == last {
+            complete += 1;
+        }
+        *orders.entry(seen.order).or_default() += 1;
+    }
     println!(
-        "whole run: {last} comments sent ({} acked, {} errors), {total_delivered} deliveries = {:.3} % of {last} x {n}; missing {}, duplicates {}, gaps {}, closed by the server {}",
+        "whole run: {last} comments sent ({} acked, {} errors), {total_delivered} deliveries = {:.3} % of {last} x {n}; viewers with every comment {complete}/{n}, missing {missing}, duplicates {}, gaps {}, closed by the server {}; distinct orders among viewers {} (1 = every viewer got the same sequence); comments a viewer got after a later-numbered one (the intake's order, not a loss) {}",
         sh.acks.load(RELAXED),
         sh.send_errors.load(RELAXED),
         100.0 * total_delivered as f64 / (last as f64 * n as f64).max(1.0),
-        sh.missing.load(RELAXED),
         sh.duplicates.load(RELAXED),
         sh.gaps.load(RELAXED),
-        sh.closed_by_server.load(RELAXED)
+        sh.closed_by_server.load(RELAXED),
+        orders.len(),
+        sh.reordered.load(RELAXED)
     );
-    epoch_tx.send_replace(STOP);
-    let mut complete = 0usize;
-    for t in tasks {
-        if t.await.unwrap_or(0) == last {
-            complete += 1;
-        }
-    }
-    println!("viewers whose last comment is the last one sent: {complete}/{n}");
     println!(
-        "RESULT viewers={n} open={open_now} connect_per_s={:.0} server_b_per_conn={:.0} kernel_tcp_mem_b_per_conn={:.0} kernel_slab_b_per_conn={:.0} delivered_pct_median={:.2} p50_ms_median={:.1} p99_ms_median={:.1} storm_per_s_median={:.0} storms={:?} missing={} duplicates={} gaps={} complete={complete} loadavg={}",
+        "RESULT viewers={n} open={open_now} connect_per_s={:.0} server_b_per_conn={:.0} kernel_tcp_mem_b_per_conn={:.0} kernel_slab_b_per_conn={:.0} delivered_pct_median={:.2} p50_ms_median={:.1} p99_ms_median={:.1} storm_per_s_median={:.0} storms={:?} missing={} duplicates={} gaps={} complete={complete} orders={} loadavg={}",
         opened as f64 / connect_secs,
         per(rss0, rss1),
         (k1.tcp_mem_pages as f64 - k0.tcp_mem_pages as f64) * 4096.0 / open_now as f64,
@@ -706,9 +738,10 @@ async fn main() {
         median(p99s),
         median(storms.clone()),
         storms.iter().map(|s| s.round() as u64).collect::<Vec<_>>(),
-        sh.missing.load(RELAXED),
+        missing,
         sh.duplicates.load(RELAXED),
         sh.gaps.load(RELAXED),
+        orders.len(),
         loadavg()
     );
 }
