@@ -78,13 +78,41 @@ pub struct Server {
     addr: SocketAddr,
 }
 
+/// The listen backlog: connections the kernel completes before the accept
+/// loop takes them. A reconnect storm (every viewer of a node at once) fills a
+/// short one and the kernel drops SYNs, which clients retry only after 1, 3,
+/// 7 s (measured: docs/benchmarks/connections.md); the kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` (`host:port`, resolved; the first address that binds) with
+/// [`LISTEN_BACKLOG`].
+async fn bind_listener(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    }))
+}
+
 impl Server {
     /// Opens the stores the settings select and binds `server.listen` (port 0
     /// picks a free one). Nothing is served until [`Server::run`].
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let ctx = EngineSelection::build(settings).await?;
         let listen = ctx.settings.server.listen.clone();
-        let listener = TcpListener::bind(&listen)
+        let listener = bind_listener(&listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: listen.clone(),
