@@ -14,7 +14,9 @@
 //!   cargo run --release -p danmaku-benches --example delete_bench
 //! ```
 //!
-//! Environment: `ROUNDS` (200), `DANMAKU_BIN` (default `target/release/danmaku`).
+//! Environment: `ROUNDS` (200), `DANMAKU_BIN` (default `target/release/danmaku`),
+//! `FETCH_WAIT_MS` (`kafka.fetch_wait_max_ms` of the nodes; default 100, the
+//! server's default).
 
 use danmaku_redis::testkit::RedisServer;
 use futures::{SinkExt, StreamExt};
@@ -52,6 +54,8 @@ fn start_node(bin: &str, brokers: &str, topic: &str, redis: &str, node: u16) -> 
     let port = free_port();
     let child = Command::new(bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        // The server refuses unknown DANMAKU_* variables: not ours.
+        .env_remove("DANMAKU_BIN")
         .arg("--data-dir")
         .arg(dir.path())
         .env("DANMAKU_KAFKA__BROKERS", brokers)
@@ -62,9 +66,16 @@ fn start_node(bin: &str, brokers: &str, topic: &str, redis: &str, node: u16) -> 
         .env("DANMAKU_SERVER__ROLES", r#"["ingest","live"]"#)
         .env("DANMAKU_SERVER__DEMO", "false")
         .env("DANMAKU_AUTH__SECRET", "delete-bench")
+        // The consumer's fetch wait (kafka.fetch_wait_max_ms, default 100 ms)
+        // dominates an idle room's latency on the mock cluster; FETCH_WAIT_MS
+        // sets it (as infra/bench/pipeline_latency.sh does).
+        .env(
+            "DANMAKU_KAFKA__FETCH_WAIT_MAX_MS",
+            std::env::var("FETCH_WAIT_MS").unwrap_or_else(|_| "100".into()),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log")).map_or(Stdio::null(), Stdio::from))
         .spawn()
         .expect("start danmaku");
     Node {
@@ -86,7 +97,10 @@ async fn ready(http: &reqwest::Client, node: &Node) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "node {} never ready", node.base);
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(node._dir.path().join("log")).unwrap_or_default();
+            panic!("node {} never ready; its log:\n{log}", node.base);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -116,6 +130,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 fn token(bin: &str, user: &str, role: &str) -> String {
     let out = Command::new(bin)
         .args(["token", "--user", user, "--role", role, "--ttl", "1d"])
+        .env_remove("DANMAKU_BIN")
         .env("DANMAKU_AUTH__SECRET", "delete-bench")
         .output()
         .expect("danmaku token");
