@@ -460,10 +460,10 @@ async fn publisher(url: String, rate: u64, sh: Arc<Shared>) {
             if let Message::Text(t) = m {
                 if t.contains("\"type\":\"ack\"") {
                     sh2.acks.fetch_add(1, RELAXED);
-                } else if t.contains("\"type\":\"error\"") {
-                    if sh2.send_errors.fetch_add(1, RELAXED) < 3 {
-                        eprintln!("send error: {t}");
-                    }
+                } else if t.contains("\"type\":\"error\"")
+                    && sh2.send_errors.fetch_add(1, RELAXED) < 3
+                {
+                    eprintln!("send error: {t}");
                 }
             }
         }
