@@ -336,7 +336,9 @@ async fn find_hot(ingest: &Ingest, room: &str, id: u64) -> Result<Option<Danmaku
             .map_err(store)?
             .first()
         {
-            Some(it) if it.ts_ms < at - SKEW_MS => lo = it.seq.max(mid),
+            // Clamped below `hi`: the store may change between two probes
+            // (an item deleted or expired), and `hi - lo` must stay positive.
+            Some(it) if it.ts_ms < at - SKEW_MS => lo = it.seq.max(mid).min(hi - 1),
             _ => hi = mid,
         }
     }
