@@ -69,6 +69,58 @@ fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The `Sec-WebSocket-Key` of a version-13 WebSocket handshake; `None` for a
+/// request that is not one (answer [`not_a_handshake`]). The JSON WebSocket
+/// and `/sub` alike.
+pub(crate) fn handshake_key(req: &Request) -> Option<String> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let version_ok = req
+        .headers()
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok())
+        == Some("13");
+    match (
+        key,
+        version_ok,
+        header_has(req, header::CONNECTION, "upgrade"),
+        header_has(req, header::UPGRADE, "websocket"),
+    ) {
+        (Some(key), true, true, true) => Some(key),
+        _ => None,
+    }
+}
+
+/// The `426` answer to a request that is not a WebSocket handshake.
+pub(crate) fn not_a_handshake() -> Response {
+    (
+        StatusCode::UPGRADE_REQUIRED,
+        [(header::UPGRADE, "websocket")],
+        axum::Json(messages::upgrade_required()),
+    )
+        .into_response()
+}
+
+/// `403 forbidden` when `live.allowed_origins` is set and the request's
+/// `Origin` is not in it (a request without one is not a browser's).
+pub(crate) fn check_origin(live: &Live, req: &Request) -> Result<(), ApiError> {
+    let allowed = &live.ctx.settings.live.allowed_origins;
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    match origin {
+        Some(o) if !allowed.is_empty() && !allowed.iter().any(|a| a == o) => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this origin may not open WebSockets here",
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) async fn upgrade(
     State(live): State<Arc<Live>>,
     Path(room): Path<String>,
@@ -93,42 +145,9 @@ pub(crate) async fn upgrade(
         )?),
         None => None,
     };
-    if !s.live.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        if let Some(o) = origin {
-            if !s.live.allowed_origins.iter().any(|a| a == o) {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    "this origin may not open WebSockets here",
-                ));
-            }
-        }
-    }
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let version_ok = req
-        .headers()
-        .get("sec-websocket-version")
-        .and_then(|v| v.to_str().ok())
-        == Some("13");
-    let (Some(key), true, true, true) = (
-        key,
-        version_ok,
-        header_has(&req, header::CONNECTION, "upgrade"),
-        header_has(&req, header::UPGRADE, "websocket"),
-    ) else {
-        return Ok((
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::UPGRADE, "websocket")],
-            axum::Json(messages::upgrade_required()),
-        )
-            .into_response());
+    check_origin(&live, &req)?;
+    let Some(key) = handshake_key(&req) else {
+        return Ok(not_a_handshake());
     };
     let deflate = req
         .headers()

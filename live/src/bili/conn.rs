@@ -65,54 +65,14 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Items per backlog page of a resume.
 const BACKLOG_CHUNK: usize = 500;
 
-fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
-    req.headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// `GET /sub`: upgrades to a WebSocket (no extension is negotiated: batches
 /// are compressed by the protocol itself) and hands the connection to its task.
 pub(crate) async fn sub(State(live): State<Arc<Live>>, mut req: Request) -> Response {
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let version_ok = req
-        .headers()
-        .get("sec-websocket-version")
-        .and_then(|v| v.to_str().ok())
-        == Some("13");
-    let (Some(key), true, true, true) = (
-        key,
-        version_ok,
-        header_has(&req, header::CONNECTION, "upgrade"),
-        header_has(&req, header::UPGRADE, "websocket"),
-    ) else {
-        return (
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::UPGRADE, "websocket")],
-            axum::Json(crate::messages::upgrade_required()),
-        )
-            .into_response();
+    let Some(key) = crate::upgrade::handshake_key(&req) else {
+        return crate::upgrade::not_a_handshake();
     };
-    let origins = &live.ctx.settings.live.allowed_origins;
-    if !origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        if origin.is_some_and(|o| !origins.iter().any(|a| a == o)) {
-            return danmaku_core::error::ApiError::new(
-                danmaku_core::error::ErrorCode::Forbidden,
-                "this origin may not open WebSockets here",
-            )
-            .into_response();
-        }
+    if let Err(e) = crate::upgrade::check_origin(&live, &req) {
+        return e.into_response();
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
