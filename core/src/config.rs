@@ -534,6 +534,10 @@ pub struct ReplaySettings {
     pub max_cold_loads: usize,
     /// How long a request waits for one of the `max_cold_loads`, ms (0 = not at all).
     pub cold_load_wait_ms: u64,
+    /// How long a node serves its snapshot of live and recent sessions for
+    /// `GET /v1/vods` (the home page's listing) before reading the ArchiveStore
+    /// again, ms; 0 = read it on every request.
+    pub list_ttl_ms: u64,
 }
 
 impl Default for ReplaySettings {
@@ -556,6 +560,7 @@ impl Default for ReplaySettings {
             rows_idle_secs: 30,
             max_cold_loads: 16,
             cold_load_wait_ms: 1000,
+            list_ttl_ms: 1000,
         }
     }
 }

@@ -14,6 +14,8 @@
 //!   conditional response.
 //! - [`decoded`]: segment rows and DPlayer documents kept decoded in process,
 //!   and the bound on loads running at once.
+//! - [`listing`]: the snapshot behind `GET /v1/vods` (`replay.list_ttl_ms`,
+//!   single flight).
 //! - [`settle`]: when an ended VOD's segments may be `immutable`.
 //! - [`density`]: the density cap (pure, unit-tested).
 //! - [`formats`]: native JSON, Bilibili XML and DPlayer encodings (pure, unit-tested).
@@ -30,6 +32,7 @@ pub mod decoded;
 pub mod density;
 pub mod formats;
 pub mod import;
+pub mod listing;
 mod players;
 mod post;
 mod replay;
@@ -84,6 +87,8 @@ pub struct Replay {
     /// `danmaku_replay_range_rows_total`).
     range_rows: AtomicU64,
     range_rows_metric: metrics::Counter,
+    /// `GET /v1/vods`'s snapshot of live and recent sessions.
+    listing: listing::Listing,
 }
 
 /// `Cache-Control` of a segment of an ended VOD (API.md).
@@ -152,6 +157,7 @@ impl Replay {
             settled: moka::sync::Cache::new(100_000),
             range_rows: AtomicU64::new(0),
             range_rows_metric: metrics::counter!("danmaku_replay_range_rows_total"),
+            listing: listing::Listing::new(Duration::from_millis(s.list_ttl_ms)),
             ctx,
             ingest,
         })
@@ -166,6 +172,12 @@ impl Replay {
     /// cost, whatever the segments' sizes (tests assert on it).
     pub fn range_rows_read(&self) -> u64 {
         self.range_rows.load(Ordering::Relaxed)
+    }
+
+    /// ArchiveStore reads made for `GET /v1/vods` since start (tests assert
+    /// on it: a cached listing costs none).
+    pub fn listing_loads(&self) -> u64 {
+        self.listing.loads()
     }
 
     fn count_range_rows(&self, n: usize) {

@@ -4,6 +4,7 @@
 //! every room, for the home page; the project's own addition, documented in
 //! docs/OPERATIONS.md).
 
+use crate::listing::MAX_LIST_LIMIT;
 use crate::{check_vod, store_error, Replay};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -30,8 +31,6 @@ pub const MAX_VIDEO_URL_BYTES: usize = 2048;
 
 /// Sessions per list of `GET /v1/vods` unless `limit` says otherwise.
 const DEFAULT_LIST_LIMIT: usize = 20;
-/// Most sessions per list of `GET /v1/vods`.
-const MAX_LIST_LIMIT: usize = 100;
 
 /// The session as JSON, with `count` when given.
 pub(crate) fn session_json(s: &Session, count: Option<u64>) -> serde_json::Value {
@@ -101,6 +100,7 @@ pub(crate) async fn start(
             Err(e) => return Err(store_error(e)),
         }
         crate::cache::forget_meta(&r, &s.vod).await;
+        r.listing.invalidate();
     }
     let session = Session {
         vod,
@@ -120,6 +120,7 @@ pub(crate) async fn start(
         }
         Err(e) => return Err(store_error(e)),
     }
+    r.listing.invalidate();
     tracing::info!(room, vod = session.vod, by = claims.sub, "session started");
     Ok((StatusCode::CREATED, Json(session_json(&session, None))).into_response())
 }
@@ -146,6 +147,7 @@ pub(crate) async fn end(
     };
     // This node's view of the VOD is stale now (others notice within meta_ttl_ms).
     crate::cache::forget_meta(&r, &vod).await;
+    r.listing.invalidate();
     // Its comments move to the archive now, not after the hot retention.
     if let Err(e) = r
         .ctx
@@ -294,6 +296,7 @@ pub(crate) async fn patch(
         Err(e) => return Err(store_error(e)),
     };
     crate::cache::forget_meta(&r, &vod).await;
+    r.listing.invalidate();
     tracing::info!(
         vod,
         by = claims.sub,
@@ -311,7 +314,8 @@ pub(crate) struct ListQuery {
 
 /// `GET /v1/vods[?limit=1..100]` → `{"live": [session...], "recent":
 /// [session...]}`: the sessions not ended (the live rooms) and the recent
-/// ended ones of every room, newest first, at most `limit` (default 20) each.
+/// ended ones of every room, newest first, at most `limit` (default 20) each,
+/// from this node's snapshot ([`crate::listing`], `replay.list_ttl_ms`).
 pub(crate) async fn list_all(
     State(r): State<Arc<Replay>>,
     Query(q): Query<ListQuery>,
@@ -329,29 +333,21 @@ pub(crate) async fn list_all(
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(DEFAULT_LIST_LIMIT)
         .clamp(1, MAX_LIST_LIMIT);
-    // Every live session (up to the most a list shows) is also among the
-    // newest: ask for that many more, so `recent` gets `limit` ended ones
-    // (unless more than MAX_LIST_LIMIT rooms are live).
-    let live = r
-        .ctx
-        .archive
-        .open_sessions(MAX_LIST_LIMIT)
+    // One snapshot (`replay.list_ttl_ms`) serves every limit.
+    let snap = r
+        .listing
+        .get(r.ctx.archive.as_ref())
         .await
         .map_err(store_error)?;
-    let recent = r
-        .ctx
-        .archive
-        .recent_sessions(limit + live.len())
-        .await
-        .map_err(store_error)?;
-    let live: Vec<_> = live
+    let live: Vec<_> = snap
+        .live
         .iter()
         .take(limit)
         .map(|s| session_json(s, None))
         .collect();
-    let recent: Vec<_> = recent
+    let recent: Vec<_> = snap
+        .recent
         .iter()
-        .filter(|s| s.ended_at.is_some())
         .take(limit)
         .map(|s| session_json(s, None))
         .collect();

@@ -1,6 +1,7 @@
 //! Sessions' `video_url` (POST, `PATCH /v1/vods/{vod}`, returned with the
 //! session everywhere) and `GET /v1/vods` (live and recent sessions of every
-//! room), through the real router and the embedded ArchiveStore.
+//! room) and its cache (`replay.list_ttl_ms`), through the real router and the
+//! embedded ArchiveStore.
 
 mod common;
 
@@ -9,6 +10,7 @@ use axum::http::Request;
 use common::*;
 use danmaku_core::auth::Role;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 impl Node {
     /// A PATCH of `body` as it is.
@@ -199,7 +201,9 @@ async fn patch_refuses_bad_bodies_and_unknown_vods() {
 
 #[tokio::test]
 async fn the_listing_has_live_rooms_and_recent_recordings() {
-    let node = node().await;
+    // Sessions are made in the store directly here: no snapshot, so every
+    // answer reads it (the cache has its own tests below).
+    let node = node_with(None, None, None, |s| s.replay.list_ttl_ms = 0).await;
     let svc = node.token("site", Role::Service);
     let empty = node.get("/v1/vods", &[]).await;
     assert_eq!(empty.status, 200, "{}", empty.text);
@@ -268,4 +272,138 @@ async fn the_listing_needs_a_token_when_reading_does() {
     let t = node.token("alice", Role::Viewer);
     let r = node.get(&format!("/v1/vods?token={t}"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text);
+}
+
+fn listed(r: &Resp, list: &str) -> Vec<String> {
+    r.json[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", r.text))
+        .iter()
+        .map(|s| s["vod"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_listing_reads_the_store_once_per_interval_for_every_limit() {
+    // A TTL no test run reaches: every read below is one the cache could not save.
+    let node = node_with(None, None, None, |s| s.replay.list_ttl_ms = 3_600_000).await;
+    let svc = node.token("site", Role::Service);
+    node.session("lc-old", "lc-a", 300_000, true).await;
+    node.session("lc-live", "lc-b", 100_000, false).await;
+    assert_eq!(node.replay.listing_loads(), 0);
+
+    let first = node.get("/v1/vods", &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(listed(&first, "live"), ["lc-live"]);
+    assert_eq!(listed(&first, "recent"), ["lc-old"]);
+    assert_eq!(node.replay.listing_loads(), 1);
+
+    // Any limit (and any nonsense) is answered from the same snapshot.
+    for q in [
+        "",
+        "?limit=1",
+        "?limit=100",
+        "?limit=7",
+        "?limit=x",
+        "?limit=0",
+    ] {
+        let r = node.get(&format!("/v1/vods{q}"), &[]).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.text);
+        assert_eq!(listed(&r, "live"), ["lc-live"], "{q}");
+    }
+    assert_eq!(node.replay.listing_loads(), 1);
+
+    // A session made behind this node's back (another node) waits for the TTL…
+    node.session("lc-elsewhere", "lc-c", 50_000, false).await;
+    let r = node.get("/v1/vods", &[]).await;
+    assert_eq!(listed(&r, "live"), ["lc-live"]);
+    assert_eq!(node.replay.listing_loads(), 1);
+
+    // …but one started through this node shows at once (and the other with it).
+    let started = node
+        .post(
+            "/v1/rooms/lc-d/sessions",
+            Some(&svc),
+            json!({"vod": "lc-here"}),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.text);
+    let r = node.get("/v1/vods", &[]).await;
+    assert_eq!(listed(&r, "live"), ["lc-here", "lc-elsewhere", "lc-live"]);
+    assert_eq!(node.replay.listing_loads(), 2);
+
+    // A video_url set and a session ended through this node show at once too.
+    let patched = node
+        .patch_raw(
+            "/v1/vods/lc-here",
+            Some(&svc),
+            r#"{"video_url": "https://cdn.example/d.m3u8"}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let r = node.get("/v1/vods?limit=1", &[]).await;
+    assert_eq!(r.json["live"][0]["video_url"], "https://cdn.example/d.m3u8");
+    assert_eq!(node.replay.listing_loads(), 3);
+    let ended = node
+        .post("/v1/vods/lc-live/end", Some(&svc), json!({}))
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.text);
+    let r = node.get("/v1/vods", &[]).await;
+    assert_eq!(listed(&r, "live"), ["lc-here", "lc-elsewhere"]);
+    assert_eq!(listed(&r, "recent"), ["lc-live", "lc-old"]);
+    assert_eq!(node.replay.listing_loads(), 4);
+
+    // A stampede on a stale snapshot: one read, every answer the same.
+    node.post("/v1/vods/lc-elsewhere/end", Some(&svc), json!({}))
+        .await;
+    let answers = futures::future::join_all((0..64).map(|i| {
+        let node = &node;
+        async move {
+            node.get(&format!("/v1/vods?limit={}", 1 + i % 3), &[])
+                .await
+        }
+    }))
+    .await;
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(listed(r, "live"), ["lc-here"]);
+        assert_eq!(listed(r, "recent")[0], "lc-elsewhere");
+    }
+    assert_eq!(node.replay.listing_loads(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stampede_from_many_threads_reads_the_store_once() {
+    let node = Arc::new(node_with(None, None, None, |s| s.replay.list_ttl_ms = 3_600_000).await);
+    node.session("ls-live", "ls-a", 1_000, false).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let node = node.clone();
+            tokio::spawn(async move { node.get("/v1/vods", &[]).await })
+        })
+        .collect();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(listed(&r, "live"), ["ls-live"]);
+    }
+    assert_eq!(node.replay.listing_loads(), 1);
+}
+
+#[tokio::test]
+async fn the_listing_reads_again_once_its_ttl_passed_and_always_with_zero() {
+    let node = node_with(None, None, None, |s| s.replay.list_ttl_ms = 50).await;
+    node.session("lt-a", "lt-a", 1_000, false).await;
+    assert_eq!(listed(&node.get("/v1/vods", &[]).await, "live"), ["lt-a"]);
+    node.session("lt-b", "lt-b", 500, false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    let r = node.get("/v1/vods", &[]).await;
+    assert_eq!(listed(&r, "live"), ["lt-b", "lt-a"]);
+    assert_eq!(node.replay.listing_loads(), 2);
+
+    let off = node_with(None, None, None, |s| s.replay.list_ttl_ms = 0).await;
+    for _ in 0..3 {
+        off.get("/v1/vods", &[]).await;
+    }
+    assert_eq!(off.replay.listing_loads(), 3);
 }
