@@ -6,13 +6,14 @@ import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, extname, dirname } from "node:path";
+import { join, extname, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createServer as netServer } from "node:net";
 import { chromium } from "playwright-core";
 
 export const WEB = join(dirname(fileURLToPath(import.meta.url)), "..");
-export const BIN = process.env.DANMAKU_BIN || join(WEB, "../target/debug/danmaku");
+// Absolute: `token()` runs it from the server's temporary dir.
+export const BIN = resolve(process.env.DANMAKU_BIN || join(WEB, "../target/debug/danmaku"));
 export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 /** A free loopback port (bound, read, released). */

@@ -34,12 +34,17 @@ try {
       body: { text, mode, color, offset_ms: Math.round(((i * 37) % 80) * 100) },
     });
   }
-  // A live room.
+  // Live rooms (one with a stream), listed by GET /v1/vods alone.
+  await server.api("POST", "/v1/rooms/speedrun/sessions", {
+    token: service,
+    body: { vod: "speedrun-live", video_url: "https://cdn.example/speedrun/index.m3u8" },
+  });
+  await server.api("POST", "/v1/rooms/music/sessions", { token: service, body: { vod: "music-live" } });
   await server.api("POST", "/v1/rooms/lobby/sessions", { token: service, body: { vod: "lobby-live" } });
   await sleep(1500);
 
   const page = await browser.newPage({ viewport: { width: 1100, height: 820 } });
-  await page.goto(`${server.url}/?rooms=lobby`);
+  await page.goto(`${server.url}/`);
   await page.waitForSelector("#recent-vods li a");
   await page.screenshot({ path: join(out, "home.png") });
 
