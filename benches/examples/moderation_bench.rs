@@ -112,8 +112,12 @@ async fn main() {
     let keys = env_num("KEYS", 1) == 1;
     let redis = RedisServer::start();
     println!("N={n} CONC={conc} RUNS={runs} KEYS={keys}");
-    println!("| moderation store | comments/s | p50 202 (ms) | p99 202 (ms) |");
-    println!("|---|---|---|---|");
+    println!(
+        "| moderation store | comments/s | p50 202 (ms) | p99 202 (ms) | vs memory | vs embedded |"
+    );
+    println!("|---|---|---|---|---|---|");
+    // (comments/s, p99) of memory and embedded, for the ratios.
+    let mut seen: Vec<(f64, f64)> = Vec::new();
     for which in ["memory", "embedded", "redis"] {
         let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..runs {
@@ -139,11 +143,21 @@ async fn main() {
             p50s.push(out.p50_ms);
             p99s.push(out.p99_ms);
         }
+        let (rate, p99) = (median(rates), median(p99s));
+        let vs = |base: Option<&(f64, f64)>| {
+            base.map_or(String::new(), |(r, p)| {
+                format!("{:.2}x, p99 {:+.1} ms", rate / r, p99 - p)
+            })
+        };
+        let (vs_memory, vs_embedded) = match which {
+            "memory" => (String::new(), String::new()),
+            "embedded" => (vs(seen.first()), String::new()),
+            _ => (vs(seen.first()), vs(seen.get(1))),
+        };
         println!(
-            "| {which} | {:.0} | {:.2} | {:.2} |",
-            median(rates),
+            "| {which} | {rate:.0} | {:.2} | {p99:.2} | {vs_memory} | {vs_embedded} |",
             median(p50s),
-            median(p99s)
         );
+        seen.push((rate, p99));
     }
 }

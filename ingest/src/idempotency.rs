@@ -1,5 +1,6 @@
-//! Idempotency keys: a retry with the same key gets the id of the first send,
-//! on any ingest node, across restarts, within `limits.idempotency_window_secs`.
+//! A send's admission and its idempotency key: a retry with the same key gets
+//! the id of the first send, on any ingest node, across restarts, within
+//! `limits.idempotency_window_secs`.
 //!
 //! A key is scoped to (user, room or VOD, key): the same key in another room is
 //! another comment, never the first room's id. Each key remembers a fingerprint
@@ -7,13 +8,18 @@
 //! `409 idempotency_conflict` instead of the first id (which would tell the
 //! client its new text was stored).
 //!
-//! The keys live in the ModerationStore (shared by every node): [`run`] claims
-//! the key, publishes only if the claim is new, and records the id; a send with
-//! the same key in flight elsewhere is waited for (it answers with the same id,
-//! or publishes itself if that send failed).
+//! The keys and the room's rate limits live in the ModerationStore (shared by
+//! every node). [`run`] admits the send in one store call
+//! ([`ModerationStore::admit`]: a held key answers without counting a limit,
+//! else the limits are counted and the key claimed together, or nothing),
+//! publishes only if admitted, and records the id; a send with the same key in
+//! flight elsewhere is waited for (it answers with the same id, or publishes
+//! itself if that send failed).
 
 use danmaku_core::error::{ApiError, ErrorCode};
-use danmaku_core::ports::{Claim, IdempotencyKey, ModerationStore};
+use danmaku_core::ports::{
+    Admission, Admit, Claim, IdempotencyKey, KeyClaim, ModerationStore, Rate,
+};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -98,73 +104,141 @@ pub struct Timing {
     pub wait: Duration,
 }
 
-/// The id stored under (`user`, `scope`, `key`) if its fingerprint is
-/// `fingerprint`, `idempotency_conflict` if it is another; else runs `publish`
-/// and records its id. Concurrent sends with one key (on any node) publish once.
+/// A send's idempotency key.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyed<'a> {
+    /// The sender.
+    pub user: &'a str,
+    /// Where the key holds.
+    pub scope: &'a Scope,
+    /// The client's key.
+    pub key: &'a str,
+    /// The comment's [`fingerprint`].
+    pub fingerprint: u64,
+    /// Claim TTL, window, wait.
+    pub timing: Timing,
+}
+
+/// What a send is admitted against.
+#[derive(Clone, Copy, Debug)]
+pub struct Intake<'a> {
+    /// The room it goes to (a VOD comment: the VOD's room).
+    pub room: &'a str,
+    /// The room's limits, in order of precedence (`refused` of [`run`] gets the
+    /// refusing one's position).
+    pub limits: &'a [(String, Rate)],
+    /// The idempotency key, if the send has one.
+    pub keyed: Option<Keyed<'a>>,
+}
+
+/// Admits a send and publishes it. One store call decides the room's limits
+/// and the key ([`ModerationStore::admit`]); `also` (a check the store cannot
+/// make in that call: a guest address's limit) runs beside it, once. A key
+/// stored with the same fingerprint answers its id, with another
+/// `idempotency_conflict`, without publishing or counting; a send with the key
+/// in flight (on any node) is waited for. Otherwise: a refusing limit is
+/// `refused(position, retry_after_ms)`, a failed `also` its error (the claim
+/// given back); else `publish` runs once and its id is recorded under the key.
 /// A failed publish gives the key up (a later retry publishes again).
-pub async fn run<F>(
+pub async fn run<R, A, F>(
     store: &dyn ModerationStore,
-    user: &str,
-    scope: &Scope,
-    key: &str,
-    fingerprint: u64,
-    timing: Timing,
+    intake: Intake<'_>,
+    refused: R,
+    also: A,
     publish: F,
 ) -> Result<u64, ApiError>
 where
+    R: Fn(usize, u64) -> ApiError,
+    A: Future<Output = Result<(), ApiError>>,
     F: Future<Output = Result<u64, ApiError>>,
 {
-    let key = IdempotencyKey {
-        user: user.to_string(),
-        scope: scope.encoded(),
-        key: key.to_string(),
+    let key = intake.keyed.map(|k| IdempotencyKey {
+        user: k.user.to_string(),
+        scope: k.scope.encoded(),
+        key: k.key.to_string(),
+    });
+    let claim = key.as_ref().zip(intake.keyed).map(|(key, k)| KeyClaim {
+        key,
+        fingerprint: k.fingerprint,
+        ttl_ms: k.timing.claim_ttl.as_millis().max(1) as u64,
+    });
+    let admission = Admission {
+        room: intake.room,
+        limits: intake.limits,
+        claim,
     };
-    let claim_ttl_ms = timing.claim_ttl.as_millis().max(1) as u64;
-    let deadline = Instant::now() + timing.wait;
+    let deadline = Instant::now() + intake.keyed.map_or(Duration::ZERO, |k| k.timing.wait);
     let store_failed = |e| {
-        tracing::warn!(error = %e, "idempotency key store failed");
+        tracing::warn!(error = %e, "moderation store failed");
         ApiError::unavailable()
     };
+    // Nothing to decide (a privileged send without a key): no store call, so
+    // admins still send while the store is down.
+    let first = async {
+        if admission.limits.is_empty() && admission.claim.is_none() {
+            Ok(Admit::Admitted)
+        } else {
+            store.admit(&admission).await
+        }
+    };
+    let (first, also) = tokio::join!(first, also);
+    let mut admitted = first.map_err(store_failed)?;
     loop {
-        match store
-            .claim_key(&key, fingerprint, claim_ttl_ms)
-            .await
-            .map_err(store_failed)?
-        {
-            Claim::New => break,
-            Claim::Existing(id) => {
+        match admitted {
+            Admit::Admitted => break,
+            Admit::Limited {
+                index,
+                retry_after_ms,
+            } => return Err(refused(index, retry_after_ms)),
+            Admit::Held(Claim::Existing(id)) => {
                 metrics::counter!("danmaku_ingest_idempotent_replays_total").increment(1);
                 return Ok(id);
             }
-            Claim::Conflict => {
+            Admit::Held(Claim::Conflict) => {
                 return Err(ApiError::new(
                     ErrorCode::IdempotencyConflict,
                     "this idempotency_key was used for another comment; use a new key for a new comment",
                 ))
             }
-            Claim::InProgress => {
+            Admit::Held(Claim::InProgress | Claim::New) => {
                 if Instant::now() >= deadline {
                     return Err(ApiError::unavailable());
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
+        admitted = store.admit(&admission).await.map_err(store_failed)?;
+    }
+    let give_back = || async {
+        if let Some(c) = &claim {
+            if let Err(e) = store.release_key(c.key, c.fingerprint).await {
+                tracing::warn!(error = %e, "cannot release an idempotency key");
+            }
+        }
+    };
+    if let Err(e) = also {
+        give_back().await;
+        return Err(e);
     }
     match publish.await {
         Ok(id) => {
-            let window_ms = timing.window.as_millis().max(1) as u64;
-            if let Err(e) = store.complete_key(&key, fingerprint, id, window_ms).await {
-                // The comment is stored; answering an error would make the client
-                // retry and store it twice. A retry after the claim's TTL may.
-                tracing::warn!(error = %e, "cannot record an idempotency key's id");
-                metrics::counter!("danmaku_ingest_idempotency_unrecorded_total").increment(1);
+            if let (Some(c), Some(k)) = (&claim, intake.keyed) {
+                let window_ms = k.timing.window.as_millis().max(1) as u64;
+                if let Err(e) = store
+                    .complete_key(c.key, c.fingerprint, id, window_ms)
+                    .await
+                {
+                    // The comment is stored; answering an error would make the
+                    // client retry and store it twice. A retry after the claim's
+                    // TTL may.
+                    tracing::warn!(error = %e, "cannot record an idempotency key's id");
+                    metrics::counter!("danmaku_ingest_idempotency_unrecorded_total").increment(1);
+                }
             }
             Ok(id)
         }
         Err(e) => {
-            if let Err(release) = store.release_key(&key, fingerprint).await {
-                tracing::warn!(error = %release, "cannot release an idempotency key");
-            }
+            give_back().await;
             Err(e)
         }
     }
@@ -182,6 +256,32 @@ mod tests {
         wait: Duration::from_secs(5),
     };
 
+    /// A keyed send of `user` to `scope` (room "r", no limits).
+    async fn keyed<F>(
+        store: &dyn ModerationStore,
+        user: &str,
+        scope: &Scope,
+        fingerprint: u64,
+        publish: F,
+    ) -> Result<u64, ApiError>
+    where
+        F: Future<Output = Result<u64, ApiError>>,
+    {
+        let intake = Intake {
+            room: "r",
+            limits: &[],
+            keyed: Some(Keyed {
+                user,
+                scope,
+                key: "k",
+                fingerprint,
+                timing: TIMING,
+            }),
+        };
+        let refused = |_: usize, _: u64| -> ApiError { unreachable!("no limits") };
+        run(store, intake, refused, async { Ok(()) }, publish).await
+    }
+
     #[tokio::test]
     async fn scoped_and_conflicting() {
         let store = MemoryModerationStore::new();
@@ -191,7 +291,7 @@ mod tests {
         let run = |user: &'static str, scope: Scope, fp: u64| {
             let store = &store;
             let publish = publish();
-            async move { run(store, user, &scope, "k", fp, TIMING, publish).await }
+            async move { keyed(store, user, &scope, fp, publish).await }
         };
         assert_eq!(run("u", room("r1"), 7).await, Ok(1));
         // A retry: the same id, nothing published.
@@ -210,12 +310,12 @@ mod tests {
     async fn a_failed_publish_is_not_kept() {
         let store = MemoryModerationStore::new();
         let scope = Scope::Room("r".into());
-        let failed = run(&store, "u", &scope, "k", 1, TIMING, async {
+        let failed = keyed(&store, "u", &scope, 1, async {
             Err(ApiError::unavailable())
         })
         .await;
         assert_eq!(failed.unwrap_err().code, ErrorCode::Unavailable);
-        let ok = run(&store, "u", &scope, "k", 2, TIMING, async { Ok(9) }).await;
+        let ok = keyed(&store, "u", &scope, 2, async { Ok(9) }).await;
         assert_eq!(ok, Ok(9));
     }
 
@@ -226,7 +326,7 @@ mod tests {
         let published = AtomicU64::new(0);
         let scope = Scope::Room("r".into());
         let sends = (0..8).map(|_| {
-            run(&store, "u", &scope, "k", 1, TIMING, async {
+            keyed(&store, "u", &scope, 1, async {
                 published.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok(77)
@@ -235,6 +335,51 @@ mod tests {
         let ids = futures::future::join_all(sends).await;
         assert!(ids.iter().all(|r| *r == Ok(77)), "{ids:?}");
         assert_eq!(published.load(Ordering::SeqCst), 1);
+    }
+
+    /// A refusing limit publishes nothing and keeps no claim; a replay counts no
+    /// limit; a failing `also` gives the claim back.
+    #[tokio::test]
+    async fn limits_and_checks_beside_the_key() {
+        let store = MemoryModerationStore::new();
+        let scope = Scope::Room("r".into());
+        let limits = [("u".to_string(), Rate::once_per(60))];
+        let send = |key: &'static str, also: Result<(), ApiError>, id: u64| {
+            let (store, scope, limits) = (&store, &scope, &limits);
+            async move {
+                let intake = Intake {
+                    room: "r",
+                    limits,
+                    keyed: Some(Keyed {
+                        user: "u",
+                        scope,
+                        key,
+                        fingerprint: 1,
+                        timing: TIMING,
+                    }),
+                };
+                let refused = |index: usize, wait: u64| {
+                    assert_eq!(index, 0);
+                    ApiError::new(ErrorCode::RateLimited, "slow").retry_after(wait)
+                };
+                run(store, intake, refused, async { also }, async { Ok(id) }).await
+            }
+        };
+        let refused_by_also = send("a", Err(ApiError::new(ErrorCode::RateLimited, "x")), 1).await;
+        assert_eq!(refused_by_also.unwrap_err().code, ErrorCode::RateLimited);
+        // The limit was counted by that admission; the key was given back.
+        let limited = send("a", Ok(()), 2).await.unwrap_err();
+        assert_eq!(limited.code, ErrorCode::RateLimited);
+        assert!(limited.retry_after_secs.is_some());
+        let k = IdempotencyKey {
+            user: "u".into(),
+            scope: scope.encoded(),
+            key: "a".into(),
+        };
+        assert_eq!(store.claim_now(&k, 1, 1000), Claim::New, "no claim left");
+        store.complete_now(&k, 1, 5, 60_000);
+        // A replay answers its id though the limit would refuse.
+        assert_eq!(send("a", Ok(()), 3).await, Ok(5));
     }
 
     const EXPECTED: u64 = 0x12c8_e538_93e4_6186;

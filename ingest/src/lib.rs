@@ -368,14 +368,12 @@ impl Ingest {
             .flatten();
         let send = Send {
             claims,
-            guest_address,
             target: &target,
             checked: &checked,
             text,
             hidden,
-            slow_mode_secs: settings.slow_mode_secs,
         };
-        if let Some(key) = checked.idempotency_key.clone() {
+        let keyed = checked.idempotency_key.as_deref().map(|key| {
             let offset_ms = match &target {
                 Target::Live { .. } => None,
                 Target::Vod { offset_ms, .. } => Some(*offset_ms),
@@ -395,75 +393,93 @@ impl Ingest {
                 window: Duration::from_secs(limits.idempotency_window_secs.max(1)),
                 wait: publish_timeout + Duration::from_secs(1),
             };
-            // Concurrent retries with the same key, on any node, publish once.
-            return idempotency::run(
-                self.moderation.store().as_ref(),
-                &claims.sub,
-                &target.scope(),
-                &key,
+            (key, fingerprint, timing)
+        });
+        let scope = target.scope();
+        // The room's limits, in the order their refusals are reported; slow mode
+        // last. Admitted together with the key (one store call): nothing is
+        // counted for a refused send or a retry of a stored one.
+        let mut room_limits: Vec<(String, Rate)> = Vec::new();
+        let mut messages: Vec<&str> = Vec::new();
+        if !claims.role.is_privileged() {
+            room_limits.push((
+                limit_key("u", &[&room, &claims.sub]),
+                Rate::per_sec(
+                    limits.user_per_sec,
+                    limits.user_burst.max(limits.user_per_sec),
+                ),
+            ));
+            messages.push("you are sending too fast");
+            room_limits.push((
+                limit_key("r", &[&room]),
+                Rate::per_sec(
+                    limits.room_per_sec,
+                    limits.room_burst.max(limits.room_per_sec),
+                ),
+            ));
+            messages.push("this room receives too many comments");
+            if settings.slow_mode_secs > 0 {
+                room_limits.push((
+                    limit_key("s", &[&room, &claims.sub]),
+                    Rate::once_per(settings.slow_mode_secs),
+                ));
+                messages.push("slow mode: wait before sending again");
+            }
+        }
+        // A guest's address spans rooms: its limit is counted beside the
+        // admission (concurrently), not in it.
+        let guest = async {
+            match &guest_address {
+                Some(address) if !claims.role.is_privileged() => {
+                    self.check_limit(
+                        limit_key("ga", &[address]),
+                        Rate::per_sec(
+                            limits.guest_sends_per_ip_per_sec,
+                            limits
+                                .guest_sends_per_ip_burst
+                                .max(limits.guest_sends_per_ip_per_sec),
+                        ),
+                        "guests at this address are sending too fast",
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            }
+        };
+        let intake = idempotency::Intake {
+            room: &room,
+            limits: &room_limits,
+            keyed: keyed.map(|(key, fingerprint, timing)| idempotency::Keyed {
+                user: &claims.sub,
+                scope: &scope,
+                key,
                 fingerprint,
                 timing,
-                self.limit_and_publish(send),
-            )
-            .await;
-        }
-        self.limit_and_publish(send).await
+            }),
+        };
+        // Concurrent retries with the same key, on any node, publish once.
+        idempotency::run(
+            self.moderation.store().as_ref(),
+            intake,
+            |index, wait_ms| {
+                let message = messages.get(index).copied();
+                rate_limited(message.unwrap_or("too many comments"), wait_ms)
+            },
+            guest,
+            self.publish(send),
+        )
+        .await
     }
 
-    async fn limit_and_publish(&self, send: Send<'_>) -> Result<u64, ApiError> {
+    async fn publish(&self, send: Send<'_>) -> Result<u64, ApiError> {
         let Send {
             claims,
-            guest_address,
             target,
             checked,
             text,
             hidden,
-            slow_mode_secs,
         } = send;
         let room = target.room();
-        if !claims.role.is_privileged() {
-            let l = &self.ctx.settings.limits;
-            let user = self.check_limit(
-                limit_key("u", &[room, &claims.sub]),
-                Rate::per_sec(l.user_per_sec, l.user_burst.max(l.user_per_sec)),
-                "you are sending too fast",
-            );
-            let guest = async {
-                match &guest_address {
-                    Some(address) => {
-                        self.check_limit(
-                            limit_key("ga", &[address]),
-                            Rate::per_sec(
-                                l.guest_sends_per_ip_per_sec,
-                                l.guest_sends_per_ip_burst.max(l.guest_sends_per_ip_per_sec),
-                            ),
-                            "guests at this address are sending too fast",
-                        )
-                        .await
-                    }
-                    None => Ok(()),
-                }
-            };
-            let room_limit = self.check_limit(
-                limit_key("r", &[room]),
-                Rate::per_sec(l.room_per_sec, l.room_burst.max(l.room_per_sec)),
-                "this room receives too many comments",
-            );
-            // One round trip for the three (pipelined on the store's connection).
-            let (user, guest, room_limit) = tokio::join!(user, guest, room_limit);
-            user?;
-            guest?;
-            room_limit?;
-            // Last, so a send refused by another limit does not start the wait.
-            if slow_mode_secs > 0 {
-                self.check_limit(
-                    limit_key("s", &[room, &claims.sub]),
-                    Rate::once_per(slow_mode_secs),
-                    "slow mode: wait before sending again",
-                )
-                .await?;
-            }
-        }
         let now = danmaku_core::now_ms();
         let (vod, offset_ms) = match target {
             Target::Live { .. } => (None, None),
@@ -523,12 +539,7 @@ impl Ingest {
             .map_err(store_failed)?
         {
             Ok(()) => Ok(()),
-            Err(wait_ms) => {
-                metrics::counter!("danmaku_ingest_refused_total", "reason" => "rate_limited")
-                    .increment(1);
-                Err(ApiError::new(ErrorCode::RateLimited, message)
-                    .retry_after(wait_ms.div_ceil(1000).max(1)))
-            }
+            Err(wait_ms) => Err(rate_limited(message, wait_ms)),
         }
     }
 
@@ -538,13 +549,18 @@ impl Ingest {
     }
 }
 
-/// A send past its checks, on its way to the limits and the Bus.
+/// `429 rate_limited` saying `message`, retry after `wait_ms` (whole seconds,
+/// at least 1); counted.
+fn rate_limited(message: &str, wait_ms: u64) -> ApiError {
+    metrics::counter!("danmaku_ingest_refused_total", "reason" => "rate_limited").increment(1);
+    ApiError::new(ErrorCode::RateLimited, message).retry_after(wait_ms.div_ceil(1000).max(1))
+}
+
+/// A send past its checks and admitted, on its way to the Bus.
 struct Send<'a> {
     claims: &'a Claims,
-    guest_address: Option<String>,
     target: &'a Target,
     checked: &'a validate::Checked,
     text: String,
     hidden: bool,
-    slow_mode_secs: u32,
 }

@@ -12,8 +12,9 @@ use danmaku_core::config::{Secret, Settings};
 use danmaku_core::context::Context;
 use danmaku_core::model::Danmaku;
 use danmaku_core::ports::{
-    Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore, ModerationError,
-    ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch, WordList,
+    Admission, Admit, Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore,
+    ModerationError, ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch,
+    WordList,
 };
 use danmaku_ingest::Ingest;
 use serde_json::{json, Value};
@@ -595,6 +596,10 @@ impl ModerationStore for Flaky {
     async fn take(&self, key: &str, rate: Rate) -> Result<Result<(), u64>, ModerationError> {
         self.check()?;
         self.inner.take(key, rate).await
+    }
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Admit, ModerationError> {
+        self.check()?;
+        self.inner.admit(admission).await
     }
 }
 

@@ -11,9 +11,9 @@
 
 use async_trait::async_trait;
 use danmaku_core::ports::{
-    ban_key, Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore, ModerationChange,
-    ModerationError, ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch,
-    WordList, LOG_KEEP,
+    ban_key, Admission, Admit, Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore,
+    ModerationChange, ModerationError, ModerationSnapshot, ModerationStore, Rate, RoomSettings,
+    RoomSettingsPatch, WordList, LOG_KEEP,
 };
 use redb::{ReadableTable, TableDefinition};
 use std::path::Path;
@@ -512,6 +512,12 @@ impl ModerationStore for EmbeddedModerationStore {
 
     async fn take(&self, key: &str, rate: Rate) -> Result<Result<(), u64>, ModerationError> {
         Ok(self.memory.take_now(key, rate))
+    }
+
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Admit, ModerationError> {
+        // Limits and unfinished claims are memory; completed keys are loaded
+        // into it: the whole decision is one memory step.
+        Ok(self.memory.admit_now(admission))
     }
 }
 

@@ -16,19 +16,45 @@
 //! | `dm:{<ns>mod}:settings` | HASH | room → settings JSON |
 //! | `dm:{<ns>mod}:words` | STRING | the word list JSON |
 //!
-//! The per-request state is one key per idempotency key or limit, hashed on its
-//! whole name, so it spreads over the cluster's slots:
-//! `dm:<ns>:ik:<len(user)>:<len(scope)>:<user>:<scope>:<key>` (`p|<fingerprint>`
-//! while claimed, `d|<fingerprint>|<id>` once completed; PX = the claim TTL, then
-//! the window) and `dm:<ns>:rl:<limit key>` (the GCRA theoretical arrival time in
-//! µs of the server's clock, PX until it no longer matters).
+//! The per-request state is one key per idempotency key or limit, spread over
+//! the cluster's slots by room:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `dm:<ns>:{<scope>}:ik:<len(user)>:<len(scope)>:<user>:<scope>:<key>` | STRING | an idempotency key (`scope` = `room:<room>` or `vod:<vod>`): `p\|<fingerprint>` while claimed, `d\|<fingerprint>\|<id>` once completed; PX = the claim TTL, then the window |
+//! | `dm:<ns>:{room:<room>}:rl:<limit key>` | STRING | a room's limit of [`ModerationStore::admit`] (per user, per room, slow mode): the GCRA theoretical arrival time in µs of the server's clock, PX until it no longer matters |
+//! | `dm:<ns>:rl:<limit key>` | STRING | a limit of [`ModerationStore::take`] (guest addresses, guest tokens): the same, hashed on its whole name |
+//!
+//! # The send path: one round trip
+//!
+//! [`ModerationStore::admit`] is one script (`ADMIT`) over the send's key and
+//! its room's limits: the key is looked at first (a held key answers and counts
+//! nothing), then every limit decided, then all counted and the key claimed, or
+//! nothing. A live send's key (scope `room:<room>`) carries the same hash tag as
+//! its room's limits, so the script is one slot on a cluster too. A VOD
+//! comment's key is tagged by its VOD: on a standalone Redis it is in the same
+//! script all the same; on a cluster it is claimed first in a script of its own
+//! and released again if a limit then refuses (two round trips, the only case).
+//!
+//! Completions ([`ModerationStore::complete_key`]) are group-committed: a task
+//! per store collects the completions waiting while one group is on the wire
+//! and writes the next group as one script (`COMPLETE_MANY`; on a cluster one
+//! script per scope, concurrently); each caller is answered when its group is
+//! written, as before, so a completion is never acknowledged before it is
+//! stored. A caller dropped while waiting leaves its completion to be written.
+//!
+//! Before 2026-12-06 the per-request keys had no hash tag (`dm:<ns>:ik:...`,
+//! `dm:<ns>:rl:...` for every limit): during a rolling upgrade across that
+//! change a retry answered by a node of the other version does not see the
+//! first send's key (it may be stored twice), and a room's limits restart.
 
 use super::{count_error, Conn};
 use ::redis::{RedisError, Script, Value};
 use async_trait::async_trait;
 use danmaku_core::ports::{
-    ban_key, Ban, ChangePage, Claim, IdempotencyKey, ModerationChange, ModerationError,
-    ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch, WordList, LOG_KEEP,
+    ban_key, Admission, Admit, Ban, ChangePage, Claim, IdempotencyKey, KeyClaim, ModerationChange,
+    ModerationError, ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch,
+    WordList, LOG_KEEP,
 };
 use std::sync::Arc;
 
@@ -155,6 +181,64 @@ end
 return 0
 "#;
 
+/// KEYS: the keys, one group after another. ARGV: per key its fingerprint, id,
+/// window ms. [`COMPLETE`] for each; returns how many were written.
+const COMPLETE_MANY: &str = r#"
+local written = 0
+for i, key in ipairs(KEYS) do
+  local fp = ARGV[3 * i - 2]
+  local cur = redis.call('GET', key)
+  local mine = true
+  if cur then
+    local state, cfp = parse(cur)
+    mine = cfp == fp
+  end
+  if mine then
+    redis.call('SET', key, 'd|' .. fp .. '|' .. ARGV[3 * i - 1], 'PX', ARGV[3 * i])
+    written = written + 1
+  end
+end
+return written
+"#;
+
+/// One send's admission ([`ModerationStore::admit`]). KEYS: the idempotency key
+/// when ARGV[1] is '1', then the room's limits. ARGV: '1' or '0', fingerprint,
+/// claim TTL ms, then per limit its interval µs and burst. `{1, id}` existing,
+/// `{2}` conflict, `{3}` in progress (nothing counted), `{4, index, wait µs}` a
+/// limit refused (nothing counted, no claim), `{0}` admitted (every limit
+/// counted, the key claimed). GCRA as in [`TAKE`], on the server's clock.
+const ADMIT: &str = r#"
+local base = 0
+if ARGV[1] == '1' then
+  base = 1
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    local state, fp, id = parse(cur)
+    if fp ~= ARGV[2] then return {2} end
+    if state == 'd' then return {1, id} end
+    return {3}
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+for i = base + 1, #KEYS do
+  local j = 4 + 2 * (i - base - 1)
+  local interval = tonumber(ARGV[j])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * tonumber(ARGV[j + 1])
+  if now < allow_at then return {4, i - base - 1, allow_at - now} end
+  tats[i] = new_tat
+end
+for i = base + 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+if base == 1 then redis.call('SET', KEYS[1], 'p|' .. ARGV[2], 'PX', ARGV[3]) end
+return {0}
+"#;
+
 /// KEYS: the limit. ARGV: interval µs, burst. GCRA on the server's clock
 /// (`Rate::decide`): 0 = allowed, else the wait in µs.
 const TAKE: &str = r#"
@@ -181,6 +265,8 @@ struct Scripts {
     complete: Script,
     release: Script,
     take: Script,
+    complete_many: Script,
+    admit: Script,
 }
 
 impl Scripts {
@@ -198,6 +284,8 @@ impl Scripts {
             complete: keyed(COMPLETE),
             release: Script::new(RELEASE),
             take: Script::new(TAKE),
+            complete_many: keyed(COMPLETE_MANY),
+            admit: keyed(ADMIT),
         }
     }
 }
@@ -211,6 +299,97 @@ pub struct RedisModerationStore {
     shared: String,
     /// `dm:<ns>:`
     per_request: String,
+    completer: Arc<Completer>,
+}
+
+/// A completed idempotency key on its way to Redis.
+struct Completion {
+    /// The Redis key.
+    key: String,
+    /// Its hash tag's content (the key's scope): completions of one scope share
+    /// a slot.
+    tag: String,
+    fingerprint: u64,
+    id: u64,
+    window_ms: u64,
+    /// The outcome (the error's text when the group failed).
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Completions written in one script at most.
+const GROUP: usize = 256;
+
+/// Group commit of completed keys (see the module documentation): the sending
+/// half of the channel to the task that writes them, started on first use in
+/// the caller's runtime (and again if that runtime ended).
+struct Completer {
+    conn: Conn,
+    scripts: Arc<Scripts>,
+    tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Completion>>>,
+}
+
+impl Completer {
+    /// The channel to a running task, starting one if there is none.
+    fn sender(&self) -> tokio::sync::mpsc::Sender<Completion> {
+        let mut tx = self.tx.lock().expect("completer lock");
+        if let Some(tx) = tx.as_ref().filter(|t| !t.is_closed()) {
+            return tx.clone();
+        }
+        let (sender, rx) = tokio::sync::mpsc::channel(4 * GROUP);
+        tokio::spawn(complete_groups(self.conn.clone(), self.scripts.clone(), rx));
+        *tx = Some(sender.clone());
+        sender
+    }
+}
+
+/// The completer's task: writes every completion waiting at once (at most
+/// [`GROUP`]) and answers each; ends when the store is dropped.
+async fn complete_groups(
+    conn: Conn,
+    scripts: Arc<Scripts>,
+    mut rx: tokio::sync::mpsc::Receiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(GROUP);
+    while rx.recv_many(&mut batch, GROUP).await > 0 {
+        let mut groups: Vec<Vec<Completion>> = Vec::new();
+        if matches!(conn, Conn::Cluster(_)) {
+            // One script per slot: completions of one scope share its hash tag.
+            let mut by_tag: std::collections::HashMap<String, Vec<Completion>> =
+                std::collections::HashMap::new();
+            for c in batch.drain(..) {
+                by_tag.entry(c.tag.clone()).or_default().push(c);
+            }
+            groups.extend(by_tag.into_values());
+        } else {
+            groups.push(std::mem::take(&mut batch));
+            batch.reserve(GROUP);
+        }
+        futures::future::join_all(groups.into_iter().map(|group| {
+            let mut conn = conn.clone();
+            let scripts = scripts.clone();
+            async move {
+                let mut inv = scripts.complete_many.prepare_invoke();
+                for c in &group {
+                    inv.key(&c.key)
+                        .arg(c.fingerprint.to_string())
+                        .arg(c.id.to_string())
+                        .arg(c.window_ms.max(1));
+                }
+                let result = inv
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        count_error("moderation_complete");
+                        e.to_string()
+                    });
+                for c in group {
+                    let _ = c.done.send(result.clone());
+                }
+            }
+        }))
+        .await;
+    }
 }
 
 fn unavailable(op: &'static str) -> impl Fn(RedisError) -> ModerationError {
@@ -260,9 +439,15 @@ fn pairs(v: &Value) -> Result<Vec<(String, String)>, ModerationError> {
 impl RedisModerationStore {
     /// The store on `conn`, its keys under `namespace` (`redis.namespace`).
     pub(crate) fn new(conn: Conn, namespace: &str) -> Self {
+        let scripts = Arc::new(Scripts::new());
         Self {
+            completer: Arc::new(Completer {
+                conn: conn.clone(),
+                scripts: scripts.clone(),
+                tx: std::sync::Mutex::new(None),
+            }),
             conn,
-            scripts: Arc::new(Scripts::new()),
+            scripts,
             shared: format!("dm:{{{namespace}mod}}:"),
             per_request: format!("dm:{namespace}:"),
         }
@@ -304,8 +489,68 @@ impl RedisModerationStore {
         inv
     }
 
+    /// `dm:<ns>:{<scope>}:ik:<encoded key>`: tagged by its scope, so a live
+    /// send's key shares its room's slot.
     fn idem_key(&self, key: &IdempotencyKey) -> String {
-        format!("{}ik:{}", self.per_request, key.encoded())
+        format!("{}{{{}}}:ik:{}", self.per_request, key.scope, key.encoded())
+    }
+
+    /// `dm:<ns>:{room:<room>}:rl:<limit key>`: a room's limit of `admit`.
+    fn room_limit_key(&self, room: &str, key: &str) -> String {
+        format!("{}{{room:{room}}}:rl:{key}", self.per_request)
+    }
+
+    /// The `ADMIT` script over `limits` of `room`, with `claim` first when given.
+    async fn admit_script(
+        &self,
+        room: &str,
+        limits: &[(String, Rate)],
+        claim: Option<&KeyClaim<'_>>,
+    ) -> Result<Admit, ModerationError> {
+        let mut inv = self.scripts.admit.prepare_invoke();
+        match claim {
+            Some(c) => {
+                inv.key(self.idem_key(c.key))
+                    .arg("1")
+                    .arg(c.fingerprint.to_string())
+                    .arg(c.ttl_ms.max(1));
+            }
+            None => {
+                inv.arg("0").arg("").arg(0);
+            }
+        }
+        for (key, rate) in limits {
+            inv.key(self.room_limit_key(room, key))
+                .arg(rate.interval_us.max(1))
+                .arg(rate.burst.max(1));
+        }
+        let reply: Value = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable("moderation_admit"))?;
+        let Value::Array(parts) = reply else {
+            return Err(corrupt("admit"));
+        };
+        match parts.first().and_then(int) {
+            Some(0) => Ok(Admit::Admitted),
+            Some(1) => parts
+                .get(1)
+                .and_then(bulk_str)
+                .and_then(|s| s.parse().ok())
+                .map(|id| Admit::Held(Claim::Existing(id)))
+                .ok_or_else(|| corrupt("claimed id")),
+            Some(2) => Ok(Admit::Held(Claim::Conflict)),
+            Some(3) => Ok(Admit::Held(Claim::InProgress)),
+            Some(4) => {
+                let index = parts.get(1).and_then(int).ok_or_else(|| corrupt("limit"))?;
+                let wait_us = parts.get(2).and_then(int).ok_or_else(|| corrupt("wait"))?;
+                Ok(Admit::Limited {
+                    index: usize::try_from(index).map_err(|_| corrupt("limit"))?,
+                    retry_after_ms: (wait_us.max(1) as u64).div_ceil(1000),
+                })
+            }
+            _ => Err(corrupt("admit state")),
+        }
     }
 }
 
@@ -568,6 +813,25 @@ impl ModerationStore for RedisModerationStore {
         id: u64,
         window_ms: u64,
     ) -> Result<(), ModerationError> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let completion = Completion {
+            key: self.idem_key(key),
+            tag: key.scope.clone(),
+            fingerprint,
+            id,
+            window_ms,
+            done,
+        };
+        if self.completer.sender().send(completion).await.is_ok() {
+            match written.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    return Err(ModerationError::unavailable("moderation_complete").with_source(e))
+                }
+                // The task's runtime ended with the completion: write it here.
+                Err(_) => {}
+            }
+        }
         self.scripts
             .complete
             .key(self.idem_key(key))
@@ -610,6 +874,36 @@ impl ModerationStore for RedisModerationStore {
         } else {
             Ok(Err((wait_us as u64).div_ceil(1000)))
         }
+    }
+
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Admit, ModerationError> {
+        let Admission {
+            room,
+            limits,
+            claim,
+        } = admission;
+        if limits.is_empty() && claim.is_none() {
+            return Ok(Admit::Admitted);
+        }
+        // On a cluster every key of a script must be in one slot: a key scoped
+        // otherwise than by the room (a VOD's) is claimed in a step of its own.
+        let apart = matches!(self.conn, Conn::Cluster(_))
+            && !limits.is_empty()
+            && claim.is_some_and(|c| c.key.scope.strip_prefix("room:") != Some(*room));
+        let Some(c) = claim.as_ref().filter(|_| apart) else {
+            return self.admit_script(room, limits, claim.as_ref()).await;
+        };
+        match self.claim_key(c.key, c.fingerprint, c.ttl_ms).await? {
+            Claim::New => {}
+            held => return Ok(Admit::Held(held)),
+        }
+        let decided = self.admit_script(room, limits, None).await;
+        if !matches!(decided, Ok(Admit::Admitted)) {
+            if let Err(e) = self.release_key(c.key, c.fingerprint).await {
+                tracing::warn!(error = %e, "cannot release an idempotency key");
+            }
+        }
+        decided
     }
 }
 

@@ -7,8 +7,8 @@
 use super::unique;
 use crate::config::FilterPolicy;
 use crate::ports::{
-    Ban, Claim, IdempotencyKey, ModerationChange, ModerationStore, Rate, RoomSettings,
-    RoomSettingsPatch, WordList,
+    Admission, Admit, Ban, Claim, IdempotencyKey, KeyClaim, ModerationChange, ModerationStore,
+    Rate, RoomSettings, RoomSettingsPatch, WordList,
 };
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ macro_rules! moderation_suite {
             a_released_or_abandoned_claim_frees_the_key
             rate_limits_allow_the_burst_then_answer_retry_after
             rate_limit_keys_are_independent
+            admit_claims_the_key_and_counts_the_room_limits_together
+            a_refused_admission_counts_nothing_and_claims_nothing
+            concurrent_admissions_give_one_owner_and_respect_the_burst
         ]);
     };
 }
@@ -547,4 +550,192 @@ pub async fn rate_limit_keys_are_independent(
     assert_eq!(writer.take(&a, rate).await.unwrap(), Ok(()));
     assert!(reader.take(&a, rate).await.unwrap().is_err());
     assert_eq!(reader.take(&b, rate).await.unwrap(), Ok(()));
+}
+
+/// `admission` of one send to `room` with `limits` and, when given, `key`
+/// (fingerprint `fp`, claim TTL `ttl_ms`).
+async fn admit(
+    store: &dyn ModerationStore,
+    room: &str,
+    limits: &[(String, Rate)],
+    key: Option<(&IdempotencyKey, u64, u64)>,
+) -> Admit {
+    store
+        .admit(&Admission {
+            room,
+            limits,
+            claim: key.map(|(key, fingerprint, ttl_ms)| KeyClaim {
+                key,
+                fingerprint,
+                ttl_ms,
+            }),
+        })
+        .await
+        .unwrap()
+}
+
+/// An admission claims its key and counts its room's limits; while the key is
+/// held (in progress, completed, another body) an admission answers that and
+/// counts nothing; an abandoned claim expires after its TTL.
+pub async fn admit_claims_the_key_and_counts_the_room_limits_together(
+    writer: &dyn ModerationStore,
+    reader: &dyn ModerationStore,
+) {
+    let room = unique("r");
+    let user = unique("u");
+    // Two sends per minute for the user, plenty for the room.
+    let limits = [
+        (
+            format!("u:{user}"),
+            Rate {
+                interval_us: 60_000_000,
+                burst: 2,
+            },
+        ),
+        (format!("r:{room}"), Rate::per_sec(1000, 1000)),
+    ];
+    let k = key(&user, &format!("room:{room}"), "k");
+    assert_eq!(
+        admit(writer, &room, &limits, Some((&k, 7, 30_000))).await,
+        Admit::Admitted
+    );
+    // A retry while the first is published, and one with another body.
+    assert_eq!(
+        admit(reader, &room, &limits, Some((&k, 7, 30_000))).await,
+        Admit::Held(Claim::InProgress)
+    );
+    assert_eq!(
+        admit(reader, &room, &limits, Some((&k, 8, 30_000))).await,
+        Admit::Held(Claim::Conflict)
+    );
+    writer.complete_key(&k, 7, 99, 60_000).await.unwrap();
+    assert_eq!(
+        admit(reader, &room, &limits, Some((&k, 7, 30_000))).await,
+        Admit::Held(Claim::Existing(99))
+    );
+    assert_eq!(
+        reader.claim_key(&k, 7, 30_000).await.unwrap(),
+        Claim::Existing(99)
+    );
+    // The held answers counted nothing: one send of the burst is left.
+    let k2 = key(&user, &format!("room:{room}"), "k2");
+    assert_eq!(
+        admit(reader, &room, &limits, Some((&k2, 1, 300))).await,
+        Admit::Admitted
+    );
+    assert_eq!(
+        writer.claim_key(&k2, 1, 30_000).await.unwrap(),
+        Claim::InProgress,
+        "an admission's claim is a claim"
+    );
+    match admit(writer, &room, &limits, None).await {
+        Admit::Limited {
+            index: 0,
+            retry_after_ms,
+        } => assert!((1..=60_000).contains(&retry_after_ms), "{retry_after_ms}"),
+        other => panic!("the user's third send: {other:?}"),
+    }
+    // The claim of k2 was never completed (its node died): it expires.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        admit(reader, &room, &[], Some((&k2, 2, 30_000))).await,
+        Admit::Admitted,
+        "an abandoned claim expires after its TTL"
+    );
+    // Without limits or key there is nothing to refuse.
+    assert_eq!(admit(writer, &room, &[], None).await, Admit::Admitted);
+}
+
+/// A send refused by one of its room's limits counts none of them and claims no
+/// key (a key scoped to a VOD of the room too); a room's limits are its own:
+/// another room's, and `take`'s under the same key, are other counters.
+pub async fn a_refused_admission_counts_nothing_and_claims_nothing(
+    writer: &dyn ModerationStore,
+    reader: &dyn ModerationStore,
+) {
+    let room = unique("r");
+    let once = Rate::once_per(60);
+    let (a, b) = ((unique("a"), once), (unique("b"), once));
+    assert_eq!(
+        admit(writer, &room, std::slice::from_ref(&b), None).await,
+        Admit::Admitted
+    );
+    let both = [a.clone(), b.clone()];
+    let user = unique("u");
+    for scope in [format!("room:{room}"), format!("vod:{}", unique("v"))] {
+        let k = key(&user, &scope, "k");
+        match admit(reader, &room, &both, Some((&k, 5, 30_000))).await {
+            Admit::Limited {
+                index: 1,
+                retry_after_ms,
+            } => assert!(
+                (25_000..=60_000).contains(&retry_after_ms),
+                "{retry_after_ms}"
+            ),
+            other => panic!("b refuses ({scope}): {other:?}"),
+        }
+        assert_eq!(
+            writer.claim_key(&k, 6, 30_000).await.unwrap(),
+            Claim::New,
+            "a refused send claims nothing ({scope})"
+        );
+    }
+    // `a` counted nothing: one send, then refused.
+    assert_eq!(
+        admit(writer, &room, std::slice::from_ref(&a), None).await,
+        Admit::Admitted
+    );
+    assert!(matches!(
+        admit(reader, &room, std::slice::from_ref(&a), None).await,
+        Admit::Limited { index: 0, .. }
+    ));
+    // Another room's `a`, and `take`'s `a`, are other counters.
+    assert_eq!(
+        admit(reader, &unique("r"), std::slice::from_ref(&a), None).await,
+        Admit::Admitted
+    );
+    assert_eq!(writer.take(&a.0, once).await.unwrap(), Ok(()));
+}
+
+/// Of concurrent admissions with one key (from both handles) exactly one is
+/// admitted; of concurrent admissions against a burst of 5, exactly 5.
+pub async fn concurrent_admissions_give_one_owner_and_respect_the_burst(
+    writer: &dyn ModerationStore,
+    reader: &dyn ModerationStore,
+) {
+    let room = unique("r");
+    let k = key(&unique("u"), &format!("room:{room}"), "k");
+    let outcomes = futures::future::join_all((0..16).map(|i| {
+        let store = if i % 2 == 0 { writer } else { reader };
+        let (k, room) = (k.clone(), room.clone());
+        async move { admit(store, &room, &[], Some((&k, 3, 30_000))).await }
+    }))
+    .await;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Admit::Admitted).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes
+        .iter()
+        .all(|o| matches!(o, Admit::Admitted | Admit::Held(Claim::InProgress))));
+
+    let limits = [(
+        unique("burst"),
+        Rate {
+            interval_us: 60_000_000,
+            burst: 5,
+        },
+    )];
+    let outcomes = futures::future::join_all((0..16).map(|i| {
+        let store = if i % 2 == 0 { writer } else { reader };
+        let (limits, room) = (&limits, room.clone());
+        async move { admit(store, &room, limits, None).await }
+    }))
+    .await;
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Admit::Admitted).count(),
+        5,
+        "{outcomes:?}"
+    );
 }

@@ -18,9 +18,9 @@ pub use archive_store::{
 pub use bus::{Bus, BusConsumer, BusError, BusErrorKind, BusRecord, RecordPosition};
 pub use cause::BoxError;
 pub use moderation::{
-    ban_key, now_us, Ban, ChangePage, Claim, IdempotencyKey, MemoryModerationStore,
-    ModerationChange, ModerationError, ModerationErrorKind, ModerationSnapshot, ModerationStore,
-    Rate, RoomSettings, RoomSettingsPatch, WordList, LOG_KEEP,
+    ban_key, now_us, Admission, Admit, Ban, ChangePage, Claim, IdempotencyKey, KeyClaim,
+    MemoryModerationStore, ModerationChange, ModerationError, ModerationErrorKind,
+    ModerationSnapshot, ModerationStore, Rate, RoomSettings, RoomSettingsPatch, WordList, LOG_KEEP,
 };
 pub use notifier::{Notice, Notifier, NotifierEvent, NotifyError, NotifyErrorKind};
 pub use object_store::{ObjectMeta, ObjectStore, ObjectStoreError, ObjectStoreErrorKind};

@@ -247,6 +247,51 @@ pub enum Claim {
     InProgress,
 }
 
+/// An idempotency key a send claims as it is admitted ([`ModerationStore::admit`]).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyClaim<'a> {
+    /// The key.
+    pub key: &'a IdempotencyKey,
+    /// The fingerprint of the send's body.
+    pub fingerprint: u64,
+    /// How long a new claim lives unless completed, ms.
+    pub ttl_ms: u64,
+}
+
+/// One send on its way in: the limits of its room it counts against and the
+/// idempotency key it claims, decided in one step ([`ModerationStore::admit`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Admission<'a> {
+    /// The room the send goes to (a VOD comment: the VOD's room).
+    pub room: &'a str,
+    /// The room's limits, in order of precedence, each `(key, rate)` with
+    /// distinct keys: counters of `room` of their own, not the ones
+    /// [`ModerationStore::take`] counts under the same key.
+    pub limits: &'a [(String, Rate)],
+    /// The idempotency key, when the send has one.
+    pub claim: Option<KeyClaim<'a>>,
+}
+
+/// What [`ModerationStore::admit`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Every limit allowed the send and counted it; the key, if any, is the
+    /// caller's now: it must [`ModerationStore::complete_key`] or
+    /// [`ModerationStore::release_key`] it.
+    Admitted,
+    /// `limits[index]` (the first that refused) allows the next send in
+    /// `retry_after_ms`; nothing was counted and the key was not claimed.
+    Limited {
+        /// The refusing limit's position in [`Admission::limits`].
+        index: usize,
+        /// Its wait, ms (at least 1).
+        retry_after_ms: u64,
+    },
+    /// The key is held: [`Claim::Existing`], [`Claim::Conflict`] or
+    /// [`Claim::InProgress`] (never [`Claim::New`]); no limit was counted.
+    Held(Claim),
+}
+
 /// A rate: `burst` sends at once, then one per `interval_us` (GCRA, the
 /// algorithm governor and redis-cell use). A limiter keeps one number per key:
 /// the theoretical arrival time (TAT, µs since the epoch).
@@ -311,6 +356,10 @@ impl Rate {
 ///   that died mid-publish frees the key by itself).
 /// - Rate limits are [`Rate::decide`] applied atomically per key, on one clock
 ///   (Redis: the server's), state kept only as long as it matters.
+/// - [`Self::admit`] decides a send's key and its room's limits as one atomic
+///   step where the adapter can (Redis Cluster: when the key's scope is the
+///   room, see the adapter): a held key counts no limit, a refused send counts
+///   none and claims nothing.
 ///
 /// On retry: every call may be repeated. A write repeated after an unknown
 /// outcome logs its change again (harmless: the change says the whole new
@@ -383,6 +432,12 @@ pub trait ModerationStore: Send + Sync + 'static {
     /// One send against `rate` under `key`: `Ok(())`, or `Err(retry_after_ms)`
     /// (nothing counted).
     async fn take(&self, key: &str, rate: Rate) -> Result<Result<(), u64>, ModerationError>;
+
+    /// Admits one send (the send path's one store round trip): if its key is
+    /// held ([`Self::claim_key`] would not answer [`Claim::New`]), that, counting
+    /// nothing; else if a limit refuses, the first that does, counting nothing;
+    /// else every limit counted and the key claimed ([`Admit::Admitted`]).
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Admit, ModerationError>;
 }
 
 /// How many changes the in-memory and embedded logs keep.
@@ -401,6 +456,23 @@ pub fn ban_key(room: Option<&str>, user: &str) -> String {
     format!("{}\u{0}{user}", room.unwrap_or("*"))
 }
 
+/// How the in-memory store keys a room's limit (the room's length first: no
+/// two (room, key) pairs run together).
+fn room_limit_key(room: &str, key: &str) -> String {
+    format!("{}:{room}:{key}", room.len())
+}
+
+/// What a claim of `key` with `fingerprint` finds at `now` (ms) when the key is
+/// held; `None` when it is free.
+fn held(s: &MemoryState, key: &IdempotencyKey, fingerprint: u64, now: i64) -> Option<Claim> {
+    match s.keys.get(key) {
+        Some((fp, _, exp)) if *exp > now && *fp != fingerprint => Some(Claim::Conflict),
+        Some((_, Some(id), exp)) if *exp > now => Some(Claim::Existing(*id)),
+        Some((_, None, exp)) if *exp > now => Some(Claim::InProgress),
+        _ => None,
+    }
+}
+
 #[derive(Default)]
 struct MemoryState {
     version: u64,
@@ -412,6 +484,9 @@ struct MemoryState {
     keys: HashMap<IdempotencyKey, (u64, Option<u64>, i64)>,
     /// key -> (TAT µs, expires at µs)
     limits: HashMap<String, (u64, u64)>,
+    /// The rooms' limits of [`ModerationStore::admit`]: `room_limit_key` -> (TAT
+    /// µs, expires at µs).
+    room_limits: HashMap<String, (u64, u64)>,
     /// Calls since the last sweep of expired keys and limits.
     since_sweep: u32,
 }
@@ -436,6 +511,7 @@ impl MemoryState {
         let now_us = now_us();
         self.keys.retain(|_, (_, _, exp)| *exp > now);
         self.limits.retain(|_, (_, exp)| *exp > now_us);
+        self.room_limits.retain(|_, (_, exp)| *exp > now_us);
         self.bans.retain(|_, b| b.until_ms > now);
     }
 }
@@ -482,16 +558,51 @@ impl MemoryModerationStore {
         let now = crate::now_ms();
         let mut s = self.lock();
         s.maybe_sweep();
-        match s.keys.get(key) {
-            Some((fp, _, exp)) if *exp > now && *fp != fingerprint => Claim::Conflict,
-            Some((_, Some(id), exp)) if *exp > now => Claim::Existing(*id),
-            Some((_, None, exp)) if *exp > now => Claim::InProgress,
-            _ => {
-                let exp = now.saturating_add(claim_ttl_ms as i64);
-                s.keys.insert(key.clone(), (fingerprint, None, exp));
-                Claim::New
+        if let Some(held) = held(&s, key, fingerprint, now) {
+            return held;
+        }
+        let exp = now.saturating_add(claim_ttl_ms as i64);
+        s.keys.insert(key.clone(), (fingerprint, None, exp));
+        Claim::New
+    }
+
+    /// [`ModerationStore::admit`] without the async wrapper.
+    pub fn admit_now(&self, admission: &Admission<'_>) -> Admit {
+        let now = crate::now_ms();
+        let now_us = now_us();
+        let mut s = self.lock();
+        s.maybe_sweep();
+        if let Some(c) = &admission.claim {
+            if let Some(held) = held(&s, c.key, c.fingerprint, now) {
+                return Admit::Held(held);
             }
         }
+        let mut counted = Vec::with_capacity(admission.limits.len());
+        for (index, (key, rate)) in admission.limits.iter().enumerate() {
+            let key = room_limit_key(admission.room, key);
+            let stored = s
+                .room_limits
+                .get(&key)
+                .filter(|(_, exp)| *exp > now_us)
+                .map(|(tat, _)| *tat);
+            match rate.decide(stored, now_us) {
+                Ok(tat) => counted.push((key, tat)),
+                Err(wait_us) => {
+                    return Admit::Limited {
+                        index,
+                        retry_after_ms: wait_us.div_ceil(1000).max(1),
+                    }
+                }
+            }
+        }
+        for (key, tat) in counted {
+            s.room_limits.insert(key, (tat, tat));
+        }
+        if let Some(c) = &admission.claim {
+            let exp = now.saturating_add(c.ttl_ms as i64);
+            s.keys.insert(c.key.clone(), (c.fingerprint, None, exp));
+        }
+        Admit::Admitted
     }
 
     /// [`ModerationStore::complete_key`] without the async wrapper.
@@ -649,6 +760,10 @@ impl ModerationStore for MemoryModerationStore {
 
     async fn take(&self, key: &str, rate: Rate) -> Result<Result<(), u64>, ModerationError> {
         Ok(self.take_now(key, rate))
+    }
+
+    async fn admit(&self, admission: &Admission<'_>) -> Result<Admit, ModerationError> {
+        Ok(self.admit_now(admission))
     }
 }
 
