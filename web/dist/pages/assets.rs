@@ -12,11 +12,6 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-7W5DXY7A.js")),
     ),
     (
-        "chunk-M2IWKO5N.js",
-        "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-M2IWKO5N.js")),
-    ),
-    (
         "chunk-MJ2WAVBE.js",
         "text/javascript; charset=utf-8",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-MJ2WAVBE.js")),
@@ -27,14 +22,19 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-TXCQC766.js")),
     ),
     (
+        "chunk-VNBQRUMR.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/chunk-VNBQRUMR.js")),
+    ),
+    (
         "home-SBG3QE4O.js",
         "text/javascript; charset=utf-8",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/home-SBG3QE4O.js")),
     ),
     (
-        "room-RI72YVDZ.js",
+        "room-MY7JPY4B.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-RI72YVDZ.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/room-MY7JPY4B.js")),
     ),
     (
         "style-DNN3RC2S.css",
@@ -42,9 +42,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-DNN3RC2S.css")),
     ),
     (
-        "vod-H4D6TAN7.js",
+        "vod-IWV3K2Z5.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-H4D6TAN7.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-IWV3K2Z5.js")),
     ),
 ];
 pub(crate) const WEB_HOME_HTML: &str =

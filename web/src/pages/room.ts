@@ -11,6 +11,8 @@ import { Stage } from "./stage.js";
 import { byId, element, errorInWords, getToken, idFromPath, rememberRoom, sendForm } from "./common.js";
 
 const LOG_LINES = 100;
+/** The log is rewritten at most this often, ms: nobody reads 500 lines a second, and each write costs a layout. */
+const LOG_EVERY_MS = 250;
 /** Items waiting for the next frame at most (a hidden tab gets no frames). */
 const MAX_QUEUED = 2000;
 
@@ -56,9 +58,23 @@ async function main(): Promise<void> {
     reconnect.hidden = state === "open" || state === "polling";
   });
   // Items are drawn once per frame: a busy room's many batches cost one
-  // layout, and the log keeps only its last lines.
+  // layout. The log gets its lines a few times a second and keeps only its
+  // last ones.
   let queue: Item[] = [];
   let scheduled = false;
+  let logQueue: Item[] = [];
+  let logTimer: ReturnType<typeof setTimeout> | undefined;
+  let loggedAt = 0;
+  const writeLog = () => {
+    logTimer = undefined;
+    loggedAt = performance.now();
+    const items = logQueue;
+    logQueue = [];
+    const lines = document.createDocumentFragment();
+    for (let i = items.length - 1; i >= 0; i--) lines.append(logLine(items[i]));
+    log.prepend(lines);
+    while (log.childElementCount > LOG_LINES) log.lastElementChild?.remove();
+  };
   const flush = () => {
     scheduled = false;
     const items = queue;
@@ -66,10 +82,11 @@ async function main(): Promise<void> {
     for (const item of items) {
       stage.add({ id: item.id, text: item.text, mode: item.mode, color: item.color, mine: mine.has(item.id) });
     }
-    const lines = document.createDocumentFragment();
-    for (const item of items.slice(-LOG_LINES).reverse()) lines.append(logLine(item));
-    log.prepend(lines);
-    while (log.childElementCount > LOG_LINES) log.lastElementChild?.remove();
+    logQueue.push(...items);
+    if (logQueue.length > LOG_LINES) logQueue = logQueue.slice(-LOG_LINES);
+    if (logTimer === undefined && logQueue.length) {
+      logTimer = setTimeout(writeLog, Math.max(0, loggedAt + LOG_EVERY_MS - performance.now()));
+    }
   };
   live.on("batch", ({ items }) => {
     queue.push(...items);
@@ -81,6 +98,8 @@ async function main(): Promise<void> {
   });
   live.on("delete", ({ ids }) => {
     stage.remove(ids);
+    const gone = new Set(ids);
+    logQueue = logQueue.filter((item) => !gone.has(item.id));
     for (const id of ids) log.querySelector(`[data-id="${CSS.escape(id)}"]`)?.remove();
   });
   live.on("online", ({ count }) => {

@@ -43,6 +43,9 @@ export class Stage {
   private readonly lanes: Lanes;
   private readonly live = new Set<{ node: HTMLElement; animation: Animation }>();
   private readonly measure: CanvasRenderingContext2D | null;
+  /** The stage's size, kept by a ResizeObserver: reading it per comment would force a layout each time. */
+  private width: number;
+  private height: number;
   private paused = false;
   private pausedAt = 0;
   /** Comments dropped because no lane was free (shown to the viewer). */
@@ -59,6 +62,14 @@ export class Stage {
     this.lanes = new Lanes(this.scrollMs, this.fixedMs);
     this.measure = document.createElement("canvas").getContext("2d");
     if (this.measure) this.measure.font = getComputedStyle(el).font || "24px sans-serif";
+    this.width = el.clientWidth;
+    this.height = el.clientHeight;
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => {
+        this.width = el.clientWidth;
+        this.height = el.clientHeight;
+      }).observe(el);
+    }
   }
 
   /** Comments on screen now. */
@@ -68,8 +79,8 @@ export class Stage {
 
   /** Shows `comment` if a lane is free; returns whether it was shown. */
   add(comment: StageComment): boolean {
-    const width = this.el.clientWidth;
-    const height = this.el.clientHeight;
+    const width = this.width;
+    const height = this.height;
     const lanes = Math.max(1, Math.floor(height / this.laneHeight));
     if (this.live.size >= this.maxOnScreen) return this.drop();
     const now = this.clock();

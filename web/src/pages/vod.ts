@@ -148,6 +148,7 @@ async function main(): Promise<void> {
   let last = player.time();
   let segment = -1;
   let wasPlaying = false;
+  let timeShown = "";
   const frame = () => {
     const t = player.time();
     const playing = player.playing();
@@ -171,8 +172,12 @@ async function main(): Promise<void> {
     last = t;
     const total = duration();
     document.body.dataset.playhead = String(Math.round(t));
-    time.textContent = `${clock(t)} / ${clock(total)}`;
-    if (document.activeElement !== seekBar) seekBar.value = String(total ? Math.round((t / total) * 1000) : 0);
+    // Text and the slider change a few times a second; writing them only then
+    // spares a layout in the other frames.
+    const shown = `${clock(t)} / ${clock(total)}`;
+    if (shown !== timeShown) time.textContent = timeShown = shown;
+    const position = String(total ? Math.round((t / total) * 1000) : 0);
+    if (document.activeElement !== seekBar && position !== seekBar.value) seekBar.value = position;
     requestAnimationFrame(frame);
   };
   requestAnimationFrame(frame);
