@@ -117,12 +117,35 @@ impl ImportError {
 pub struct TooLarge(pub u64);
 
 /// An [`AsyncBufRead`] that remembers where lines begin (the last
-/// [`LINES_HELD`] of them) so a byte position becomes a line and column.
+/// [`LINES_HELD`] of them) so a byte position becomes a line and column, and
+/// drops a leading UTF-8 byte order mark however the body's first bytes are
+/// split (quick-xml recognises one only within its first read, and would
+/// then count positions from after it while lines count from before).
+/// Positions count from after the mark.
 pub struct LineCounter<R> {
     inner: R,
     /// Absolute offset of the inner buffer's start.
     consumed: u64,
     lines: Lines,
+    head: Head,
+}
+
+/// The UTF-8 byte order mark.
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// Where [`LineCounter`] is with the document's first bytes.
+enum Head {
+    /// Reading the first bytes (`len` of them so far, a prefix of [`BOM`]).
+    Checking { bytes: [u8; 3], len: usize },
+    /// They were not a byte order mark: handing them out (from `at`) before
+    /// the inner reader's.
+    Replaying {
+        bytes: [u8; 3],
+        len: usize,
+        at: usize,
+    },
+    /// Past them.
+    Done,
 }
 
 /// Where the last lines began.
@@ -172,6 +195,10 @@ impl<R> LineCounter<R> {
             inner,
             consumed: 0,
             lines: Lines::default(),
+            head: Head::Checking {
+                bytes: [0; 3],
+                len: 0,
+            },
         }
     }
 
@@ -203,24 +230,51 @@ impl<R: AsyncBufRead + Unpin> AsyncRead for LineCounter<R> {
 
 impl<R: AsyncBufRead + Unpin> AsyncBufRead for LineCounter<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
-        let Self {
-            inner,
-            consumed,
-            lines,
-        } = self.get_mut();
-        match Pin::new(inner).poll_fill_buf(cx) {
-            Poll::Ready(Ok(buf)) => {
-                lines.scan(*consumed, buf);
-                Poll::Ready(Ok(buf))
-            }
-            other => other,
+        let this = self.get_mut();
+        // The first bytes: a byte order mark is dropped, anything else handed out.
+        while let Head::Checking { mut bytes, len } = this.head {
+            let n = match Pin::new(&mut this.inner).poll_fill_buf(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(data)) => {
+                    let n = (BOM.len() - len).min(data.len());
+                    bytes[len..len + n].copy_from_slice(&data[..n]);
+                    n
+                }
+            };
+            Pin::new(&mut this.inner).consume(n);
+            let len = len + n;
+            this.head = if n == 0 || bytes[..len] != BOM[..len] {
+                Head::Replaying { bytes, len, at: 0 }
+            } else if len == BOM.len() {
+                Head::Done
+            } else {
+                Head::Checking { bytes, len }
+            };
         }
+        if let Head::Replaying { len, at, .. } = this.head {
+            if at >= len {
+                this.head = Head::Done;
+            }
+        }
+        let buf = match &this.head {
+            Head::Replaying { bytes, len, at } => &bytes[*at..*len],
+            _ => match Pin::new(&mut this.inner).poll_fill_buf(cx) {
+                Poll::Ready(Ok(buf)) => buf,
+                other => return other,
+            },
+        };
+        this.lines.scan(this.consumed, buf);
+        Poll::Ready(Ok(buf))
     }
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         let this = self.get_mut();
         this.consumed += amt as u64;
-        Pin::new(&mut this.inner).consume(amt);
+        match &mut this.head {
+            Head::Replaying { at, .. } => *at += amt,
+            _ => Pin::new(&mut this.inner).consume(amt),
+        }
     }
 }
 
@@ -449,7 +503,9 @@ impl<R: AsyncBufRead + Unpin> Parser<R> {
             Element::Unknown => None,
         };
         match entry {
-            Some(e) if valid_text(&e.text) => Ok(Some(e)),
+            // A gift's or super chat's text is made of attributes: the same
+            // limit as a comment's.
+            Some(e) if valid_text(&e.text) && e.text.len() <= self.max_text_bytes => Ok(Some(e)),
             _ => {
                 self.skipped += 1;
                 Ok(None)
@@ -823,7 +879,11 @@ mod tests {
     use super::*;
 
     async fn parse(doc: &str) -> Result<(Vec<Entry>, u64), ImportError> {
-        let mut p = Parser::new(doc.as_bytes(), 300);
+        parse_bytes(doc.as_bytes()).await
+    }
+
+    async fn parse_bytes(doc: &[u8]) -> Result<(Vec<Entry>, u64), ImportError> {
+        let mut p = Parser::new(doc, 300);
         let mut out = Vec::new();
         while let Some(e) = p.next().await? {
             out.push(e);
@@ -925,6 +985,35 @@ mod tests {
         }
         let e = ImportError::Malformed { line: 3, column: 9 }.to_api();
         assert_eq!(e.message, "malformed XML at line 3, column 9");
+    }
+
+    /// A byte order mark is dropped however the first bytes arrive, and
+    /// positions count from after it (found by the `xml_import` fuzz target:
+    /// a mark split over two reads was refused, and lines were off by it).
+    #[tokio::test]
+    async fn a_byte_order_mark_in_any_pieces() {
+        let doc = "\u{feff}<i>\n<d p=\"1,1,25,0,0,0,u,1\">ok</d>\n<d p=\"2\">x</e>\n</i>";
+        for capacity in [1, 2, 3, 4, 1000] {
+            let mut p = Parser::new(
+                tokio::io::BufReader::with_capacity(capacity, doc.as_bytes()),
+                300,
+            );
+            assert_eq!(p.next().await.unwrap().unwrap().text, "ok", "{capacity}");
+            match p.next().await {
+                Err(ImportError::Malformed { line, column }) => {
+                    assert_eq!((line, column), (3, 11), "{capacity}")
+                }
+                other => panic!("{capacity}: {other:?}"),
+            }
+        }
+        // Not a mark: the bytes are the document's (and not UTF-8 here).
+        for doc in [&b"\xef<i></i>"[..], b"\xef\xbb<i></i>", b"\xef\xbb"] {
+            assert!(matches!(
+                parse_bytes(doc).await,
+                Err(ImportError::Malformed { line: 1, .. })
+            ));
+        }
+        assert_eq!(parse_bytes(b"\xef\xbb\xbf").await.unwrap().0.len(), 0);
     }
 
     #[tokio::test]

@@ -12,7 +12,11 @@
 //! - [`ingest_json`]: a request body through `read_json`, `JsonObject`,
 //!   `SendRequest` and the send validation;
 //! - [`replay_query`]: the replay API's query strings and path numbers through
-//!   its router, on an embedded store holding one small VOD.
+//!   its router, on an embedded store holding one small VOD;
+//! - [`bili_packets`]: Bilibili's live packets (`/sub`): headers, several
+//!   packets per message, versions 0-3, zlib and brotli batches;
+//! - [`xml_import`]: the import's XML parser (Bilibili and BililiveRecorder
+//!   documents), whole and read in small pieces.
 //!
 //! [`TARGETS`] names them all (the fuzz binaries and the seed test use it).
 
@@ -27,7 +31,9 @@ use danmaku_core::ports::ArchivedComment;
 use danmaku_core::vod::Session;
 use danmaku_ingest::json::JsonObject;
 use danmaku_ingest::{read_json, validate, SendRequest};
+use danmaku_live::bili::packet::{self as bili, Op, PacketError, Protover, HEADER_LEN};
 use danmaku_live::frames::{self, opcode, ClientFrame, ProtocolError, Reassembly};
+use danmaku_replay_api::import::{entry_id, Entry, ImportError, Parser};
 use serde_json::Value;
 use std::sync::OnceLock;
 use tower::ServiceExt;
@@ -45,6 +51,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bearer", bearer),
     ("ingest_json", ingest_json),
     ("replay_query", replay_query),
+    ("bili_packets", bili_packets),
+    ("xml_import", xml_import),
 ];
 
 /// The message limit the WebSocket targets parse with: small, so the limit's
@@ -752,5 +760,307 @@ fn check_range_page(uri: &Uri, body: &Value) {
     match body["next"].as_str() {
         Some(_) => assert!(!keys.is_empty(), "{uri}: next without items"),
         None => assert!(body["next"].is_null()),
+    }
+}
+
+/// The packet maxima the `/sub` target decodes with (the first input byte
+/// picks one): tiny, so the limits are reached by short inputs, and the live
+/// role's order of magnitude.
+pub const MAX_PACKETS: [usize; 4] = [16, 64, 1024, 16 * 1024];
+
+/// The outer packets of `buf` as their headers say, `(version, op, length)`,
+/// as long as the headers are well formed (the decoder's own checks).
+fn outer_headers(buf: &[u8], max: usize) -> Vec<(u16, u32, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= HEADER_LEN {
+        let h = &buf[at..];
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let version = u16::from_be_bytes([h[6], h[7]]);
+        let op = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        if u16::from_be_bytes([h[4], h[5]]) as usize != HEADER_LEN
+            || !(HEADER_LEN..=max).contains(&len)
+            || version > 3
+            || len > h.len()
+        {
+            break;
+        }
+        out.push((version, op, len));
+        at += len;
+    }
+    out
+}
+
+/// Bilibili's live packets as `/sub` reads a client's message and a client
+/// reads ours: (1) the input as a message (after a byte picking the maximum
+/// packet size from [`MAX_PACKETS`]): decoding is deterministic; what decodes
+/// has every packet within the maximum, no compressed batch left (nor one
+/// inside a batch), and at most `input + batches × max` body bytes; written
+/// again packet by packet it decodes to the same packets, and to the very input
+/// when it held no batch; any shorter prefix cut inside a packet is
+/// `Truncated`; an error is the one its first bad header says where the
+/// headers say it. (2) The input split at `\n` as command bodies: every
+/// protover's batch decodes back to the same bodies, in order, as version-0
+/// message packets; a compressed batch decoded with a maximum one byte below
+/// its plain size is `TooBig`.
+pub fn bili_packets(data: &[u8]) {
+    let Some((&flags, buf)) = data.split_first() else {
+        return;
+    };
+    let max = MAX_PACKETS[usize::from(flags & 3)];
+    // (1) The input as a message.
+    let got = bili::decode_message(buf, max);
+    assert_eq!(got, bili::decode_message(buf, max), "deterministic");
+    let headers = outer_headers(buf, max);
+    let whole: usize = headers.iter().map(|h| h.2).sum();
+    let batches = headers
+        .iter()
+        .filter(|(v, op, _)| matches!(v, 2 | 3) && *op == 5)
+        .count();
+    match &got {
+        Ok(packets) => {
+            assert_eq!(
+                whole,
+                buf.len(),
+                "decoded, yet the headers do not cover the input"
+            );
+            let mut total = 0usize;
+            let mut again = Vec::new();
+            for p in packets {
+                assert!(
+                    p.body.len() + HEADER_LEN <= max,
+                    "a packet past the maximum"
+                );
+                assert!(p.version <= 3);
+                assert!(
+                    !(matches!(p.version, 2 | 3) && p.op == Op::Message),
+                    "a compressed batch left undecoded"
+                );
+                total += p.body.len();
+                bili::put_packet(&mut again, p.version, p.op, p.seq, &p.body);
+            }
+            assert!(total <= buf.len() + batches * max, "{total} body bytes");
+            assert_eq!(
+                bili::decode_message(&again, max).as_ref(),
+                Ok(packets),
+                "packets written again"
+            );
+            if batches == 0 {
+                assert_eq!(again, buf, "a plain message written again");
+            }
+            // Cut inside the last packet: the message ends inside it.
+            if let Some(&(_, _, last)) = headers.last() {
+                let start = buf.len() - last;
+                for cut in [buf.len() - 1, start + HEADER_LEN, start + 1] {
+                    if (start + 1..buf.len()).contains(&cut) {
+                        assert_eq!(
+                            bili::decode_message(&buf[..cut], max),
+                            Err(PacketError::Truncated),
+                            "cut at {cut} of {}",
+                            buf.len()
+                        );
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            // Without a compressed batch before it, the error is exactly what
+            // the first header the walk stopped at says (checked in the
+            // decoder's order); after one, it may come from inside a batch.
+            assert!(
+                whole < buf.len() || batches > 0,
+                "{e:?}, yet every packet is whole"
+            );
+            if batches == 0 {
+                let rest = &buf[whole..];
+                let expected = if rest.len() < HEADER_LEN {
+                    PacketError::Truncated
+                } else {
+                    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                    if u16::from_be_bytes([rest[4], rest[5]]) as usize != HEADER_LEN {
+                        PacketError::HeaderLength
+                    } else if len < HEADER_LEN {
+                        PacketError::Short
+                    } else if len > max {
+                        PacketError::TooBig
+                    } else if u16::from_be_bytes([rest[6], rest[7]]) > 3 {
+                        PacketError::Version
+                    } else {
+                        assert!(len > rest.len(), "a whole packet the walk did not take");
+                        PacketError::Truncated
+                    }
+                };
+                assert_eq!(*e, expected, "at byte {whole}");
+            }
+        }
+    }
+    // (2) Bodies through every protover and back.
+    let bodies: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
+    let plain_len: usize = bodies.iter().map(|b| b.len() + HEADER_LEN).sum();
+    let roomy = plain_len + HEADER_LEN + 64;
+    for pv in [Protover::Plain, Protover::Zlib, Protover::Brotli] {
+        let wire = bili::encode_batch(pv, bodies.iter().copied());
+        let back = bili::decode_message(&wire, roomy.max(wire.len()))
+            .unwrap_or_else(|e| panic!("{pv:?}: our own batch: {e:?}"));
+        assert_eq!(back.len(), bodies.len(), "{pv:?}");
+        for (p, b) in back.iter().zip(&bodies) {
+            assert_eq!((p.version, p.op, p.seq), (0, Op::Message, 0), "{pv:?}");
+            assert_eq!(&p.body[..], *b, "{pv:?}");
+        }
+        if pv != Protover::Plain {
+            assert_eq!(
+                bili::decode_message(&wire, plain_len - 1),
+                Err(PacketError::TooBig),
+                "{pv:?} inflated past the maximum"
+            );
+        }
+    }
+    // The server's own packets.
+    let online = u32::from_be_bytes([flags, flags, 0, 1]);
+    let hb = bili::decode_message(&bili::heartbeat_reply(online), 64).expect("heartbeat");
+    assert_eq!(hb.len(), 1);
+    assert_eq!(
+        (hb[0].op, &hb[0].body[..]),
+        (Op::HeartbeatReply, &online.to_be_bytes()[..])
+    );
+}
+
+/// The longest text the import target keeps (bytes): small, so the limit is
+/// reached by short inputs.
+pub const MAX_IMPORT_TEXT: usize = 64;
+
+/// The entries of a document and the count of skipped elements, or the error,
+/// read through a buffer of `capacity` bytes (so the document arrives in
+/// pieces, as a request body does).
+fn import_all(data: &[u8], capacity: usize) -> Result<(Vec<Entry>, u64), ImportError> {
+    runtime().block_on(async {
+        let reader = tokio::io::BufReader::with_capacity(capacity, data);
+        let mut p = Parser::new(reader, MAX_IMPORT_TEXT);
+        let mut out = Vec::new();
+        while let Some(e) = p.next().await? {
+            out.push(e);
+        }
+        Ok((out, p.skipped))
+    })
+}
+
+/// XML text or attribute value with what XML gives a meaning escaped.
+fn xml_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push_str(&format!("&#{};", c as u32)),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A Bilibili `<d>` saying what `e` says (BililiveRecorder's `uid` and
+/// `user` attributes carry the user and the name).
+fn d_element(e: &Entry, out: &mut String) {
+    use danmaku_core::model::Mode;
+    let mode = match e.mode {
+        Mode::Bottom => 4,
+        Mode::Top => 5,
+        _ => 1,
+    };
+    let sent = match e.sent_ms {
+        None => 0,
+        Some(ms) if ms > 100_000_000_000 => ms,
+        Some(ms) => ms / 1000,
+    };
+    out.push_str(&format!(
+        "<d p=\"{}.{:03},{mode},25,{},{sent},0,x,0\" uid=\"",
+        e.offset_ms / 1000,
+        e.offset_ms % 1000,
+        e.color
+    ));
+    xml_escape(&e.user, out);
+    out.push_str("\" user=\"");
+    xml_escape(&e.name, out);
+    out.push_str("\">");
+    xml_escape(&e.text, out);
+    out.push_str("</d>\n");
+}
+
+/// The import's XML parser on any bytes (the first input byte picks the read
+/// buffer's size, 1-256 bytes): never a panic nor a body error; the same
+/// entries, count and error position whether the document is read at once or
+/// in small pieces; every entry has a text that can be shown within the limit
+/// ([`MAX_IMPORT_TEXT`]), an offset within ~31 years, a 24-bit color, and a
+/// user; no more entries and skips than elements; an error's line and column
+/// are within the document. The comments read, written again as a Bilibili
+/// document, read back to the same entries and ids, and nothing skipped.
+pub fn xml_import(data: &[u8]) {
+    let Some((&flags, doc)) = data.split_first() else {
+        return;
+    };
+    let capacity = usize::from(flags) + 1;
+    let whole = import_all(doc, doc.len().max(1) + 8);
+    let pieces = import_all(doc, capacity);
+    match (&whole, &pieces) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "read in pieces of {capacity}"),
+        (
+            Err(ImportError::Malformed { line, column }),
+            Err(ImportError::Malformed {
+                line: l2,
+                column: c2,
+            }),
+        ) => assert_eq!(
+            (line, column),
+            (l2, c2),
+            "error position in pieces of {capacity}"
+        ),
+        (a, b) => panic!("whole {a:?}, in pieces of {capacity} {b:?}"),
+    }
+    let (entries, skipped) = match whole {
+        Ok(r) => r,
+        Err(ImportError::Malformed { line, column }) => {
+            let lines = doc.iter().filter(|b| **b == b'\n').count() as u64 + 1;
+            assert!((1..=lines).contains(&line), "line {line} of {lines}");
+            assert!(
+                (1..=doc.len() as u64 + 1).contains(&column),
+                "column {column}"
+            );
+            return;
+        }
+        Err(e) => panic!("a body error from bytes in memory: {e:?}"),
+    };
+    let elements = doc.iter().filter(|b| **b == b'<').count() as u64;
+    assert!(
+        entries.len() as u64 + skipped <= elements,
+        "more entries than elements"
+    );
+    for e in &entries {
+        assert!(!e.text.trim().is_empty() && !e.text.contains('\0'), "{e:?}");
+        assert!(e.text.len() <= MAX_IMPORT_TEXT, "{e:?}");
+        assert!((0..1_000_000_000_000).contains(&e.offset_ms), "{e:?}");
+        assert!(e.color <= MAX_COLOR, "{e:?}");
+        assert!(!e.user.is_empty(), "{e:?}");
+    }
+    // The comments written again as a Bilibili document read back the same.
+    let comments: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == danmaku_core::model::Kind::Comment)
+        .collect();
+    let mut again = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<i>\n");
+    for e in &comments {
+        d_element(e, &mut again);
+    }
+    again.push_str("</i>\n");
+    let (back, skipped) = import_all(again.as_bytes(), 4096)
+        .unwrap_or_else(|e| panic!("our own document: {e:?}\n{again}"));
+    assert_eq!(skipped, 0, "{again}");
+    assert_eq!(back.len(), comments.len(), "{again}");
+    for (b, e) in back.iter().zip(&comments) {
+        assert_eq!(b, *e, "{again}");
+        assert_eq!(
+            entry_id("v", 1_800_000_000_000, b),
+            entry_id("v", 1_800_000_000_000, e)
+        );
     }
 }

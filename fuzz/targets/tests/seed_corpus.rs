@@ -171,5 +171,7 @@ targets!(
     token,
     bearer,
     ingest_json,
-    replay_query
+    replay_query,
+    bili_packets,
+    xml_import
 );
