@@ -2,7 +2,7 @@
 //! `GET /v1/vods/{vod}`, `PATCH /v1/vods/{vod}` (`video_url`),
 //! `GET /v1/rooms/{room}/vods`, and `GET /v1/vods` (live and recent sessions of
 //! every room, for the home page; the project's own addition, documented in
-//! docs/OPERATIONS.md).
+//! docs/API_CHOICES.md; served from [`crate::listing`]'s snapshot).
 
 use crate::listing::MAX_LIST_LIMIT;
 use crate::{check_vod, store_error, Replay};
