@@ -404,17 +404,25 @@ async function replay() {
       if (sample.playhead >= durationMs - 1000) break;
       if (Date.now() - t0 > ((durationMs / 16) * 2 + 120_000)) throw new Error("the replay did not reach the end in twice its time");
     }
-    // The first sample holds the page's start-up (heatmap, first segments);
-    // flat means no growth after it.
+    // The first sample holds two segments (the playhead's and the next); from
+    // the second segment on the page holds three (one behind). Flat = the
+    // second half of the run holds no more than the first half did.
     const used = samples.map((s) => s.used);
     const first = used[0];
     const max = Math.max(...used);
     const last = used[used.length - 1];
+    const half = Math.floor(used.length / 2);
+    const firstHalf = Math.max(...used.slice(0, half));
+    const secondHalf = Math.max(...used.slice(half));
+    const pct = (a, b) => (((a - b) / b) * 100).toFixed(1) + " %";
     report(
       `replay ${REPLAY_HOURS} h x ${PER_SEGMENT}/segment at 16x: JS heap after GC`,
-      `first ${kb(first)}, median ${kb(median(used))}, max ${kb(max)} (${(((max - first) / first) * 100).toFixed(1)} % over first), ` +
-        `last ${kb(last)} (${(((last - first) / first) * 100).toFixed(1)} %); ${samples.length} samples over ${samples[samples.length - 1].wall.toFixed(0)} s`,
+      `first ${kb(first)}, median ${kb(median(used))}, max ${kb(max)} (${pct(max, first)} over first), last ${kb(last)}; ` +
+        `max of the second half ${kb(secondHalf)} vs first half ${kb(firstHalf)}: ${pct(secondHalf, firstHalf)}; ` +
+        `${samples.length} samples over ${samples[samples.length - 1].wall.toFixed(0)} s`,
     );
+    const screens = samples.map((s) => s.onScreen);
+    report("replay comments on screen (at the samples)", `median ${median(screens)}, max ${Math.max(...screens)}`);
     const nodes = samples.map((s) => s.nodes);
     report("replay DOM nodes", `first ${nodes[0]}, max ${Math.max(...nodes)}, last ${nodes[nodes.length - 1]}`);
     const sorted = intervalsAll.sort((a, b) => a - b);

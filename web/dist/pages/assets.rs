@@ -42,9 +42,9 @@ pub(crate) const WEB_ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/style-DNN3RC2S.css")),
     ),
     (
-        "vod-IWV3K2Z5.js",
+        "vod-VC2KGZRX.js",
         "text/javascript; charset=utf-8",
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-IWV3K2Z5.js")),
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist/pages/assets/vod-VC2KGZRX.js")),
     ),
 ];
 pub(crate) const WEB_HOME_HTML: &str =

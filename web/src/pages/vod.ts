@@ -10,8 +10,13 @@ import { ApiError, type Mode } from "../sdk/types.js";
 import { Stage } from "./stage.js";
 import { byId, clock, errorInWords, getToken, idFromPath, link, sendForm } from "./common.js";
 
-/** A jump larger than this (or backwards) is a seek: the stage clears. */
-const SEEK_MS = 1500;
+/**
+ * Most playback time whose comments one frame adds: after a stall (a busy
+ * machine, a background tab) at 16x the playhead may have moved far; the
+ * comments of its last SHOW_MS are shown, not all of them at once. A seek
+ * (the slider, the video's own controls, or moving backwards) clears the stage.
+ */
+const SHOW_MS = 1500;
 const HEAT_BUCKETS = 200;
 /** How often a recording still live rereads the playhead's segment, ms. */
 const LIVE_REVALIDATE_MS = 5000;
@@ -24,6 +29,8 @@ interface Player {
   pause(): void;
   seek(ms: number): void;
   setRate(rate: number): void;
+  /** Whether the playhead was moved other than by playing since the last call. */
+  seeked(): boolean;
 }
 
 class ClockPlayer implements Player {
@@ -63,10 +70,22 @@ class ClockPlayer implements Player {
     this.since = performance.now();
     this.rate = rate;
   }
+  seeked(): boolean {
+    return false;
+  }
 }
 
 class VideoPlayer implements Player {
-  constructor(private readonly video: HTMLVideoElement) {}
+  private moved = false;
+  constructor(private readonly video: HTMLVideoElement) {
+    // The video's own controls seek too.
+    video.addEventListener("seeking", () => (this.moved = true));
+  }
+  seeked(): boolean {
+    const moved = this.moved;
+    this.moved = false;
+    return moved;
+  }
   time(): number {
     return this.video.currentTime * 1000;
   }
@@ -134,7 +153,11 @@ async function main(): Promise<void> {
   const rate = byId<HTMLSelectElement>("rate");
   playButton.addEventListener("click", () => (player.playing() ? player.pause() : player.play()));
   rate.addEventListener("change", () => player.setRate(Number(rate.value) || 1));
-  seekBar.addEventListener("input", () => player.seek((Number(seekBar.value) / 1000) * duration()));
+  let seeked = false;
+  seekBar.addEventListener("input", () => {
+    seeked = true;
+    player.seek((Number(seekBar.value) / 1000) * duration());
+  });
 
   void drawHeatmap(replay, byId<HTMLCanvasElement>("heat"));
   if (session.ended_at === null) {
@@ -162,10 +185,11 @@ async function main(): Promise<void> {
       segment = n;
       void replay.setPlayhead(t).catch(() => undefined);
     }
-    if (t < last || t - last > SEEK_MS) {
+    if (seeked || player.seeked() || t < last) {
+      seeked = false;
       stage.clear();
     } else if (t > last) {
-      for (const item of replay.itemsBetween(last, t)) {
+      for (const item of replay.itemsBetween(Math.max(last, t - SHOW_MS), t)) {
         stage.add({ id: item.id, text: item.text, mode: item.mode, color: item.color, offsetMs: item.offset_ms });
       }
     }
