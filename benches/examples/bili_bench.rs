@@ -8,7 +8,7 @@
 //! ```bash
 //! cargo build --release -p danmaku
 //! cargo run --release -p danmaku-benches --example bili_bench -- \
-//!     [bytes|import|fanout|all] [--bin target/release/danmaku] [--comments 10000] \
+//!     [bytes|parse|import|fanout|all] [--bin target/release/danmaku] [--comments 10000] \
 //!     [--rate 1000] [--import 1000000] [--viewers 5000] [--secs 20] [--sample 50]
 //! ```
 //!
@@ -27,11 +27,19 @@
 //! a service token; bytes per delivered comment = bytes received / comments.
 //! The batching (and so the ratio) follows the rate, as on a real room.
 //!
+//! `parse`: the import's stages in this process (no server, no HTTP): the XML
+//! parser alone, the parser plus ids and protobufs, the embedded Bus's
+//! publishes alone, the ArchiveStore's upserts alone, and the import handler
+//! on an embedded Context without writer and archiver.
+//!
 //! `import`: writes the document (offsets over 3 hours, 50,000 users) to a
 //! temporary file, starts a session, and times `POST /v1/vods/{vod}/import`
 //! from the first byte sent to the answer; prints comments/s and the server's
 //! `VmHWM` (peak RSS) before and after.
 
+use danmaku_core::model::Danmaku;
+use danmaku_core::ports::ArchivedComment;
+use danmaku_core::vod::Session;
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -242,24 +250,160 @@ async fn bytes_per_comment(bin: &str, comments: usize, rate: usize) {
     drop(srv);
 }
 
+/// The benchmark's Bilibili XML document of `n` comments: offsets spread
+/// over 3 hours, 50,000 user hashes, about 72 bytes a comment.
+fn import_document(n: usize) -> String {
+    let mut doc = String::with_capacity(n * 72 + 64);
+    doc.push_str(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><i><chatserver>chat.bilibili.com</chatserver>\n",
+    );
+    for i in 0..n {
+        let offset_ms = (i as u64 * 10_800_000) / n as u64;
+        doc.push_str(&format!(
+            "<d p=\"{}.{:03},1,25,16777215,1700000000,0,{:08x},{i}\">弹幕 {i} 好耶</d>\n",
+            offset_ms / 1000,
+            offset_ms % 1000,
+            i % 50_000
+        ));
+    }
+    doc.push_str("</i>\n");
+    doc
+}
+
+/// Prints one stage's rate.
+fn stage(what: &str, n: usize, started: Instant) -> f64 {
+    let secs = started.elapsed().as_secs_f64();
+    println!("  {what:<58} {n} in {secs:.2} s: {:.0}/s", n as f64 / secs);
+    secs
+}
+
+/// A Context of embedded adapters under `dir` (as `danmaku serve` builds it,
+/// without its writer and archiver), a session of room `imp` started 4 hours
+/// ago, and that session.
+async fn embedded_vod(dir: &std::path::Path) -> (danmaku_core::context::Context, Session) {
+    let mut s = danmaku_core::config::Settings::default();
+    s.server.data_dir = dir.to_path_buf();
+    s.server.demo = false;
+    s.auth.secret.0 = "bench-secret".into();
+    s.import.max_bytes = 1 << 30;
+    let ctx = danmaku_embedded::testkit::context(s);
+    let session = Session {
+        vod: "imp-vod".into(),
+        room: "imp".into(),
+        started_at: danmaku_core::now_ms() - 4 * 3_600_000,
+        ended_at: None,
+        latency_ms: 0,
+        video_url: None,
+    };
+    ctx.archive.create_session(&session).await.unwrap();
+    (ctx, session)
+}
+
+/// `parse`: where an import's time goes, stage by stage, in this process (no
+/// HTTP, no server): the XML parser alone over the document in memory; the
+/// parser plus what the import makes of each entry (its id, the comment and
+/// its protobuf); the embedded Bus's publishes alone and the ArchiveStore's
+/// upserts alone (4,096-comment chunks, as the import sends them); and the
+/// import handler itself on an embedded Context whose writer and archiver do
+/// not run (so the difference to `import` is theirs and HTTP's).
+async fn import_stages(n: usize) {
+    use danmaku_replay_api::import::{entry_id, Parser};
+    let doc = import_document(n);
+    println!(
+        "import stages, {n} comments ({:.1} MB of XML), in process:",
+        doc.len() as f64 / 1e6
+    );
+    let read = || tokio::io::BufReader::with_capacity(64 << 10, doc.as_bytes());
+    let t = Instant::now();
+    let mut p = Parser::new(read(), 400);
+    let mut count = 0;
+    while p.next().await.unwrap().is_some() {
+        count += 1;
+    }
+    stage("parse (quick-xml -> entries)", count, t);
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, session) = embedded_vod(&dir.path().join("stages")).await;
+    let t = Instant::now();
+    let mut p = Parser::new(read(), 400);
+    let mut rows = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    while let Some(e) = p.next().await.unwrap() {
+        let item = Danmaku {
+            id: entry_id(&session.vod, session.started_at, &e),
+            room: session.room.clone(),
+            user: e.user,
+            name: e.name,
+            ts_ms: e.sent_ms.unwrap_or(session.started_at + e.offset_ms),
+            kind: e.kind as i32,
+            mode: e.mode as i32,
+            color: e.color,
+            text: e.text,
+            vod: Some(session.vod.clone()),
+            offset_ms: Some(e.offset_ms),
+            ..Default::default()
+        };
+        payloads.push(item.encode_bytes());
+        rows.push(ArchivedComment {
+            vod: session.vod.clone(),
+            offset_ms: e.offset_ms,
+            item,
+        });
+    }
+    stage("parse + id + comment + protobuf", rows.len(), t);
+    let t = Instant::now();
+    for part in payloads.chunks(4096) {
+        let publishes = part.iter().map(|b| ctx.bus.publish("imp", b.clone()));
+        for r in futures::future::join_all(publishes).await {
+            r.unwrap();
+        }
+    }
+    stage("embedded Bus publish (4,096 at once, group commit)", n, t);
+    let t = Instant::now();
+    for part in rows.chunks(4096) {
+        ctx.archive.upsert_comments(part).await.unwrap();
+    }
+    stage("ArchiveStore upsert (one transaction per 4,096)", n, t);
+    let t = Instant::now();
+    for part in rows.chunks(4096) {
+        ctx.archive.upsert_comments(part).await.unwrap();
+    }
+    stage("ArchiveStore upsert again (all duplicates)", n, t);
+    drop((rows, payloads, ctx));
+    // The handler, through the replay router, on a fresh Context.
+    let (ctx, session) = embedded_vod(&dir.path().join("handler")).await;
+    let token = ctx.signer.issue(
+        "bench",
+        None,
+        danmaku_core::auth::Role::Service,
+        danmaku_core::now_ms() / 1000,
+        3600,
+    );
+    let ingest = danmaku_ingest::Ingest::new(ctx.clone()).unwrap();
+    let app = danmaku_replay_api::router(danmaku_replay_api::Replay::new(ctx, ingest));
+    for round in [
+        "import handler (no writer, no archiver)",
+        "the same document again (all skipped)",
+    ] {
+        let req = axum::http::Request::post(format!("/v1/vods/{}/import", session.vod))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/xml")
+            .body(axum::body::Body::from(doc.clone()))
+            .unwrap();
+        let t = Instant::now();
+        let resp = tower::ServiceExt::oneshot(app.clone(), req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        stage(round, n, t);
+        println!("    -> {status} {}", String::from_utf8_lossy(&body));
+    }
+}
+
 async fn import_throughput(bin: &str, n: usize) {
     let data = tempfile::tempdir().unwrap();
     let doc_path = data.path().join("import.xml");
-    {
-        let mut doc = String::with_capacity(n * 72 + 64);
-        doc.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?><i><chatserver>chat.bilibili.com</chatserver>\n");
-        for i in 0..n {
-            let offset_ms = (i as u64 * 10_800_000) / n as u64;
-            doc.push_str(&format!(
-                "<d p=\"{}.{:03},1,25,16777215,1700000000,0,{:08x},{i}\">弹幕 {i} 好耶</d>\n",
-                offset_ms / 1000,
-                offset_ms % 1000,
-                i % 50_000
-            ));
-        }
-        doc.push_str("</i>\n");
-        std::fs::write(&doc_path, doc).unwrap();
-    }
+    std::fs::write(&doc_path, import_document(n)).unwrap();
     let size = std::fs::metadata(&doc_path).unwrap().len();
     let srv = start(bin, &data.path().join("d")).await;
     let pid = srv.child.id().unwrap();
@@ -512,6 +656,9 @@ async fn main() {
             num(&args, "--rate", 1000),
         )
         .await;
+    }
+    if matches!(what.as_str(), "parse" | "all") {
+        import_stages(num(&args, "--import", 1_000_000)).await;
     }
     if matches!(what.as_str(), "import" | "all") {
         import_throughput(&bin, num(&args, "--import", 1_000_000)).await;
