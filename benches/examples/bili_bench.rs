@@ -9,7 +9,7 @@
 //! cargo build --release -p danmaku
 //! cargo run --release -p danmaku-benches --example bili_bench -- \
 //!     [bytes|parse|import|fanout|all] [--bin target/release/danmaku] [--comments 10000] \
-//!     [--rate 1000] [--import 1000000] [--viewers 5000] [--secs 20] [--sample 50]
+//!     [--rate 1000] [--import 1000000] [--spread] [--viewers 5000] [--secs 20] [--sample 50]
 //! ```
 //!
 //! `fanout`: `--viewers` JSON WebSocket viewers of one room, then (a fresh
@@ -251,16 +251,19 @@ async fn bytes_per_comment(bin: &str, comments: usize, rate: usize) {
 }
 
 /// The benchmark's Bilibili XML document of `n` comments: offsets spread
-/// over 3 hours, 50,000 user hashes, about 72 bytes a comment.
-fn import_document(n: usize) -> String {
+/// over 3 hours, 50,000 user hashes, about 72 bytes a comment. The send
+/// times are all `1700000000` (one slice of the room holds everything), or
+/// with `spread` `1700000000` plus the offset, as in a real recording.
+fn import_document(n: usize, spread: bool) -> String {
     let mut doc = String::with_capacity(n * 72 + 64);
     doc.push_str(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?><i><chatserver>chat.bilibili.com</chatserver>\n",
     );
     for i in 0..n {
         let offset_ms = (i as u64 * 10_800_000) / n as u64;
+        let sent = 1_700_000_000 + if spread { offset_ms / 1000 } else { 0 };
         doc.push_str(&format!(
-            "<d p=\"{}.{:03},1,25,16777215,1700000000,0,{:08x},{i}\">弹幕 {i} 好耶</d>\n",
+            "<d p=\"{}.{:03},1,25,16777215,{sent},0,{:08x},{i}\">弹幕 {i} 好耶</d>\n",
             offset_ms / 1000,
             offset_ms % 1000,
             i % 50_000
@@ -306,9 +309,9 @@ async fn embedded_vod(dir: &std::path::Path) -> (danmaku_core::context::Context,
 /// upserts alone (4,096-comment chunks, as the import sends them); and the
 /// import handler itself on an embedded Context whose writer and archiver do
 /// not run (so the difference to `import` is theirs and HTTP's).
-async fn import_stages(n: usize) {
+async fn import_stages(n: usize, spread: bool) {
     use danmaku_replay_api::import::{entry_id, Parser};
-    let doc = import_document(n);
+    let doc = import_document(n, spread);
     println!(
         "import stages, {n} comments ({:.1} MB of XML), in process:",
         doc.len() as f64 / 1e6
@@ -400,10 +403,10 @@ async fn import_stages(n: usize) {
     }
 }
 
-async fn import_throughput(bin: &str, n: usize) {
+async fn import_throughput(bin: &str, n: usize, spread: bool) {
     let data = tempfile::tempdir().unwrap();
     let doc_path = data.path().join("import.xml");
-    std::fs::write(&doc_path, import_document(n)).unwrap();
+    std::fs::write(&doc_path, import_document(n, spread)).unwrap();
     let size = std::fs::metadata(&doc_path).unwrap().len();
     let srv = start(bin, &data.path().join("d")).await;
     let pid = srv.child.id().unwrap();
@@ -657,11 +660,13 @@ async fn main() {
         )
         .await;
     }
+    // `--spread`: send times follow the offsets (see `import_document`).
+    let spread = args.iter().any(|a| a == "--spread");
     if matches!(what.as_str(), "parse" | "all") {
-        import_stages(num(&args, "--import", 1_000_000)).await;
+        import_stages(num(&args, "--import", 1_000_000), spread).await;
     }
     if matches!(what.as_str(), "import" | "all") {
-        import_throughput(&bin, num(&args, "--import", 1_000_000)).await;
+        import_throughput(&bin, num(&args, "--import", 1_000_000), spread).await;
     }
     if matches!(what.as_str(), "fanout" | "all") {
         let (viewers, rate) = (num(&args, "--viewers", 5000), num(&args, "--rate", 1000));
