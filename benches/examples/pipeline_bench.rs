@@ -3,7 +3,7 @@
 //! `../shared/bench/redis_limits.sh`) on the same Redis in the same run.
 //!
 //! ```text
-//! cargo run --release -p danmaku-live --example pipeline_bench
+//! cargo run --release -p danmaku-benches --example pipeline_bench
 //! ```
 //!
 //! Per run: the topic is filled with `N` comments over `ROOMS` rooms (Zipf
@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const PAYLOAD: &str = r#"{"uid":1234567,"text":"hello-danmaku-0123456789"}"#;
 
