@@ -18,6 +18,11 @@ fn web_dir() -> PathBuf {
 
 /// Runs `program args` in web/, printing its output; panics unless it succeeds.
 fn run_in_web(program: &str, args: &[&str]) {
+    run_in_web_with(program, args, &[]);
+}
+
+/// [`run_in_web`] with more environment for the program.
+fn run_in_web_with(program: &str, args: &[&str], env: &[(&str, &Path)]) {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let web = web_dir();
     assert!(
@@ -29,6 +34,7 @@ fn run_in_web(program: &str, args: &[&str]) {
         .current_dir(&web)
         .env("DANMAKU_BIN", env!("CARGO_BIN_EXE_danmaku"))
         .env("CI", "true")
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -64,6 +70,75 @@ fn live_room_page() {
 #[ignore = "needs chromium and npm (npm ci in web/)"]
 fn replay_page() {
     run_in_web("node", &["--test", "e2e/vod.test.mjs"]);
+}
+
+/// A recording longer than one segment cannot be made through the API without
+/// waiting its length (sessions start now), so this one, 12 minutes long and
+/// ended, is written into the data dir's embedded stores before the server of
+/// `e2e/vod_long.test.mjs` starts on it: comments at 1 s and 2 s (segment 0) and
+/// at 401-403 s (segment 1).
+#[test]
+#[ignore = "needs chromium and npm (npm ci in web/)"]
+fn replay_page_loads_segment_1_after_a_seek() {
+    use danmaku_core::model::{Danmaku, Kind, Mode};
+    use danmaku_core::ports::ArchivedComment;
+    use danmaku_core::vod::Session;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut s = danmaku_core::config::Settings::default();
+        s.server.data_dir = data.clone();
+        s.auth.secret.0 = "seed".into();
+        let ctx = danmaku::engines::EngineSelection::build(s)
+            .await
+            .expect("embedded stores");
+        let (vod, room) = ("long-vod", "long-room");
+        let now = danmaku_core::now_ms();
+        let session = Session {
+            vod: vod.into(),
+            room: room.into(),
+            started_at: now - 720_000,
+            ended_at: None,
+            latency_ms: 0,
+            video_url: None,
+        };
+        ctx.archive.create_session(&session).await.expect("session");
+        ctx.archive.end_session(vod, now).await.expect("end");
+        let rows: Vec<ArchivedComment> = [1_000i64, 2_000, 401_000, 402_000, 403_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &offset)| ArchivedComment {
+                vod: vod.into(),
+                offset_ms: offset,
+                item: Danmaku {
+                    id: 7_000_000_000_000_000 + i as u64,
+                    room: room.into(),
+                    user: "seeded".into(),
+                    name: String::new(),
+                    ts_ms: session.started_at + offset,
+                    kind: Kind::Comment as i32,
+                    mode: Mode::Scroll as i32,
+                    color: 0xff_ffff,
+                    text: format!("at {offset}"),
+                    stream_pos_ms: None,
+                    vod: Some(vod.into()),
+                    offset_ms: Some(offset),
+                    hidden: false,
+                    deletes: None,
+                },
+            })
+            .collect();
+        ctx.archive.upsert_comments(&rows).await.expect("comments");
+    });
+    // The stores close with the runtime: the server opens them next.
+    drop(rt);
+    run_in_web_with(
+        "node",
+        &["--test", "e2e/vod_long.test.mjs"],
+        &[("VOD_LONG_DIR", dir.path())],
+    );
 }
 
 #[test]

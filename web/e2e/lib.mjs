@@ -30,10 +30,13 @@ export async function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** A `danmaku serve` process; `restart()` keeps its port and data dir. */
+/**
+ * A `danmaku serve` process; `restart()` keeps its port and data dir. `dir`: a
+ * directory whose `data/` was prepared beforehand (default: a new one).
+ */
 export class Server {
-  constructor(env = {}) {
-    this.dir = mkdtempSync(join(tmpdir(), "danmaku-browser-"));
+  constructor(env = {}, dir = undefined) {
+    this.dir = dir ?? mkdtempSync(join(tmpdir(), "danmaku-browser-"));
     this.secret = "browser-secret-" + process.pid + "-" + Date.now();
     this.env = {
       DANMAKU_AUTH__SECRET: this.secret,

@@ -102,7 +102,5 @@ test("a post lands at the playhead", async () => {
   assert.deepEqual(errors, []);
 });
 
-// Segment 1 after a seek is covered by test/replay.test.ts only: the server
-// serves no comment past a recording's end, and the API cannot start a
-// session in the past, so a recording longer than one segment (6 minutes)
-// would take 6 real minutes to make.
+// Segment 1 after a seek: e2e/vod_long.test.mjs, on a 12-minute recording
+// seeded into the data dir (the API cannot start a session in the past).
