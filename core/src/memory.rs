@@ -105,15 +105,16 @@ impl crate::ports::Notifier for LocalNotifier {
     }
 
     async fn subscribe(&self, room: &str) -> Result<(), crate::ports::NotifyError> {
-        // The Resync is queued under the same lock that adds the room, so no
-        // notice of the room can be queued before it (a publish checks the
-        // rooms first).
-        let Ok(permit) = self.tx.reserve().await else {
-            return Ok(());
-        };
-        let mut rooms = self.rooms.write().expect("rooms lock");
-        if rooms.insert(room.to_string()) {
-            permit.send(crate::ports::NotifierEvent::Resync(room.to_string()));
+        let newly = self
+            .rooms
+            .write()
+            .expect("rooms lock")
+            .insert(room.to_string());
+        if newly {
+            let _ = self
+                .tx
+                .send(crate::ports::NotifierEvent::Resync(room.to_string()))
+                .await;
         }
         Ok(())
     }

@@ -6,13 +6,8 @@
 //!
 //! Subscriptions survive reconnects: a watchdog pings the subscription connection
 //! every 500 ms (which also makes it reconnect) and re-subscribes every wanted room
-//! that is not confirmed; each (re)subscription yields `Resync(room)`, so the hub
-//! catches up from the SliceStore whatever was published meanwhile. The `Resync`
-//! comes from the subscription's own confirmation push, which the connection
-//! delivers before any message of the channel, and messages are forwarded only for
-//! confirmed rooms: a room's `Resync` is always queued before its first notice (a
-//! notice first would move the hub past what the resync must read, found by the
-//! chaos suite's heavy run). If the
+//! that is not confirmed; each successful (re)subscription yields `Resync(room)`, so
+//! the hub catches up from the SliceStore whatever was published meanwhile. If the
 //! node cannot keep up with the messages, excess ones are dropped and every room
 //! gets a `Resync` instead (never unbounded memory).
 //!
@@ -223,14 +218,11 @@ async fn decode_loop(mut rx: mpsc::Receiver<PushInfo>, shared: Arc<Shared>) {
                 let Some(room) = room_of_channel(ch) else {
                     continue;
                 };
-                // Only after the room's confirmation (and so its Resync): a
-                // message of a subscription not confirmed yet is in the store,
-                // and the coming resync reads it.
                 if !shared
                     .subs
                     .lock()
                     .expect("subs lock")
-                    .confirmed
+                    .wanted
                     .contains(&room)
                 {
                     continue;
@@ -244,29 +236,6 @@ async fn decode_loop(mut rx: mpsc::Receiver<PushInfo>, shared: Arc<Shared>) {
                     .send(NotifierEvent::Notice(Notice { room, items }))
                     .await
                     .is_err()
-                {
-                    return;
-                }
-            }
-            PushKind::Subscribe | PushKind::SSubscribe => {
-                // The confirmation arrives on the connection before any message
-                // of the channel: the Resync is queued ahead of them.
-                let Some(Value::BulkString(ch)) = info.data.first() else {
-                    continue;
-                };
-                let Some(room) = room_of_channel(ch) else {
-                    continue;
-                };
-                let newly = {
-                    let mut subs = shared.subs.lock().expect("subs lock");
-                    subs.wanted.contains(&room) && subs.confirmed.insert(room.clone())
-                };
-                if newly
-                    && shared
-                        .events
-                        .send(NotifierEvent::Resync(room))
-                        .await
-                        .is_err()
                 {
                     return;
                 }
@@ -318,18 +287,29 @@ async fn watchdog(mut sub: SubConn, shared: Arc<Shared>) {
             subs.wanted.difference(&subs.confirmed).cloned().collect()
         };
         for room in missing {
-            if subscribe_room(&mut sub, &room).await.is_err() {
+            if subscribe_room(&mut sub, &shared, &room).await.is_err() {
                 break;
             }
         }
     }
 }
 
-/// Subscribes `room`. Its confirmation push marks it confirmed and asks for a
-/// resync ([`decode_loop`]), in order with the channel's messages.
-async fn subscribe_room(sub: &mut SubConn, room: &str) -> Result<(), NotifyError> {
+/// Subscribes `room`; on success marks it confirmed and asks for a resync.
+async fn subscribe_room(sub: &mut SubConn, shared: &Shared, room: &str) -> Result<(), NotifyError> {
     match sub.subscribe(&channel(room)).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            let newly = {
+                let mut subs = shared.subs.lock().expect("subs lock");
+                subs.wanted.contains(room) && subs.confirmed.insert(room.to_string())
+            };
+            if newly {
+                let _ = shared
+                    .events
+                    .send(NotifierEvent::Resync(room.to_string()))
+                    .await;
+            }
+            Ok(())
+        }
         Err(e) => {
             count_error("subscribe");
             Err(NotifyError::unavailable("subscribe").with_source(e))
@@ -365,15 +345,14 @@ impl Notifier for RedisNotifier {
             }
         }
         // On failure the watchdog keeps trying.
-        subscribe_room(&mut self.sub.clone(), room).await
+        subscribe_room(&mut self.sub.clone(), &self.shared, room).await
     }
 
     async fn unsubscribe(&self, room: &str) -> Result<(), NotifyError> {
         let was = {
-            // Wanted is enough: its confirmation may still be on the way.
             let mut subs = self.shared.subs.lock().expect("subs lock");
-            let wanted = subs.wanted.remove(room);
-            subs.confirmed.remove(room) || wanted
+            subs.wanted.remove(room);
+            subs.confirmed.remove(room)
         };
         if was {
             self.sub
