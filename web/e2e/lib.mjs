@@ -242,3 +242,20 @@ export async function until(check, what, timeoutMs = 10_000) {
     await sleep(50);
   }
 }
+
+/**
+ * Records every comment the page puts on its stage in `window.__seen`: its
+ * text, its `data-offset` and the page's playhead at that moment. Call before
+ * `page.goto`.
+ */
+export async function recordShownComments(page) {
+  await page.addInitScript(() => {
+    window.__seen = [];
+    new MutationObserver((records) => {
+      for (const r of records)
+        for (const n of r.addedNodes)
+          if (n.nodeType === 1 && n.classList.contains("dm"))
+            window.__seen.push({ text: n.textContent, offset: Number(n.dataset.offset), playhead: Number(document.body.dataset.playhead) });
+    }).observe(document, { childList: true, subtree: true });
+  });
+}

@@ -3,7 +3,7 @@
 // playhead, hostile text literal.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, newPage, Server, sleep, until } from "./lib.mjs";
+import { launchBrowser, newPage, recordShownComments, Server, sleep, until } from "./lib.mjs";
 
 const OFFSETS = [1000, 2000, 3000, 4000];
 const HOSTILE = "<img src=x onerror=alert(1)>";
@@ -31,15 +31,7 @@ before(async () => {
   browser = await launchBrowser();
   page = await newPage(browser, errors);
   // Record when each comment appears: the page's playhead at that moment.
-  await page.addInitScript(() => {
-    window.__seen = [];
-    new MutationObserver((records) => {
-      for (const r of records)
-        for (const n of r.addedNodes)
-          if (n.nodeType === 1 && n.classList.contains("dm"))
-            window.__seen.push({ text: n.textContent, offset: Number(n.dataset.offset), playhead: Number(document.body.dataset.playhead) });
-    }).observe(document, { childList: true, subtree: true });
-  });
+  await recordShownComments(page);
   await page.goto(`${server.url}/vods/${vod}`);
   await page.waitForSelector("#heat[data-total]", { timeout: 15_000 });
 });

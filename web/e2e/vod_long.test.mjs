@@ -4,7 +4,7 @@
 // VOD_LONG_DIR: comments at 1 s and 2 s (segment 0) and 401-403 s (segment 1).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { launchBrowser, newPage, Server } from "./lib.mjs";
+import { launchBrowser, newPage, recordShownComments, Server } from "./lib.mjs";
 
 const DIR = process.env.VOD_LONG_DIR;
 const vod = "long-vod";
@@ -32,15 +32,7 @@ before(async () => {
     const m = r.url().match(/\/v1\/vods\/long-vod\/segments\/(\d+)/);
     if (m) segmentRequests.push(Number(m[1]));
   });
-  await page.addInitScript(() => {
-    window.__seen = [];
-    new MutationObserver((records) => {
-      for (const r of records)
-        for (const n of r.addedNodes)
-          if (n.nodeType === 1 && n.classList.contains("dm"))
-            window.__seen.push({ text: n.textContent, playhead: Number(document.body.dataset.playhead) });
-    }).observe(document, { childList: true, subtree: true });
-  });
+  await recordShownComments(page);
   await page.goto(`${server.url}/vods/${vod}`);
   await page.waitForSelector("#heat[data-total]", { timeout: 15_000 });
 });
