@@ -87,6 +87,7 @@ impl crate::ports::Notifier for LocalNotifier {
     async fn publish(
         &self,
         room: &str,
+        prev: Option<u64>,
         items: &[crate::ports::SliceItem],
     ) -> Result<(), crate::ports::NotifyError> {
         if !self.rooms.read().expect("rooms lock").contains(room) {
@@ -94,6 +95,7 @@ impl crate::ports::Notifier for LocalNotifier {
         }
         let notice = crate::ports::Notice {
             room: room.to_string(),
+            prev,
             items: items.to_vec(),
         };
         // The live role gone (its receiver dropped) is not an error.

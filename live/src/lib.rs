@@ -92,6 +92,18 @@ pub struct Live {
 /// How long a live node's Presence report counts (it reports every second):
 /// a crashed node's viewers leave the counts within this.
 const PRESENCE_TTL_SECS: u64 = 4;
+/// Whether a hub that delivered up to `last` missed items before a notice
+/// whose writer stored `prev` last before it and whose first item is `first`:
+/// when the writer's `prev` is past `last`, or unknown (the writer just took
+/// the room over). Nothing to check for a hub that delivered nothing yet (it
+/// settles its floor from the store) or a notice it already has.
+fn missed_a_notice(last: u64, prev: Option<u64>, first: Option<u64>) -> bool {
+    let Some(first) = first else {
+        return false;
+    };
+    last != 0 && first > last && prev.is_none_or(|p| p > last)
+}
+
 /// How long a resync of a room retries a failing store before giving up.
 const RESYNC_GIVE_UP: Duration = Duration::from_secs(60);
 /// Viewers get `{"type":"online"}` when the count changes, at most this often.
@@ -314,15 +326,23 @@ impl Live {
                         .collect();
                     // A room whose hub was dropped is no longer wanted here (its
                     // unsubscription may still be on the way).
-                    if let Some(hub) = self.hubs.find(&n.room) {
-                        hub.deliver(&items);
+                    let Some(hub) = self.hubs.find(&n.room) else {
+                        continue;
+                    };
+                    if missed_a_notice(hub.last_seq(), n.prev, n.items.first().map(|i| i.seq)) {
+                        // Items stored before these never reached this hub (a
+                        // notice lost or given up): the store has them.
+                        metrics::counter!("danmaku_live_notice_holes_total").increment(1);
+                        self.resync(&n.room).await;
                     }
+                    hub.deliver(&items);
                 }
                 NotifierEvent::Resync(room) => self.resync(&room).await,
             }
         }
     }
 
+    /// Catches the room's hub up from the SliceStore (after its last seq).
     ///
     /// A resync follows a notifier outage, so the store may be failing too: a
     /// failed read is retried with backoff (100 ms doubling to 2 s) for as long
@@ -575,5 +595,26 @@ pub(crate) fn parse_cursor(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
                 "the cursor is not one this server handed out",
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_a_notice;
+
+    #[test]
+    fn a_hub_behind_the_writers_previous_seq_missed_a_notice() {
+        // In step: the writer's previous seq is what the hub delivered last.
+        assert!(!missed_a_notice(10, Some(10), Some(11)));
+        // A notice in between was lost.
+        assert!(missed_a_notice(10, Some(15), Some(16)));
+        // The writer does not know (it just took the room over): check.
+        assert!(missed_a_notice(10, None, Some(16)));
+        // A repeat of what the hub has, an empty notice, a hub that delivered
+        // nothing yet: nothing to catch up.
+        assert!(!missed_a_notice(20, Some(15), Some(16)));
+        assert!(!missed_a_notice(20, None, Some(16)));
+        assert!(!missed_a_notice(10, Some(15), None));
+        assert!(!missed_a_notice(0, Some(15), Some(16)));
     }
 }

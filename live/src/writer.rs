@@ -88,6 +88,7 @@ async fn run_writer(
     // Batches being stored, in poll order; offsets are committed in that order.
     let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut chains = Chains::default();
+    let mut prevs = PrevSeqs::default();
     let mut batch_no = 0u64;
     loop {
         if drain_deadline.is_none() && stop.is_cancelled() {
@@ -133,6 +134,7 @@ async fn run_writer(
         };
         if last_sweep.elapsed() > Duration::from_secs(60) {
             lengths.sweep(Instant::now(), Duration::from_secs(600));
+            prevs.sweep(Instant::now(), Duration::from_secs(600));
             metrics::gauge!("danmaku_writer_rooms").set(lengths.rooms() as f64);
             last_sweep = Instant::now();
         }
@@ -140,12 +142,19 @@ async fn run_writer(
             batch_no += 1;
             let p = prepare(&records);
             let now = Instant::now();
+            let partitions = prevs.observe(&records);
             let jobs: Vec<Job> = p
                 .rooms
                 .into_iter()
                 .map(|(room, items, deletes)| {
                     let len_ms = lengths.len_for(&room, now);
                     let (append, notice) = chains.link(&room, batch_no);
+                    let prev = match partitions.get(room.as_str()) {
+                        Some(&partition) => {
+                            prevs.take(&room, partition, items.last().map(|i| i.seq), now)
+                        }
+                        None => None,
+                    };
                     Job {
                         room,
                         len_ms,
@@ -153,6 +162,7 @@ async fn run_writer(
                         deletes,
                         append,
                         notice,
+                        prev,
                     }
                 })
                 .collect();
@@ -242,6 +252,60 @@ struct Job {
     append: Link,
     /// After the room's previous notice.
     notice: Link,
+    /// The room's last seq before these items, if this writer knows it
+    /// ([`danmaku_core::ports::Notice::prev`]).
+    prev: Option<u64>,
+}
+
+/// What this writer knows of each room's last seq, for [`Job::prev`]: known
+/// only while the writer has read the room's partition without a break since
+/// it last stored the room (a partition handed to another writer and back, or
+/// redelivered, breaks the offsets: its rooms' next notices say `None`, which
+/// makes live nodes check the SliceStore; a wrong `Some` would hide a hole).
+#[derive(Default)]
+struct PrevSeqs {
+    /// Per partition: the next offset expected, and how many breaks so far.
+    partitions: HashMap<u32, (u64, u64)>,
+    /// Per room: its last seq, the partition's break count then, when.
+    rooms: HashMap<String, (u64, u64, Instant)>,
+}
+
+impl PrevSeqs {
+    /// Follows the offsets of a polled batch; the partition of each room in it.
+    fn observe<'a>(&mut self, records: &'a [BusRecord]) -> HashMap<&'a str, u32> {
+        let mut rooms = HashMap::new();
+        for r in records {
+            let p = r.position.partition;
+            let e = self.partitions.entry(p).or_insert((u64::MAX, 0));
+            if e.0 != r.position.offset {
+                e.1 += 1;
+            }
+            e.0 = r.position.offset.saturating_add(1);
+            rooms.entry(r.room.as_str()).or_insert(p);
+        }
+        rooms
+    }
+
+    /// The room's previous last seq (if still valid) and records `last` as
+    /// the new one.
+    fn take(&mut self, room: &str, partition: u32, last: Option<u64>, now: Instant) -> Option<u64> {
+        let epoch = self.partitions.get(&partition).map_or(0, |e| e.1);
+        let prev = self
+            .rooms
+            .get(room)
+            .filter(|(_, e, _)| *e == epoch)
+            .map(|(seq, _, _)| *seq);
+        if let Some(last) = last {
+            self.rooms.insert(room.to_string(), (last, epoch, now));
+        }
+        prev
+    }
+
+    /// Forgets rooms not stored for `idle` (their next notice says `None`).
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        self.rooms
+            .retain(|_, (_, _, at)| now.duration_since(*at) < idle);
+    }
 }
 
 fn abort_all(queue: &mut VecDeque<InFlight>) {
@@ -424,6 +488,7 @@ async fn store_all(
             deletes,
             append,
             notice,
+            prev,
         } = job;
         let ok = match append.after {
             Some(prev) => prev.await,
@@ -445,7 +510,7 @@ async fn store_all(
             // comes back (a resync), so nothing stored is lost.
             let mut wait = Duration::from_millis(100);
             for attempt in 0..4 {
-                match ctx.notifier.publish(&room, &items).await {
+                match ctx.notifier.publish(&room, prev, &items).await {
                     Ok(()) => break,
                     Err(e) => {
                         metrics::counter!("danmaku_writer_notify_errors_total").increment(1);
@@ -711,6 +776,49 @@ impl SliceLengths {
 mod tests {
     use super::*;
     use danmaku_core::slice::SliceRef;
+
+    fn rec(partition: u32, offset: u64, room: &str) -> BusRecord {
+        BusRecord {
+            position: RecordPosition { partition, offset },
+            room: room.into(),
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn a_room_knows_its_previous_seq_only_while_its_partition_is_read_without_a_break() {
+        let mut p = PrevSeqs::default();
+        let now = Instant::now();
+        // First batch: nothing known yet.
+        let b1 = [rec(0, 10, "a"), rec(1, 5, "b"), rec(0, 11, "a")];
+        let parts = p.observe(&b1);
+        assert_eq!((parts["a"], parts["b"]), (0, 1));
+        assert_eq!(p.take("a", 0, Some(12), now), None);
+        assert_eq!(p.take("b", 1, Some(6), now), None);
+        // Contiguous: the last seqs of the previous batch.
+        let b2 = [rec(0, 12, "a"), rec(1, 6, "b")];
+        p.observe(&b2);
+        assert_eq!(p.take("a", 0, Some(13), now), Some(12));
+        assert_eq!(p.take("b", 1, Some(7), now), Some(6));
+        // Partition 0 jumps (another writer had it meanwhile): unknown for
+        // its rooms, still known for partition 1's.
+        let b3 = [rec(0, 40, "a"), rec(1, 7, "b")];
+        p.observe(&b3);
+        assert_eq!(p.take("a", 0, Some(41), now), None);
+        assert_eq!(p.take("b", 1, Some(8), now), Some(7));
+        let b4 = [rec(0, 41, "a")];
+        p.observe(&b4);
+        assert_eq!(p.take("a", 0, Some(42), now), Some(41));
+        // Redelivered from an earlier offset: a break too.
+        let b5 = [rec(0, 30, "a")];
+        p.observe(&b5);
+        assert_eq!(p.take("a", 0, Some(31), now), None);
+        // Forgotten after the idle time.
+        p.sweep(now + Duration::from_secs(601), Duration::from_secs(600));
+        let b6 = [rec(0, 31, "a")];
+        p.observe(&b6);
+        assert_eq!(p.take("a", 0, Some(32), now), None);
+    }
 
     fn policy() -> LengthPolicy {
         LengthPolicy {

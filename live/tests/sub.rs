@@ -76,10 +76,11 @@ async fn open(srv: &Server, body: Value) -> (RawClient, Value) {
     (c, reply)
 }
 
-/// Commands received until `want` `DANMU_MSG`s came (or 10 s passed), with the
-/// number of packets of each message that carried any.
+/// Commands received until `want` `DANMU_MSG`s came (or 30 s passed: CI
+/// machines are slow), with the number of packets of each message that
+/// carried any.
 async fn danmu(c: &mut RawClient, want: usize) -> (Vec<Value>, Vec<usize>) {
-    danmu_within(c, want, Duration::from_secs(10)).await
+    danmu_within(c, want, Duration::from_secs(30)).await
 }
 
 /// [`danmu`], waiting at most `wait`.
@@ -142,14 +143,16 @@ async fn every_protover_gets_every_comment_once_in_order_with_text_intact() {
         .await;
     let mut orders = Vec::new();
     for c in &mut clients {
-        let (cmds, sizes) = danmu(c, sent.len()).await;
+        // How many packets share a message depends on how fast the sends come
+        // (one at a time here); the resume test checks several per message,
+        // where a backlog goes out at once.
+        let (cmds, _) = danmu(c, sent.len()).await;
         assert_eq!(cmds.len(), sent.len());
         let ids: Vec<String> = cmds.iter().map(id_of).collect();
         assert_eq!(ids, strs(&sent), "every comment once, in order");
         for (i, cmd) in cmds.iter().enumerate() {
             assert_eq!(cmd["info"][1], format!("{i:03} {HOSTILE}"), "text intact");
         }
-        assert!(sizes.iter().any(|n| *n > 1), "several packets per message");
         orders.push(ids);
     }
     // The gift comes after the comments, as SEND_GIFT.
@@ -230,7 +233,11 @@ async fn resume_by_cursor_loses_and_repeats_nothing() {
     assert_eq!(reply["cursor"], cursor.as_str());
     assert!(reply.get("gap").is_none());
     let live = srv.send_many("res", 5, 10).await;
-    let (cmds, _) = danmu(&mut c, 6 + 30 + 5).await;
+    let (cmds, sizes) = danmu(&mut c, 6 + 30 + 5).await;
+    assert!(
+        sizes.iter().any(|n| *n > 1),
+        "several packets per message (the backlog): {sizes:?}"
+    );
     let mut want = strs(&first[4..]);
     want.extend(strs(&missed));
     want.extend(strs(&live));

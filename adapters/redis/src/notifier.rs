@@ -11,8 +11,9 @@
 //! node cannot keep up with the messages, excess ones are dropped and every room
 //! gets a `Resync` instead (never unbounded memory).
 //!
-//! Message format: for each item, seq (u64 BE), ts (i64 BE), data length (u32 BE),
-//! data.
+//! Message format: the previous seq of the room (u64 BE, `u64::MAX` when the
+//! writer does not know it), then for each item, seq (u64 BE), ts (i64 BE), data
+//! length (u32 BE), data.
 
 use super::{channel, count_error, room_of_channel, timeouts, Conn, RedisSetupError, Target};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -35,9 +36,13 @@ const EVENT_QUEUE: usize = 4096;
 /// How often the watchdog checks the subscription connection.
 const WATCHDOG: Duration = Duration::from_millis(500);
 
-/// Encodes items for a channel message.
-pub(crate) fn encode_items(items: &[SliceItem]) -> Bytes {
-    let mut b = BytesMut::with_capacity(items.iter().map(|i| 20 + i.data.len()).sum());
+/// `prev` when the writer does not know it.
+const NO_PREV: u64 = u64::MAX;
+
+/// Encodes a channel message.
+pub(crate) fn encode_items(prev: Option<u64>, items: &[SliceItem]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + items.iter().map(|i| 20 + i.data.len()).sum::<usize>());
+    b.put_u64(prev.unwrap_or(NO_PREV));
     for i in items {
         b.put_u64(i.seq);
         b.put_i64(i.ts_ms);
@@ -47,8 +52,13 @@ pub(crate) fn encode_items(items: &[SliceItem]) -> Bytes {
     b.freeze()
 }
 
-/// Decodes a channel message; `None` if it is malformed.
-pub(crate) fn decode_items(mut b: Bytes) -> Option<Vec<SliceItem>> {
+/// Decodes a channel message into the previous seq and the items; `None` if it
+/// is malformed.
+pub(crate) fn decode_items(mut b: Bytes) -> Option<(Option<u64>, Vec<SliceItem>)> {
+    if b.remaining() < 8 {
+        return None;
+    }
+    let prev = Some(b.get_u64()).filter(|p| *p != NO_PREV);
     let mut out = Vec::new();
     while b.has_remaining() {
         if b.remaining() < 20 {
@@ -66,7 +76,7 @@ pub(crate) fn decode_items(mut b: Bytes) -> Option<Vec<SliceItem>> {
             data: b.split_to(len),
         });
     }
-    Some(out)
+    Some((prev, out))
 }
 
 /// The subscription connection.
@@ -227,13 +237,13 @@ async fn decode_loop(mut rx: mpsc::Receiver<PushInfo>, shared: Arc<Shared>) {
                 {
                     continue;
                 }
-                let Some(items) = decode_items(Bytes::copy_from_slice(payload)) else {
+                let Some((prev, items)) = decode_items(Bytes::copy_from_slice(payload)) else {
                     count_error("notify_decode");
                     continue;
                 };
                 if shared
                     .events
-                    .send(NotifierEvent::Notice(Notice { room, items }))
+                    .send(NotifierEvent::Notice(Notice { room, prev, items }))
                     .await
                     .is_err()
                 {
@@ -319,7 +329,12 @@ async fn subscribe_room(sub: &mut SubConn, shared: &Shared, room: &str) -> Resul
 
 #[async_trait]
 impl Notifier for RedisNotifier {
-    async fn publish(&self, room: &str, items: &[SliceItem]) -> Result<(), NotifyError> {
+    async fn publish(
+        &self,
+        room: &str,
+        prev: Option<u64>,
+        items: &[SliceItem],
+    ) -> Result<(), NotifyError> {
         if items.is_empty() {
             return Ok(());
         }
@@ -327,7 +342,7 @@ impl Notifier for RedisNotifier {
         let cmd = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         ::redis::cmd(cmd)
             .arg(channel(room))
-            .arg(encode_items(items).as_ref())
+            .arg(encode_items(prev, items).as_ref())
             .query_async::<i64>(&mut c)
             .await
             .map(|_| ())
@@ -387,10 +402,19 @@ mod tests {
                 data: Bytes::new(),
             },
         ];
-        let b = encode_items(&items);
-        assert_eq!(decode_items(b.clone()), Some(items));
+        let b = encode_items(Some(6), &items);
+        assert_eq!(decode_items(b.clone()), Some((Some(6), items.clone())));
         assert_eq!(decode_items(b.slice(..b.len() - 1)), None);
-        assert_eq!(decode_items(Bytes::new()), Some(vec![]));
+        assert_eq!(
+            decode_items(encode_items(None, &items)),
+            Some((None, items))
+        );
+        assert_eq!(
+            decode_items(encode_items(Some(0), &[])),
+            Some((Some(0), vec![]))
+        );
+        assert_eq!(decode_items(Bytes::new()), None);
+        assert_eq!(decode_items(Bytes::from_static(b"1234567")), None);
         assert_eq!(room_of_channel(b"dm:{r-1}:ch").as_deref(), Some("r-1"));
         assert_eq!(room_of_channel(b"dm:{r-1}:idx"), None);
     }

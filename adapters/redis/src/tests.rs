@@ -417,7 +417,7 @@ async fn subscriptions_come_back_after_a_restart_with_a_resync() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while publisher.publish(&room, &[item(9, 1)]).await.is_err() {
+    while publisher.publish(&room, None, &[item(9, 1)]).await.is_err() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

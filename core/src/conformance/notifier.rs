@@ -151,8 +151,8 @@ pub async fn every_subscription_brings_a_resync(_publisher: &dyn Notifier, viewe
     subscribed(viewer, &mut rx, &a).await;
 }
 
-/// A notice carries the room and the published items unchanged (seq, time, data,
-/// empty and binary data included).
+/// A notice carries the room, the previous seq and the published items
+/// unchanged (seq, time, data, empty and binary data included).
 pub async fn notices_carry_the_published_items(publisher: &dyn Notifier, viewer: &dyn Notifier) {
     let mut rx = receiver(viewer);
     let room = unique("nc");
@@ -162,9 +162,31 @@ pub async fn notices_carry_the_published_items(publisher: &dyn Notifier, viewer:
         item(2, b""),
         item(u64::MAX >> 11, b"\x00\xff\n{\"json\":1}"),
     ];
-    publisher.publish(&room, &items).await.expect("publish");
+    publisher
+        .publish(&room, Some(u64::MAX >> 12), &items)
+        .await
+        .expect("publish");
     let n = next_notice(&mut rx, &room).await;
-    assert_eq!(n, Notice { room, items });
+    assert_eq!(
+        n,
+        Notice {
+            room: room.clone(),
+            prev: Some(u64::MAX >> 12),
+            items: items.clone()
+        }
+    );
+    // Without a previous seq (a writer's first notice of the room), and with 0.
+    publisher
+        .publish(&room, None, &items)
+        .await
+        .expect("publish");
+    assert_eq!(next_notice(&mut rx, &room).await.prev, None);
+    publisher
+        .publish(&room, Some(0), &items[..1])
+        .await
+        .expect("publish");
+    let n = next_notice(&mut rx, &room).await;
+    assert_eq!((n.prev, n.items.len()), (Some(0), 1));
 }
 
 /// A room's notices arrive in publish order.
@@ -178,7 +200,10 @@ pub async fn notices_of_a_room_arrive_in_publish_order(
     let mut sent = Vec::new();
     for i in 1..=30u64 {
         let items = vec![item(2 * i - 1, b"x"), item(2 * i, b"y")];
-        publisher.publish(&room, &items).await.expect("publish");
+        publisher
+            .publish(&room, None, &items)
+            .await
+            .expect("publish");
         sent.push(items);
     }
     let mut got = Vec::new();
@@ -195,12 +220,30 @@ pub async fn rooms_do_not_see_each_others_notices(publisher: &dyn Notifier, view
     let (a, b, c) = (unique("na"), unique("nb"), unique("nc"));
     subscribed(viewer, &mut rx, &a).await;
     subscribed(viewer, &mut rx, &b).await;
-    publisher.publish(&a, &[item(1, b"a1")]).await.unwrap();
-    publisher.publish(&c, &[item(2, b"c2")]).await.unwrap();
-    publisher.publish(&b, &[item(3, b"b3")]).await.unwrap();
-    publisher.publish(&c, &[item(4, b"c4")]).await.unwrap();
-    publisher.publish(&a, &[item(5, b"a5")]).await.unwrap();
-    publisher.publish(&b, &[item(6, b"b6")]).await.unwrap();
+    publisher
+        .publish(&a, None, &[item(1, b"a1")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&c, None, &[item(2, b"c2")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&b, None, &[item(3, b"b3")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&c, None, &[item(4, b"c4")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&a, None, &[item(5, b"a5")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&b, None, &[item(6, b"b6")])
+        .await
+        .unwrap();
     let seen = collect_notices(&mut rx, "the notices of a and b", |seen| {
         seqs_of(seen, &a).len() >= 2 && seqs_of(seen, &b).len() >= 2
     })
@@ -221,11 +264,20 @@ pub async fn unsubscribe_stops_delivery(publisher: &dyn Notifier, viewer: &dyn N
     let (a, b) = (unique("na"), unique("nb"));
     subscribed(viewer, &mut rx, &a).await;
     subscribed(viewer, &mut rx, &b).await;
-    publisher.publish(&a, &[item(1, b"before")]).await.unwrap();
+    publisher
+        .publish(&a, None, &[item(1, b"before")])
+        .await
+        .unwrap();
     assert_eq!(next_notice(&mut rx, &a).await.items[0].seq, 1);
     viewer.unsubscribe(&a).await.expect("unsubscribe");
-    publisher.publish(&a, &[item(2, b"after")]).await.unwrap();
-    publisher.publish(&b, &[item(3, b"marker")]).await.unwrap();
+    publisher
+        .publish(&a, None, &[item(2, b"after")])
+        .await
+        .unwrap();
+    publisher
+        .publish(&b, None, &[item(3, b"marker")])
+        .await
+        .unwrap();
     let seen = collect_notices(&mut rx, "the marker notice of b", |seen| {
         seqs_of(seen, &b).contains(&3)
     })

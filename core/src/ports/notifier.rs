@@ -9,6 +9,12 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     pub room: String,
+    /// The seq of the room's last item the writer stored before these, when
+    /// it knows it (`None` for its first notice of the room since it started).
+    /// A hub whose last delivered seq is lower missed a notice (lost in a
+    /// reconnect, a publish given up, a writer that moved): it catches up
+    /// from the SliceStore before delivering this one.
+    pub prev: Option<u64>,
     pub items: Vec<SliceItem>,
 }
 
@@ -85,13 +91,22 @@ impl NotifyError {
 /// Tells live nodes about new items of the rooms they have viewers in (Redis
 /// Pub/Sub, sharded Pub/Sub on a cluster; in-process for the embedded default).
 ///
-/// Guarantees: best effort. A notice may be lost (a subscriber reconnecting) or
-/// repeated; live nodes deduplicate by seq and, after every (re)subscription,
-/// catch up from the SliceStore by cursor, so viewers lose nothing that was stored.
+/// Guarantees: best effort. A notice may be lost (a subscriber reconnecting, a
+/// publish given up) or repeated; live nodes deduplicate by seq and catch up
+/// from the SliceStore by cursor after every (re)subscription and whenever a
+/// notice's `prev` is past what they delivered, so viewers lose nothing that
+/// was stored.
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
-    /// Publishes `items` (seq order) of `room` to every node subscribed to it.
-    async fn publish(&self, room: &str, items: &[SliceItem]) -> Result<(), NotifyError>;
+    /// Publishes `items` (seq order) of `room` to every node subscribed to it,
+    /// with `prev`, the seq of the room's last item stored before them when the
+    /// writer knows it ([`Notice::prev`]).
+    async fn publish(
+        &self,
+        room: &str,
+        prev: Option<u64>,
+        items: &[SliceItem],
+    ) -> Result<(), NotifyError>;
 
     /// This node wants `room`'s notices.
     async fn subscribe(&self, room: &str) -> Result<(), NotifyError>;
