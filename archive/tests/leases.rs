@@ -93,14 +93,15 @@ impl Logged {
 
 #[async_trait]
 impl SliceStore for Logged {
-    async fn append(
+    async fn append_at(
         &self,
         room: &str,
         len: i64,
         hot: i64,
         items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError> {
-        self.inner.append(room, len, hot, items).await
+        self.inner.append_at(room, len, hot, items, now_ms).await
     }
     async fn read_after(
         &self,

@@ -71,6 +71,17 @@ impl SliceRef {
     pub fn due_ms(&self, hot_retention_ms: i64) -> i64 {
         self.end_ms().saturating_add(hot_retention_ms)
     }
+
+    /// When the slice is due once it received an item at `now_ms`: its end
+    /// plus the retention, but never before the retention after the append
+    /// (an item appended after the slice's end is held as long as any other).
+    pub fn due_for(&self, hot_retention_ms: i64, now_ms: Option<i64>) -> i64 {
+        let due = self.due_ms(hot_retention_ms);
+        match now_ms {
+            Some(now) => due.max(now.saturating_add(hot_retention_ms.max(0))),
+            None => due,
+        }
+    }
     /// Redis key name.
     pub fn key(&self) -> String {
         format!("dm:{{{}}}:s:{}:{}", self.room, self.start_ms, self.len_ms)
@@ -97,6 +108,23 @@ impl SliceRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slice_receiving_a_late_item_is_due_a_retention_after_it() {
+        let s = SliceRef {
+            room: "r".into(),
+            start_ms: 10_000,
+            len_ms: 5_000,
+        };
+        // On time: its end plus the retention.
+        assert_eq!(s.due_for(60_000, None), 75_000);
+        assert_eq!(s.due_for(60_000, Some(14_000)), 75_000);
+        // Late (appended a minute after its end): the retention from then.
+        assert_eq!(s.due_for(60_000, Some(75_000)), 135_000);
+        // No retention, and the ends of time.
+        assert_eq!(s.due_for(0, Some(20_000)), 20_000);
+        assert_eq!(s.due_for(60_000, Some(i64::MAX)), i64::MAX);
+    }
 
     #[test]
     fn containing_aligns_and_clamps() {

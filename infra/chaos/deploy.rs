@@ -395,9 +395,11 @@ impl Drop for UidNode {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            // The whole log, for the analysis of a failure.
+            let _ = std::fs::write("target/chaos-uid-node.log", &log);
             let lines: Vec<&str> = log.lines().collect();
             eprintln!(
-                "---- danmaku server log of the uid {PARTITION_UID} node, last 80 lines ----\n{}\n---- end of log ----",
+                "---- danmaku server log of the uid {PARTITION_UID} node, last 80 lines (all of it in target/chaos-uid-node.log) ----\n{}\n---- end of log ----",
                 lines[lines.len().saturating_sub(80)..].join("\n")
             );
         }
@@ -450,7 +452,10 @@ impl UidNode {
             }
         }
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "info");
+            .env(
+                "RUST_LOG",
+                "info,danmaku_live::resync=debug,danmaku_live::notices=debug",
+            );
         let mut child = cmd.spawn().expect("setpriv danmaku serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = tokio::io::BufReader::new(stdout).lines();

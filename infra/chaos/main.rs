@@ -100,6 +100,10 @@ struct Viewer {
     gaps: u64,
     connects: u64,
     moves: u64,
+    /// Every batch as (its cursor's seq, its item ids), for the analysis of
+    /// a loss: where the room's other viewers got a lost item, and what this
+    /// viewer got around it.
+    batches: Vec<(u64, Vec<u64>)>,
 }
 
 /// An acknowledged comment.
@@ -328,11 +332,17 @@ async fn viewer(sh: Arc<Shared>, v: usize) {
                     st.cursor = msg["cursor"].as_str().map(str::to_string);
                 }
                 Some("batch") => {
+                    let seq = msg["cursor"]
+                        .as_str()
+                        .and_then(danmaku_core::cursor::Cursor::decode)
+                        .map_or(0, |c| c.0);
+                    let mut ids = Vec::new();
                     for item in msg["items"].as_array().into_iter().flatten() {
                         let Some(id) = item["id"].as_str().and_then(|s| s.parse::<u64>().ok())
                         else {
                             continue;
                         };
+                        ids.push(id);
                         *st.seen.entry(id).or_default() += 1;
                         let sent = item["text"]
                             .as_str()
@@ -343,6 +353,7 @@ async fn viewer(sh: Arc<Shared>, v: usize) {
                         }
                     }
                     st.cursor = msg["cursor"].as_str().map(str::to_string);
+                    st.batches.push((seq, ids));
                 }
                 Some("gap") => {
                     st.gaps += 1;
@@ -971,6 +982,20 @@ async fn run_suite(plan: Plan) {
     )
     .await;
 
+    // How the live nodes still up caught up: notices found missing (a hole
+    // before a notice) and resync retries, summed.
+    let mut holes = 0;
+    let mut resync_retries = 0;
+    let live_up: Vec<String> = sh.live.read().unwrap().iter().flatten().cloned().collect();
+    for base in &live_up {
+        holes += metric_at(&http, base, "danmaku_live_notice_holes_total")
+            .await
+            .unwrap_or(0);
+        resync_retries += metric_at(&http, base, "danmaku_live_resync_retries_total")
+            .await
+            .unwrap_or(0);
+    }
+
     // The report.
     let faults = sh.faults.lock().unwrap();
     let during = |sent: i64| {
@@ -1056,9 +1081,38 @@ async fn run_suite(plan: Plan) {
                     )
                 })
                 .collect();
+            // The first lost item: the seq of the batch another viewer got it
+            // in, and this viewer's batches around that seq.
+            let mut around = String::new();
+            if let Some(&(_, first)) = missing.first() {
+                let at = sh
+                    .viewers
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .find_map(|(_, o)| {
+                        let o = o.lock().unwrap();
+                        o.batches
+                            .iter()
+                            .find(|(_, ids)| ids.contains(&first))
+                            .map(|(seq, _)| *seq)
+                    });
+                if let Some(at) = at {
+                    let k = v.batches.partition_point(|(seq, _)| *seq < at);
+                    let near: Vec<String> = v.batches
+                        [k.saturating_sub(3)..(k + 3).min(v.batches.len())]
+                        .iter()
+                        .map(|(seq, ids)| format!("{seq}:{}", ids.len()))
+                        .collect();
+                    around = format!(
+                        " [the first was in a batch up to seq {at} elsewhere; this viewer's batches (seq:items) around it: {}]",
+                        near.join(" ")
+                    );
+                }
+            }
             failures.push(format!(
                 "viewer {i} (room {}, started on live {}, now on live {}, {} connections): \
-                 {lost} lost, {dup} duplicated; lost: {}",
+                 {lost} lost, {dup} duplicated{around}; lost: {}",
                 v.room,
                 v.first_node + 1,
                 v.node + 1,
@@ -1131,6 +1185,11 @@ async fn run_suite(plan: Plan) {
             );
         }
     }
+    let _ = writeln!(
+        w,
+        "live nodes still up ({}): {holes} notices after a hole (caught up from the SliceStore), {resync_retries} resync retries",
+        live_up.len()
+    );
     let _ = writeln!(w, "send->viewer p99 outside faults: {}", p99(lat_out));
     let _ = writeln!(
         w,

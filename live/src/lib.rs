@@ -329,10 +329,25 @@ impl Live {
                     let Some(hub) = self.hubs.find(&n.room) else {
                         continue;
                     };
+                    tracing::debug!(
+                        target: "danmaku_live::notices",
+                        room = &*n.room,
+                        prev = ?n.prev,
+                        first = ?n.items.first().map(|i| i.seq),
+                        last = ?n.items.last().map(|i| i.seq),
+                        hub_last = hub.last_seq(),
+                        "notice"
+                    );
                     if missed_a_notice(hub.last_seq(), n.prev, n.items.first().map(|i| i.seq)) {
                         // Items stored before these never reached this hub (a
                         // notice lost or given up): the store has them.
                         metrics::counter!("danmaku_live_notice_holes_total").increment(1);
+                        tracing::info!(
+                            room = &*n.room,
+                            last = hub.last_seq(),
+                            prev = ?n.prev,
+                            "notice after a hole; catching up from the slice store"
+                        );
                         self.resync(&n.room).await;
                     }
                     hub.deliver(&items);
@@ -387,6 +402,7 @@ impl Live {
                 .iter()
                 .filter_map(|s| Danmaku::decode_bytes(&s.data).ok().map(|d| (s.seq, d)))
                 .collect();
+            tracing::debug!(target: "danmaku_live::resync", room, after = at, upto = last, items = items.len(), "resync page");
             hub.deliver(&items);
             at = last;
         }

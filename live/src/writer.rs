@@ -557,7 +557,11 @@ async fn store_room(
                     .max(DELETION_KEEP_MIN_MS);
                 ctx.slices.delete_items(room, deletes, keep).await?;
             }
-            ctx.slices.append(room, len_ms, retention, items).await
+            // At the writer's clock: items appended late (this writer was cut
+            // off or behind) stay readable for the whole retention after now.
+            ctx.slices
+                .append_at(room, len_ms, retention, items, Some(danmaku_core::now_ms()))
+                .await
         };
         match stored.await {
             Ok(out) => return Some(out),

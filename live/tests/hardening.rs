@@ -496,15 +496,16 @@ struct Forgetful {
 
 #[async_trait]
 impl SliceStore for Forgetful {
-    async fn append(
+    async fn append_at(
         &self,
         room: &str,
         slice_len_ms: i64,
         hot_retention_ms: i64,
         items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError> {
         self.inner
-            .append(room, slice_len_ms, hot_retention_ms, items)
+            .append_at(room, slice_len_ms, hot_retention_ms, items, now_ms)
             .await
     }
     async fn read_after(

@@ -601,12 +601,13 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
 
 #[async_trait]
 impl SliceStore for EmbeddedSliceStore {
-    async fn append(
+    async fn append_at(
         &self,
         room: &str,
         slice_len_ms: i64,
         hot_retention_ms: i64,
         items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError> {
         let room = room.to_string();
         let mut items = items.to_vec();
@@ -674,14 +675,30 @@ impl SliceStore for EmbeddedSliceStore {
                         let start = slice.start_ms;
                         let meta = slices.get((room.as_str(), start))?.map(|v| v.value());
                         let (len, due, members, bytes, floor) = match meta {
-                            Some(m) => m,
+                            Some((len, due, members, bytes, floor)) => {
+                                // A late item keeps its slice for the retention
+                                // after it (an expedited slice, due 0, stays due).
+                                let at = SliceRef {
+                                    room: room.clone(),
+                                    start_ms: start,
+                                    len_ms: len,
+                                }
+                                .due_for(hot_retention_ms, now_ms);
+                                if due > 0 && at > due {
+                                    expiry.remove((due, room.as_str(), start))?;
+                                    expiry.insert((at, room.as_str(), start), ())?;
+                                    (len, at, members, bytes, floor)
+                                } else {
+                                    (len, due, members, bytes, floor)
+                                }
+                            }
                             // A new slice, or the newest one again after it was
                             // claimed: a fresh slice above everything stored so far.
                             None => {
                                 let due = if mark.is_some_and(|m| start <= m) {
                                     0
                                 } else {
-                                    slice.due_ms(hot_retention_ms)
+                                    slice.due_for(hot_retention_ms, now_ms)
                                 };
                                 expiry.insert((due, room.as_str(), start), ())?;
                                 (slice.len_ms, due, 0, 0, before)

@@ -10,7 +10,8 @@
 /// Appends pre-grouped items to a room. KEYS: meta, idx, exp, bytes.
 /// ARGV: prefix `dm:{room}:`, the high-water mark and newest slice (`<start>:<len>`,
 /// or "" for none) the caller grouped the items against, hot retention ms, TTL of
-/// `meta` in seconds (0 = none), then per slice, in order: slice id, highest seq,
+/// `meta` in seconds (0 = none), the append time in ms ("" for none: see
+/// `SliceStore::append_at`), then per slice, in order: slice id, highest seq,
 /// item count n, bytes, and n (seq, member) pairs.
 ///
 /// The caller ([`super::store::assign_slices`]) dropped items at or below the
@@ -25,8 +26,10 @@
 /// stay ordered and disjoint in seq, which makes cursor reads a walk over the
 /// slice index (`idx`, score = the slice's highest seq). A slice not in the index
 /// (a new one, or the newest one again after it was claimed) enters `exp`
-/// (score = due time: its end plus the retention, or 0 if the room was expedited
-/// up to its start) and bumps the queue version `meta.qv`. The retention is
+/// (score = due time: its end plus the retention, at least the retention after the
+/// append time, or 0 if the room was expedited up to its start) and bumps the
+/// queue version `meta.qv`; a slice already queued that receives a late item is
+/// moved back to the retention after the append (unless expedited, score 0). The retention is
 /// remembered as `meta.ret` (when claimed slices expire). Returns {added, min
 /// due (-1 = no slices; -2 = not computed, the queue shard is up to date), qv,
 /// qc, {slice, members, bytes}...}.
@@ -34,6 +37,7 @@ pub const APPEND: &str = r#"
 local prefix = ARGV[1]
 local ret = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
 local meta = redis.call('HMGET', KEYS[1], 'last', 'mark', 'qv', 'qc', 'head')
 local last = meta[1] or '0'
 local cur = meta[5]
@@ -51,7 +55,7 @@ local qc = tonumber(meta[4] or '0')
 local created = false
 local added = 0
 local stats = {}
-local i = 6
+local i = 7
 while i <= #ARGV do
   local id = ARGV[i]
   local hi = ARGV[i + 1]
@@ -62,9 +66,16 @@ while i <= #ARGV do
     local s, l = string.match(id, '^(%-?%d+):(%d+)$')
     s = tonumber(s)
     local due = s + tonumber(l) + ret
+    if now and due < now + ret then due = now + ret end
     if mark and s <= mark then due = 0 end
-    redis.call('ZADD', KEYS[3], due, id)
+    redis.call('ZADD', KEYS[3], string.format('%d', due), id)
     created = true
+  elseif now then
+    local d = redis.call('ZSCORE', KEYS[3], id)
+    if d and tonumber(d) > 0 and tonumber(d) < now + ret then
+      redis.call('ZADD', KEYS[3], string.format('%d', now + ret), id)
+      created = true
+    end
   end
   cur = id
   local key = prefix .. 's:' .. id

@@ -743,12 +743,13 @@ impl RedisSliceStore {
 
 #[async_trait]
 impl SliceStore for RedisSliceStore {
-    async fn append(
+    async fn append_at(
         &self,
         room: &str,
         slice_len_ms: i64,
         hot_retention_ms: i64,
         items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError> {
         if items.is_empty() {
             return Ok(AppendOutcome::default());
@@ -777,7 +778,8 @@ impl SliceStore for RedisSliceStore {
                 })
                 .arg(cur.as_ref().map(slice_id).unwrap_or_default())
                 .arg(hot_retention_ms.max(0))
-                .arg(self.last_ttl_secs);
+                .arg(self.last_ttl_secs)
+                .arg(now_ms.map(|t| t.to_string()).unwrap_or_default());
             for g in &groups {
                 inv.arg(slice_id(&g.slice))
                     .arg(g.items.last().map_or(0, |i| i.seq))

@@ -352,14 +352,15 @@ impl Instrumented {
 
 #[async_trait]
 impl SliceStore for Instrumented {
-    async fn append(
+    async fn append_at(
         &self,
         room: &str,
         len: i64,
         hot: i64,
         items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError> {
-        self.inner.append(room, len, hot, items).await
+        self.inner.append_at(room, len, hot, items, now_ms).await
     }
     async fn read_after(
         &self,

@@ -25,6 +25,7 @@ macro_rules! slice_store_suite {
             reads_by_cursor_come_in_seq_order_each_once
             the_key_walk_sees_every_slice_with_its_size
             a_slice_falls_due_at_its_end_plus_the_retention
+            a_late_item_stays_readable_for_the_retention_after_its_append
             an_expired_lease_is_handed_out_again_unchanged
             a_lease_is_renewed_while_held
             items_of_a_claimed_or_archived_slice_stay_readable_until_their_retention_ends
@@ -320,6 +321,86 @@ pub async fn a_slice_falls_due_at_its_end_plus_the_retention(store: &dyn SliceSt
             .cloned()
             .collect::<Vec<_>>(),
         "archived items leave the hot store when their retention ends"
+    );
+}
+
+/// An item appended after its slice's end plus the retention (a writer cut off
+/// from the store, or behind) is held for the retention after its append, like
+/// any other: its slice is not due before then, so it is not archived and
+/// expired at once (readers catching up from the store would find it gone);
+/// the same for a late item whose slice's namesake was archived already.
+/// (Times far after the other cases', whose slices this case's claims would
+/// otherwise take.)
+pub async fn a_late_item_stays_readable_for_the_retention_after_its_append(store: &dyn SliceStore) {
+    let t = BASE + 100_000_000;
+    let len = 10_000;
+    let due = t + len + RETENTION;
+    let late = due + 5_000;
+    // A live slice that receives a late item.
+    let room = unique("cl");
+    store
+        .append_at(&room, len, RETENTION, &[item(1, t)], Some(t))
+        .await
+        .unwrap();
+    store
+        .append_at(&room, len, RETENTION, &[item(2, t + 1)], Some(late))
+        .await
+        .unwrap();
+    assert!(
+        archive_room(store, &room, late + RETENTION - 1)
+            .await
+            .is_empty(),
+        "not due before the retention after the late append"
+    );
+    store.expire_archived(late + RETENTION - 1).await.unwrap();
+    assert_eq!(
+        seqs(&store.read_after(&room, 0, 10).await.unwrap()),
+        vec![1, 2]
+    );
+    let got = archive_room(store, &room, late + RETENTION).await;
+    assert_eq!(
+        got.iter().map(|(_, its)| seqs(its)).collect::<Vec<_>>(),
+        vec![vec![1, 2]],
+        "archived once due"
+    );
+    // A late item after its slice was archived and expired: a new slice of
+    // the same name, held for the retention after the append.
+    let room = unique("cl");
+    store
+        .append_at(&room, len, RETENTION, &[item(1, t)], Some(t))
+        .await
+        .unwrap();
+    assert_eq!(archive_room(store, &room, due).await.len(), 1);
+    store.expire_archived(due).await.unwrap();
+    assert!(store.read_after(&room, 0, 10).await.unwrap().is_empty());
+    store
+        .append_at(&room, len, RETENTION, &[item(2, t + 2)], Some(late))
+        .await
+        .unwrap();
+    assert!(archive_room(store, &room, late + RETENTION - 1)
+        .await
+        .is_empty());
+    store.expire_archived(late + RETENTION - 1).await.unwrap();
+    assert_eq!(
+        seqs(&store.read_after(&room, 0, 10).await.unwrap()),
+        vec![2]
+    );
+    assert_eq!(archive_room(store, &room, late + RETENTION).await.len(), 1);
+    // An expedited room's late item is due at once all the same.
+    let room = unique("cl");
+    store
+        .append_at(&room, len, RETENTION, &[item(1, t)], Some(t))
+        .await
+        .unwrap();
+    store.expedite(&room, t + len).await.unwrap();
+    store
+        .append_at(&room, len, RETENTION, &[item(2, t + 3)], Some(late))
+        .await
+        .unwrap();
+    let got = archive_room(store, &room, t).await;
+    assert_eq!(
+        got.iter().map(|(_, its)| seqs(its)).collect::<Vec<_>>(),
+        vec![vec![1, 2]]
     );
 }
 

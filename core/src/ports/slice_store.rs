@@ -199,13 +199,37 @@ impl SliceError {
 #[async_trait]
 pub trait SliceStore: Send + Sync + 'static {
     /// Stores `items` of `room` in slices of `slice_len_ms`; a slice is due
-    /// `hot_retention_ms` after its end.
+    /// `hot_retention_ms` after its end. [`SliceStore::append_at`] without an
+    /// append time (for callers whose clock is the items' own, such as tests).
     async fn append(
         &self,
         room: &str,
         slice_len_ms: i64,
         hot_retention_ms: i64,
         items: &[SliceItem],
+    ) -> Result<AppendOutcome, SliceError> {
+        self.append_at(room, slice_len_ms, hot_retention_ms, items, None)
+            .await
+    }
+
+    /// [`SliceStore::append`] at `now_ms` (the writer's clock, the same as
+    /// `claim_batch`'s): a slice that receives an item is due no earlier than
+    /// `now_ms + hot_retention_ms` ([`SliceRef::due_for`]), so an item appended
+    /// late (a writer that was cut off from the store, or behind) stays readable
+    /// for the whole hot retention after its append, like any other, instead of
+    /// being archived and expired at once because its slice's end is long past
+    /// (found by the chaos suite: live nodes that caught up from the store after
+    /// such an append found the items gone). An expedited slice stays due at
+    /// once. `None`: due at its end plus the retention only.
+    ///
+    /// [`SliceRef::due_for`]: crate::slice::SliceRef::due_for
+    async fn append_at(
+        &self,
+        room: &str,
+        slice_len_ms: i64,
+        hot_retention_ms: i64,
+        items: &[SliceItem],
+        now_ms: Option<i64>,
     ) -> Result<AppendOutcome, SliceError>;
 
     /// Up to `limit` items of `room` with `seq > after`, in seq order: items of
