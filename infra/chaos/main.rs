@@ -514,11 +514,12 @@ async fn chaos_suite() {
     run_suite(Plan::from_env()).await;
 }
 
-/// The suite at 100,000 comments, 500/s, 16 rooms: it fails (live viewers
-/// miss comments whose notice was lost; docs/OPERATIONS.md, "Chaos suite",
-/// "Known failure"), so it runs only with `CHAOS_HEAVY=1`.
+/// The suite at 100,000 comments, 500/s, 16 rooms (about 5 minutes, so not
+/// in the test command, which skips it by name: `infra/chaos/run.sh --heavy`
+/// runs it). Only with `CHAOS_HEAVY=1`: never beside `chaos_suite` in one
+/// test binary, whose partition fault uses the same uid's iptables rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known failure: live viewers miss comments whose notice was lost (docs/OPERATIONS.md, Chaos suite); runs only with CHAOS_HEAVY=1"]
+#[ignore = "about 5 minutes: infra/chaos/run.sh --heavy (needs CHAOS_HEAVY=1)"]
 async fn chaos_suite_heavy() {
     if std::env::var("CHAOS_HEAVY").as_deref() != Ok("1") {
         eprintln!("chaos_suite_heavy: skipped (set CHAOS_HEAVY=1 to run it)");
@@ -560,8 +561,12 @@ async fn run_suite(plan: Plan) {
         ("DANMAKU_LIVE__SLICE_MS", "1000".into()),
         // Short hot retention and slices of at most 5 s (adaptive slices
         // aim for 1,000 members, which at this rate would be a minute long):
-        // the archiver has a batch to do every few seconds.
-        ("DANMAKU_LIVE__HOT_RETENTION_MS", "5000".into()),
+        // the archiver has a batch to do every few seconds. The retention
+        // still outlasts the 10 s partition with room to spare: a live node
+        // cut off from Redis catches up from the hot store when it is back,
+        // and with a retention shorter than the cut (5 s until 2026-12-06)
+        // what it missed is archived and gone from the hot store by then.
+        ("DANMAKU_LIVE__HOT_RETENTION_MS", "20000".into()),
         ("DANMAKU_LIVE__SLICE_MAX_MS", "5000".into()),
         ("DANMAKU_ARCHIVE__POLL_MS", "200".into()),
         ("DANMAKU_ARCHIVE__LEASE_MS", "2000".into()),
