@@ -506,8 +506,9 @@ async fn store_all(
         }
         if out.is_some() {
             // A notice that cannot be sent is retried a few times; past that,
-            // live nodes catch up from the SliceStore when their subscription
-            // comes back (a resync), so nothing stored is lost.
+            // live nodes catch up from the SliceStore when the room's next
+            // notice arrives (its `prev` is past what they delivered) or their
+            // subscription comes back (a resync), so nothing stored is lost.
             let mut wait = Duration::from_millis(100);
             for attempt in 0..4 {
                 match ctx.notifier.publish(&room, prev, &items).await {
