@@ -220,30 +220,20 @@ pub async fn rooms_do_not_see_each_others_notices(publisher: &dyn Notifier, view
     let (a, b, c) = (unique("na"), unique("nb"), unique("nc"));
     subscribed(viewer, &mut rx, &a).await;
     subscribed(viewer, &mut rx, &b).await;
-    publisher
-        .publish(&a, None, &[item(1, b"a1")])
-        .await
-        .unwrap();
-    publisher
-        .publish(&c, None, &[item(2, b"c2")])
-        .await
-        .unwrap();
-    publisher
-        .publish(&b, None, &[item(3, b"b3")])
-        .await
-        .unwrap();
-    publisher
-        .publish(&c, None, &[item(4, b"c4")])
-        .await
-        .unwrap();
-    publisher
-        .publish(&a, None, &[item(5, b"a5")])
-        .await
-        .unwrap();
-    publisher
-        .publish(&b, None, &[item(6, b"b6")])
-        .await
-        .unwrap();
+    let order: [(&str, u64, &[u8]); 6] = [
+        (&a, 1, b"a1"),
+        (&c, 2, b"c2"),
+        (&b, 3, b"b3"),
+        (&c, 4, b"c4"),
+        (&a, 5, b"a5"),
+        (&b, 6, b"b6"),
+    ];
+    for (room, seq, data) in order {
+        publisher
+            .publish(room, None, &[item(seq, data)])
+            .await
+            .unwrap();
+    }
     let seen = collect_notices(&mut rx, "the notices of a and b", |seen| {
         seqs_of(seen, &a).len() >= 2 && seqs_of(seen, &b).len() >= 2
     })
