@@ -73,32 +73,6 @@ async fn mirror(store: &dyn ObjectStore, dir: &Path) -> Vec<String> {
     names
 }
 
-/// Runs `danmaku archive compact --hour <hour>` with the server's environment.
-async fn compact_cli(app: &TestApp, hour: &str) -> String {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(["archive", "compact", "--hour", hour])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DANMAKU_") {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.envs(app.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("`danmaku archive compact` did not finish within 60 s")
-        .expect("run `danmaku archive compact`");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "`danmaku archive compact --hour {hour}` failed ({}): {stdout} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto (bash infra/dev/test.sh installs it)"]
 async fn comments_are_archived_to_s3_exactly_once_and_compacted_there() {

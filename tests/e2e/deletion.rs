@@ -2,7 +2,8 @@
 //! defaults: a deletion reaches a WebSocket viewer as `{"type":"delete"}`,
 //! polls after it carry `deleted` and never the comment, viewers who connect
 //! or resume later never get it; who may delete; and a comment of an ended VOD
-//! deleted after it was archived leaves every replay format.
+//! deleted after it was archived leaves every replay format and, once its hour
+//! is compacted, Parquet (while `deletions/` records it).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -180,7 +181,9 @@ async fn a_deleted_comment_is_taken_back_everywhere_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_archived_comment_leaves_every_replay_format() {
-    let app = spawn_app(&[]).await;
+    // A short hot retention, so that the deletion's own slice is archived (and
+    // `deletions/` written) within seconds rather than the default 5 minutes.
+    let app = spawn_app(&[("DANMAKU_LIVE__HOT_RETENTION_MS", "5000")]).await;
     let room = "del-vod";
     let svc = app.token("del-svc", "service").await;
     let resp = app
@@ -252,6 +255,66 @@ async fn a_deleted_archived_comment_leaves_every_replay_format() {
     let dp = app.get(&format!("/dplayer/v3/?id={vod}")).await;
     assert!(dp.text.contains("stays in the replay"), "{}", dp.text);
     assert!(!dp.text.contains("deleted after the end"), "{}", dp.text);
+
+    // Parquet: the part file written before the deletion still holds the
+    // comment; `deletions/` records it once the deletion's batch is archived;
+    // compacting the comment's hour leaves it out and keeps the other.
+    let gone_id: u64 = gone.parse().unwrap();
+    let keep_id: u64 = keep.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !deletion_ids(&app.data_dir).contains(&gone_id) {
+        assert!(
+            Instant::now() < deadline,
+            "no deletion record: {:?}",
+            archive_listing(&app.data_dir)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        deletion_ids(&app.data_dir)
+            .iter()
+            .filter(|&&id| id == gone_id)
+            .count(),
+        1,
+        "recorded once: {:?}",
+        archive_listing(&app.data_dir)
+    );
+    let rows = read_parquet(&app.data_dir);
+    let hours: HashSet<String> = rows
+        .iter()
+        .filter(|r| r.id == gone_id || r.id == keep_id)
+        .map(|r| {
+            let (date, hour) = utc_date_hour(r.ts);
+            format!("{date}T{hour}")
+        })
+        .collect();
+    assert!(
+        rows.iter().any(|r| r.id == gone_id),
+        "archived before its deletion, so in a part file: {rows:?}"
+    );
+    for hour in &hours {
+        compact_cli(&app, hour).await;
+    }
+    let rows = read_parquet(&app.data_dir);
+    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    assert!(
+        !ids.contains(&gone_id),
+        "a deleted comment in Parquet after compaction: {rows:?}"
+    );
+    assert_eq!(
+        ids.iter().filter(|&&id| id == keep_id).count(),
+        1,
+        "the other comment once after compaction: {rows:?}"
+    );
+    assert!(
+        rows.iter().filter(|r| r.id == keep_id).all(|r| r
+            .file
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("compacted-")),
+        "{rows:?}"
+    );
 }
 
 /// `GET /v1/rooms/{room}` counts the room's WebSocket viewers and shows its

@@ -1050,10 +1050,15 @@ pub fn assert_rows_once(rows: &[ParquetRow], sent: &HashMap<String, String>, wha
     assert_eq!(rows.len(), sent.len(), "{what}: rows in the archive");
 }
 
-/// Every row of every Parquet file under `<data_dir>/archive`.
+/// Every comment row of every Parquet file under `<data_dir>/archive` (the
+/// deletion records under `archive/deletions/` are read by [`deletion_ids`]).
 pub fn read_parquet(data_dir: &Path) -> Vec<ParquetRow> {
+    let deletions = data_dir.join("archive").join("deletions");
     let mut rows = Vec::new();
     for file in parquet_files(data_dir) {
+        if file.starts_with(&deletions) {
+            continue;
+        }
         let f =
             std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
@@ -1126,6 +1131,59 @@ fn rows_of(file: &Path, batch: &RecordBatch) -> Vec<ParquetRow> {
             text: required(file, "text", text[i].clone()),
         })
         .collect()
+}
+
+/// The ids recorded in the deletion files (`<data_dir>/archive/deletions/`).
+pub fn deletion_ids(data_dir: &Path) -> Vec<u64> {
+    let deletions = data_dir.join("archive").join("deletions");
+    let mut ids = Vec::new();
+    for file in parquet_files(data_dir) {
+        if !file.starts_with(&deletions) {
+            continue;
+        }
+        let f =
+            std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", file.display()))
+            .build()
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for batch in reader {
+            let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let col = column(&file, &batch, "id", &DataType::UInt64);
+            let col = col.as_any().downcast_ref::<UInt64Array>().unwrap();
+            ids.extend(col.iter().flatten());
+        }
+    }
+    ids
+}
+
+/// Runs `danmaku archive compact --hour <hour>` with the server's environment
+/// (and its data dir, where the embedded Parquet files are); returns stdout.
+pub async fn compact_cli(app: &TestApp, hour: &str) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["archive", "compact", "--hour", hour])
+        .current_dir(app.data_dir.parent().unwrap_or(&app.data_dir))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DANMAKU_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("DANMAKU_SERVER__DATA_DIR", &app.data_dir);
+    cmd.envs(app.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("`danmaku archive compact` did not finish within 60 s")
+        .expect("run `danmaku archive compact`");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "`danmaku archive compact --hour {hour}` failed ({}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// `(YYYY-MM-DD, HH)` of a UTC millisecond timestamp.
