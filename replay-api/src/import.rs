@@ -792,23 +792,20 @@ impl Flight {
     }
 }
 
-/// Publishes a chunk on the Bus (concurrently: ids carry the order), then
-/// upserts it into the ArchiveStore.
+/// Publishes a chunk on the Bus as one batch (one commit on the embedded Bus;
+/// ids carry the order), then upserts it into the ArchiveStore.
 async fn store(r: &Replay, chunk: &mut Vec<ArchivedComment>) -> Result<(), ApiError> {
     if chunk.is_empty() {
         return Ok(());
     }
-    let bus = r.ctx.bus.clone();
     for part in chunk.chunks(CHUNK) {
-        let publishes: Vec<_> = part
+        let records = part
             .iter()
-            .map(|c| bus.publish(&c.item.room, c.item.encode_bytes()))
+            .map(|c| (c.item.room.clone(), c.item.encode_bytes()))
             .collect();
-        for result in futures::future::join_all(publishes).await {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "import publish failed");
-                return Err(ApiError::unavailable());
-            }
+        if let Err(e) = r.ctx.bus.publish_batch(records).await {
+            tracing::warn!(error = %e, "import publish failed");
+            return Err(ApiError::unavailable());
         }
     }
     r.ctx

@@ -31,11 +31,32 @@ pub fn partition_for(room: &str, partitions: u32) -> u32 {
     h % partitions
 }
 
-struct Pending {
-    room: String,
-    payload: Bytes,
-    ack: oneshot::Sender<Result<RecordPosition, BusError>>,
+/// What a publisher hands the commit thread: one record, or a batch of records
+/// that share the commit (and are acknowledged together).
+enum Pending {
+    One {
+        room: String,
+        payload: Bytes,
+        ack: oneshot::Sender<Result<RecordPosition, BusError>>,
+    },
+    Many {
+        records: Vec<(String, Bytes)>,
+        ack: oneshot::Sender<Result<Vec<RecordPosition>, BusError>>,
+    },
 }
+
+impl Pending {
+    fn len(&self) -> usize {
+        match self {
+            Pending::One { .. } => 1,
+            Pending::Many { records, .. } => records.len(),
+        }
+    }
+}
+
+/// Records one commit takes at most (a batch larger than this has a commit of
+/// its own).
+const COMMIT_RECORDS: usize = 4096;
 
 /// The embedded Bus.
 pub struct EmbeddedBus {
@@ -113,28 +134,43 @@ fn writer_loop(
             std::thread::sleep(wait);
         }
         last_commit = Some(Instant::now());
+        let mut records = first.len();
         batch.push(first);
-        while batch.len() < 4096 {
+        while records < COMMIT_RECORDS {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    records += p.len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
-        let mut positions = Vec::with_capacity(batch.len());
+        let mut positions = Vec::with_capacity(records);
         let mut trial = next.clone();
         let result = (|| -> Result<(), redb::Error> {
             let txn = db.db.begin_write()?;
             {
                 let mut t = txn.open_table(LOG)?;
-                for p in &batch {
-                    let part = partition_for(&p.room, partitions);
+                let mut append = |room: &str, payload: &[u8]| -> Result<(), redb::Error> {
+                    let part = partition_for(room, partitions);
                     let off = trial[part as usize];
                     trial[part as usize] += 1;
-                    t.insert((part, off), (p.room.as_str(), p.payload.as_ref()))?;
+                    t.insert((part, off), (room, payload))?;
                     positions.push(RecordPosition {
                         partition: part,
                         offset: off,
                     });
+                    Ok(())
+                };
+                for p in &batch {
+                    match p {
+                        Pending::One { room, payload, .. } => append(room, payload)?,
+                        Pending::Many { records, .. } => {
+                            for (room, payload) in records {
+                                append(room, payload)?;
+                            }
+                        }
+                    }
                 }
             }
             txn.commit()?;
@@ -143,19 +179,35 @@ fn writer_loop(
         match result {
             Ok(()) => {
                 next = trial;
-                for (p, pos) in batch.drain(..).zip(positions) {
-                    let _ = p.ack.send(Ok(pos));
+                let mut positions = positions.into_iter();
+                for p in batch.drain(..) {
+                    match p {
+                        Pending::One { ack, .. } => {
+                            let pos = positions.next().expect("one position per record");
+                            let _ = ack.send(Ok(pos));
+                        }
+                        Pending::Many { records, ack } => {
+                            let _ = ack.send(Ok(positions.by_ref().take(records.len()).collect()));
+                        }
+                    }
                 }
                 appended.send_modify(|v| *v += 1);
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedded bus append failed");
                 let cause = std::sync::Arc::new(e);
+                let failed = || {
+                    BusError::unavailable("embedded log write failed").with_source(cause.clone())
+                };
                 for p in batch.drain(..) {
-                    let _ = p
-                        .ack
-                        .send(Err(BusError::unavailable("embedded log write failed")
-                            .with_source(cause.clone())));
+                    match p {
+                        Pending::One { ack, .. } => {
+                            let _ = ack.send(Err(failed()));
+                        }
+                        Pending::Many { ack, .. } => {
+                            let _ = ack.send(Err(failed()));
+                        }
+                    }
                 }
             }
         }
@@ -176,11 +228,29 @@ impl Bus for EmbeddedBus {
     async fn publish(&self, room: &str, payload: Bytes) -> Result<RecordPosition, BusError> {
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Pending {
+            .send(Pending::One {
                 room: room.to_string(),
                 payload,
                 ack,
             })
+            .await
+            .map_err(|_| BusError::unavailable("embedded bus stopped"))?;
+        rx.await
+            .map_err(|_| BusError::unavailable("embedded bus stopped"))?
+    }
+
+    /// One message to the commit thread for the whole batch: its records share
+    /// a commit (a batch over 4,096 records has one of its own).
+    async fn publish_batch(
+        &self,
+        records: Vec<(String, Bytes)>,
+    ) -> Result<Vec<RecordPosition>, BusError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Pending::Many { records, ack })
             .await
             .map_err(|_| BusError::unavailable("embedded bus stopped"))?;
         rx.await

@@ -14,6 +14,7 @@ macro_rules! bus_suite {
         $crate::__conformance_cases!(one bus [$(#[$attr])*] $name ($($($rt)*)?) ($make) [
             positions_grow_per_room_on_one_partition
             every_record_is_delivered_once_in_publish_order_per_room
+            a_batch_is_delivered_once_in_its_order_per_room
             a_group_resumes_after_its_committed_positions
             groups_consume_independently
             an_empty_poll_returns_after_its_wait
@@ -137,6 +138,73 @@ pub async fn every_record_is_delivered_once_in_publish_order_per_room(bus: &dyn 
         more.iter().all(|r| !rooms.contains(&r.room)),
         "delivered twice: {more:?}"
     );
+}
+
+/// `publish_batch` returns one position per record, in the order given (a
+/// room's positions growing), and a group gets each record once, a room's in
+/// batch order; single publishes around it keep their places.
+pub async fn a_batch_is_delivered_once_in_its_order_per_room(bus: &dyn Bus) {
+    let rooms = [unique("ba"), unique("bb")];
+    let mut c = fresh_consumer(bus).await;
+    let before = Bytes::from(format!("{}:before", rooms[0]));
+    bus.publish(&rooms[0], before.clone())
+        .await
+        .expect("publish");
+    let batch: Vec<(String, Bytes)> = (0..300u32)
+        .map(|i| {
+            let room = &rooms[(i % 2) as usize];
+            (room.clone(), Bytes::from(format!("{room}:{i}")))
+        })
+        .collect();
+    let positions = bus
+        .publish_batch(batch.clone())
+        .await
+        .expect("publish_batch");
+    assert_eq!(positions.len(), batch.len(), "one position per record");
+    for room in &rooms {
+        let mine: Vec<RecordPosition> = batch
+            .iter()
+            .zip(&positions)
+            .filter(|(r, _)| &r.0 == room)
+            .map(|(_, p)| *p)
+            .collect();
+        assert!(
+            mine.windows(2)
+                .all(|w| w[0].partition == w[1].partition && w[0].offset < w[1].offset),
+            "{room}: positions grow in batch order: {mine:?}"
+        );
+    }
+    let after = Bytes::from(format!("{}:after", rooms[0]));
+    bus.publish(&rooms[0], after.clone())
+        .await
+        .expect("publish");
+    assert!(bus
+        .publish_batch(Vec::new())
+        .await
+        .expect("an empty batch")
+        .is_empty());
+    let want = batch.len() + 2;
+    let got = poll_until(&mut *c, |r| rooms.contains(&r.room), want).await;
+    assert_eq!(got.len(), want, "every record of the batch once");
+    let distinct: HashSet<RecordPosition> = got.iter().map(|r| r.position).collect();
+    assert_eq!(distinct.len(), got.len(), "no record twice");
+    for (n, room) in rooms.iter().enumerate() {
+        let mut want: Vec<&Bytes> = batch
+            .iter()
+            .filter(|r| &r.0 == room)
+            .map(|r| &r.1)
+            .collect();
+        if n == 0 {
+            want.insert(0, &before);
+            want.push(&after);
+        }
+        let have: Vec<&Bytes> = got
+            .iter()
+            .filter(|r| &r.room == room)
+            .map(|r| &r.payload)
+            .collect();
+        assert_eq!(have, want, "{room}: delivered in publish order");
+    }
 }
 
 /// A new member of a group resumes after the committed positions: uncommitted

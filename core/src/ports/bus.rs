@@ -116,6 +116,24 @@ pub trait Bus: Send + Sync + 'static {
     /// Appends one record keyed by `room`, returning its position once durable.
     async fn publish(&self, room: &str, payload: Bytes) -> Result<RecordPosition, BusError>;
 
+    /// Appends several records, each keyed by its room, returning their
+    /// positions (in the order given) once every one is durable. Records of one
+    /// room keep their order within the batch. On an error some of them may have
+    /// been appended: callers retry with records whose effects are idempotent.
+    /// The default queues them concurrently, in order, with [`Bus::publish`];
+    /// an adapter may append them in one commit (the embedded Bus does).
+    async fn publish_batch(
+        &self,
+        records: Vec<(String, Bytes)>,
+    ) -> Result<Vec<RecordPosition>, BusError> {
+        futures::future::try_join_all(
+            records
+                .into_iter()
+                .map(|(room, payload)| async move { self.publish(&room, payload).await }),
+        )
+        .await
+    }
+
     /// Joins consumer group `group`. The embedded Bus assigns every partition to the
     /// one consumer of a group; Kafka balances partitions across the group.
     async fn consumer(&self, group: &str) -> Result<Box<dyn BusConsumer>, BusError>;
