@@ -378,6 +378,52 @@ async fn import_stages(n: usize, spread: bool) {
         n,
         t,
     );
+    // The same with a consumer group draining and committing meanwhile, as the
+    // writer of a server does (8,192 records a poll); timed until it caught up.
+    let mut consumer = ctx.bus.consumer("bench-drain").await.unwrap();
+    while !consumer
+        .poll(8192, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    let t = Instant::now();
+    let drain = tokio::spawn(async move {
+        let (mut got, mut commits) = (0usize, 0usize);
+        while got < n {
+            let recs = consumer.poll(8192, Duration::from_secs(5)).await.unwrap();
+            if recs.is_empty() {
+                break;
+            }
+            got += recs.len();
+            let last = recs
+                .iter()
+                .map(|r| r.position)
+                .max_by_key(|p| p.offset)
+                .unwrap();
+            consumer.commit(&[last]).await.unwrap();
+            commits += 1;
+        }
+        (got, commits)
+    });
+    for part in payloads.chunks(4096) {
+        let batch = part
+            .iter()
+            .map(|b| ("imp".to_string(), b.clone()))
+            .collect();
+        ctx.bus.publish_batch(batch).await.unwrap();
+    }
+    let published = t.elapsed();
+    let (got, commits) = drain.await.unwrap();
+    println!(
+        "    (published in {:.2} s; the consumer got {got} in {commits} polls + commits)",
+        published.as_secs_f64()
+    );
+    stage(
+        "  ... with a consumer draining and committing meanwhile",
+        got,
+        t,
+    );
     let t = Instant::now();
     for part in rows.chunks(4096) {
         ctx.archive.upsert_comments(part).await.unwrap();

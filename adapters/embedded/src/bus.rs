@@ -1,23 +1,129 @@
 //! The embedded Bus: a partitioned log in redb with consumer groups. Publishes are
 //! group-committed: a dedicated thread takes every pending publish, writes them in
 //! one fsynced transaction and only then acknowledges each.
+//!
+//! The log is stored in blocks: a commit writes the records it holds for a
+//! partition as one row (`(partition, first offset)` -> the records packed,
+//! see [`pack`]), so its cost is one B-tree insert per partition rather than
+//! per record. Readers decode a block and skip the records before their
+//! position; a block is trimmed once every group has consumed its last record.
+//! Data dirs of the earlier one-row-per-record layout are converted at open.
 
 use super::EmbeddedDb;
 use async_trait::async_trait;
 use bytes::Bytes;
 use danmaku_core::ports::{Bus, BusConsumer, BusError, BusRecord, RecordPosition};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// (partition, offset) -> (room, payload)
-const LOG: TableDefinition<(u32, u64), (&str, &[u8])> = TableDefinition::new("bus_log");
+/// The earlier layout, (partition, offset) -> (room, payload): converted into
+/// [`BLOCKS`] at open.
+const LEGACY_LOG: TableDefinition<(u32, u64), (&str, &[u8])> = TableDefinition::new("bus_log");
+/// (partition, offset of the first record) -> the block's records ([`pack`]).
+const BLOCKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("bus_blocks");
 /// (group, partition) -> next offset to read
 const COMMITS: TableDefinition<(&str, u32), u64> = TableDefinition::new("bus_commits");
 
 pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
-    txn.open_table(LOG)?;
+    txn.open_table(BLOCKS)?;
     txn.open_table(COMMITS)?;
+    Ok(())
+}
+
+/// Appends one record to a block being built: `room length (u32 LE), room,
+/// payload length (u32 LE), payload`. A block starts with its record count
+/// (u32 LE), written by [`Block::finish`].
+struct Block {
+    bytes: Vec<u8>,
+    count: u32,
+}
+
+impl Block {
+    fn new() -> Self {
+        Self {
+            bytes: vec![0; 4],
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, room: &str, payload: &[u8]) {
+        self.bytes
+            .extend_from_slice(&(room.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(room.as_bytes());
+        self.bytes
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(payload);
+        self.count += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes[..4].copy_from_slice(&self.count.to_le_bytes());
+        self.bytes
+    }
+}
+
+/// Packs records into one block (for tests and the legacy conversion).
+fn pack<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut b = Block::new();
+    for (room, payload) in records {
+        b.push(room, payload);
+    }
+    b.finish()
+}
+
+/// The number of records of a block.
+fn block_len(block: &[u8]) -> Result<u64, redb::Error> {
+    block
+        .get(..4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64)
+        .ok_or_else(|| redb::Error::Corrupted("embedded bus: block without a count".into()))
+}
+
+/// The next length-prefixed field of a block, advancing `rest` past it.
+fn field<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let bytes = rest.get(4..4usize.checked_add(len)?)?;
+    *rest = &rest[4 + len..];
+    Some(bytes)
+}
+
+/// The records of a block, in order.
+fn unpack(block: &[u8]) -> Result<Vec<(&str, &[u8])>, redb::Error> {
+    let corrupt = || redb::Error::Corrupted("embedded bus: malformed block".into());
+    let count = block_len(block)? as usize;
+    let mut rest = &block[4..];
+    let mut out = Vec::with_capacity(count.min(block.len() / 8));
+    for _ in 0..count {
+        let room = field(&mut rest).ok_or_else(corrupt)?;
+        let room = std::str::from_utf8(room).map_err(|_| corrupt())?;
+        let payload = field(&mut rest).ok_or_else(corrupt)?;
+        out.push((room, payload));
+    }
+    if !rest.is_empty() {
+        return Err(corrupt());
+    }
+    Ok(out)
+}
+
+/// Rewrites the rows of the earlier one-row-per-record layout as blocks of one
+/// record each (their offsets kept), in one transaction.
+fn convert_legacy_log(db: &redb::Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut legacy = txn.open_table(LEGACY_LOG)?;
+        if legacy.is_empty()? {
+            return Ok(());
+        }
+        let mut blocks = txn.open_table(BLOCKS)?;
+        for e in legacy.iter()? {
+            let (k, v) = e?;
+            let (room, payload) = v.value();
+            blocks.insert(k.value(), pack([(room, payload)]).as_slice())?;
+        }
+        legacy.retain(|_, _| false)?;
+    }
+    txn.commit()?;
     Ok(())
 }
 
@@ -84,13 +190,15 @@ impl EmbeddedBus {
         commit_interval: Duration,
     ) -> Result<Self, redb::Error> {
         assert!(partitions > 0);
+        convert_legacy_log(&db.db)?;
         let mut next = vec![0u64; partitions as usize];
         {
             let r = db.db.begin_read()?;
-            let t = r.open_table(LOG)?;
+            let t = r.open_table(BLOCKS)?;
             for (p, slot) in next.iter_mut().enumerate() {
                 if let Some(e) = t.range((p as u32, 0)..=(p as u32, u64::MAX))?.next_back() {
-                    *slot = e?.0.value().1 + 1;
+                    let (k, v) = e?;
+                    *slot = k.value().1 + block_len(v.value())?;
                 }
             }
             // Trimmed partitions keep their position in the commits table.
@@ -148,28 +256,37 @@ fn writer_loop(
         let mut positions = Vec::with_capacity(records);
         let mut trial = next.clone();
         let result = (|| -> Result<(), redb::Error> {
+            // One block per partition this commit writes to.
+            let mut blocks: Vec<Option<(u64, Block)>> = (0..partitions).map(|_| None).collect();
+            let mut append = |room: &str, payload: &[u8]| {
+                let part = partition_for(room, partitions);
+                let off = trial[part as usize];
+                trial[part as usize] += 1;
+                blocks[part as usize]
+                    .get_or_insert_with(|| (off, Block::new()))
+                    .1
+                    .push(room, payload);
+                positions.push(RecordPosition {
+                    partition: part,
+                    offset: off,
+                });
+            };
+            for p in &batch {
+                match p {
+                    Pending::One { room, payload, .. } => append(room, payload),
+                    Pending::Many { records, .. } => {
+                        for (room, payload) in records {
+                            append(room, payload);
+                        }
+                    }
+                }
+            }
             let txn = db.db.begin_write()?;
             {
-                let mut t = txn.open_table(LOG)?;
-                let mut append = |room: &str, payload: &[u8]| -> Result<(), redb::Error> {
-                    let part = partition_for(room, partitions);
-                    let off = trial[part as usize];
-                    trial[part as usize] += 1;
-                    t.insert((part, off), (room, payload))?;
-                    positions.push(RecordPosition {
-                        partition: part,
-                        offset: off,
-                    });
-                    Ok(())
-                };
-                for p in &batch {
-                    match p {
-                        Pending::One { room, payload, .. } => append(room, payload)?,
-                        Pending::Many { records, .. } => {
-                            for (room, payload) in records {
-                                append(room, payload)?;
-                            }
-                        }
+                let mut t = txn.open_table(BLOCKS)?;
+                for (part, block) in blocks.into_iter().enumerate() {
+                    if let Some((first, block)) = block {
+                        t.insert((part as u32, first), block.finish().as_slice())?;
                     }
                 }
             }
@@ -266,7 +383,7 @@ impl Bus for EmbeddedBus {
             .run(move |db| {
                 let r = db.begin_read()?;
                 let c = r.open_table(COMMITS)?;
-                let l = r.open_table(LOG)?;
+                let l = r.open_table(BLOCKS)?;
                 let mut pos = Vec::with_capacity(parts as usize);
                 for p in 0..parts {
                     let committed = c.get((g.as_str(), p))?.map(|v| v.value()).unwrap_or(0);
@@ -316,24 +433,35 @@ impl EmbeddedConsumer {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                let t = r.open_table(LOG)?;
+                let t = r.open_table(BLOCKS)?;
                 let mut out = Vec::new();
                 for (p, from) in positions.iter().enumerate() {
-                    let p = p as u32;
-                    for e in t.range((p, *from)..=(p, u64::MAX))? {
-                        if out.len() >= max {
-                            return Ok(out);
-                        }
+                    let (p, from) = (p as u32, *from);
+                    // The block holding `from` may start before it.
+                    let start = match t.range((p, 0)..=(p, from))?.next_back() {
+                        Some(e) => e?.0.value().1,
+                        None => from,
+                    };
+                    for e in t.range((p, start)..=(p, u64::MAX))? {
                         let (k, v) = e?;
-                        let (room, payload) = v.value();
-                        out.push(BusRecord {
-                            position: RecordPosition {
-                                partition: p,
-                                offset: k.value().1,
-                            },
-                            room: room.to_string(),
-                            payload: Bytes::copy_from_slice(payload),
-                        });
+                        let first = k.value().1;
+                        for (i, (room, payload)) in unpack(v.value())?.into_iter().enumerate() {
+                            let offset = first + i as u64;
+                            if offset < from {
+                                continue;
+                            }
+                            if out.len() >= max {
+                                return Ok(out);
+                            }
+                            out.push(BusRecord {
+                                position: RecordPosition {
+                                    partition: p,
+                                    offset,
+                                },
+                                room: room.to_string(),
+                                payload: Bytes::copy_from_slice(payload),
+                            });
+                        }
                     }
                 }
                 Ok(out)
@@ -388,7 +516,7 @@ impl BusConsumer for EmbeddedConsumer {
                 }
                 {
                     let mut c = txn.open_table(COMMITS)?;
-                    let mut log = txn.open_table(LOG)?;
+                    let mut log = txn.open_table(BLOCKS)?;
                     for pos in &upto {
                         let next = pos.offset + 1;
                         let old = c
@@ -407,7 +535,20 @@ impl BusConsumer for EmbeddedConsumer {
                                 min = min.min(v.value());
                             }
                         }
-                        log.retain_in((pos.partition, 0)..(pos.partition, min), |_, _| false)?;
+                        // A block goes once its last record is below `min`.
+                        let mut bad = None;
+                        log.retain_in((pos.partition, 0)..(pos.partition, min), |k, v| {
+                            match block_len(v) {
+                                Ok(n) => k.1 + n > min,
+                                Err(e) => {
+                                    bad = Some(e);
+                                    true
+                                }
+                            }
+                        })?;
+                        if let Some(e) = bad {
+                            return Err(e);
+                        }
                     }
                 }
                 txn.commit()?;
@@ -422,13 +563,14 @@ impl BusConsumer for EmbeddedConsumer {
         self.db
             .run(move |db| {
                 let r = db.begin_read()?;
-                let t = r.open_table(LOG)?;
+                let t = r.open_table(BLOCKS)?;
                 let mut lag = 0;
                 for (p, from) in positions.iter().enumerate() {
                     let p = p as u32;
                     if let Some(e) = t.range((p, 0)..=(p, u64::MAX))?.next_back() {
-                        let last = e?.0.value().1;
-                        lag += (last + 1).saturating_sub(*from);
+                        let (k, v) = e?;
+                        let end = k.value().1 + block_len(v.value())?;
+                        lag += end.saturating_sub(*from);
                     }
                 }
                 Ok(lag)
@@ -478,6 +620,110 @@ mod tests {
         let mut c = bus.consumer("g").await.unwrap();
         let recs = c.poll(10, Duration::from_millis(100)).await.unwrap();
         assert_eq!(recs.len(), 3, "nothing lost by waiting");
+    }
+
+    #[test]
+    fn blocks_round_trip_and_malformed_ones_are_errors() {
+        let block = pack([("r1", &b"a"[..]), ("room-2", &b""[..]), ("r1", &b"xyz"[..])]);
+        assert_eq!(block_len(&block).unwrap(), 3);
+        assert_eq!(
+            unpack(&block).unwrap(),
+            vec![("r1", &b"a"[..]), ("room-2", &b""[..]), ("r1", &b"xyz"[..])]
+        );
+        assert_eq!(unpack(&pack([])).unwrap(), vec![]);
+        for cut in 0..block.len() {
+            assert!(unpack(&block[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut longer = block.clone();
+        longer.push(0);
+        assert!(unpack(&longer).is_err(), "trailing bytes");
+        let mut huge = block.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(unpack(&huge).is_err(), "a length past the end");
+    }
+
+    /// A group that committed in the middle of a block resumes inside it, and
+    /// the block stays until its last record is consumed.
+    #[tokio::test]
+    async fn a_commit_inside_a_block_resumes_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(EmbeddedDb::open(dir.path()).unwrap(), 1).unwrap();
+        let batch = (0..10)
+            .map(|i| ("r".to_string(), Bytes::from(format!("m{i}"))))
+            .collect();
+        let positions = bus.publish_batch(batch).await.unwrap();
+        assert_eq!(
+            positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        let mut c = bus.consumer("g").await.unwrap();
+        let recs = c.poll(4, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(recs.len(), 4);
+        c.commit(&[recs[3].position]).await.unwrap();
+        assert_eq!(c.lag().await.unwrap(), 6);
+        let mut again = bus.consumer("g").await.unwrap();
+        let rest = again.poll(100, Duration::from_millis(100)).await.unwrap();
+        let texts: Vec<_> = rest
+            .iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
+        assert_eq!(texts, (4..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        assert_eq!(rest[0].position.offset, 4);
+        again.commit(&[rest[5].position]).await.unwrap();
+        let r = bus.db.db.begin_read().unwrap();
+        assert!(
+            r.open_table(BLOCKS).unwrap().is_empty().unwrap(),
+            "a consumed block is trimmed"
+        );
+        drop(r);
+        let next = bus.publish("r", Bytes::from_static(b"m10")).await.unwrap();
+        assert_eq!(next.offset, 10, "offsets go on after a trim");
+    }
+
+    /// A data dir of the one-row-per-record layout is converted at open: its
+    /// records keep their offsets and are delivered, and offsets go on.
+    #[tokio::test]
+    async fn the_earlier_layout_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        {
+            let txn = db.db.begin_write().unwrap();
+            {
+                let mut legacy = txn.open_table(LEGACY_LOG).unwrap();
+                for i in 0..5u64 {
+                    let payload = format!("old{i}");
+                    legacy.insert((0, i), ("r", payload.as_bytes())).unwrap();
+                }
+                let mut commits = txn.open_table(COMMITS).unwrap();
+                commits.insert(("g", 0), 2).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let bus = EmbeddedBus::open(db, 1).unwrap();
+        let next = bus.publish("r", Bytes::from_static(b"new")).await.unwrap();
+        assert_eq!(next.offset, 5);
+        let mut c = bus.consumer("g").await.unwrap();
+        let recs = c.poll(100, Duration::from_millis(100)).await.unwrap();
+        let got: Vec<_> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r.position.offset,
+                    String::from_utf8(r.payload.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "old2".to_string()),
+                (3, "old3".to_string()),
+                (4, "old4".to_string()),
+                (5, "new".to_string())
+            ]
+        );
+        let r = bus.db.db.begin_read().unwrap();
+        assert!(r.open_table(LEGACY_LOG).unwrap().is_empty().unwrap());
     }
 
     #[tokio::test]
