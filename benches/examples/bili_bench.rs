@@ -511,6 +511,37 @@ async fn import_throughput(bin: &str, n: usize, spread: bool) {
         status_mb(pid, "VmHWM"),
         status_mb(pid, "VmRSS")
     );
+    // The same comments through the rest of the durable path: the writer
+    // takes the Bus's copies into the SliceStore (`danmaku_writer_records_total`).
+    let writer_total = || async {
+        let text = client
+            .get(format!("http://{}/metrics", srv.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("danmaku_writer_records_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    loop {
+        let stored = writer_total().await;
+        if stored >= imported {
+            println!(
+                "  the writer had stored all {stored} Bus records in the SliceStore {:.2} s after the first byte",
+                started.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            println!("  the writer had stored {stored} of {imported} after 600 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(srv);
 }
 
