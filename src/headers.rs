@@ -185,13 +185,14 @@ fn finish<R>(resp: &mut Response<R>, allow_origin: Option<HeaderValue>) {
     }
     // Beside the route's own `Vary` (`Accept-Encoding`), never in its place.
     h.append(header::VARY, HeaderValue::from_static(VARY));
+    // In the order tower-http's layer wrote them (allow, then expose).
+    if let Some(origin) = allow_origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static(EXPOSE_HEADERS),
     );
-    if let Some(origin) = allow_origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    }
 }
 
 /// The future of [`Headers`]: a preflight's answer, or the route's with the
