@@ -286,7 +286,10 @@ mod tests {
             ])
     }
 
-    async fn old_preflight_no_content(request: AxumRequest, next: Next) -> axum::response::Response {
+    async fn old_preflight_no_content(
+        request: AxumRequest,
+        next: Next,
+    ) -> axum::response::Response {
         let preflight = request.method() == Method::OPTIONS;
         let mut response = next.run(request).await;
         if preflight && response.status() == StatusCode::OK {
@@ -357,7 +360,10 @@ mod tests {
             )
             .fallback(|| async { (StatusCode::NOT_FOUND, "no such route") })
             .method_not_allowed_fallback(|| async {
-                (StatusCode::METHOD_NOT_ALLOWED, "this path does not take that method")
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "this path does not take that method",
+                )
             })
     }
 
@@ -372,7 +378,10 @@ mod tests {
         routes().layer(HeadersLayer::new(http))
     }
 
-    async fn answer(app: Router, req: Request<Body>) -> (StatusCode, Vec<(String, Vec<u8>)>, Vec<u8>) {
+    async fn answer(
+        app: Router,
+        req: Request<Body>,
+    ) -> (StatusCode, Vec<(String, Vec<u8>)>, Vec<u8>) {
         let resp = app.oneshot(req).await.expect("infallible");
         let status = resp.status();
         let headers = resp
@@ -416,7 +425,11 @@ mod tests {
         ];
         let paths = ["/json", "/html", "/limited", "/moved", "/no/such/route"];
         let mut header_sets = vec![HeaderMap::new()];
-        for origin in ["https://player.example", "https://evil.example", "HTTPS://PLAYER.EXAMPLE"] {
+        for origin in [
+            "https://player.example",
+            "https://evil.example",
+            "HTTPS://PLAYER.EXAMPLE",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
             header_sets.push(h.clone());
