@@ -8,20 +8,19 @@
 //! own (`/assets/*`, built by `web/build.mjs`), so the policy needs no
 //! `'unsafe-inline'`.
 //!
-//! Every answer speaks CORS ([`cors_layer`], API.md "Additions of 2026-12"):
-//! players and pages usually live on another origin than the API.
+//! Every answer speaks CORS (API.md "Additions of 2026-12"): players and pages
+//! usually live on another origin than the API. Both, and the preflights'
+//! `204`, come from one layer, [`HeadersLayer`] (`src/headers.rs`).
 
+use crate::headers::HeadersLayer;
 use crate::ops;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use danmaku_core::context::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The role values whose routers the app serves; `None` for a role this node
 /// does not run.
@@ -54,9 +53,9 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
             let body = serde_json::json!({"error": {"code": "method_not_allowed", "message": "this path does not take that method"}});
             (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
         })
-        .layer(axum::middleware::map_response(security_headers))
-        .layer(cors_layer(&ctx.settings.http))
-        .layer(axum::middleware::from_fn(preflight_no_content));
+        // Security headers, CORS and the preflights' 204, in one pass with
+        // constant values (src/headers.rs).
+        .layer(HeadersLayer::new(&ctx.settings.http));
     // Per-request spans cost a clock read and an allocation per request; only
     // pay for them when someone asked to see them (RUST_LOG=tower_http=debug).
     if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
@@ -65,69 +64,7 @@ pub fn build(ctx: &Context, roles: &Roles, metrics: PrometheusHandle) -> Router 
     app
 }
 
-/// The Content-Security-Policy of every page: its script, style and
-/// connections (fetch and the WebSocket) from this origin only, a session's
-/// `video_url` from anywhere (media only), nothing else loaded, and no framing
-/// by any site (`frame-ancestors 'none'`).
-pub const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     connect-src 'self'; img-src 'self'; media-src 'self' https: http:; base-uri 'none'; \
-     form-action 'self'; \
-     frame-ancestors 'none'";
-
-/// How long a browser may reuse a preflight's answer (Chromium caps it at 2 h).
-const PREFLIGHT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7200);
-
-/// The CORS layer of every endpoint: `http.cors_origins` (`*` or a list), the
-/// methods and request headers the API takes, and the answer headers a page
-/// must be able to read (`ETag` for revalidation, `Retry-After` after 429/503,
-/// `Location` of a 301 to a segment's current version). No credentials: the
-/// API uses no cookies. `Vary` names `Origin` and the preflight headers.
-pub fn cors_layer(http: &danmaku_core::config::HttpSettings) -> CorsLayer {
-    let origins = if http.cors_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        // Checked when the configuration loaded; a value that is still not a
-        // header value allows nothing rather than failing the start.
-        AllowOrigin::list(
-            http.cors_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-        ])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-        ])
-        .expose_headers([header::ETAG, header::RETRY_AFTER, header::LOCATION])
-        .max_age(PREFLIGHT_MAX_AGE)
-        .vary([
-            header::ORIGIN,
-            header::ACCESS_CONTROL_REQUEST_METHOD,
-            header::ACCESS_CONTROL_REQUEST_HEADERS,
-        ])
-}
-
-/// The CORS layer answers every `OPTIONS` itself with `200` and no body;
-/// API.md asks for `204 No Content` there.
-async fn preflight_no_content(request: Request, next: Next) -> Response {
-    let preflight = request.method() == Method::OPTIONS;
-    let mut response = next.run(request).await;
-    if preflight && response.status() == StatusCode::OK {
-        *response.status_mut() = StatusCode::NO_CONTENT;
-    }
-    response
-}
+pub use crate::headers::PAGE_CSP;
 
 // The pages built by web/build.mjs from web/src/pages (committed under
 // web/dist/pages, so building the binary needs no Node).
@@ -199,25 +136,4 @@ async fn web_asset(axum::extract::Path(file): axum::extract::Path<String>) -> Re
             .into_response(),
         None => danmaku_core::error::ApiError::not_found("asset").into_response(),
     }
-}
-
-/// `nosniff` on every answer; the page policy on HTML ones.
-async fn security_headers(mut resp: Response) -> Response {
-    let h = resp.headers_mut();
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    let html = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
-    if html {
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(PAGE_CSP),
-        );
-        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    }
-    resp
 }

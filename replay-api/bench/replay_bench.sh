@@ -11,7 +11,7 @@
 #           adapter against the in-process CQL test peer), in-process.
 #
 # Needs release builds:
-#   cargo build --release -p danmaku -p danmaku-replay-api --example replay_bench
+#   cargo build --release -p danmaku --bin danmaku && cargo build --release -p danmaku-benches --example replay_bench
 # Binds 127.0.0.1 only: ports 8089 (nginx) and 8093 (ours); refuses busy ports;
 # stops what it started by PID. Everything tunable through the environment.
 set -euo pipefail
@@ -55,7 +55,7 @@ mkdir -p "$RESULTS_DIR"
 RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
 LOG=$RESULTS_DIR/replay_bench.log
 for f in "$BIN" "$EX"; do
-  [ -x "$f" ] || { echo "missing $f; build: cargo build --release -p danmaku -p danmaku-replay-api --example replay_bench" >&2; exit 1; }
+  [ -x "$f" ] || { echo "missing $f; build: cargo build --release -p danmaku --bin danmaku && cargo build --release -p danmaku-benches --example replay_bench" >&2; exit 1; }
 done
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install -y nginx-light)" >&2; exit 1; }
