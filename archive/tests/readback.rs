@@ -204,6 +204,8 @@ const DUCKDB_SCRIPT: &str = r#"
 import json, sys, duckdb, pyarrow as pa
 setup, queries = sys.argv[1], json.loads(sys.argv[2])
 con = duckdb.connect()
+# No progress bar: DuckDB prints one to stdout for queries over 2 s (a busy machine).
+con.execute("SET enable_progress_bar = false")
 for stmt in setup.split(";"):
     if stmt.strip():
         con.execute(stmt)

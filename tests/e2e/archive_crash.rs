@@ -44,6 +44,8 @@ fn duckdb_ids(data_dir: &std::path::Path) -> (u64, u64, HashSet<String>) {
     let script = r#"
 import sys, json, duckdb
 con = duckdb.connect()
+# No progress bar: DuckDB prints one to stdout for queries over 2 s (a busy machine).
+con.execute("SET enable_progress_bar = false")
 src = "read_parquet('" + sys.argv[1] + "/*/*/*.parquet', hive_partitioning = true, hive_types = {'date': DATE, 'hour': INTEGER})"
 n, d = con.execute("SELECT count(*), count(DISTINCT id) FROM " + src).fetchone()
 ids = [r[0] for r in con.execute("SELECT id::VARCHAR FROM " + src).fetchall()]
