@@ -302,6 +302,17 @@ async fn embedded_vod(dir: &std::path::Path) -> (danmaku_core::context::Context,
     (ctx, session)
 }
 
+/// Publishes `payloads` to room `imp` in batches of 4,096, as the import does.
+async fn publish_batches(bus: &dyn danmaku_core::ports::Bus, payloads: &[bytes::Bytes]) {
+    for part in payloads.chunks(4096) {
+        let batch = part
+            .iter()
+            .map(|b| ("imp".to_string(), b.clone()))
+            .collect();
+        bus.publish_batch(batch).await.unwrap();
+    }
+}
+
 /// `parse`: where an import's time goes, stage by stage, in this process (no
 /// HTTP, no server): the XML parser alone over the document in memory; the
 /// parser plus what the import makes of each entry (its id, the comment and
@@ -366,13 +377,7 @@ async fn import_stages(n: usize, spread: bool) {
         t,
     );
     let t = Instant::now();
-    for part in payloads.chunks(4096) {
-        let batch = part
-            .iter()
-            .map(|b| ("imp".to_string(), b.clone()))
-            .collect();
-        ctx.bus.publish_batch(batch).await.unwrap();
-    }
+    publish_batches(&*ctx.bus, &payloads).await;
     stage(
         "embedded Bus publish_batch (4,096 per batch, as the import)",
         n,
@@ -406,13 +411,7 @@ async fn import_stages(n: usize, spread: bool) {
         }
         (got, commits)
     });
-    for part in payloads.chunks(4096) {
-        let batch = part
-            .iter()
-            .map(|b| ("imp".to_string(), b.clone()))
-            .collect();
-        ctx.bus.publish_batch(batch).await.unwrap();
-    }
+    publish_batches(&*ctx.bus, &payloads).await;
     let published = t.elapsed();
     let (got, commits) = drain.await.unwrap();
     println!(

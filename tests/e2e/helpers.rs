@@ -1050,6 +1050,18 @@ pub fn assert_rows_once(rows: &[ParquetRow], sent: &HashMap<String, String>, wha
     assert_eq!(rows.len(), sent.len(), "{what}: rows in the archive");
 }
 
+/// The record batches of one Parquet file (panics naming the file when it is
+/// not readable).
+fn record_batches(file: &Path) -> Vec<RecordBatch> {
+    let f = std::fs::File::open(file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
+    ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", file.display()))
+        .build()
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .map(|batch| batch.unwrap_or_else(|e| panic!("{}: {e}", file.display())))
+        .collect()
+}
+
 /// Every comment row of every Parquet file under `<data_dir>/archive` (the
 /// deletion records under `archive/deletions/` are read by [`deletion_ids`]).
 pub fn read_parquet(data_dir: &Path) -> Vec<ParquetRow> {
@@ -1059,14 +1071,7 @@ pub fn read_parquet(data_dir: &Path) -> Vec<ParquetRow> {
         if file.starts_with(&deletions) {
             continue;
         }
-        let f =
-            std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", file.display()))
-            .build()
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for batch in reader {
-            let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for batch in record_batches(&file) {
             rows.extend(rows_of(&file, &batch));
         }
     }
@@ -1141,14 +1146,7 @@ pub fn deletion_ids(data_dir: &Path) -> Vec<u64> {
         if !file.starts_with(&deletions) {
             continue;
         }
-        let f =
-            std::fs::File::open(&file).unwrap_or_else(|e| panic!("open {}: {e}", file.display()));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", file.display()))
-            .build()
-            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        for batch in reader {
-            let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for batch in record_batches(&file) {
             let col = column(&file, &batch, "id", &DataType::UInt64);
             let col = col.as_any().downcast_ref::<UInt64Array>().unwrap();
             ids.extend(col.iter().flatten());
