@@ -15,7 +15,7 @@ use axum::Router;
 use danmaku_core::context::Context;
 use danmaku_core::error::{ApiError, ErrorCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -23,21 +23,19 @@ use tokio_util::sync::CancellationToken;
 /// recorder per process, so every server in a process (tests run several) shares
 /// it; the first call installs it.
 pub fn metrics_handle() -> Result<PrometheusHandle, OpsError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
+    // Installing the recorder and remembering its handle happen under one lock,
+    // so a second server starting at the same moment in this process (tests)
+    // gets the handle instead of seeing the recorder installed but no handle yet.
+    static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut slot = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = &*slot {
         return Ok(h.clone());
     }
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
-    // Another thread may have won the race: keep whichever handle got installed.
-    match metrics::set_global_recorder(recorder) {
-        Ok(()) => {
-            let _ = HANDLE.set(handle);
-        }
-        Err(_) if HANDLE.get().is_none() => return Err(OpsError::RecorderTaken),
-        Err(_) => {}
-    }
-    Ok(HANDLE.get().expect("recorder handle set").clone())
+    metrics::set_global_recorder(recorder).map_err(|_| OpsError::RecorderTaken)?;
+    *slot = Some(handle.clone());
+    Ok(handle)
 }
 
 /// Why the operations endpoints could not be set up.
