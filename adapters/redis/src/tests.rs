@@ -269,9 +269,7 @@ async fn interrupted_claims_and_completions_are_finished_by_the_next_archiver() 
 #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_durable_redis_restart_loses_nothing() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-    if server.port() == 0 {
-        return;
-    }
+    server.assert_local();
     let (store, _) = open(&settings_single(&server.url())).await;
     let room = format!("dur{}", rand::random::<u32>());
     let base = danmaku_core::now_ms();
@@ -314,9 +312,7 @@ async fn a_durable_redis_restart_loses_nothing() {
 #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn a_restart_without_persistence_takes_redeliveries_again() {
     let mut server = RedisServer::start();
-    if server.port() == 0 {
-        return;
-    }
+    server.assert_local();
     let (store, _) = open(&settings_single(&server.url())).await;
     let room = format!("eph{}", rand::random::<u32>());
     let base = danmaku_core::now_ms();
@@ -400,9 +396,7 @@ async fn next_event(
 #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn subscriptions_come_back_after_a_restart_with_a_resync() {
     let mut server = RedisServer::start();
-    if server.port() == 0 {
-        return;
-    }
+    server.assert_local();
     let settings = settings_single(&server.url());
     let (_, publisher) = open(&settings).await;
     let (_, viewer) = open(&settings).await;
@@ -429,9 +423,7 @@ async fn subscriptions_come_back_after_a_restart_with_a_resync() {
 #[ignore = "needs redis-server (bash infra/dev/test.sh installs it)"]
 async fn ready_follows_the_server() {
     let mut server = RedisServer::start();
-    if server.port() == 0 {
-        return;
-    }
+    server.assert_local();
     let (store, _) = open(&settings_single(&server.url())).await;
     assert!(store.ready().await);
     server.kill();

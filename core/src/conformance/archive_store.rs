@@ -23,6 +23,7 @@ macro_rules! archive_store_suite {
             a_segment_reads_in_offset_then_id_order
             last_segment_is_the_highest_holding_a_comment
             segments_are_those_holding_comments
+            a_segment_whose_comments_were_all_deleted_is_neither_listed_nor_last
             deleted_comments_are_neither_read_nor_counted
             deletions_are_idempotent_and_outlast_a_redone_upsert
             a_deletion_applied_first_keeps_a_later_upsert_out
@@ -476,6 +477,36 @@ pub async fn segments_are_those_holding_comments(store: &dyn ArchiveStore) {
     assert_eq!(store.segments(&v1).await.unwrap(), vec![0, 1, 5]);
     assert_eq!(store.segments(&v2).await.unwrap(), vec![0]);
     assert!(store.segments(&unique("none")).await.unwrap().is_empty());
+}
+
+/// A segment whose every comment was deleted is left out of `segments` and is
+/// not `last_segment`; once every comment of the VOD is deleted it has none.
+pub async fn a_segment_whose_comments_were_all_deleted_is_neither_listed_nor_last(
+    store: &dyn ArchiveStore,
+) {
+    let (v1, v2) = (unique("v"), unique("w"));
+    let rows = rows(&v1, &v2);
+    store.upsert_comments(&rows).await.unwrap();
+    // Segment 1 of v1 holds only comment 30.
+    assert_eq!(
+        store.delete_comments(&[deletion(&rows[0])]).await.unwrap(),
+        1
+    );
+    assert_eq!(store.segments(&v1).await.unwrap(), vec![0]);
+    assert_eq!(store.last_segment(&v1).await.unwrap(), Some(0));
+    // Two of segment 0's three comments: it still holds one.
+    let two = [deletion(&rows[1]), deletion(&rows[2])];
+    assert_eq!(store.delete_comments(&two).await.unwrap(), 2);
+    assert_eq!(store.last_segment(&v1).await.unwrap(), Some(0));
+    assert_eq!(
+        store.delete_comments(&[deletion(&rows[3])]).await.unwrap(),
+        1
+    );
+    assert!(store.segments(&v1).await.unwrap().is_empty());
+    assert_eq!(store.last_segment(&v1).await.unwrap(), None);
+    // The other VOD keeps its segment.
+    assert_eq!(store.segments(&v2).await.unwrap(), vec![0]);
+    assert_eq!(store.last_segment(&v2).await.unwrap(), Some(0));
 }
 
 /// A reachable store says so.

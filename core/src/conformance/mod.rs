@@ -19,9 +19,9 @@
 //! name, optionally the arguments of `#[tokio::test(..)]` in parentheses, and a
 //! setup expression: a future, evaluated afresh in every
 //! test, whose output is `(guard, subject)` (the guard — a server, a temporary
-//! directory, `()` — lives until the test ends, after the subject) or
-//! `Option<(guard, subject)>`, where `None` skips the test (an external server
-//! that is not configured). The subject is the adapter (a `&subject` must coerce
+//! directory, `()` — lives until the test ends, after the subject); there is no
+//! way to skip a case (a suite that needs an outside server is compiled only
+//! when asked for, and fails without it). The subject is the adapter (a `&subject` must coerce
 //! to `&dyn Port`), for the Notifier a pair `(publisher, viewer)` of pointers to
 //! notifiers (`Arc`, `Box`; both may point at the same in-process notifier), for
 //! the ModerationStore a pair `(writer, reader)` the same way.
@@ -49,28 +49,22 @@ pub mod replay_cache;
 pub mod slice_store;
 
 /// What a suite's setup expression yields: a guard kept alive for the test and the
-/// subject under test, or nothing (the test is skipped).
+/// subject under test. There is no way to skip: a suite that cannot get its
+/// subject fails (a suite that needs an outside server is compiled only when
+/// asked for, see the ScyllaDB adapter's `real-node` feature).
 pub trait Fixture {
     /// Kept until the test ends (a server, a temporary directory).
     type Guard;
     /// What the cases are run on.
     type Subject;
-    /// The guard and the subject; `None` skips the test.
-    fn into_parts(self) -> Option<(Self::Guard, Self::Subject)>;
+    /// The guard and the subject.
+    fn into_parts(self) -> (Self::Guard, Self::Subject);
 }
 
 impl<G, S> Fixture for (G, S) {
     type Guard = G;
     type Subject = S;
-    fn into_parts(self) -> Option<(G, S)> {
-        Some(self)
-    }
-}
-
-impl<G, S> Fixture for Option<(G, S)> {
-    type Guard = G;
-    type Subject = S;
-    fn into_parts(self) -> Option<(G, S)> {
+    fn into_parts(self) -> (G, S) {
         self
     }
 }
@@ -95,12 +89,7 @@ macro_rules! __conformance_cases {
         #[::tokio::test $rt]
         $(#[$attr])*
         async fn $case() {
-            let Some((_guard, subject)) =
-                $crate::conformance::Fixture::into_parts($make.await)
-            else {
-                eprintln!("{}: no subject, skipped", stringify!($case));
-                return;
-            };
+            let (_guard, subject) = $crate::conformance::Fixture::into_parts($make.await);
             $crate::__conformance_cases!(@call $mode $suite $case subject);
         }
     };

@@ -239,12 +239,11 @@ pub trait ArchiveStore: Send + Sync + 'static {
     /// The version of `vod`'s rows ([`VodVersion`]); zero for a VOD without rows.
     async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError>;
 
-    /// The segments holding a comment of `vod`, ascending. An adapter that marks
-    /// deletions instead of removing rows may list a segment whose every comment
-    /// was deleted (reading it gives nothing).
+    /// The segments holding a comment of `vod` that was not deleted, ascending.
     async fn segments(&self, vod: &str) -> Result<Vec<u32>, ArchiveError>;
 
-    /// The highest segment holding a comment of `vod`, if any.
+    /// The highest segment holding a comment of `vod` that was not deleted, if
+    /// any.
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError>;
 
     /// Whether the store is reachable (for `/readyz`).
