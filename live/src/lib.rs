@@ -437,9 +437,12 @@ impl Live {
     /// rooms), so a page whose first seq is far after the cursor proves nothing,
     /// and neither would the lowest seq the store holds (a room's first seq is
     /// rarely 1). A page that begins after dropped items but still returns
-    /// later ones needs the store to say up to which seq it dropped the room's
-    /// items (a watermark that only grows); with it, `cursor < watermark` is a
-    /// gap at the watermark.
+    /// later ones is told by the store's watermark
+    /// ([`SliceStore::expired_through`], read after the items so that an expiry
+    /// between the two reads is seen): `cursor < watermark` is a gap at the
+    /// watermark (or at the ring's floor when the ring reaches further back).
+    ///
+    /// [`SliceStore::expired_through`]: danmaku_core::ports::SliceStore::expired_through
     pub async fn page(
         &self,
         hub: Option<&Hub>,
@@ -455,6 +458,11 @@ impl Live {
             });
         }
         let stored = self.stored_after(room, cursor, limit).await?;
+        let gone = self.store_gone(room).await?;
+        if gone > cursor {
+            // Items after the cursor were dropped, whatever the read returned.
+            return self.gap_page(hub, room, cursor, gone, limit).await;
+        }
         if !stored.is_empty() {
             return Ok(Page {
                 items: decode(stored),
@@ -515,6 +523,53 @@ impl Live {
                 tracing::warn!(error = %e, room, "slice read failed");
                 ApiError::unavailable()
             })
+    }
+
+    /// The answer to a cursor that missed dropped items: `gap` at `from` (every
+    /// item up to it is gone from the store) with what the store holds after it,
+    /// or at the ring's floor with the ring's items when the ring reaches
+    /// further back.
+    async fn gap_page(
+        &self,
+        hub: Option<&Hub>,
+        room: &str,
+        cursor: u64,
+        from: u64,
+        limit: usize,
+    ) -> Result<Page, ApiError> {
+        metrics::counter!("danmaku_live_stale_cursors_total").increment(1);
+        let floor = hub
+            .and_then(Hub::floor)
+            .filter(|f| *f > cursor && *f < from);
+        if let (Some(f), Some(h)) = (floor, hub) {
+            if let RingRead::Covered(items) = h.read_after(f, limit) {
+                tracing::debug!(
+                    room,
+                    cursor,
+                    from = f,
+                    "cursor behind expired items: gap at the ring"
+                );
+                return Ok(Page {
+                    items,
+                    gap: Some(f),
+                    has_data: true,
+                });
+            }
+        }
+        tracing::debug!(room, cursor, from, "cursor behind expired items: gap");
+        let items = decode(self.stored_after(room, from, limit).await?);
+        Ok(Page {
+            items,
+            gap: Some(from),
+            has_data: true,
+        })
+    }
+
+    async fn store_gone(&self, room: &str) -> Result<u64, ApiError> {
+        self.ctx.slices.expired_through(room).await.map_err(|e| {
+            tracing::warn!(error = %e, room, "slice read failed");
+            ApiError::unavailable()
+        })
     }
 
     async fn store_last(&self, room: &str) -> Result<u64, ApiError> {

@@ -517,6 +517,10 @@ impl SliceStore for Forgetful {
         let through = self.through.load(Ordering::SeqCst);
         self.inner.read_after(room, after.max(through), limit).await
     }
+    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
+        let through = self.through.load(Ordering::SeqCst);
+        Ok(self.inner.expired_through(room).await?.max(through))
+    }
     async fn last_seq(&self, room: &str) -> Result<u64, SliceError> {
         self.inner.last_seq(room).await
     }
@@ -614,4 +618,71 @@ async fn a_cursor_older_than_anything_held_gets_gap() {
         .collect();
     assert_eq!(items, strs(&later), "the ring's items after its floor");
     assert_eq!(v["cursor"], now.as_str());
+}
+
+/// Only the oldest items expired: a read after an old cursor still returns
+/// the later ones, and the answer says `gap` at the last seq expired (the
+/// store's watermark) instead of looking complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_behind_expired_items_gets_gap_though_later_ones_are_held() {
+    let through = Arc::new(AtomicU64::new(0));
+    let forget = through.clone();
+    let srv = start_with(
+        |s| s.live.ring_size = 8,
+        move |ctx: Context| Context {
+            slices: Arc::new(Forgetful {
+                inner: ctx.slices.clone(),
+                through: forget,
+            }),
+            ..ctx
+        },
+    )
+    .await;
+    let room = "half";
+    let before = head_cursor(&srv, room).await;
+    srv.send_many(room, 30, 20).await;
+    let store = srv.live.ctx.slices.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.read_after(room, 0, 100).await.unwrap().len() < 30 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = store.read_after(room, 0, 100).await.unwrap();
+    assert_eq!(stored.len(), 30);
+    let ids: Vec<String> = stored
+        .iter()
+        .map(|i| {
+            danmaku_core::model::Danmaku::decode_bytes(&i.data)
+                .unwrap()
+                .id
+                .to_string()
+        })
+        .collect();
+    // The oldest ten expire; twenty are still held.
+    let tenth = stored[9].seq;
+    through.store(tenth, Ordering::SeqCst);
+    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
+    assert_eq!(v["gap"], true, "{v}");
+    let items: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(items, ids[10..], "what is still held, after the gap");
+    // From the watermark on: an ordinary, complete answer.
+    let at = Cursor(tenth).encode();
+    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={at}")).await;
+    assert!(v.get("gap").is_none(), "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 20);
+
+    // A WebSocket resume: gap at the watermark, then the twenty held items.
+    let (mut ws, hello) = connect(&srv.url(room, &format!("?cursor={before}"))).await;
+    assert_eq!(hello["cursor"], before.as_str());
+    let gap = next_json(&mut ws).await.unwrap();
+    assert_eq!(
+        (gap["type"].as_str(), gap["cursor"].as_str()),
+        (Some("gap"), Some(at.as_str()))
+    );
+    let (got, _) = collect(&mut ws, 20).await;
+    assert_eq!(got, ids[10..]);
 }

@@ -75,6 +75,8 @@ const RETENTION: TableDefinition<&str, i64> = TableDefinition::new("sl_retention
 const EXPIRE_SCAN: usize = 4096;
 /// name -> counter
 const META: TableDefinition<&str, u64> = TableDefinition::new("sl_meta");
+/// room -> highest seq `expire_archived` removed ([`SliceStore::expired_through`]).
+const GONE: TableDefinition<&str, u64> = TableDefinition::new("sl_gone");
 /// (room, comment id) -> kept until (ms): deleted comments, left out of reads
 /// and batches ([`SliceStore::delete_items`]).
 const DELETED: TableDefinition<(&str, u64), i64> = TableDefinition::new("sl_deleted");
@@ -123,6 +125,7 @@ pub(super) fn create_tables(txn: &redb::WriteTransaction) -> Result<(), redb::Er
     txn.open_table(KEPT_EXPIRY)?;
     txn.open_table(RETENTION)?;
     txn.open_table(DELETED)?;
+    txn.open_table(GONE)?;
     migrate_v1(txn)?;
     keep_leased(txn)?;
     release_leases(txn)
@@ -444,8 +447,11 @@ fn expire_pass(db: &redb::Database, now_ms: i64) -> Result<(u64, bool), redb::Er
         let mut kept = txn.open_table(KEPT)?;
         let mut kept_expiry = txn.open_table(KEPT_EXPIRY)?;
         let mut chunks = txn.open_table(CHUNKS)?;
+        let mut gone = txn.open_table(GONE)?;
         for room in &rooms {
             let room = room.as_str();
+            let mut gone_through = gone.get(room)?.map_or(0, |v| v.value());
+            let was = gone_through;
             // (floor, start, Some(kept meta) | None for a live slice), oldest first.
             let mut parts: Vec<(u64, i64, Option<KeptMeta>)> = Vec::new();
             for e in slices.range((room, i64::MIN)..=(room, i64::MAX))? {
@@ -471,12 +477,21 @@ fn expire_pass(db: &redb::Database, now_ms: i64) -> Result<(u64, bool), redb::Er
                         .map(|e| e.map(|(k, _)| k.value().2))
                         .collect::<Result<_, _>>()?;
                     for first in firsts {
-                        chunks.remove((room, start, first))?;
+                        // `top` is the room's high-water mark at the claim, not
+                        // the slice's: the seqs removed come from the chunks.
+                        if let Some(chunk) = chunks.remove((room, start, first))? {
+                            walk_items(chunk.value(), |seq, _, _| {
+                                gone_through = gone_through.max(seq);
+                            })?;
+                        }
                     }
                 }
                 kept.remove((room, start, floor))?;
                 kept_expiry.remove((until, room, start, floor))?;
                 removed += 1;
+            }
+            if gone_through != was {
+                gone.insert(room, gone_through)?;
             }
         }
     }
@@ -1108,6 +1123,18 @@ impl SliceStore for EmbeddedSliceStore {
                 return Ok(removed);
             }
         }
+    }
+
+    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
+        let room = room.to_string();
+        self.db
+            .run(move |db| {
+                let r = db.begin_read()?;
+                let t = r.open_table(GONE)?;
+                Ok(t.get(room.as_str())?.map(|v| v.value()).unwrap_or(0))
+            })
+            .await
+            .map_err(err)
     }
 
     async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {

@@ -227,13 +227,16 @@ return 1
 /// Deletes a room's claimed slices from the oldest on while each is archived
 /// (`a:<batch>` exists) and past its hot retention (end + `meta.ret` <= now):
 /// never one behind a slice still held, so a cursor read never skips a middle.
-/// Drops the `a:<batch>` markers with no slice left. KEYS: idx, meta.
+/// Drops the `a:<batch>` markers with no slice left. Raises `meta.gone` to the
+/// highest seq deleted (`SliceStore::expired_through`). KEYS: idx, meta.
 /// ARGV: prefix, now, batch. Returns {slices deleted, the earliest retention end
 /// of `batch`'s slices still held here or -1}.
 pub const ROOM_EXPIRE: &str = r#"
 local p = ARGV[1]
 local now = tonumber(ARGV[2])
 local ret = tonumber(redis.call('HGET', KEYS[2], 'ret') or '0')
+local through0 = tonumber(redis.call('HGET', KEYS[2], 'gone') or '0')
+local through = through0
 local removed = 0
 local blocked = false
 local emptied = {}
@@ -247,6 +250,8 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if not blocked then
     if b and u <= now and redis.call('EXISTS', p .. 'a:' .. b) == 1 then
       redis.call('ZREM', KEYS[1], m)
+      local top = redis.call('ZRANGE', p .. m, -1, -1, 'WITHSCORES')
+      if top[2] and tonumber(top[2]) > through then through = tonumber(top[2]) end
       redis.call('DEL', p .. m)
       removed = removed + 1
       emptied[b] = true
@@ -263,6 +268,7 @@ end
 for b, _ in pairs(emptied) do
   if not left[b] then redis.call('DEL', p .. 'a:' .. b) end
 end
+if through > through0 then redis.call('HSET', KEYS[2], 'gone', string.format('%d', through)) end
 return {removed, mine}
 "#;
 

@@ -1147,6 +1147,17 @@ impl SliceStore for RedisSliceStore {
         }
     }
 
+    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
+        let mut c = self.conn.clone();
+        let gone: Option<u64> = ::redis::cmd("HGET")
+            .arg(RoomKeys::new(room).k("meta"))
+            .arg("gone")
+            .query_async(&mut c)
+            .await
+            .map_err(fail("expired_through"))?;
+        Ok(gone.unwrap_or(0))
+    }
+
     async fn archived_through(&self, room: &str) -> Result<u64, SliceError> {
         let keys = RoomKeys::new(room);
         let mut c = self.conn.clone();

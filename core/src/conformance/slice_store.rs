@@ -31,6 +31,7 @@ macro_rules! slice_store_suite {
             items_of_a_claimed_or_archived_slice_stay_readable_until_their_retention_ends
             an_archived_slice_is_never_handed_out_again
             archived_slices_are_removed_after_their_retention_oldest_first
+            expired_through_is_the_highest_seq_expiry_removed
             archived_through_is_below_the_oldest_item_not_archived
             expedite_makes_a_rooms_slices_due_including_later_ones
             expedite_all_makes_every_slice_due
@@ -705,6 +706,42 @@ pub async fn an_archived_slice_is_never_handed_out_again(store: &dyn SliceStore)
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].0.start_ms, BASE + 20_000);
     assert_eq!(seqs(&again[0].1), vec![100]);
+}
+
+/// `expired_through` is the highest seq that expiry removed (0 before any, and
+/// for an archived slice still within its retention): every item at or below it
+/// is gone, the ones above it are read; other rooms are untouched.
+pub async fn expired_through_is_the_highest_seq_expiry_removed(store: &dyn SliceStore) {
+    let room = unique("cx");
+    let other = unique("cy");
+    let items = thirty();
+    for r in [&room, &other] {
+        store.append(r, 10_000, RETENTION, &items).await.unwrap();
+    }
+    assert_eq!(store.expired_through(&room).await.unwrap(), 0);
+    store.expedite(&room, BASE + 30_000).await.unwrap();
+    for (_, batch) in claim_each(store, &room, BASE).await {
+        store.complete_batch(batch.id).await.unwrap();
+    }
+    assert_eq!(
+        store.expired_through(&room).await.unwrap(),
+        0,
+        "archived is not expired"
+    );
+    // The first slice (seqs 2..=20) reaches the end of its retention.
+    store
+        .expire_archived(BASE + 10_000 + RETENTION)
+        .await
+        .unwrap();
+    assert_eq!(store.expired_through(&room).await.unwrap(), 20);
+    assert_eq!(store.read_after(&room, 0, 1000).await.unwrap(), items[10..]);
+    store.expire_archived(BASE + 1_000_000).await.unwrap();
+    assert_eq!(store.expired_through(&room).await.unwrap(), 60);
+    assert_eq!(
+        store.expired_through(&other).await.unwrap(),
+        0,
+        "another room's slices were not archived"
+    );
 }
 
 /// `expire_archived` deletes archived slices whose retention ended, a room's

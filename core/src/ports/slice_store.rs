@@ -318,6 +318,16 @@ pub trait SliceStore: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// The highest seq of `room` that [`SliceStore::expire_archived`] removed (0
+    /// if none): slices expire oldest first, so every item at or below it is
+    /// gone from the hot store. A reader whose cursor is below it has missed
+    /// items, even when `read_after` still returns later ones (the live role
+    /// answers `gap`). The default, for test doubles, says nothing expired (0).
+    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
+        let _ = room;
+        Ok(0)
+    }
+
     /// The highest seq `s` of `room` such that every item with a seq at or below
     /// `s` is archived (its batch completed): the seq before the oldest item not
     /// archived yet, or [`SliceStore::last_seq`] when everything is. Items above it
