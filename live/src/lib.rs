@@ -489,24 +489,9 @@ impl Live {
                 has_data: true,
             });
         }
-        // Continue after `head`, or from the ring if it reaches further back.
-        let floor = hub
-            .and_then(Hub::floor)
-            .filter(|f| *f > cursor && *f < head);
-        let (from, items) = match (floor, hub) {
-            (Some(f), Some(h)) => match h.read_after(f, limit) {
-                RingRead::Covered(items) => (f, items),
-                RingRead::NotCovered => (head, decode(again)),
-            },
-            _ => (head, decode(again)),
-        };
-        metrics::counter!("danmaku_live_stale_cursors_total").increment(1);
-        tracing::debug!(room, cursor, from, "cursor older than anything held: gap");
-        Ok(Page {
-            items,
-            gap: Some(from),
-            has_data: true,
-        })
+        // Everything up to `head` is gone: continue after it (the items of
+        // `again`, read once more), or from the ring if it reaches further back.
+        self.gap_page(hub, room, cursor, head, limit).await
     }
 
     async fn stored_after(
@@ -526,9 +511,9 @@ impl Live {
     }
 
     /// The answer to a cursor that missed dropped items: `gap` at `from` (every
-    /// item up to it is gone from the store) with what the store holds after it,
-    /// or at the ring's floor with the ring's items when the ring reaches
-    /// further back.
+    /// item of the room up to it is gone from the store) with what the store
+    /// holds after it, or at the ring's floor with the ring's items when the
+    /// ring reaches further back.
     async fn gap_page(
         &self,
         hub: Option<&Hub>,
@@ -547,7 +532,7 @@ impl Live {
                     room,
                     cursor,
                     from = f,
-                    "cursor behind expired items: gap at the ring"
+                    "cursor older than the store holds: gap at the ring"
                 );
                 return Ok(Page {
                     items,
@@ -556,7 +541,7 @@ impl Live {
                 });
             }
         }
-        tracing::debug!(room, cursor, from, "cursor behind expired items: gap");
+        tracing::debug!(room, cursor, from, "cursor older than the store holds: gap");
         let items = decode(self.stored_after(room, from, limit).await?);
         Ok(Page {
             items,
