@@ -361,10 +361,14 @@ impl Live {
     ///
     /// A resync follows a notifier outage, so the store may be failing too: a
     /// failed read is retried with backoff (100 ms doubling to 2 s) for as long
-    /// as the hub exists, up to [`RESYNC_GIVE_UP`]: giving up at the first
+    /// as the hub exists, up to `RESYNC_GIVE_UP`: giving up at the first
     /// error left the hub's viewers without the items whose notices were lost
-    /// (found by the chaos suite).
-    async fn resync(&self, room: &str) {
+    /// (found by the chaos suite). Items that expired from the store before
+    /// they got here (the SliceStore's watermark is past the hub's last seq)
+    /// cannot be caught up: the hub's viewers get `gap` ([`Hub::skip_expired`]).
+    /// Run on a notifier's `Resync` and after a notice that follows a hole
+    /// (public so that a test can stand in for a notifier outage).
+    pub async fn resync(&self, room: &str) {
         let Some(hub) = self.hubs.find(room) else {
             return;
         };
@@ -382,7 +386,37 @@ impl Live {
                 }
             }
         }
+        let mut watermark_checked = false;
         loop {
+            if !watermark_checked {
+                // Items after `at` that expired before they got here cannot be
+                // caught up: this hub's viewers are told (`gap` at their
+                // cursors) before any later item reaches them.
+                match self.ctx.slices.expired_through(room).await {
+                    Ok(gone) => {
+                        watermark_checked = true;
+                        if gone > at {
+                            metrics::counter!("danmaku_live_expired_catch_ups_total").increment(1);
+                            tracing::warn!(
+                                room,
+                                last = at,
+                                expired_through = gone,
+                                "catching up past items that expired before this node had them; viewers get gap"
+                            );
+                            hub.skip_expired(gone);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, room, "resync failed; retrying");
+                        metrics::counter!("danmaku_live_resync_retries_total").increment(1);
+                        if !self.resync_may_retry(room, started, &mut backoff).await {
+                            tracing::error!(room, "resync given up; viewers resume by cursor");
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
             let page = match self.ctx.slices.read_after(room, at, 1000).await {
                 Ok(p) => p,
                 Err(e) => {

@@ -538,6 +538,24 @@ impl Hub {
         }
     }
 
+    /// The store expired items of the room up to `gone` that this hub never
+    /// had (its node was cut off for longer than the hot retention): from here
+    /// on the ring covers only cursors at or after `gone` (older ones are
+    /// answered from the store, with `gap`), and every current connection is
+    /// told to end with `gap` at its own cursor before any later item reaches
+    /// it. Call before delivering the items that follow the hole.
+    pub fn skip_expired(&self, gone: u64) {
+        {
+            let mut st = self.state.lock().expect("hub lock");
+            st.ring.clear();
+            st.floor = Some(st.floor.unwrap_or(0).max(gone));
+        }
+        for s in self.subscribers() {
+            s.expired.store(true, Ordering::Release);
+            s.wake.notify_one();
+        }
+    }
+
     /// Items after `cursor`, if the ring covers it.
     pub fn read_after(&self, cursor: u64, limit: usize) -> RingRead {
         let st = self.state.lock().expect("hub lock");

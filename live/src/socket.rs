@@ -76,6 +76,11 @@ pub struct Subscriber {
     pub last_heard: AtomicU32,
     /// Found dead by the ping check: the task ends the connection.
     pub dead: AtomicBool,
+    /// Items after what it was sent expired from the store before its room's
+    /// hub had them (a node cut off for longer than the hot retention): the
+    /// room loop leaves it alone and its task sends `gap` at its cursor and
+    /// ends the connection ([`crate::room::Hub::skip_expired`]).
+    pub expired: AtomicBool,
     /// Position in the room's subscriber list (for O(1) removal).
     pub(crate) slot: AtomicUsize,
 }
@@ -104,6 +109,7 @@ impl Subscriber {
             wake: Notify::new(),
             last_heard: AtomicU32::new(now),
             dead: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             slot: AtomicUsize::new(usize::MAX),
         }
     }
@@ -159,7 +165,11 @@ impl Subscriber {
     pub(crate) fn serve(&self, base: u64, frames: &[Arc<Frame>]) -> bool {
         let mut st = self.state();
         let newest = base + frames.len() as u64; // one past the newest
-        if st.task_owns || st.next >= newest || self.dead.load(Ordering::Relaxed) {
+        if st.task_owns
+            || st.next >= newest
+            || self.dead.load(Ordering::Relaxed)
+            || self.expired.load(Ordering::Acquire)
+        {
             return false;
         }
         if st.next < base {

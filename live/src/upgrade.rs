@@ -3,7 +3,8 @@
 //! hyper's upgrade, so that a room's frames (encoded once by the room) are
 //! written to every connection as the same bytes. Per connection: hello, the
 //! backlog after `?cursor=`, then live frames; `gap` and close for a client too
-//! slow for the room's queue; pings from the room's tick with dead-peer
+//! slow for the room's queue, or whose next items expired before the room's
+//! hub had them ([`crate::room::Hub::skip_expired`]); pings from the room's tick with dead-peer
 //! detection; `send` through the ingest checks, several in flight at once.
 //!
 //! The room's frames are written by the room's write loop ([`crate::room`]),
@@ -472,7 +473,32 @@ impl Session {
         if self.sub.dead.load(Ordering::Relaxed) {
             return Some(End::Quiet);
         }
+        if self.sub.expired.load(Ordering::Acquire) {
+            return Some(self.gap_after_expiry().await);
+        }
         self.catch_up().await
+    }
+
+    /// Items after this connection's cursor expired before the room's hub had
+    /// them: what the room loop left is written, then `gap` at the cursor
+    /// reached, and close (a resume from it gets `gap` at the store's watermark).
+    async fn gap_after_expiry(&self) -> End {
+        if self.take_socket(self.write_timeout()).await.is_err() {
+            return End::Quiet;
+        }
+        let last_sent = self.sub.state().last_sent;
+        self.expired_gap(last_sent).await
+    }
+
+    /// `gap` at `last_sent` for a connection whose next items expired before
+    /// the room's hub had them, then close.
+    async fn expired_gap(&self, last_sent: u64) -> End {
+        metrics::counter!("danmaku_ws_gaps_total").increment(1);
+        let _ = self.send_text(&messages::gap(last_sent)).await;
+        End::Close(
+            1008,
+            "items expired before they reached this node; resume from the gap cursor",
+        )
     }
 
     /// While the task owns the socket: writes what the room loop left, then every
@@ -497,6 +523,11 @@ impl Session {
             let Some(frames) = self.hub.frames_from(next) else {
                 return Some(Box::pin(self.gap(last_sent)).await);
             };
+            // Checked after taking the frames: any frame of items after an
+            // expired hole was published after the flag was set.
+            if self.sub.expired.load(Ordering::Acquire) {
+                return Some(Box::pin(self.expired_gap(last_sent)).await);
+            }
             if frames.is_empty() {
                 let mut st = self.sub.state();
                 // Under the lock: a frame published after this check is the room

@@ -16,13 +16,8 @@
 
 mod support;
 
-use async_trait::async_trait;
 use danmaku_core::context::Context;
 use danmaku_core::cursor::Cursor;
-use danmaku_core::ports::{
-    AppendOutcome, ArchiveBatch, KeyScanPage, SliceError, SliceItem, SliceStat, SliceStore,
-};
-use std::sync::atomic::{AtomicU64, Ordering};
 use support::*;
 
 /// A masked client frame with first byte `b0` (FIN, RSV, opcode) and any length.
@@ -487,74 +482,6 @@ async fn resumes_past_the_bound_get_503() {
     assert_eq!(status, 101, "a connection without a cursor is no resume");
 }
 
-/// A SliceStore that has dropped every item up to a seq (as an expired hot
-/// retention does), over the embedded one.
-struct Forgetful {
-    inner: Arc<dyn SliceStore>,
-    through: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl SliceStore for Forgetful {
-    async fn append_at(
-        &self,
-        room: &str,
-        slice_len_ms: i64,
-        hot_retention_ms: i64,
-        items: &[SliceItem],
-        now_ms: Option<i64>,
-    ) -> Result<AppendOutcome, SliceError> {
-        self.inner
-            .append_at(room, slice_len_ms, hot_retention_ms, items, now_ms)
-            .await
-    }
-    async fn read_after(
-        &self,
-        room: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<SliceItem>, SliceError> {
-        let through = self.through.load(Ordering::SeqCst);
-        self.inner.read_after(room, after.max(through), limit).await
-    }
-    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
-        let through = self.through.load(Ordering::SeqCst);
-        Ok(self.inner.expired_through(room).await?.max(through))
-    }
-    async fn last_seq(&self, room: &str) -> Result<u64, SliceError> {
-        self.inner.last_seq(room).await
-    }
-    async fn expedite(&self, room: &str, up_to_ms: i64) -> Result<(), SliceError> {
-        self.inner.expedite(room, up_to_ms).await
-    }
-    async fn expedite_all(&self) -> Result<(), SliceError> {
-        self.inner.expedite_all().await
-    }
-    async fn claim_batch(
-        &self,
-        now_ms: i64,
-        max_slices: usize,
-        lease: Duration,
-    ) -> Result<Option<ArchiveBatch>, SliceError> {
-        self.inner.claim_batch(now_ms, max_slices, lease).await
-    }
-    async fn complete_batch(&self, batch_id: u64) -> Result<(), SliceError> {
-        self.inner.complete_batch(batch_id).await
-    }
-    async fn pending(&self) -> Result<u64, SliceError> {
-        self.inner.pending().await
-    }
-    async fn largest_slices(&self, limit: usize) -> Result<Vec<SliceStat>, SliceError> {
-        self.inner.largest_slices(limit).await
-    }
-    async fn scan_keys(&self, cursor: &str, count: usize) -> Result<KeyScanPage, SliceError> {
-        self.inner.scan_keys(cursor, count).await
-    }
-    async fn ready(&self) -> bool {
-        self.inner.ready().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_older_than_anything_held_gets_gap() {
     let through = Arc::new(AtomicU64::new(0));
@@ -685,4 +612,48 @@ async fn a_cursor_behind_expired_items_gets_gap_though_later_ones_are_held() {
     );
     let (got, _) = collect(&mut ws, 20).await;
     assert_eq!(got, ids[10..]);
+}
+
+/// A node whose hub missed items (their notices lost) that expired from the
+/// store before it caught up: its connected viewers get `gap` at their own
+/// cursors, never the later items as if nothing was missing, and a resume from
+/// that cursor gets `gap` at the store's watermark with what is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_hub_that_missed_expired_items_get_gap_at_their_cursor() {
+    let lossy = start_lossy().await;
+    let srv = &lossy.srv;
+    let room = "cut";
+    let (mut ws, _) = connect(&srv.url(room, "")).await;
+    let first = srv.send_many(room, 5, 20).await;
+    let (got, seen) = collect(&mut ws, 5).await;
+    assert_eq!(got.len(), 5, "{got:?} of {first:?}");
+    // Ten more are stored with their notices lost; the first five of them
+    // expire before the node catches up.
+    let held = lossy.miss_and_expire(room, 10, 5).await;
+    // The viewer: gap at its own cursor (none of the later five), then close.
+    let gap = next_json(&mut ws).await.expect("gap");
+    assert_eq!(
+        (gap["type"].as_str(), gap["cursor"].as_str()),
+        (Some("gap"), Some(seen.as_str())),
+        "{gap}"
+    );
+    assert!(next_json(&mut ws).await.is_none(), "closed after gap");
+    // Its resume: gap at the watermark, then the five still held.
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={seen}")).await;
+    assert_eq!(v["gap"], true, "{v}");
+    let items: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(items, held);
+    // A viewer that joins now gets live items as usual.
+    let (mut ws2, _) = connect(&srv.url(room, "")).await;
+    let more = srv.send_many(room, 3, 20).await;
+    let (got2, _) = collect(&mut ws2, 8).await;
+    assert!(
+        strs(&more).iter().all(|id| got2.contains(id)),
+        "{got2:?} lacks some of {more:?}"
+    );
 }

@@ -562,3 +562,48 @@ async fn sub_npm_client_bilibili_live_ws_gets_every_comment_of_a_burst_with_prot
         assert!(status.success());
     }
 }
+
+/// A `/sub` viewer of a node whose hub missed items that expired from the
+/// store before it caught up is closed (1008, as a client too slow for the
+/// queue) before any later item reaches it; resuming by cursor then says gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_viewer_of_a_hub_that_missed_expired_items_is_closed_before_later_ones() {
+    let lossy = start_lossy().await;
+    let srv = &lossy.srv;
+    let room = "subcut";
+    let (mut c, reply) = open(srv, json!({"roomid": room, "protover": 2})).await;
+    assert_eq!(reply["code"], 0);
+    srv.send_many(room, 5, 20).await;
+    let (cmds, _) = danmu(&mut c, 5).await;
+    assert_eq!(cmds.len(), 5);
+    let held = lossy.miss_and_expire(room, 10, 5).await;
+    assert_eq!(held.len(), 5);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), next(&mut c))
+            .await
+            .expect("closed within 10 s")
+        {
+            Got::Packets(ps) => assert!(
+                !ps.iter().any(|p| p.op == Op::Message
+                    && serde_json::from_slice::<Value>(&p.body).unwrap()["cmd"] == "DANMU_MSG"),
+                "no item after the expired ones reaches the viewer"
+            ),
+            Got::Closed(code) => {
+                assert_eq!(code, Some(1008));
+                break;
+            }
+        }
+    }
+    // Resuming from the cursor of its auth reply: `"gap":true` (the /sub
+    // resume sends nothing of the past then), and live items follow.
+    let cursor = reply["cursor"].as_str().unwrap();
+    let (mut c2, reply2) = open(
+        srv,
+        json!({"roomid": room, "protover": 2, "cursor": cursor}),
+    )
+    .await;
+    assert_eq!(reply2["gap"], true, "{reply2}");
+    let more = srv.send_many(room, 2, 20).await;
+    let (live, _) = danmu(&mut c2, 2).await;
+    assert_eq!(live.len(), 2, "{more:?}");
+}

@@ -614,6 +614,11 @@ impl Session {
                 metrics::counter!("danmaku_ws_gaps_total").increment(1);
                 return Some(End::Close(1008, "too slow; resume from your last cursor"));
             };
+            // Checked after taking the frames: any frame of items after an
+            // expired hole was published after the flag was set.
+            if self.sub.expired.load(Ordering::Acquire) {
+                return Some(self.end_after_expiry());
+            }
             if frames.is_empty() {
                 let mut st = self.sub.state();
                 if st.pending.is_none() && self.hub.next_frame_index() <= st.next {
@@ -698,7 +703,24 @@ impl Session {
         if self.sub.dead.load(Ordering::Relaxed) {
             return Some(End::Quiet);
         }
+        if self.sub.expired.load(Ordering::Acquire) {
+            if self.take_socket(self.write_timeout()).await.is_err() {
+                return Some(End::Quiet);
+            }
+            return Some(self.end_after_expiry());
+        }
         self.catch_up().await
+    }
+
+    /// Items after this connection's cursor expired before the room's hub had
+    /// them: closed as a client too slow for the queue is (1008; a resume by
+    /// cursor gets `"gap":true`).
+    fn end_after_expiry(&self) -> End {
+        metrics::counter!("danmaku_ws_gaps_total").increment(1);
+        End::Close(
+            1008,
+            "items expired before they reached this node; resume from your last cursor",
+        )
     }
 
     async fn serve(&mut self) -> End {

@@ -22,6 +22,13 @@ pub use tokio_tungstenite::tungstenite::Message;
 pub use tokio_util::sync::CancellationToken;
 pub use tower::ServiceExt;
 
+use async_trait::async_trait;
+use danmaku_core::ports::{
+    AppendOutcome, ArchiveBatch, KeyScanPage, Notifier, NotifierEvent, NotifyError, SliceError,
+    SliceItem, SliceStat, SliceStore,
+};
+pub use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 pub struct Server {
     pub addr: SocketAddr,
     pub live: Arc<Live>,
@@ -350,4 +357,169 @@ pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&mask);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
+}
+
+/// A SliceStore that has dropped every item up to a seq (as an expired hot
+/// retention does), over the embedded one.
+pub struct Forgetful {
+    pub inner: Arc<dyn SliceStore>,
+    pub through: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl SliceStore for Forgetful {
+    async fn append_at(
+        &self,
+        room: &str,
+        slice_len_ms: i64,
+        hot_retention_ms: i64,
+        items: &[SliceItem],
+        now_ms: Option<i64>,
+    ) -> Result<AppendOutcome, SliceError> {
+        self.inner
+            .append_at(room, slice_len_ms, hot_retention_ms, items, now_ms)
+            .await
+    }
+    async fn read_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SliceItem>, SliceError> {
+        let through = self.through.load(Ordering::SeqCst);
+        self.inner.read_after(room, after.max(through), limit).await
+    }
+    async fn expired_through(&self, room: &str) -> Result<u64, SliceError> {
+        let through = self.through.load(Ordering::SeqCst);
+        Ok(self.inner.expired_through(room).await?.max(through))
+    }
+    async fn last_seq(&self, room: &str) -> Result<u64, SliceError> {
+        self.inner.last_seq(room).await
+    }
+    async fn expedite(&self, room: &str, up_to_ms: i64) -> Result<(), SliceError> {
+        self.inner.expedite(room, up_to_ms).await
+    }
+    async fn expedite_all(&self) -> Result<(), SliceError> {
+        self.inner.expedite_all().await
+    }
+    async fn claim_batch(
+        &self,
+        now_ms: i64,
+        max_slices: usize,
+        lease: Duration,
+    ) -> Result<Option<ArchiveBatch>, SliceError> {
+        self.inner.claim_batch(now_ms, max_slices, lease).await
+    }
+    async fn complete_batch(&self, batch_id: u64) -> Result<(), SliceError> {
+        self.inner.complete_batch(batch_id).await
+    }
+    async fn pending(&self) -> Result<u64, SliceError> {
+        self.inner.pending().await
+    }
+    async fn largest_slices(&self, limit: usize) -> Result<Vec<SliceStat>, SliceError> {
+        self.inner.largest_slices(limit).await
+    }
+    async fn scan_keys(&self, cursor: &str, count: usize) -> Result<KeyScanPage, SliceError> {
+        self.inner.scan_keys(cursor, count).await
+    }
+    async fn ready(&self) -> bool {
+        self.inner.ready().await
+    }
+}
+
+/// A Notifier that drops what is published while `deaf` is set (notices lost
+/// on their way to this node).
+pub struct Deaf {
+    pub inner: Arc<dyn Notifier>,
+    pub deaf: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Notifier for Deaf {
+    async fn publish(
+        &self,
+        room: &str,
+        prev: Option<u64>,
+        items: &[SliceItem],
+    ) -> Result<(), NotifyError> {
+        if self.deaf.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.publish(room, prev, items).await
+    }
+    async fn subscribe(&self, room: &str) -> Result<(), NotifyError> {
+        self.inner.subscribe(room).await
+    }
+    async fn unsubscribe(&self, room: &str) -> Result<(), NotifyError> {
+        self.inner.unsubscribe(room).await
+    }
+    fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<NotifierEvent>> {
+        self.inner.take_receiver()
+    }
+}
+
+/// A server whose SliceStore can drop items ([`Forgetful`]) and whose
+/// notices can be lost ([`Deaf`]): a live node cut off for a while.
+pub struct Lossy {
+    pub srv: Server,
+    pub through: Arc<AtomicU64>,
+    pub deaf: Arc<AtomicBool>,
+}
+
+/// Starts a [`Lossy`] server with default test settings.
+pub async fn start_lossy() -> Lossy {
+    let through = Arc::new(AtomicU64::new(0));
+    let deaf = Arc::new(AtomicBool::new(false));
+    let (forget, mute) = (through.clone(), deaf.clone());
+    let srv = start_with(
+        |_| {},
+        move |ctx: danmaku_core::context::Context| danmaku_core::context::Context {
+            slices: Arc::new(Forgetful {
+                inner: ctx.slices.clone(),
+                through: forget,
+            }),
+            notifier: Arc::new(Deaf {
+                inner: ctx.notifier.clone(),
+                deaf: mute,
+            }),
+            ..ctx
+        },
+    )
+    .await;
+    Lossy { srv, through, deaf }
+}
+
+impl Lossy {
+    /// Stores `n` comments of `room` whose notices are lost on their way to
+    /// this node, then has the store drop the first `expired` of them (as an
+    /// expiry does) and the node catch up (a resync). Returns the ids of the
+    /// comments still held, in seq order.
+    pub async fn miss_and_expire(&self, room: &str, n: usize, expired: usize) -> Vec<String> {
+        let store = self.srv.live.ctx.slices.clone();
+        let before = store.read_after(room, 0, 10_000).await.unwrap().len();
+        self.deaf.store(true, Ordering::SeqCst);
+        self.srv.send_many(room, n, 20).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.read_after(room, 0, 10_000).await.unwrap().len() < before + n
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = store.read_after(room, 0, 10_000).await.unwrap();
+        assert_eq!(stored.len(), before + n);
+        let missed = &stored[before..];
+        self.through
+            .store(missed[expired - 1].seq, Ordering::SeqCst);
+        self.deaf.store(false, Ordering::SeqCst);
+        self.srv.live.resync(room).await;
+        missed[expired..]
+            .iter()
+            .map(|i| {
+                danmaku_core::model::Danmaku::decode_bytes(&i.data)
+                    .unwrap()
+                    .id
+                    .to_string()
+            })
+            .collect()
+    }
 }
