@@ -388,36 +388,27 @@ impl Live {
         }
         let mut watermark_checked = false;
         loop {
-            if !watermark_checked {
-                // Items after `at` that expired before they got here cannot be
-                // caught up: this hub's viewers are told (`gap` at their
-                // cursors) before any later item reaches them.
-                match self.ctx.slices.expired_through(room).await {
-                    Ok(gone) => {
-                        watermark_checked = true;
-                        if gone > at {
-                            metrics::counter!("danmaku_live_expired_catch_ups_total").increment(1);
-                            tracing::warn!(
-                                room,
-                                last = at,
-                                expired_through = gone,
-                                "catching up past items that expired before this node had them; viewers get gap"
-                            );
-                            hub.skip_expired(gone);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, room, "resync failed; retrying");
-                        metrics::counter!("danmaku_live_resync_retries_total").increment(1);
-                        if !self.resync_may_retry(room, started, &mut backoff).await {
-                            tracing::error!(room, "resync given up; viewers resume by cursor");
-                            return;
-                        }
-                        continue;
+            let read = async {
+                if !watermark_checked {
+                    // Items after `at` that expired before they got here cannot
+                    // be caught up: this hub's viewers are told (`gap` at their
+                    // cursors) before any later item reaches them.
+                    let gone = self.ctx.slices.expired_through(room).await?;
+                    watermark_checked = true;
+                    if gone > at {
+                        metrics::counter!("danmaku_live_expired_catch_ups_total").increment(1);
+                        tracing::warn!(
+                            room,
+                            last = at,
+                            expired_through = gone,
+                            "catching up past items that expired before this node had them; viewers get gap"
+                        );
+                        hub.skip_expired(gone);
                     }
                 }
-            }
-            let page = match self.ctx.slices.read_after(room, at, 1000).await {
+                self.ctx.slices.read_after(room, at, 1000).await
+            };
+            let page = match read.await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, room, "resync failed; retrying");

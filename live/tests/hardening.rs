@@ -16,7 +16,6 @@
 
 mod support;
 
-use danmaku_core::context::Context;
 use danmaku_core::cursor::Cursor;
 use support::*;
 
@@ -484,40 +483,26 @@ async fn resumes_past_the_bound_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_older_than_anything_held_gets_gap() {
-    let through = Arc::new(AtomicU64::new(0));
-    let forget = through.clone();
-    let srv = start_with(
-        |s| s.live.ring_size = 8,
-        move |ctx: Context| Context {
-            slices: Arc::new(Forgetful {
-                inner: ctx.slices.clone(),
-                through: forget,
-            }),
-            ..ctx
-        },
-    )
-    .await;
+    let lossy = start_lossy_with(|s| s.live.ring_size = 8).await;
+    let (srv, through) = (&lossy.srv, &lossy.through);
     let room = "old";
-    let before = head_cursor(&srv, room).await;
+    let before = head_cursor(srv, room).await;
     srv.send_many(room, 30, 20).await;
     // Stored, read from the store itself: no poll, so no hub yet.
+    lossy.stored(room, 30).await;
     let store = srv.live.ctx.slices.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.read_after(room, 0, 100).await.unwrap().len() < 30 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let last = store.last_seq(room).await.unwrap();
     let head = Cursor(last).encode();
     assert_eq!(srv.live.hubs.len(), 0);
     // The store drops everything so far; the hub the next poll makes starts
     // after it all, so its ring holds none of it either.
     through.store(last, Ordering::SeqCst);
-    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
     assert_eq!(v["gap"], true, "{v}");
     assert_eq!(v["cursor"], head.as_str(), "continue from the oldest held");
     assert!(v["items"].as_array().unwrap().is_empty());
     // From the head: an ordinary, complete answer.
-    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={head}")).await;
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={head}")).await;
     assert!(v.get("gap").is_none(), "{v}");
 
     // A WebSocket resume: hello, gap at the oldest held, then what follows.
@@ -535,14 +520,9 @@ async fn a_cursor_older_than_anything_held_gets_gap() {
     // The store drops those too, but the ring holds them: the answer starts at
     // the ring's floor, with the ring's items, and says gap.
     through.store(Cursor::decode(&now).unwrap().0, Ordering::SeqCst);
-    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
     assert_eq!(v["gap"], true, "{v}");
-    let items: Vec<String> = v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let items = item_ids(&v);
     assert_eq!(items, strs(&later), "the ring's items after its floor");
     assert_eq!(v["cursor"], now.as_str());
 }
@@ -552,53 +532,23 @@ async fn a_cursor_older_than_anything_held_gets_gap() {
 /// store's watermark) instead of looking complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_behind_expired_items_gets_gap_though_later_ones_are_held() {
-    let through = Arc::new(AtomicU64::new(0));
-    let forget = through.clone();
-    let srv = start_with(
-        |s| s.live.ring_size = 8,
-        move |ctx: Context| Context {
-            slices: Arc::new(Forgetful {
-                inner: ctx.slices.clone(),
-                through: forget,
-            }),
-            ..ctx
-        },
-    )
-    .await;
+    let lossy = start_lossy_with(|s| s.live.ring_size = 8).await;
+    let (srv, through) = (&lossy.srv, &lossy.through);
     let room = "half";
-    let before = head_cursor(&srv, room).await;
+    let before = head_cursor(srv, room).await;
     srv.send_many(room, 30, 20).await;
-    let store = srv.live.ctx.slices.clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.read_after(room, 0, 100).await.unwrap().len() < 30 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stored = store.read_after(room, 0, 100).await.unwrap();
-    assert_eq!(stored.len(), 30);
-    let ids: Vec<String> = stored
-        .iter()
-        .map(|i| {
-            danmaku_core::model::Danmaku::decode_bytes(&i.data)
-                .unwrap()
-                .id
-                .to_string()
-        })
-        .collect();
+    let stored = lossy.stored(room, 30).await;
+    let ids: Vec<String> = stored.iter().map(stored_id).collect();
     // The oldest ten expire; twenty are still held.
     let tenth = stored[9].seq;
     through.store(tenth, Ordering::SeqCst);
-    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={before}")).await;
     assert_eq!(v["gap"], true, "{v}");
-    let items: Vec<String> = v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let items = item_ids(&v);
     assert_eq!(items, ids[10..], "what is still held, after the gap");
     // From the watermark on: an ordinary, complete answer.
     let at = Cursor(tenth).encode();
-    let v = poll(&srv, &format!("/v1/rooms/{room}/danmaku?cursor={at}")).await;
+    let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={at}")).await;
     assert!(v.get("gap").is_none(), "{v}");
     assert_eq!(v["items"].as_array().unwrap().len(), 20);
 
@@ -641,12 +591,7 @@ async fn viewers_of_a_hub_that_missed_expired_items_get_gap_at_their_cursor() {
     // Its resume: gap at the watermark, then the five still held.
     let v = poll(srv, &format!("/v1/rooms/{room}/danmaku?cursor={seen}")).await;
     assert_eq!(v["gap"], true, "{v}");
-    let items: Vec<String> = v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
+    let items = item_ids(&v);
     assert_eq!(items, held);
     // A viewer that joins now gets live items as usual.
     let (mut ws2, _) = connect(&srv.url(room, "")).await;

@@ -839,22 +839,22 @@ impl ScyllaArchiveStore {
     }
 
     /// Whether segment `segment` of `vod` holds a comment that was not deleted.
-    /// A segment with more rows than the VOD has deleted stored comments holds
-    /// one for sure (no read); otherwise the ids of its partitions are read and
-    /// looked up in `deleted` (the VOD's markers).
+    /// A segment with more rows than the VOD's `present` deleted stored
+    /// comments holds one for sure (no read); otherwise the ids of its
+    /// partitions are read and looked up in `deleted` (the VOD's markers).
     async fn holds_a_kept_row(
         &self,
         vod: &str,
         segment: u32,
         state: &SegmentState,
         deleted: &HashMap<u64, bool>,
+        present: u64,
     ) -> Result<bool, ArchiveError> {
         let rows = state.rows();
         if rows <= 0 {
             return Ok(false);
         }
-        let present = deleted.values().filter(|&&present| present).count() as i64;
-        if rows > present {
+        if rows as u64 > present {
             return Ok(true);
         }
         let Ok(seg) = i32::try_from(segment) else {
@@ -1275,12 +1275,7 @@ impl ArchiveStore for ScyllaArchiveStore {
     async fn version(&self, vod: &str) -> Result<VodVersion, ArchiveError> {
         let states = self.segment_states(vod).await?;
         let rows: u64 = states.values().map(|s| s.rows().max(0) as u64).sum();
-        let deleted = self
-            .deleted_of(vod)
-            .await?
-            .values()
-            .filter(|&&present| present)
-            .count() as u64;
+        let deleted = present_markers(&self.deleted_of(vod).await?);
         Ok(VodVersion {
             count: rows.saturating_sub(deleted),
             deleted,
@@ -1290,9 +1285,13 @@ impl ArchiveStore for ScyllaArchiveStore {
     async fn segments(&self, vod: &str) -> Result<Vec<u32>, ArchiveError> {
         let states = self.segment_states(vod).await?;
         let deleted = self.deleted_of(vod).await?;
+        let present = present_markers(&deleted);
         let mut out = Vec::new();
         for (&segment, state) in &states {
-            if self.holds_a_kept_row(vod, segment, state, &deleted).await? {
+            if self
+                .holds_a_kept_row(vod, segment, state, &deleted, present)
+                .await?
+            {
                 out.push(segment);
             }
         }
@@ -1302,8 +1301,12 @@ impl ArchiveStore for ScyllaArchiveStore {
     async fn last_segment(&self, vod: &str) -> Result<Option<u32>, ArchiveError> {
         let states = self.segment_states(vod).await?;
         let deleted = self.deleted_of(vod).await?;
+        let present = present_markers(&deleted);
         for (&segment, state) in states.iter().rev() {
-            if self.holds_a_kept_row(vod, segment, state, &deleted).await? {
+            if self
+                .holds_a_kept_row(vod, segment, state, &deleted, present)
+                .await?
+            {
                 return Ok(Some(segment));
             }
         }
@@ -1315,6 +1318,11 @@ impl ArchiveStore for ScyllaArchiveStore {
             .await
             .is_ok()
     }
+}
+
+/// How many of a VOD's deletion markers name a comment that was stored.
+fn present_markers(deleted: &HashMap<u64, bool>) -> u64 {
+    deleted.values().filter(|&&present| present).count() as u64
 }
 
 /// An in-process CQL server for tests: kassandra (an in-memory, single-node CQL v4

@@ -468,12 +468,16 @@ pub struct Lossy {
 
 /// Starts a [`Lossy`] server with default test settings.
 pub async fn start_lossy() -> Lossy {
+    start_lossy_with(|_| {}).await
+}
+
+/// Starts a [`Lossy`] server with `tweak` applied to the test settings.
+pub async fn start_lossy_with(tweak: impl FnOnce(&mut Settings)) -> Lossy {
     let through = Arc::new(AtomicU64::new(0));
     let deaf = Arc::new(AtomicBool::new(false));
     let (forget, mute) = (through.clone(), deaf.clone());
-    let srv = start_with(
-        |_| {},
-        move |ctx: danmaku_core::context::Context| danmaku_core::context::Context {
+    let srv = start_with(tweak, move |ctx: danmaku_core::context::Context| {
+        danmaku_core::context::Context {
             slices: Arc::new(Forgetful {
                 inner: ctx.slices.clone(),
                 through: forget,
@@ -483,10 +487,18 @@ pub async fn start_lossy() -> Lossy {
                 deaf: mute,
             }),
             ..ctx
-        },
-    )
+        }
+    })
     .await;
     Lossy { srv, through, deaf }
+}
+
+/// The comment id an item of the SliceStore carries.
+pub fn stored_id(item: &SliceItem) -> String {
+    danmaku_core::model::Danmaku::decode_bytes(&item.data)
+        .unwrap()
+        .id
+        .to_string()
 }
 
 impl Lossy {
@@ -495,31 +507,31 @@ impl Lossy {
     /// expiry does) and the node catch up (a resync). Returns the ids of the
     /// comments still held, in seq order.
     pub async fn miss_and_expire(&self, room: &str, n: usize, expired: usize) -> Vec<String> {
-        let store = self.srv.live.ctx.slices.clone();
+        let store = &self.srv.live.ctx.slices;
         let before = store.read_after(room, 0, 10_000).await.unwrap().len();
         self.deaf.store(true, Ordering::SeqCst);
         self.srv.send_many(room, n, 20).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.read_after(room, 0, 10_000).await.unwrap().len() < before + n
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let stored = store.read_after(room, 0, 10_000).await.unwrap();
-        assert_eq!(stored.len(), before + n);
+        let stored = self.stored(room, before + n).await;
         let missed = &stored[before..];
         self.through
             .store(missed[expired - 1].seq, Ordering::SeqCst);
         self.deaf.store(false, Ordering::SeqCst);
         self.srv.live.resync(room).await;
-        missed[expired..]
-            .iter()
-            .map(|i| {
-                danmaku_core::model::Danmaku::decode_bytes(&i.data)
-                    .unwrap()
-                    .id
-                    .to_string()
-            })
-            .collect()
+        missed[expired..].iter().map(stored_id).collect()
+    }
+
+    /// The items of `room` the store holds once it holds `n` (waiting up to
+    /// 10 s for the writer), in seq order; fails if it holds another number.
+    pub async fn stored(&self, room: &str, n: usize) -> Vec<SliceItem> {
+        let store = self.srv.live.ctx.slices.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.read_after(room, 0, 10_000).await.unwrap().len() < n
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = store.read_after(room, 0, 10_000).await.unwrap();
+        assert_eq!(stored.len(), n);
+        stored
     }
 }
