@@ -574,6 +574,7 @@ async fn viewers_of_a_hub_that_missed_expired_items_get_gap_at_their_cursor() {
     let srv = &lossy.srv;
     let room = "cut";
     let (mut ws, _) = connect(&srv.url(room, "")).await;
+    lossy.settled(room).await;
     let first = srv.send_many(room, 5, 20).await;
     let (got, seen) = collect(&mut ws, 5).await;
     assert_eq!(got.len(), 5, "{got:?} of {first:?}");

@@ -573,6 +573,7 @@ async fn a_sub_viewer_of_a_hub_that_missed_expired_items_is_closed_before_later_
     let room = "subcut";
     let (mut c, reply) = open(srv, json!({"roomid": room, "protover": 2})).await;
     assert_eq!(reply["code"], 0);
+    lossy.settled(room).await;
     srv.send_many(room, 5, 20).await;
     let (cmds, _) = danmu(&mut c, 5).await;
     assert_eq!(cmds.len(), 5);
